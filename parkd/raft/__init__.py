@@ -1,0 +1,1 @@
+"""The Raft layer: a pure core (no I/O) and the storage behind it."""

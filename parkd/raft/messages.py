@@ -1,0 +1,158 @@
+"""Raft messages as frozen dataclasses (the core's input and output).
+
+Every message names its sender (``src``), its addressee (``dst``) and the sender's
+``term``; messages are one-way (CONTRACT §4).  Field names match
+``proto/parkd.proto`` one to one so the wire adapter is mechanical.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from parkd.raft.types import Entry
+
+
+@dataclass(frozen=True, slots=True)
+class VoteRequest:
+    """RequestVote (§5.2); with ``pre_vote`` the dissertation's PreVote (§9.6).
+
+    ``transfer`` marks a campaign started by TimeoutNow (dissertation §3.10): voters
+    grant it even while they still hear from a leader.
+    """
+
+    term: int
+    src: int
+    dst: int
+    last_log_index: int
+    last_log_term: int
+    pre_vote: bool = False
+    transfer: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class VoteResponse:
+    term: int
+    src: int
+    dst: int
+    granted: bool
+    pre_vote: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AppendEntries:
+    """AppendEntries (§5.3); with no entries it is a heartbeat.
+
+    ``read_ctx`` is the leader's heartbeat round, echoed by the follower so the
+    leader can confirm leadership for ReadIndex (dissertation §6.4).
+    """
+
+    term: int
+    src: int
+    dst: int
+    prev_log_index: int
+    prev_log_term: int
+    entries: tuple[Entry, ...]
+    leader_commit: int
+    read_ctx: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResponse:
+    """Reply to AppendEntries.
+
+    On success ``match_index`` is the last index known to match the leader.  On a
+    rejection ``conflict_term``/``conflict_index`` let the leader skip a whole term
+    at once (§5.3, "fast back-off"); ``conflict_term`` is 0 when the follower's log
+    is simply too short, and ``conflict_index`` is then its last index + 1.
+    """
+
+    term: int
+    src: int
+    dst: int
+    success: bool
+    match_index: int = 0
+    conflict_index: int = 0
+    conflict_term: int = 0
+    read_ctx: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class InstallSnapshot:
+    """One chunk of a snapshot (§7); used from step 5 on."""
+
+    term: int
+    src: int
+    dst: int
+    last_index: int
+    last_term: int
+    offset: int
+    data: bytes
+    done: bool
+    voters: tuple[int, ...] = ()
+    learners: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotResponse:
+    """Acknowledges snapshot bytes up to ``next_offset`` (resume point)."""
+
+    term: int
+    src: int
+    dst: int
+    last_index: int
+    next_offset: int
+    done: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutNow:
+    """Leadership transfer: start an election at once (dissertation §3.10)."""
+
+    term: int
+    src: int
+    dst: int
+
+
+@dataclass(frozen=True, slots=True)
+class Propose:
+    """A follower forwarding client proposals to the leader it knows."""
+
+    term: int
+    src: int
+    dst: int
+    data: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadIndexRequest:
+    """A follower asking the leader for a read index (dissertation §6.4)."""
+
+    term: int
+    src: int
+    dst: int
+    ctx: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadIndexResponse:
+    """The leader's answer; ``index`` is 0 when the leader could not serve it."""
+
+    term: int
+    src: int
+    dst: int
+    ctx: int
+    index: int
+
+
+Message = (
+    VoteRequest
+    | VoteResponse
+    | AppendEntries
+    | AppendResponse
+    | InstallSnapshot
+    | SnapshotResponse
+    | TimeoutNow
+    | Propose
+    | ReadIndexRequest
+    | ReadIndexResponse
+)
