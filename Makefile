@@ -1,0 +1,40 @@
+# parkd: two commands on a fresh clone (README.md).
+#   make test   create .venv, install parkd with its test extras, run the whole suite
+#   make demo   create .venv, install parkd, run a local 3-node cluster + 3 cameras until Ctrl-C
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# compat mode puts the checkout on sys.path, so twisted/plugins/parkd_plugin.py is found.
+INSTALL := $(BIN)/pip install --quiet --disable-pip-version-check --config-settings editable_mode=compat
+
+.PHONY: test demo proto soak bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(BIN)/python setup.py
+	$(INSTALL) -e .
+	$(BIN)/python -m parkd.plugin_cache
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(INSTALL) -e '.[test]'
+	touch $@
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest
+
+demo: $(VENV)/.installed
+	$(BIN)/python -m parkd.demo --config etc/parkd.toml
+
+# Regenerate parkd/proto/parkd_pb2.py from proto/ (tests/test_proto.py checks it is current).
+proto: $(VENV)/.installed-test
+	$(BIN)/protoc -Iproto --python_out=parkd/proto proto/parkd.proto
+
+soak: $(VENV)/.installed-test
+	$(BIN)/python -m parkd.raft.sim --seeds 20000 --steps 2000 --nodes 3
+	$(BIN)/python -m parkd.raft.sim --seeds 20000 --steps 2000 --nodes 5
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""The camera daemon: a frame source, a SQLite outbox and a node connection."""

@@ -1,0 +1,297 @@
+"""Configuration: the TOML file of CONTRACT §3 into frozen dataclasses.
+
+Every problem raises :class:`ConfigError` with one line that names the key
+(``node[2].raft``, ``cluster.heartbeat_ms``, ``--peers``); callers print that
+line and exit non-zero.  Command-line flags override the file
+(:func:`apply_overrides`).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+DEFAULT_CAPACITY = 100
+
+
+class ConfigError(Exception):
+    """A bad configuration; ``str()`` is the one line shown to the user."""
+
+
+@dataclass(frozen=True)
+class Address:
+    """A ``host:port`` that peers dial (CONTRACT §2)."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def endpoint(self) -> str:
+        """The Twisted listening endpoint that binds exactly this address."""
+        return f"tcp:{self.port}:interface={self.host}"
+
+
+@dataclass(frozen=True)
+class Member:
+    """One ``[[node]]`` table: the addresses a node advertises."""
+
+    id: int
+    raft: Address
+    client: Address
+    http: Address
+
+
+@dataclass(frozen=True)
+class Lot:
+    id: str
+    capacity: int = DEFAULT_CAPACITY
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    election_timeout_ms: int = 1000
+    heartbeat_ms: int = 100
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+
+
+@dataclass(frozen=True)
+class CameraSettings:
+    """The optional ``[camera]`` table: defaults for every camera daemon."""
+
+    interval: float = 10.0
+    outbox_limit: int = 10000
+    ack_timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole file, shared by nodes, cameras and parkctl."""
+
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    camera: CameraSettings = field(default_factory=CameraSettings)
+    members: tuple[Member, ...] = ()
+    lots: tuple[Lot, ...] = ()
+
+    def member(self, node_id: int) -> Member:
+        for member in self.members:
+            if member.id == node_id:
+                return member
+        known = ", ".join(str(m.id) for m in self.members) or "none"
+        raise ConfigError(f"--id: node {node_id} is not a member (members: {known})")
+
+    def lot(self, lot_id: str) -> Lot:
+        for lot in self.lots:
+            if lot.id == lot_id:
+                return lot
+        known = ", ".join(lot.id for lot in self.lots) or "none"
+        raise ConfigError(f"--lot: unknown lot {lot_id!r} (lots: {known})")
+
+
+# ---------------------------------------------------------------- primitives
+
+
+def parse_address(text: Any, key: str) -> Address:
+    """``host:port`` with a non-empty host and a port in 1..65535."""
+    if not isinstance(text, str):
+        raise ConfigError(f"{key}: expected a \"host:port\" string, got {text!r}")
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{key}: bad address {text!r} (expected host:port)")
+    return Address(host.strip("[]"), int(port))
+
+
+def parse_int(value: Any, key: str, minimum: int = 1) -> int:
+    """A whole number (TOML integer or decimal string) at least ``minimum``."""
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key}: expected a whole number, got {value!r}")
+    if value < minimum:
+        raise ConfigError(f"{key}: must be at least {minimum}, got {value}")
+    return value
+
+
+def parse_float(value: Any, key: str, minimum: float = 0.0) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if isinstance(value, bool) or not number > minimum or number != number:
+        raise ConfigError(f"{key}: must be greater than {minimum}, got {value!r}")
+    return number
+
+
+def _check_keys(table: Any, allowed: set[str], key: str, required: set[str] = frozenset()):
+    if not isinstance(table, dict):
+        raise ConfigError(f"{key}: expected a table")
+    for name in table:
+        if name not in allowed:
+            raise ConfigError(f"{key}.{name}: unknown key" if key else f"{name}: unknown key")
+    for name in sorted(required):
+        if name not in table:
+            raise ConfigError(f"{key}.{name}: missing")
+
+
+# ---------------------------------------------------------------- the file
+
+
+def load_config(path: str) -> Config:
+    """Read and validate a TOML config file."""
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"--config: no such file {path!r}") from None
+    except OSError as e:
+        raise ConfigError(f"--config: cannot read {path!r}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    try:
+        return parse_config(raw)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def parse_config(raw: dict[str, Any]) -> Config:
+    _check_keys(raw, {"cluster", "node", "lot", "camera"}, "")
+    cluster = _parse_cluster(raw.get("cluster", {}))
+    members = tuple(_parse_member(t, f"node[{i}]") for i, t in enumerate(_array(raw, "node")))
+    lots = tuple(_parse_lot(t, f"lot[{i}]") for i, t in enumerate(_array(raw, "lot")))
+    _check_members(members, "node")
+    _check_unique([lot.id for lot in lots], "lot", "id")
+    camera = _parse_camera(raw.get("camera", {}))
+    return Config(cluster=cluster, camera=camera, members=members, lots=lots)
+
+
+def _parse_camera(table: Any) -> CameraSettings:
+    _check_keys(table, {"interval", "outbox_limit", "ack_timeout"}, "camera")
+    defaults = CameraSettings()
+    return CameraSettings(
+        interval=parse_float(table.get("interval", defaults.interval), "camera.interval"),
+        outbox_limit=parse_int(table.get("outbox_limit", defaults.outbox_limit), "camera.outbox_limit"),
+        ack_timeout=parse_float(table.get("ack_timeout", defaults.ack_timeout), "camera.ack_timeout"),
+    )
+
+
+def _array(raw: dict, name: str) -> list:
+    value = raw.get(name, [])
+    if not isinstance(value, list):
+        raise ConfigError(f"{name}: expected an array of tables ([[{name}]])")
+    return value
+
+
+def _parse_cluster(table: Any) -> ClusterSettings:
+    _check_keys(table, {"election_timeout_ms", "heartbeat_ms", "max_message_bytes"}, "cluster")
+    defaults = ClusterSettings()
+    settings = ClusterSettings(
+        election_timeout_ms=parse_int(
+            table.get("election_timeout_ms", defaults.election_timeout_ms),
+            "cluster.election_timeout_ms",
+        ),
+        heartbeat_ms=parse_int(table.get("heartbeat_ms", defaults.heartbeat_ms), "cluster.heartbeat_ms"),
+        max_message_bytes=parse_int(
+            table.get("max_message_bytes", defaults.max_message_bytes),
+            "cluster.max_message_bytes",
+            minimum=1024,
+        ),
+    )
+    return check_cluster(settings, "cluster.")
+
+
+def check_cluster(settings: ClusterSettings, prefix: str) -> ClusterSettings:
+    if settings.heartbeat_ms * 2 > settings.election_timeout_ms:
+        raise ConfigError(
+            f"{prefix}heartbeat_ms: {settings.heartbeat_ms} must be at most half of "
+            f"election_timeout_ms ({settings.election_timeout_ms})"
+        )
+    return settings
+
+
+def _parse_member(table: Any, key: str) -> Member:
+    _check_keys(table, {"id", "raft", "client", "http"}, key, {"id", "raft", "client", "http"})
+    return Member(
+        id=parse_int(table["id"], f"{key}.id"),
+        raft=parse_address(table["raft"], f"{key}.raft"),
+        client=parse_address(table["client"], f"{key}.client"),
+        http=parse_address(table["http"], f"{key}.http"),
+    )
+
+
+def _parse_lot(table: Any, key: str) -> Lot:
+    _check_keys(table, {"id", "capacity"}, key, {"id"})
+    lot_id = table["id"]
+    if not isinstance(lot_id, str) or not lot_id.strip():
+        raise ConfigError(f"{key}.id: expected a non-empty string, got {lot_id!r}")
+    return Lot(lot_id, parse_int(table.get("capacity", DEFAULT_CAPACITY), f"{key}.capacity"))
+
+
+def _check_unique(values: list, table: str, key: str) -> None:
+    seen = set()
+    for i, value in enumerate(values):
+        if value in seen:
+            raise ConfigError(f"{table}[{i}].{key}: duplicate {key} {value!r}")
+        seen.add(value)
+
+
+def _check_members(members: tuple[Member, ...], table: str) -> None:
+    _check_unique([m.id for m in members], table, "id")
+    for kind in ("raft", "client", "http"):
+        _check_unique([getattr(m, kind) for m in members], table, kind)
+
+
+# ---------------------------------------------------------------- flags
+
+
+def parse_peers(text: str) -> tuple[Member, ...]:
+    """``--peers ID=RAFT/CLIENT/HTTP,...`` (every member, this node included)."""
+    members = []
+    for i, item in enumerate(p for p in text.split(",") if p.strip()):
+        node_id, sep, addresses = item.strip().partition("=")
+        parts = addresses.split("/")
+        if not sep or len(parts) != 3:
+            raise ConfigError(f"--peers: bad member {item!r} (expected ID=RAFT/CLIENT/HTTP)")
+        members.append(
+            Member(
+                id=parse_int(node_id, f"--peers[{i}] id"),
+                raft=parse_address(parts[0], f"--peers[{i}] raft"),
+                client=parse_address(parts[1], f"--peers[{i}] client"),
+                http=parse_address(parts[2], f"--peers[{i}] http"),
+            )
+        )
+    if not members:
+        raise ConfigError("--peers: no members given")
+    _check_members(tuple(members), "--peers")
+    return tuple(members)
+
+
+def parse_cluster_addresses(text: str) -> tuple[Address, ...]:
+    """``--cluster host:port,...`` (client ports, for cameras and parkctl)."""
+    addresses = tuple(
+        parse_address(part, f"--cluster[{i}]")
+        for i, part in enumerate(p for p in text.split(",") if p.strip())
+    )
+    if not addresses:
+        raise ConfigError("--cluster: no addresses given")
+    return addresses
+
+
+def apply_overrides(config: Config, flags: dict[str, Any]) -> Config:
+    """Apply the flags that were given (``None`` means not given)."""
+    camera = config.camera
+    for name, parse in (("interval", parse_float), ("outbox_limit", parse_int), ("ack_timeout", parse_float)):
+        if flags.get(name) is not None:
+            camera = replace(camera, **{name: parse(flags[name], "--" + name.replace("_", "-"))})
+    cluster = config.cluster
+    for name in ("election_timeout_ms", "heartbeat_ms", "max_message_bytes"):
+        value = flags.get(name)
+        if value is not None:
+            minimum = 1024 if name == "max_message_bytes" else 1
+            flag = "--" + name.replace("_", "-")
+            cluster = replace(cluster, **{name: parse_int(value, flag, minimum)})
+    check_cluster(cluster, "--")
+    members = parse_peers(flags["peers"]) if flags.get("peers") else config.members
+    return replace(config, cluster=cluster, camera=camera, members=members)

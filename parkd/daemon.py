@@ -1,0 +1,76 @@
+"""Pieces both daemons share: JSON logs, listening at start-up, clean failure."""
+
+from __future__ import annotations
+
+import io
+import sys
+
+from twisted.application import service
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import globalLogPublisher, jsonFileLogObserver
+from twisted.python.failure import Failure
+
+from parkd.config import ConfigError
+
+
+class JsonLogService(service.Service):
+    """Copies every log event to a file as JSON (CONTRACT §8, ``--log-json``)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._file: io.TextIOBase | None = None
+        self._observer = None
+
+    def startService(self) -> None:
+        try:
+            self._file = open(self.path, "a", encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"--log-json: cannot open {self.path!r}: {e.strerror}") from None
+        self._observer = jsonFileLogObserver(self._file)
+        globalLogPublisher.addObserver(self._observer)
+        super().startService()
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._observer is not None:
+            globalLogPublisher.removeObserver(self._observer)
+            self._observer = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def listen_now(reactor, description: str, factory, what: str):
+    """Listen on ``description`` at once, or raise ConfigError naming ``what``.
+
+    TCP endpoints listen synchronously, so a port in use is known before
+    ``startService`` returns and can be reported as one clear line.
+    """
+    outcome = []
+    serverFromString(reactor, description).listen(factory).addBoth(outcome.append)
+    if not outcome:
+        raise ConfigError(f"{what}: {description} did not start listening at once")
+    if isinstance(outcome[0], Failure):
+        error = outcome[0].value
+        reason = getattr(error, "socketError", None) or error
+        raise ConfigError(f"{what}: cannot listen on {description}: {reason}")
+    return outcome[0]
+
+
+def fail(message: str) -> None:
+    """Print one clear line and exit non-zero, without a traceback."""
+    sys.stderr.write(f"parkd: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(1)
+
+
+def fail_on_config_error(start):
+    """Decorate ``startService`` so a ConfigError becomes one line and exit 1."""
+
+    def startService(self):
+        try:
+            start(self)
+        except ConfigError as e:
+            fail(str(e))
+
+    return startService

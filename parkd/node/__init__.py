@@ -1,0 +1,1 @@
+"""The node daemon: Twisted glue around the Raft core and the parking state."""

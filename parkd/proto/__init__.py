@@ -1,0 +1,1 @@
+"""Generated protobuf modules (run `make proto` to regenerate)."""

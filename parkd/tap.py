@@ -1,0 +1,196 @@
+"""The ``twistd parkd`` plugin: ``node`` and ``camera`` sub-commands.
+
+Options validate (``postOptions``) and turn flags plus the config file into a
+settings value; :func:`makeService` only wires services together.  Databases
+and listeners are opened in ``startService`` (twistd may fork after
+``makeService``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from twisted.application import service
+from twisted.python import usage
+
+from parkd.daemon import fail
+from parkd.config import (
+    Address,
+    Config,
+    ConfigError,
+    apply_overrides,
+    load_config,
+    parse_cluster_addresses,
+    parse_int,
+)
+
+
+def check_endpoint(description: str, flag: str) -> str:
+    """Reject a listening endpoint string Twisted cannot parse."""
+    from twisted.internet.endpoints import serverFromString
+
+    try:
+        serverFromString(None, description)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"{flag}: bad endpoint {description!r} ({e})") from None
+    return description
+
+
+# --------------------------------------------------------------------- node
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    node_id: int
+    config: Config
+    data_dir: str
+    listen_raft: str
+    listen_client: str
+    listen_http: str
+    log_json: str | None = None
+
+
+class _ConfigOptions(usage.Options):
+    """Flags shared by both daemons: a config file, JSON logs, and the cluster."""
+
+    def load(self) -> Config:
+        if not self["config"]:
+            raise ConfigError("--config: required (e.g. --config etc/parkd.toml)")
+        flags = {key.replace("-", "_"): value for key, value in self.items()}
+        return apply_overrides(load_config(self["config"]), flags)
+
+    def postOptions(self) -> None:
+        try:
+            self.settings = self.build()
+        except ConfigError as e:
+            fail(str(e))
+
+    def build(self):
+        raise NotImplementedError
+
+
+class NodeOptions(_ConfigOptions):
+    synopsis = "--config FILE --id N [options]"
+    longdesc = (
+        "Run one parkd processing node: the raft port (peers), the client port "
+        "(cameras and tools) and the HTTP port (API, dashboard, metrics). Flags "
+        "override the config file."
+    )
+    optParameters = [
+        ["config", "c", None, "TOML config file (see etc/parkd.toml). Required."],
+        ["id", None, None, "This node's id; must be one of the [[node]] members. Required."],
+        ["data-dir", None, None, "Directory for this node's SQLite database [default: parkd-data/node-ID]."],
+        ["peers", None, None, "All members as ID=RAFT/CLIENT/HTTP,... (host:port each); replaces [[node]]."],
+        ["listen-raft", None, None, "Twisted endpoint for the raft port [default: the advertised raft address]."],
+        ["listen-client", None, None, "Twisted endpoint for the client port [default: the advertised address]."],
+        ["listen-http", None, None, "Twisted endpoint for the HTTP port [default: the advertised address]."],
+        ["election-timeout-ms", None, None, "Election timeout T in ms; randomised in [T, 2T) [default: 1000]."],
+        ["heartbeat-ms", None, None, "Leader heartbeat interval in ms [default: 100]."],
+        ["max-message-bytes", None, None, "Largest wire message accepted or sent [default: 16 MiB]."],
+        ["log-json", None, None, "Also write every log event to FILE as JSON lines."],
+    ]
+
+    def build(self) -> NodeSettings:
+        if self["id"] is None:
+            raise ConfigError("--id: required (which [[node]] this process is)")
+        node_id = parse_int(self["id"], "--id")
+        config = self.load()
+        me = config.member(node_id)
+        return NodeSettings(
+            node_id=node_id,
+            config=config,
+            data_dir=self["data-dir"] or os.path.join("parkd-data", f"node-{node_id}"),
+            listen_raft=check_endpoint(self["listen-raft"] or me.raft.endpoint(), "--listen-raft"),
+            listen_client=check_endpoint(self["listen-client"] or me.client.endpoint(), "--listen-client"),
+            listen_http=check_endpoint(self["listen-http"] or me.http.endpoint(), "--listen-http"),
+            log_json=self["log-json"],
+        )
+
+
+# ------------------------------------------------------------------- camera
+
+
+@dataclass(frozen=True)
+class CameraSettings:
+    camera_id: int
+    lot: str
+    config: Config
+    cluster: tuple[Address, ...]
+    state_dir: str
+    log_json: str | None = None
+
+    @property
+    def interval(self) -> float:
+        return self.config.camera.interval
+
+
+class CameraOptions(_ConfigOptions):
+    synopsis = "--config FILE --camera-id N --lot LOT [options]"
+    longdesc = (
+        "Run one camera: capture a frame every --interval seconds, keep it in a "
+        "SQLite outbox until a node acknowledges it, and fail over between nodes."
+    )
+    optParameters = [
+        ["config", "c", None, "TOML config file (see etc/parkd.toml). Required."],
+        ["camera-id", None, None, "This camera's id (a whole number). Required."],
+        ["lot", None, None, "The lot this camera watches; must be a [[lot]] id. Required."],
+        ["interval", None, None, "Seconds between frames [default: 10, or [camera].interval]."],
+        ["state-dir", None, None, "Directory for the camera's outbox [default: parkd-data/camera-ID]."],
+        ["cluster", None, None, "Client addresses of the nodes, host:port,... [default: every [[node]].client]."],
+        ["outbox-limit", None, None, "Most unacknowledged frames kept; the oldest are dropped [default: 10000]."],
+        ["ack-timeout", None, None, "Seconds to wait for an ack before trying another node [default: 5]."],
+        ["log-json", None, None, "Also write every log event to FILE as JSON lines."],
+    ]
+
+    def build(self) -> CameraSettings:
+        if self["camera-id"] is None:
+            raise ConfigError("--camera-id: required")
+        if not self["lot"]:
+            raise ConfigError("--lot: required")
+        camera_id = parse_int(self["camera-id"], "--camera-id")
+        config = self.load()
+        config.lot(self["lot"])
+        if self["cluster"]:
+            cluster = parse_cluster_addresses(self["cluster"])
+        else:
+            cluster = tuple(m.client for m in config.members)
+        if not cluster:
+            raise ConfigError("--cluster: no node addresses (none given and no [[node]] in the config)")
+        return CameraSettings(
+            camera_id=camera_id,
+            lot=self["lot"],
+            config=config,
+            cluster=cluster,
+            state_dir=self["state-dir"] or os.path.join("parkd-data", f"camera-{camera_id}"),
+            log_json=self["log-json"],
+        )
+
+
+# ------------------------------------------------------------------ plugin
+
+
+class Options(usage.Options):
+    synopsis = "node|camera [options]"
+    longdesc = "Run a parkd node or camera. See `twistd parkd node --help` and `twistd parkd camera --help`."
+    subCommands = [
+        ["node", None, NodeOptions, "Run a processing node (raft, client and HTTP ports)."],
+        ["camera", None, CameraOptions, "Run a camera that sends frames to the cluster."],
+    ]
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            raise usage.UsageError("choose a sub-command: node or camera")
+
+
+def makeService(options: Options, reactor=None) -> service.IService:
+    if reactor is None:
+        from twisted.internet import reactor
+    settings = options.subOptions.settings
+    if options.subCommand == "node":
+        from parkd.node.service import build_node_service
+
+        return build_node_service(settings, reactor)
+    from parkd.camera.service import build_camera_service
+
+    return build_camera_service(settings, reactor)
