@@ -32,7 +32,8 @@ class Address:
 
     def endpoint(self) -> str:
         """The Twisted listening endpoint that binds exactly this address."""
-        return f"tcp:{self.port}:interface={self.host}"
+        interface = self.host.replace(":", "\\:")  # endpoint strings escape colons
+        return f"tcp:{self.port}:interface={interface}"
 
 
 @dataclass(frozen=True)
@@ -199,14 +200,14 @@ def _parse_cluster(table: Any) -> ClusterSettings:
             minimum=1024,
         ),
     )
-    return check_cluster(settings, "cluster.")
+    return check_cluster(settings, "cluster.heartbeat_ms")
 
 
-def check_cluster(settings: ClusterSettings, prefix: str) -> ClusterSettings:
+def check_cluster(settings: ClusterSettings, key: str) -> ClusterSettings:
     if settings.heartbeat_ms * 2 > settings.election_timeout_ms:
         raise ConfigError(
-            f"{prefix}heartbeat_ms: {settings.heartbeat_ms} must be at most half of "
-            f"election_timeout_ms ({settings.election_timeout_ms})"
+            f"{key}: {settings.heartbeat_ms} must be at most half of "
+            f"the election timeout ({settings.election_timeout_ms} ms)"
         )
     return settings
 
@@ -292,6 +293,6 @@ def apply_overrides(config: Config, flags: dict[str, Any]) -> Config:
             minimum = 1024 if name == "max_message_bytes" else 1
             flag = "--" + name.replace("_", "-")
             cluster = replace(cluster, **{name: parse_int(value, flag, minimum)})
-    check_cluster(cluster, "--")
+    check_cluster(cluster, "--heartbeat-ms")
     members = parse_peers(flags["peers"]) if flags.get("peers") else config.members
     return replace(config, cluster=cluster, camera=camera, members=members)

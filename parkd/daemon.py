@@ -7,7 +7,7 @@ import sys
 
 from twisted.application import service
 from twisted.internet.endpoints import serverFromString
-from twisted.logger import globalLogPublisher, jsonFileLogObserver
+from twisted.logger import Logger, globalLogPublisher, jsonFileLogObserver
 from twisted.python.failure import Failure
 
 from parkd.config import ConfigError
@@ -58,9 +58,17 @@ def listen_now(reactor, description: str, factory, what: str):
 
 
 def fail(message: str) -> None:
-    """Print one clear line and exit non-zero, without a traceback."""
-    sys.stderr.write(f"parkd: {message}\n")
-    sys.stderr.flush()
+    """Print one clear line and exit non-zero, without a traceback.
+
+    The line goes to the real stderr (twistd redirects ``sys.stderr`` into its
+    log once logging starts) and, as an error event, to the log.
+    """
+    Logger().error("parkd: {message}", message=message)
+    stderr = sys.__stderr__ or sys.stderr
+    if stderr is not sys.stderr:
+        sys.stderr.flush()
+    stderr.write(f"parkd: {message}\n")
+    stderr.flush()
     raise SystemExit(1)
 
 

@@ -1,0 +1,196 @@
+"""Start and stop parkd daemons as real ``twistd`` processes.
+
+Used by ``make demo`` (:mod:`parkd.demo`) and by the process-level tests, so
+both run the daemons exactly as an operator would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from parkd.config import Config
+
+
+# The twistd script of the running interpreter's environment (e.g. .venv/bin/twistd).
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+
+
+class Timeout(AssertionError):
+    """A bounded wait ran out."""
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
+    """Poll ``predicate`` until it returns something truthy, at most ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise Timeout(f"timed out after {timeout:.1f}s waiting for {what}")
+        time.sleep(interval)  # bounded-poll
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """Ports the kernel just handed out (and released) on ``host``."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind((host, 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+@dataclass
+class Daemon:
+    """One ``twistd -n parkd …`` process with its log files."""
+
+    name: str
+    args: list[str]
+    workdir: str
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def log_path(self) -> str:
+        return os.path.join(self.workdir, f"{self.name}.log")
+
+    @property
+    def json_path(self) -> str:
+        return os.path.join(self.workdir, f"{self.name}.json")
+
+    @property
+    def out_path(self) -> str:
+        """stdout and stderr: where start-up errors (one line) go."""
+        return os.path.join(self.workdir, f"{self.name}.out")
+
+    def command(self) -> list[str]:
+        return [
+            TWISTD, "--nodaemon", "--pidfile=", f"--logfile={self.log_path}",
+            "parkd", *self.args, f"--log-json={self.json_path}",
+        ]  # fmt: skip
+
+    def start(self) -> Daemon:
+        os.makedirs(self.workdir, exist_ok=True)
+        with open(self.out_path, "ab") as out:
+            self.proc = subprocess.Popen(
+                self.command(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.env},
+                start_new_session=True,  # Ctrl-C in a terminal reaches the launcher only
+            )
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            os.kill(self.proc.pid, sig)
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM, then SIGKILL if it has not exited within ``timeout``."""
+        if self.proc is None:
+            return None
+        self.signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
+            return self.proc.wait(5)
+
+    def kill(self) -> None:
+        """kill -9, as a crash."""
+        self.signal(signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.wait(5)
+
+    def log_text(self) -> str:
+        text = ""
+        for path in (self.out_path, self.log_path):
+            if os.path.exists(path):
+                with open(path, encoding="utf-8", errors="replace") as f:
+                    text += f.read()
+        return text
+
+
+def node_daemon(config_path: str, node_id: int, workdir: str, *extra: str) -> Daemon:
+    data_dir = os.path.join(workdir, f"node-{node_id}")
+    args = ["node", "--config", config_path, "--id", str(node_id), "--data-dir", data_dir, *extra]
+    return Daemon(f"node-{node_id}", args, workdir)
+
+
+def camera_daemon(config_path: str, camera_id: int, lot: str, workdir: str, *extra: str) -> Daemon:
+    state_dir = os.path.join(workdir, f"camera-{camera_id}")
+    args = ["camera", "--config", config_path, "--camera-id", str(camera_id), "--lot", lot]
+    return Daemon(f"camera-{camera_id}", [*args, "--state-dir", state_dir, *extra], workdir)
+
+
+def write_config(
+    path: str,
+    nodes: int = 3,
+    lots: dict[str, int] | None = None,
+    election_timeout_ms: int = 1000,
+    heartbeat_ms: int = 100,
+    host: str = "127.0.0.1",
+) -> str:
+    """Write a loopback cluster config with fresh ports (for tests)."""
+    ports = free_ports(3 * nodes, host)
+    lines = [
+        "[cluster]",
+        f"election_timeout_ms = {election_timeout_ms}",
+        f"heartbeat_ms = {heartbeat_ms}",
+    ]
+    for i in range(nodes):
+        raft, client, http = ports[3 * i : 3 * i + 3]
+        lines += [
+            "",
+            "[[node]]",
+            f"id = {i + 1}",
+            f'raft = "{host}:{raft}"',
+            f'client = "{host}:{client}"',
+            f'http = "{host}:{http}"',
+        ]
+    for lot, capacity in (lots or {"north": 100}).items():
+        lines += ["", "[[lot]]", f'id = "{lot}"', f"capacity = {capacity}"]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def wait_listening(config: Config, node_id: int, daemon: Daemon, timeout: float = 15.0) -> None:
+    """Wait until the node listens on its three ports; fail early if it exits."""
+    member = config.member(node_id)
+    for address in (member.raft, member.client, member.http):
+
+        def listening():
+            if not daemon.alive():
+                raise Timeout(f"{daemon.name} exited with {daemon.proc.returncode}: {daemon.log_text()[-500:]}")
+            return port_open(address.host, address.port)
+
+        wait_for(listening, timeout, f"node {node_id} on {address}")
