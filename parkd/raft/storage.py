@@ -1,0 +1,299 @@
+"""Durable Raft state: hard state, log entries and snapshot position (DESIGN layer 2).
+
+SQLAlchemy Core on SQLite in WAL mode with ``synchronous=FULL``: ``NORMAL`` can lose
+the last commits on power loss, which for Raft means a forgotten vote.  The node keeps
+this log and the parking tables in one file, so :func:`open_engine` builds the one
+Engine both share, and :func:`ensure_schema` versions each component's tables.
+
+The core only reads storage (at start-up, through :meth:`load`); the node writes it,
+one :meth:`save` per Ready, before any message of that Ready is sent.  Every failure
+surfaces as :class:`StorageError`: the node must stop rather than run on with a log
+it cannot trust.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from collections.abc import Iterator, Sequence
+from typing import Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from parkd.raft.types import Entry, EntryKind, HardState, PersistedState, SnapshotMeta
+
+RAFT_SCHEMA_VERSION = 1
+
+
+class StorageError(Exception):
+    """Persistent state could not be read or written; the cause is chained."""
+
+
+@contextlib.contextmanager
+def storage_errors(what: str) -> Iterator[None]:
+    """Re-raise any database failure during ``what`` as :class:`StorageError`."""
+    try:
+        yield
+    except (sa.exc.SQLAlchemyError, sqlite3.Error) as exc:
+        raise StorageError(f"{what} failed: {exc}") from exc
+
+
+def open_engine(path_or_url: str) -> sa.Engine:
+    """An Engine on one SQLite file (or URL) with the durability the log needs.
+
+    Also takes transaction control from the ``sqlite3`` module, which by default
+    starts transactions only at the first write (SQLAlchemy's documented recipe):
+    reads inside ``engine.begin()`` then belong to the same transaction as the
+    writes that follow them.
+    """
+    url = path_or_url if "://" in path_or_url else f"sqlite:///{path_or_url}"
+    engine = sa.create_engine(url)
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+_versions = sa.Table(
+    "schema_version",
+    sa.MetaData(),
+    sa.Column("component", sa.Text, primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+)
+
+
+def ensure_schema(conn: sa.Connection, metadata: sa.MetaData, component: str, version: int) -> None:
+    """Create ``metadata``'s missing tables and check ``component``'s schema version.
+
+    One row per component (not ``PRAGMA user_version``) because several components
+    share the file.  A mismatch raises :class:`StorageError`: there are no
+    upgraders yet, and running on an unknown layout would corrupt it.
+    """
+    _versions.create(conn, checkfirst=True)
+    metadata.create_all(conn)
+    found = conn.scalar(sa.select(_versions.c.version).where(_versions.c.component == component))
+    if found is None:
+        conn.execute(_versions.insert().values(component=component, version=version))
+    elif found != version:
+        raise StorageError(f"{component} schema version {found} in the database, expected {version}")
+
+
+_meta = sa.MetaData()
+_hard_state = sa.Table(
+    "hard_state",
+    _meta,
+    sa.Column("id", sa.Integer, primary_key=True),  # always 1: a single row
+    sa.Column("term", sa.Integer, nullable=False),
+    sa.Column("vote", sa.Integer, nullable=False),
+    sa.Column("commit", sa.Integer, nullable=False),
+)
+_entries = sa.Table(
+    "entries",
+    _meta,
+    sa.Column("index", sa.Integer, primary_key=True),  # the rowid: appends stay cheap
+    sa.Column("term", sa.Integer, nullable=False),
+    sa.Column("kind", sa.Integer, nullable=False),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+)
+_snapshot = sa.Table(
+    "snapshot_meta",
+    _meta,
+    sa.Column("id", sa.Integer, primary_key=True),  # always 1: a single row
+    sa.Column("index", sa.Integer, nullable=False),
+    sa.Column("term", sa.Integer, nullable=False),
+    sa.Column("voters", sa.Text, nullable=False),  # JSON list of node ids
+    sa.Column("learners", sa.Text, nullable=False),
+)
+_truncate_from = _entries.delete().where(_entries.c["index"] >= sa.bindparam("first"))
+_update_hard_state = _hard_state.update().where(_hard_state.c.id == 1)
+
+
+def _driver_sql(statement: sa.Executable, engine: sa.Engine, order: list[str]) -> str:
+    """``statement`` as the driver's SQL string, its positional parameters in ``order``."""
+    compiled = statement.compile(dialect=engine.dialect)
+    if compiled.positiontup != order:
+        raise StorageError(f"unexpected parameter order {compiled.positiontup} in {compiled}")
+    return str(compiled)
+
+
+class Storage(Protocol):
+    """What the node needs from durable Raft state; both classes below provide it."""
+
+    def load(self) -> PersistedState: ...
+
+    def save(self, hard_state: HardState | None, entries: Sequence[Entry]) -> None: ...
+
+    def compact(self, upto_index: int, meta: SnapshotMeta) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _check_append(entries: Sequence[Entry], last_index: int, snapshot_index: int) -> None:
+    """Refuse a batch that would leave a hole in the log or rewrite the snapshot.
+
+    The core must never produce one; checking here turns such a bug into a loud
+    error instead of a silently broken log on disk.
+    """
+    first = entries[0].index
+    if not snapshot_index < first <= last_index + 1:
+        raise ValueError(
+            f"entries start at {first}; the log allows {snapshot_index + 1}..{last_index + 1}"
+        )
+    for offset, entry in enumerate(entries):
+        if entry.index != first + offset:
+            raise ValueError(f"entries are not contiguous at index {entry.index}")
+
+
+def _check_compact(upto_index: int, meta: SnapshotMeta, current: SnapshotMeta) -> None:
+    if upto_index > meta.index:
+        raise ValueError(f"cannot discard entries up to {upto_index} beyond the snapshot at {meta.index}")
+    if meta.index < current.index:
+        raise ValueError(f"snapshot at {meta.index} is older than the stored one at {current.index}")
+
+
+class MemoryStorage:
+    """Same semantics as :class:`SqliteStorage`, kept in memory, for core and driver tests."""
+
+    def __init__(self) -> None:
+        self._hard_state = HardState()
+        self._entries: list[Entry] = []
+        self._snapshot = SnapshotMeta()
+
+    def load(self) -> PersistedState:
+        return PersistedState(self._hard_state, tuple(self._entries), self._snapshot)
+
+    def save(self, hard_state: HardState | None, entries: Sequence[Entry]) -> None:
+        if entries:
+            last_index = self._entries[-1].index if self._entries else self._snapshot.index
+            _check_append(entries, last_index, self._snapshot.index)
+            keep = entries[0].index - (self._entries[0].index if self._entries else entries[0].index)
+            self._entries[keep:] = entries
+        if hard_state is not None:
+            self._hard_state = hard_state
+
+    def compact(self, upto_index: int, meta: SnapshotMeta) -> None:
+        _check_compact(upto_index, meta, self._snapshot)
+        self._entries = [e for e in self._entries if e.index > upto_index]
+        self._snapshot = meta
+
+    def close(self) -> None:
+        """Nothing to release; present so both storages are interchangeable."""
+
+
+class SqliteStorage:
+    """Raft state in the tables ``hard_state``, ``entries`` and ``snapshot_meta``.
+
+    Pass the Engine shared with the parking state machine, or use :meth:`open`
+    for a file of its own.  Not thread-safe: the node calls it from one thread.
+    """
+
+    def __init__(self, engine: sa.Engine, *, owns_engine: bool = False) -> None:
+        self._engine = engine
+        self._owns_engine = owns_engine
+        self._insert_sql = _driver_sql(_entries.insert(), engine, ["index", "term", "kind", "data"])
+        with storage_errors("opening the Raft storage"), engine.begin() as conn:
+            ensure_schema(conn, _meta, "raft", RAFT_SCHEMA_VERSION)
+            conn.execute(
+                sqlite_insert(_hard_state)
+                .values(id=1, term=0, vote=0, commit=0)
+                .on_conflict_do_nothing()
+            )
+            conn.execute(
+                sqlite_insert(_snapshot)
+                .values(id=1, index=0, term=0, voters="[]", learners="[]")
+                .on_conflict_do_nothing()
+            )
+            self._snapshot_meta = self._read_snapshot(conn)
+            self._last_index = conn.scalar(sa.select(sa.func.max(_entries.c["index"]))) or 0
+            self._last_index = max(self._last_index, self._snapshot_meta.index)
+
+    @classmethod
+    def open(cls, path_or_url: str) -> SqliteStorage:
+        """A storage on its own Engine, disposed of by :meth:`close`."""
+        try:
+            engine = open_engine(path_or_url)
+        except sa.exc.SQLAlchemyError as exc:
+            raise StorageError(f"opening {path_or_url} failed: {exc}") from exc
+        try:
+            return cls(engine, owns_engine=True)
+        except BaseException:
+            engine.dispose()
+            raise
+
+    def load(self) -> PersistedState:
+        with storage_errors("loading the Raft state"), self._engine.begin() as conn:
+            term, vote, commit = conn.execute(
+                sa.select(_hard_state.c.term, _hard_state.c.vote, _hard_state.c.commit)
+            ).one()
+            rows = conn.execute(sa.select(_entries).order_by(_entries.c["index"]))
+            entries = tuple(Entry(i, t, EntryKind(k), d) for i, t, k, d in rows)
+            snapshot = self._read_snapshot(conn)
+        return PersistedState(HardState(term, vote, commit), entries, snapshot)
+
+    def save(self, hard_state: HardState | None, entries: Sequence[Entry]) -> None:
+        """Persist one Ready in one transaction: truncate, append, hard state.
+
+        Entries replace any stored entries from ``entries[0].index`` on (a
+        conflicting suffix, Raft §5.3).  The rows go in with one driver-level
+        executemany of tuples: per row it costs only parameter binding, about
+        twice as fast as Core's executemany of dicts for 100-1000 entries.
+        """
+        if entries:
+            _check_append(entries, self._last_index, self._snapshot_meta.index)
+        elif hard_state is None:
+            return
+        with storage_errors("saving the Raft state"), self._engine.begin() as conn:
+            if entries:
+                if entries[0].index <= self._last_index:
+                    conn.execute(_truncate_from, {"first": entries[0].index})
+                conn.exec_driver_sql(
+                    self._insert_sql, [(e.index, e.term, int(e.kind), e.data) for e in entries]
+                )
+            if hard_state is not None:
+                conn.execute(
+                    _update_hard_state,
+                    {"term": hard_state.term, "vote": hard_state.vote, "commit": hard_state.commit},
+                )
+        if entries:
+            self._last_index = entries[-1].index
+
+    def compact(self, upto_index: int, meta: SnapshotMeta) -> None:
+        """Drop entries up to ``upto_index`` and record the snapshot they are in."""
+        _check_compact(upto_index, meta, self._snapshot_meta)
+        with storage_errors("compacting the Raft log"), self._engine.begin() as conn:
+            conn.execute(_entries.delete().where(_entries.c["index"] <= upto_index))
+            conn.execute(
+                _snapshot.update()
+                .where(_snapshot.c.id == 1)
+                .values(
+                    index=meta.index,
+                    term=meta.term,
+                    voters=json.dumps(list(meta.voters)),
+                    learners=json.dumps(list(meta.learners)),
+                )
+            )
+        self._snapshot_meta = meta
+        self._last_index = max(self._last_index, meta.index)
+
+    def close(self) -> None:
+        if self._owns_engine:
+            self._engine.dispose()
+
+    @staticmethod
+    def _read_snapshot(conn: sa.Connection) -> SnapshotMeta:
+        index, term, voters, learners = conn.execute(
+            sa.select(_snapshot.c["index"], _snapshot.c.term, _snapshot.c.voters, _snapshot.c.learners)
+        ).one()
+        return SnapshotMeta(index, term, tuple(json.loads(voters)), tuple(json.loads(learners)))

@@ -1,0 +1,219 @@
+"""SqliteStorage on real files: reopening, crashes mid-write, and failures that must surface.
+
+Run as a script, this module is the crashing child: it replays :func:`workload`
+into a file and prints each step number once that step's save has returned.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from parkd.raft.storage import MemoryStorage, SqliteStorage, StorageError, ensure_schema, open_engine
+from parkd.raft.types import Entry, EntryKind, HardState, PersistedState, SnapshotMeta
+
+DEADLINE_S = 60  # a bound on every wait for the child, never a pause
+
+
+def step(n: int, last_index: int) -> tuple[HardState, list[Entry]]:
+    """The n-th save (from 1) of a deterministic history; every 5th rewrites a suffix."""
+    term = 1 + n // 5
+    first = max(1, last_index - 2) if n % 5 == 0 else last_index + 1
+    batch = [Entry(i, term, EntryKind.NORMAL, f"{n}:{i}".encode() * 20) for i in range(first, first + 1 + n % 13)]
+    return HardState(term=term, vote=1 + n % 3, commit=n), batch
+
+
+def workload(storage, start: int, stop: int, report=None) -> None:
+    """Apply steps start..stop-1 to ``storage``, calling ``report(n)`` after each save."""
+    state = storage.load()
+    last_index = state.entries[-1].index if state.entries else 0
+    for n in range(start, stop):
+        hard_state, batch = step(n, last_index)
+        storage.save(hard_state, batch)
+        last_index = batch[-1].index
+        if report:
+            report(n)
+
+
+def expected_after(steps: int) -> PersistedState:
+    model = MemoryStorage()
+    workload(model, 1, steps + 1)
+    return model.load()
+
+
+def _child(path: str, exit_at: int) -> None:
+    """Save steps until killed; with ``exit_at``, die inside that step's transaction."""
+    engine = open_engine(path)
+    saving = [1]  # the step whose save is under way
+    if exit_at:
+
+        @sa.event.listens_for(engine, "before_cursor_execute")
+        def _die(conn, cursor, statement, parameters, context, executemany):
+            if executemany and saving[0] == exit_at:
+                os._exit(3)  # after this step's DELETE, before its rows and COMMIT
+
+    def report(n: int) -> None:
+        os.write(1, f"{n}\n".encode())
+        saving[0] = n + 1
+
+    workload(SqliteStorage(engine), 1, 10**6, report)
+
+
+def _spawn(path, exit_at: int = 0) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    return subprocess.Popen(
+        [sys.executable, __file__, str(path), str(exit_at)], stdout=subprocess.PIPE, env=env
+    )
+
+
+def _reported_steps(proc: subprocess.Popen, kill_after: int | None) -> int:
+    """Read the child's reports until EOF, killing it once ``kill_after`` is reached.
+
+    Returns the last step the child reported complete.  Every wait is bounded.
+    """
+    deadline = time.monotonic() + DEADLINE_S
+    last, buffer, killed = 0, b"", False
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                proc.kill()
+                pytest.fail("the storage child made no progress in time")
+            if not sel.select(remaining):
+                continue
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            if lines:
+                last = int(lines[-1])
+            if kill_after is not None and last >= kill_after and not killed:
+                proc.send_signal(signal.SIGKILL)  # then drain what it wrote before dying
+                killed = True
+    proc.stdout.close()
+    proc.wait(timeout=DEADLINE_S)
+    return last
+
+
+@pytest.mark.parametrize("kill_after", [1, 37, 150])
+def test_sigkill_mid_write_leaves_a_complete_prefix(tmp_path, kill_after):
+    path = tmp_path / "node.db"
+    reported = _reported_steps(_spawn(path), kill_after)
+    assert reported >= kill_after
+
+    storage = SqliteStorage.open(str(path))
+    found = storage.load()
+    # The child may have finished one more save between its last report and the kill.
+    matches = [n for n in (reported, reported + 1) if found == expected_after(n)]
+    assert matches, f"state after reported step {reported} is not that of any whole step"
+
+    workload(storage, matches[0] + 1, matches[0] + 4)  # and the file is still writable
+    storage.close()
+    assert SqliteStorage.open(str(path)).load() == expected_after(matches[0] + 3)
+
+
+def test_exit_between_truncation_and_insert_rolls_the_truncation_back(tmp_path):
+    path = tmp_path / "node.db"
+    proc = _spawn(path, exit_at=20)  # step 20 rewrites a suffix
+    assert _reported_steps(proc, kill_after=None) == 19
+    assert proc.returncode == 3
+    assert SqliteStorage.open(str(path)).load() == expected_after(19)
+
+
+def test_reopen_returns_exactly_what_was_committed(tmp_path):
+    path = str(tmp_path / "node.db")
+    storage = SqliteStorage.open(path)
+    workload(storage, 1, 30)
+    meta = SnapshotMeta(index=10, term=2, voters=(1, 2, 3), learners=(5,))
+    storage.compact(8, meta)
+    before = storage.load()
+    storage.close()
+
+    reopened = SqliteStorage.open(path)
+    assert reopened.load() == before
+    assert before.snapshot == meta and before.entries[0].index == 9
+    with pytest.raises(ValueError):  # the reopened storage knows where the log ends
+        reopened.save(None, [Entry(before.entries[-1].index + 2, 9)])
+    reopened.close()
+
+
+def test_pragmas_make_the_log_durable(tmp_path):
+    engine = open_engine(str(tmp_path / "node.db"))
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+    engine.dispose()
+
+
+def test_failure_inside_a_save_rolls_everything_back(tmp_path):
+    storage = SqliteStorage.open(str(tmp_path / "node.db"))
+    storage.save(HardState(1, 1), [Entry(i, 1, data=b"ok") for i in (1, 2, 3)])
+    before = storage.load()
+    with storage._engine.begin() as conn:  # a write that fails after the truncation ran
+        conn.exec_driver_sql(
+            "CREATE TRIGGER boom BEFORE INSERT ON entries WHEN NEW.data = x'626f6f6d' "
+            "BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
+        )
+    with pytest.raises(StorageError, match="disk on fire") as raised:
+        storage.save(HardState(2, 2), [Entry(2, 2, data=b"ok"), Entry(3, 2, data=b"boom")])
+    assert isinstance(raised.value.__cause__, sa.exc.DBAPIError)
+    assert storage.load() == before
+    storage.save(HardState(2, 2), [Entry(2, 2, data=b"fine")])
+    assert storage.load().entries == (Entry(1, 1, data=b"ok"), Entry(2, 2, data=b"fine"))
+    storage.close()
+
+
+def test_corrupt_file_raises_storage_error(tmp_path):
+    path = tmp_path / "node.db"
+    path.write_bytes(b"this is not a database, " * 200)
+    with pytest.raises(StorageError, match="not a database") as raised:
+        SqliteStorage.open(str(path))
+    assert isinstance(raised.value.__cause__, (sa.exc.SQLAlchemyError, sqlite3.Error))
+
+
+def test_unopenable_path_raises_storage_error(tmp_path):
+    with pytest.raises(StorageError, match="unable to open"):
+        SqliteStorage.open(str(tmp_path / "missing-dir" / "node.db"))
+
+
+def test_newer_schema_version_is_refused(tmp_path):
+    path = str(tmp_path / "node.db")
+    SqliteStorage.open(path).close()
+    engine = open_engine(path)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE schema_version SET version = 99 WHERE component = 'raft'")
+    with pytest.raises(StorageError, match="raft schema version 99"):
+        SqliteStorage(engine)
+    engine.dispose()
+
+
+def test_shares_its_engine_with_other_components(tmp_path):
+    engine = open_engine(str(tmp_path / "node.db"))
+    other = sa.MetaData()
+    notes = sa.Table("notes", other, sa.Column("id", sa.Integer, primary_key=True))
+    storage = SqliteStorage(engine)
+    with engine.begin() as conn:
+        ensure_schema(conn, other, "notes", 1)
+        conn.execute(notes.insert().values(id=1))
+    storage.save(HardState(1, 1), [Entry(1, 1)])
+    storage.close()  # does not dispose an engine it was given
+    with engine.connect() as conn:
+        assert conn.scalar(sa.select(notes.c.id)) == 1
+        versions = dict(conn.exec_driver_sql("SELECT component, version FROM schema_version").all())
+    assert versions == {"raft": 1, "notes": 1}
+    assert SqliteStorage(engine).load().entries == (Entry(1, 1),)
+    engine.dispose()
+
+
+if __name__ == "__main__":
+    _child(sys.argv[1], int(sys.argv[2]))
