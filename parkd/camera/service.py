@@ -2,47 +2,97 @@
 
 from __future__ import annotations
 
-import itertools
+import os
+import random
+import string
 
 from twisted.application import service
-from twisted.application.internet import ClientService
-from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from parkd.daemon import JsonLogService
-from parkd.proto import parkd_pb2 as pb
-from parkd.wire import CAMERA_SIDE, EnvelopeProtocol
+from parkd.config import ConfigError
+from parkd.daemon import JsonLogService, fail_on_config_error
+
+PAYLOAD_ALPHABET = string.ascii_letters + string.digits
+PAYLOAD_LENGTH = 64
 
 
-class CameraProtocol(EnvelopeProtocol):
-    rules = CAMERA_SIDE
+class CameraService(service.Service):
+    """Captures a frame every interval into the outbox and hands it to the client."""
 
-    def connectionMade(self) -> None:
-        s = self.factory.settings
-        self.sendEnvelope(pb.Envelope(hello=pb.Hello(camera_id=s.camera_id, lot=s.lot)))
-        self.log.info("camera {camera_id} connected to {peer}", camera_id=s.camera_id, peer=self.transport.getPeer())
+    log = Logger()
 
-    def envelopeReceived(self, kind, body) -> None:
-        self.log.info("camera received {kind}", kind=kind)
+    def __init__(self, settings, reactor, rng: random.Random | None = None):
+        self.settings = settings
+        self.reactor = reactor
+        self.rng = rng or random.Random()
+        self.outbox = None
+        self.client = None
+        self.loop = None
+        self._drop_logged = False
 
+    @fail_on_config_error
+    def startService(self) -> None:
+        from parkd.camera.client import CameraClient
+        from parkd.camera.outbox import Outbox
 
-class _RotatingEndpoint:
-    """Connects to the cluster's nodes in turn, one per attempt."""
+        s = self.settings
+        path = os.path.join(s.state_dir, "outbox.db")
+        try:
+            self.outbox = Outbox(path, s.config.camera.outbox_limit)
+        except Exception as e:
+            raise ConfigError(f"--state-dir: cannot open {path!r}: {e}") from None
+        self.client = CameraClient(
+            s.camera_id,
+            s.lot,
+            self.outbox,
+            s.cluster,
+            self.reactor,
+            ack_timeout=s.config.camera.ack_timeout,
+            max_message_bytes=s.config.cluster.max_message_bytes,
+            rng=self.rng,
+        )
+        pending = self.outbox.pending()
+        self.log.info(
+            "camera {camera_id} started: lot {lot}, every {interval}s, next seq {next_seq}, {pending} unacked",
+            camera_id=s.camera_id, lot=s.lot, interval=s.interval,
+            next_seq=self.outbox.counter("next_seq"), pending=len(pending),
+        )  # fmt: skip
+        service.Service.startService(self)
+        self.client.start()
+        self.loop = LoopingCall(self.capture)
+        self.loop.clock = self.reactor
+        self.loop.start(s.interval, now=True)
 
-    def __init__(self, reactor, addresses):
-        self._endpoints = itertools.cycle([HostnameEndpoint(reactor, a.host, a.port) for a in addresses])
+    def capture(self) -> None:
+        payload = "".join(self.rng.choices(PAYLOAD_ALPHABET, k=PAYLOAD_LENGTH)).encode()
+        frame, dropped = self.outbox.add(payload, self.reactor.seconds())
+        self.log.debug("camera captured frame {seq}", seq=frame.seq)
+        if dropped and not self._drop_logged:
+            self._drop_logged = True
+            self.log.warn(
+                "camera {camera_id}: outbox full ({limit} frames); dropping the oldest unacked frames",
+                camera_id=self.settings.camera_id, limit=self.outbox.limit,
+            )
+        self.client.frame_added()
 
-    def connect(self, factory):
-        return next(self._endpoints).connect(factory)
+    def stopService(self):
+        service.Service.stopService(self)
+        if self.loop is not None and self.loop.running:
+            self.loop.stop()
+        if self.client is not None:
+            self.client.stop()
+        if self.outbox is not None:
+            self.log.info(
+                "camera {camera_id} stopped: {acked} acked this run, {dropped} dropped in all, outbox closed",
+                camera_id=self.settings.camera_id, acked=self.client.acked, dropped=self.outbox.counter("dropped"),
+            )  # fmt: skip
+            self.outbox.close()
 
 
 def build_camera_service(settings, reactor) -> service.MultiService:
     top = service.MultiService()
     if settings.log_json:
         JsonLogService(settings.log_json).setServiceParent(top)
-    factory = Factory.forProtocol(CameraProtocol)
-    factory.settings = settings
-    factory.clock = reactor
-    ClientService(_RotatingEndpoint(reactor, settings.cluster), factory, clock=reactor).setServiceParent(top)
+    CameraService(settings, reactor).setServiceParent(top)
     return top

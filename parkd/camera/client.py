@@ -1,0 +1,239 @@
+"""The camera's connection to the cluster: send, wait for acks, fail over.
+
+One connection at a time, to any node.  Unacknowledged frames are sent in seq
+order, at most ``window`` in flight; an ack deletes the frame from the outbox
+and logs ``frame_acked``.  A disconnect, an ack that takes longer than
+``ack_timeout``, or ``Unavailable`` moves the camera to another node after a
+jittered exponential backoff; a ``Redirect`` names the node to try next.  The
+camera never gives up.
+"""
+
+from __future__ import annotations
+
+import random
+
+from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+from twisted.logger import Logger
+
+from parkd.config import Address, parse_address
+from parkd.proto import parkd_pb2 as pb
+from parkd.wire import CAMERA_SIDE, EnvelopeProtocol
+
+BACKOFF_START = 0.05
+BACKOFF_MAX = 5.0
+
+
+class Backoff:
+    """Full-jitter exponential backoff (reset after each success)."""
+
+    def __init__(self, rng: random.Random, start: float = BACKOFF_START, cap: float = BACKOFF_MAX):
+        self.rng, self.start, self.cap = rng, start, cap
+        self.attempt = 0
+
+    def next(self) -> float:
+        ceiling = min(self.cap, self.start * 2**self.attempt)
+        self.attempt += 1
+        return self.rng.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class CameraConnection(EnvelopeProtocol):
+    rules = CAMERA_SIDE
+
+    def __init__(self, client: CameraClient):
+        self.client = client
+
+    def connectionMade(self) -> None:
+        self.client.connected(self)
+
+    def envelopeReceived(self, kind, body) -> None:
+        getattr(self.client, f"on_{kind}")(self, body)
+
+    def connectionLost(self, reason) -> None:
+        super().connectionLost(reason)
+        self.client.disconnected(self, reason)
+
+
+class CameraClient:
+    """Delivers the outbox's frames to the cluster, exactly as acknowledged."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        camera_id: int,
+        lot: str,
+        outbox,
+        cluster: tuple[Address, ...],
+        reactor,
+        ack_timeout: float,
+        max_message_bytes: int,
+        window: int = 64,
+        rng: random.Random | None = None,
+        connect=None,
+    ):
+        self.camera_id, self.lot, self.outbox = camera_id, lot, outbox
+        self.cluster = cluster
+        self.reactor = reactor
+        self.clock = reactor  # EnvelopeProtocol.reject finds its clock on the factory
+        self.ack_timeout = ack_timeout
+        self.max_message_bytes = max_message_bytes
+        self.window = window
+        self.rng = rng or random.Random()
+        self.backoff = Backoff(self.rng)
+        self._connect = connect or self._tcp_connect
+        self.next_node = self.rng.randrange(len(cluster))
+        self.redirect_to: Address | None = None
+        self.proto: CameraConnection | None = None
+        self.in_flight: dict[int, float] = {}  # seq -> time sent
+        self.last_sent = 0
+        self.running = False
+        self._reconnect_call = None
+        self._timer = None
+        self.acked = 0
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self.running = True
+        self._timer = self.reactor.callLater(self.ack_timeout / 4, self._check_timeouts)
+        self.connect()
+
+    def stop(self) -> None:
+        self.running = False
+        for call in (self._reconnect_call, self._timer):
+            if call is not None and call.active():
+                call.cancel()
+        if self.proto is not None:
+            self.proto.transport.loseConnection()
+
+    def connect(self) -> None:
+        self._reconnect_call = None
+        if not self.running or self.proto is not None:
+            return
+        address = self.redirect_to or self.cluster[self.next_node % len(self.cluster)]
+        self.redirect_to = None
+        self.next_node += 1
+        self.log.debug("camera {camera_id} connecting to {address}", camera_id=self.camera_id, address=str(address))
+        self._connect(address, CameraConnection(self)).addErrback(self._connect_failed, address)
+
+    def _tcp_connect(self, address: Address, proto: CameraConnection):
+        endpoint = HostnameEndpoint(self.reactor, address.host, address.port, timeout=max(1, int(self.ack_timeout)))
+        return connectProtocol(endpoint, proto)
+
+    def _connect_failed(self, failure, address) -> None:
+        self.log.info("camera {camera_id}: cannot reach {address}: {error}",
+                      camera_id=self.camera_id, address=str(address), error=failure.getErrorMessage())
+        self._retry_later()
+
+    def _retry_later(self, delay: float | None = None) -> None:
+        if self.running and self._reconnect_call is None:
+            self._reconnect_call = self.reactor.callLater(
+                self.backoff.next() if delay is None else delay, self.connect
+            )
+
+    def connected(self, proto: CameraConnection) -> None:
+        proto.MAX_LENGTH = self.max_message_bytes
+        proto.factory = self
+        self.proto = proto
+        self.in_flight.clear()
+        self.last_sent = 0
+        peer = proto.transport.getPeer()
+        self.log.info("camera {camera_id} connected to {host}:{port}",
+                      camera_id=self.camera_id, host=peer.host, port=peer.port)
+        proto.sendEnvelope(pb.Envelope(hello=pb.Hello(camera_id=self.camera_id, lot=self.lot)))
+        self.pump()
+
+    def disconnected(self, proto: CameraConnection, reason) -> None:
+        if proto is not self.proto:
+            return
+        self.proto = None
+        self.in_flight.clear()
+        if self.running:
+            self.log.info("camera {camera_id} lost its node: {reason}",
+                          camera_id=self.camera_id, reason=reason.getErrorMessage())
+            self._retry_later()
+
+    def _drop_connection(self, why: str) -> None:
+        if self.proto is not None:
+            self.log.info("camera {camera_id} leaving node: {why}", camera_id=self.camera_id, why=why)
+            self.proto.transport.abortConnection()
+
+    # ------------------------------------------------------------ sending
+
+    def frame_added(self) -> None:
+        """Called when the capture loop stored a new frame."""
+        self.pump()
+
+    def pump(self) -> None:
+        """Send unacknowledged frames in seq order, up to the window."""
+        if self.proto is None:
+            return
+        room = self.window - len(self.in_flight)
+        if room <= 0:
+            return
+        now = self.reactor.seconds()
+        for frame in self.outbox.pending(after=self.last_sent, limit=room):
+            self.proto.sendEnvelope(
+                pb.Envelope(
+                    submit_frame=pb.SubmitFrame(
+                        camera_id=self.camera_id,
+                        lot=self.lot,
+                        seq=frame.seq,
+                        captured_at=frame.captured_at,
+                        payload=frame.payload,
+                    )
+                )
+            )
+            self.in_flight[frame.seq] = now
+            self.last_sent = frame.seq
+
+    def _check_timeouts(self) -> None:
+        self._timer = self.reactor.callLater(self.ack_timeout / 4, self._check_timeouts)
+        if self.in_flight and self.reactor.seconds() - min(self.in_flight.values()) > self.ack_timeout:
+            self._drop_connection(f"no ack within {self.ack_timeout:g}s")
+
+    # ------------------------------------------------------------ answers
+
+    def on_frame_ack(self, proto, ack) -> None:
+        self.in_flight.pop(ack.seq, None)
+        if self.outbox.ack(ack.seq):
+            self.acked += 1
+            self.log.info(
+                "camera {camera_id} frame {seq} acked: index {index}, {free} free",
+                parkd_event="frame_acked",
+                camera_id=self.camera_id,
+                seq=ack.seq,
+                index=ack.index,
+                free=ack.free,
+            )
+        self.backoff.reset()
+        self.pump()
+
+    def on_redirect(self, proto, redirect) -> None:
+        try:
+            self.redirect_to = parse_address(redirect.address, "redirect")
+        except Exception:
+            self.redirect_to = None
+        self._drop_connection(f"redirected to node {redirect.leader_id} at {redirect.address}")
+
+    def on_unavailable(self, proto, unavailable) -> None:
+        delay = max(unavailable.retry_after_ms / 1000.0, self.backoff.next())
+        self._drop_connection(f"node unavailable ({unavailable.reason}); retrying in {delay:.2f}s")
+        if self._reconnect_call is None and self.running:
+            self._reconnect_call = self.reactor.callLater(delay, self.connect)
+
+    def on_error(self, proto, error) -> None:
+        code = pb.Error.Code.Name(error.code)
+        if error.seq and self.outbox.discard(error.seq):
+            self.in_flight.pop(error.seq, None)
+            self.log.error(
+                "camera {camera_id}: frame {seq} refused ({code}: {message}); dropped",
+                camera_id=self.camera_id, seq=error.seq, code=code, message=error.message,
+            )
+            self.pump()
+        else:
+            self.log.error("camera {camera_id}: node error {code}: {message}",
+                           camera_id=self.camera_id, code=code, message=error.message)

@@ -1,0 +1,145 @@
+"""The camera client with an injected clock and in-memory connections."""
+
+import random
+import struct
+
+from twisted.internet import defer
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from parkd.camera.client import CameraClient
+from parkd.camera.outbox import Outbox
+from parkd.config import Address
+from parkd.proto import parkd_pb2 as pb
+
+NODES = (Address("127.0.0.1", 1), Address("127.0.0.1", 2), Address("127.0.0.1", 3))
+
+
+class Network:
+    """Records connection attempts; each succeeds or is refused on demand."""
+
+    def __init__(self):
+        self.attempts = []  # (address, proto)
+        self.refuse = set()
+
+    def connect(self, address, proto):
+        self.attempts.append((address, proto))
+        if address in self.refuse:
+            return defer.fail(Failure(ConnectionRefusedError()))
+        proto.makeConnection(StringTransport())
+        return defer.succeed(proto)
+
+    @property
+    def proto(self):
+        return self.attempts[-1][1]
+
+
+def sent(proto):
+    data, out = proto.transport.value(), []
+    while data:
+        (n,) = struct.unpack("!I", data[:4])
+        env = pb.Envelope()
+        env.ParseFromString(data[4 : 4 + n])
+        out.append(env)
+        data = data[4 + n :]
+    return out
+
+
+def reply(proto, **body):
+    data = pb.Envelope(**body).SerializeToString()
+    proto.dataReceived(struct.pack("!I", len(data)) + data)
+
+
+def make(tmp_path, frames=3):
+    clock, net, events = Clock(), Network(), []
+    box = Outbox(str(tmp_path / "o.db"), limit=100)
+    for i in range(frames):
+        box.add(b"payload%d" % i, float(i))
+    client = CameraClient(7, "north", box, NODES, clock, ack_timeout=2.0, max_message_bytes=1 << 20,
+                          window=2, rng=random.Random(1), connect=net.connect)  # fmt: skip
+    client.log = Logger(observer=events.append)
+    return client, clock, net, box, events
+
+
+def test_hello_then_frames_in_order_within_the_window(tmp_path):
+    client, clock, net, box, _ = make(tmp_path)
+    client.start()
+    envelopes = sent(net.proto)
+    assert envelopes[0].hello == pb.Hello(camera_id=7, lot="north")
+    assert [e.submit_frame.seq for e in envelopes[1:]] == [1, 2]  # window of 2
+    assert envelopes[1].submit_frame.payload == b"payload0"
+
+
+def test_ack_removes_from_outbox_logs_and_sends_more(tmp_path):
+    client, clock, net, box, events = make(tmp_path)
+    client.start()
+    reply(net.proto, frame_ack=pb.FrameAck(camera_id=7, seq=1, index=10, free=42))
+    assert [f.seq for f in box.pending()] == [2, 3]
+    assert [e.submit_frame.seq for e in sent(net.proto)[1:]] == [1, 2, 3]
+    [acked] = [e for e in events if e.get("parkd_event") == "frame_acked"]
+    assert (acked["camera_id"], acked["seq"], acked["index"], acked["free"]) == (7, 1, 10, 42)
+
+
+def test_no_ack_in_time_fails_over_and_resends_unacked_in_order(tmp_path):
+    client, clock, net, box, _ = make(tmp_path)
+    client.start()
+    first = net.proto
+    clock.advance(2.6)  # past ack_timeout
+    assert first.transport.disconnected
+    first.connectionLost(Failure(ConnectionRefusedError()))
+    clock.advance(10)  # any backoff
+    assert len(net.attempts) == 2 and net.attempts[1][0] != net.attempts[0][0]
+    assert [e.submit_frame.seq for e in sent(net.proto)[1:]] == [1, 2]
+
+
+def test_refused_connections_rotate_and_never_give_up(tmp_path):
+    client, clock, net, box, _ = make(tmp_path)
+    net.refuse = set(NODES)
+    client.start()
+    for _ in range(30):
+        clock.advance(5.0)
+    assert len(net.attempts) >= 30
+    assert {a for a, _ in net.attempts} == set(NODES)
+    net.refuse = set()
+    clock.advance(5.0)
+    assert client.proto is not None
+
+
+def test_backoff_grows_with_jitter_and_resets_after_an_ack(tmp_path):
+    client, *_ = make(tmp_path)
+    delays = [client.backoff.next() for _ in range(8)]
+    assert delays[0] < 0.06 and delays[-1] > 1.0 and max(delays) <= 5.0
+    client.backoff.reset()
+    assert client.backoff.next() < 0.06
+
+
+def test_redirect_goes_to_the_named_node(tmp_path):
+    client, clock, net, box, _ = make(tmp_path)
+    client.start()
+    reply(net.proto, redirect=pb.Redirect(leader_id=3, address="127.0.0.1:3"))
+    net.proto.connectionLost(Failure(ConnectionRefusedError()))
+    clock.advance(10)
+    assert net.attempts[-1][0] == Address("127.0.0.1", 3)
+
+
+def test_unavailable_waits_at_least_the_hint(tmp_path):
+    client, clock, net, box, _ = make(tmp_path)
+    client.start()
+    reply(net.proto, unavailable=pb.Unavailable(retry_after_ms=3000, reason="no leader"))
+    net.proto.connectionLost(Failure(ConnectionRefusedError()))
+    clock.advance(2.9)
+    assert len(net.attempts) == 1
+    clock.advance(0.2)
+    assert len(net.attempts) == 2
+
+
+def test_refused_frame_is_dropped_and_others_continue(tmp_path):
+    client, clock, net, box, _ = make(tmp_path)
+    client.start()
+    reply(net.proto, error=pb.Error(code=pb.Error.PAYLOAD_TOO_LARGE, message="too big", seq=1))
+    assert [f.seq for f in box.pending()] == [2, 3]
+    assert [e.submit_frame.seq for e in sent(net.proto)[1:]] == [1, 2, 3]
+    assert box.counter("dropped") == 1
