@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from parkd.raft.types import Entry, EntryKind, HardState, PersistedState, SnapshotMeta
@@ -116,16 +117,12 @@ _snapshot = sa.Table(
     sa.Column("voters", sa.Text, nullable=False),  # JSON list of node ids
     sa.Column("learners", sa.Text, nullable=False),
 )
+# The append hot path binds plain tuples at the driver level, in this column order.
+_insert_compiled = _entries.insert().compile(dialect=sqlite_dialect())
+assert _insert_compiled.positiontup == ["index", "term", "kind", "data"]
+_INSERT_ENTRIES_SQL = str(_insert_compiled)
 _truncate_from = _entries.delete().where(_entries.c["index"] >= sa.bindparam("first"))
 _update_hard_state = _hard_state.update().where(_hard_state.c.id == 1)
-
-
-def _driver_sql(statement: sa.Executable, engine: sa.Engine, order: list[str]) -> str:
-    """``statement`` as the driver's SQL string, its positional parameters in ``order``."""
-    compiled = statement.compile(dialect=engine.dialect)
-    if compiled.positiontup != order:
-        raise StorageError(f"unexpected parameter order {compiled.positiontup} in {compiled}")
-    return str(compiled)
 
 
 class Storage(Protocol):
@@ -156,11 +153,16 @@ def _check_append(entries: Sequence[Entry], last_index: int, snapshot_index: int
             raise ValueError(f"entries are not contiguous at index {entry.index}")
 
 
-def _check_compact(upto_index: int, meta: SnapshotMeta, current: SnapshotMeta) -> None:
+def _check_compact(upto_index: int, meta: SnapshotMeta, current: SnapshotMeta, last_index: int) -> None:
+    """Refuse a compaction that would leave entries disconnected from the snapshot."""
     if upto_index > meta.index:
         raise ValueError(f"cannot discard entries up to {upto_index} beyond the snapshot at {meta.index}")
     if meta.index < current.index:
         raise ValueError(f"snapshot at {meta.index} is older than the stored one at {current.index}")
+    if upto_index < last_index < meta.index:
+        raise ValueError(
+            f"entries up to {last_index} would remain below the snapshot at {meta.index}; discard them all"
+        )
 
 
 class MemoryStorage:
@@ -184,7 +186,8 @@ class MemoryStorage:
             self._hard_state = hard_state
 
     def compact(self, upto_index: int, meta: SnapshotMeta) -> None:
-        _check_compact(upto_index, meta, self._snapshot)
+        last_index = self._entries[-1].index if self._entries else self._snapshot.index
+        _check_compact(upto_index, meta, self._snapshot, last_index)
         self._entries = [e for e in self._entries if e.index > upto_index]
         self._snapshot = meta
 
@@ -202,7 +205,6 @@ class SqliteStorage:
     def __init__(self, engine: sa.Engine, *, owns_engine: bool = False) -> None:
         self._engine = engine
         self._owns_engine = owns_engine
-        self._insert_sql = _driver_sql(_entries.insert(), engine, ["index", "term", "kind", "data"])
         with storage_errors("opening the Raft storage"), engine.begin() as conn:
             ensure_schema(conn, _meta, "raft", RAFT_SCHEMA_VERSION)
             conn.execute(
@@ -259,7 +261,7 @@ class SqliteStorage:
                 if entries[0].index <= self._last_index:
                     conn.execute(_truncate_from, {"first": entries[0].index})
                 conn.exec_driver_sql(
-                    self._insert_sql, [(e.index, e.term, int(e.kind), e.data) for e in entries]
+                    _INSERT_ENTRIES_SQL, [(e.index, e.term, int(e.kind), e.data) for e in entries]
                 )
             if hard_state is not None:
                 conn.execute(
@@ -271,7 +273,7 @@ class SqliteStorage:
 
     def compact(self, upto_index: int, meta: SnapshotMeta) -> None:
         """Drop entries up to ``upto_index`` and record the snapshot they are in."""
-        _check_compact(upto_index, meta, self._snapshot_meta)
+        _check_compact(upto_index, meta, self._snapshot_meta, self._last_index)
         with storage_errors("compacting the Raft log"), self._engine.begin() as conn:
             conn.execute(_entries.delete().where(_entries.c["index"] <= upto_index))
             conn.execute(

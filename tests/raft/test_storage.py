@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from parkd.raft.storage import MemoryStorage, SqliteStorage
@@ -106,8 +106,8 @@ def test_snapshot_beyond_the_log_empties_it(storage):
 
 @pytest.mark.parametrize(
     ("upto", "meta"),
-    [(6, SnapshotMeta(5, 1)), (2, SnapshotMeta(2, 1))],
-    ids=["beyond-snapshot", "older-snapshot"],
+    [(6, SnapshotMeta(5, 1)), (2, SnapshotMeta(2, 1)), (4, SnapshotMeta(9, 1))],
+    ids=["beyond-snapshot", "older-snapshot", "log-left-below-snapshot"],
 )
 def test_compact_refuses_inconsistent_requests(storage, upto, meta):
     storage.save(None, entries(1, 6, term=1))
@@ -117,29 +117,43 @@ def test_compact_refuses_inconsistent_requests(storage, upto, meta):
     assert storage.load() == PersistedState(entries=tuple(entries(4, 6, 1)), snapshot=SnapshotMeta(3, 1))
 
 
-# A random history of saves: (hard state or None, rewind from the last index, count, term).
-_ops = st.lists(
-    st.tuples(
-        st.none() | st.builds(HardState, st.integers(0, 9), st.integers(0, 3), st.integers(0, 50)),
-        st.integers(0, 4),
-        st.integers(0, 6),
-        st.integers(1, 9),
-    ),
-    max_size=15,
+# A random history of saves (hard state or None, rewind from the last index, count, term)
+# and compactions (upto, snapshot index), some of them invalid on purpose.
+_saves = st.tuples(
+    st.none() | st.builds(HardState, st.integers(0, 9), st.integers(0, 3), st.integers(0, 50)),
+    st.integers(-1, 4),
+    st.integers(0, 6),
+    st.integers(1, 9),
 )
+_compactions = st.tuples(st.integers(0, 30), st.integers(0, 30))
 
 
-@settings(max_examples=60, deadline=None)
-@given(_ops)
+def _outcome(action):
+    try:
+        action()
+    except ValueError:
+        return "refused"
+    return "done"
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(_saves | _compactions, max_size=20))
 def test_sqlite_and_memory_agree_on_any_history(ops):
     memory, sqlite = MemoryStorage(), SqliteStorage.open("sqlite://")
     try:
-        for hard_state, rewind, count, term in ops:
-            last = memory.load().entries[-1].index if memory.load().entries else 0
-            first = max(1, last + 1 - rewind)
-            batch = entries(first, first + count - 1, term)
-            memory.save(hard_state, batch)
-            sqlite.save(hard_state, batch)
+        for op in ops:
+            if len(op) == 2:
+                upto, index = op
+                meta = SnapshotMeta(index, 1, (1, 2, 3))
+                kind, results = "compact", {_outcome(lambda s=s: s.compact(upto, meta)) for s in (memory, sqlite)}
+            else:
+                hard_state, rewind, count, term = op
+                state = memory.load()
+                last = state.entries[-1].index if state.entries else state.snapshot.index
+                batch = entries(max(1, last + 1 - rewind), last - rewind + count, term)
+                kind, results = "save", {_outcome(lambda s=s: s.save(hard_state, batch)) for s in (memory, sqlite)}
+            assert len(results) == 1, f"{kind}: memory and sqlite disagree"
+            event(f"{kind} {results.pop()}")  # see --hypothesis-show-statistics
             assert sqlite.load() == memory.load()
     finally:
         sqlite.close()

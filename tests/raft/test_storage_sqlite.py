@@ -27,7 +27,9 @@ def step(n: int, last_index: int) -> tuple[HardState, list[Entry]]:
     """The n-th save (from 1) of a deterministic history; every 5th rewrites a suffix."""
     term = 1 + n // 5
     first = max(1, last_index - 2) if n % 5 == 0 else last_index + 1
-    batch = [Entry(i, term, EntryKind.NORMAL, f"{n}:{i}".encode() * 20) for i in range(first, first + 1 + n % 13)]
+    batch = [
+        Entry(i, term, EntryKind.NORMAL, f"{n}:{i}".encode() * 20) for i in range(first, first + 1 + n % 13)
+    ]
     return HardState(term=term, vote=1 + n % 3, commit=n), batch
 
 
