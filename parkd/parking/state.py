@@ -9,7 +9,7 @@ exactly where the last transaction ended, and entries at or below it are skipped
 Rules (CONTRACT §5):
 
 * Exactly once per ``(camera_id, seq)``.  A duplicate changes nothing and reports the
-  original :class:`Receipt` (log index and free count of the first application).
+  log index and free count of the first application.
 * A camera's current value is that of its highest applied ``seq``; a late lower
   ``seq`` is kept in the frame history but does not overwrite it.
 * A lot's ``free`` is that of the camera frame that most recently advanced a camera
@@ -24,8 +24,8 @@ Deduplication relies on the frame history plus ``cameras.trimmed_seq``.  A futur
 retention job may delete old ``frames`` rows, but must then raise the camera's
 ``trimmed_seq`` to the highest ``seq`` it deleted, and must run at a fixed log
 position (as an entry of its own) so all nodes trim alike.  A frame with
-``seq <= trimmed_seq`` is then taken as a duplicate of a trimmed frame (its receipt
-has no index or free count); one with ``trimmed_seq < seq <= last_seq`` that is not in
+``seq <= trimmed_seq`` is then taken as a duplicate of a trimmed frame (with no
+index or free count to report); one with ``trimmed_seq < seq <= last_seq`` that is not in
 the history was never applied, so it is recorded as a late frame.
 """
 
@@ -158,17 +158,21 @@ class Receipt:
 
 @dataclass(frozen=True, slots=True)
 class ApplyResult:
-    """The outcome of one committed frame entry (``index``).
+    """The outcome of the committed frame entry at ``entry_index``.
 
-    ``receipt`` is the original one for a duplicate and None for a rejection;
-    ``camera_id`` and ``seq`` are 0 when the entry data could not be decoded.
+    ``index`` and ``free`` are what the camera's ack reports: those of the frame's
+    first application (this entry, or the original one for a duplicate).  They are
+    None for a rejection and for a duplicate of a trimmed frame.  ``camera_id``,
+    ``seq`` and ``lot`` are those of the entry (0, 0, "" if it could not be decoded).
     """
 
-    index: int
+    entry_index: int
     outcome: Outcome
     camera_id: int
     seq: int
-    receipt: Receipt | None = None
+    lot: str
+    index: int | None = None
+    free: int | None = None
     rejection: Rejection | None = None
     reason: str = ""
 
@@ -395,14 +399,15 @@ class _Batch:
     def _decide(self, index: int, frame: FrameResult | CodecError) -> ApplyResult:
         if isinstance(frame, CodecError):
             return ApplyResult(
-                index, Outcome.REJECTED, 0, 0, rejection=Rejection.BAD_REQUEST, reason=str(frame)
+                index, Outcome.REJECTED, 0, 0, "", rejection=Rejection.BAD_REQUEST, reason=str(frame)
             )
         key = (frame.camera_id, frame.seq)
         camera = self._cameras.get(frame.camera_id)
         if key in self._receipts:
-            return ApplyResult(index, Outcome.DUPLICATE, *key, receipt=self._receipts[key])
+            original = self._receipts[key]
+            return ApplyResult(index, Outcome.DUPLICATE, *key, frame.lot, original.index, original.free)
         if camera and frame.seq <= camera.trimmed_seq:
-            return ApplyResult(index, Outcome.DUPLICATE, *key, receipt=Receipt(*key, None, None))
+            return ApplyResult(index, Outcome.DUPLICATE, *key, frame.lot)
         try:
             known_lot = camera.lot if camera else None
             capacity = _check(
@@ -413,9 +418,11 @@ class _Batch:
                     Rejection.BAD_REQUEST, f"free {frame.free} is outside 0..{capacity} of lot {frame.lot!r}"
                 )
         except FrameRejected as rejected:
-            return ApplyResult(index, Outcome.REJECTED, *key, rejection=rejected.code, reason=str(rejected))
+            return ApplyResult(
+                index, Outcome.REJECTED, *key, frame.lot, rejection=rejected.code, reason=str(rejected)
+            )
         self._record(index, frame, camera)
-        return ApplyResult(index, Outcome.APPLIED, *key, receipt=self._receipts[key])
+        return ApplyResult(index, Outcome.APPLIED, *key, frame.lot, index, frame.free)
 
     def _record(self, index: int, frame: FrameResult, camera: _Camera | None) -> None:
         self._receipts[frame.camera_id, frame.seq] = Receipt(frame.camera_id, frame.seq, index, frame.free)

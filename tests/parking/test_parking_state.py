@@ -46,8 +46,8 @@ def frame(index: int, camera_id: int, seq: int, free: int, lot: str = "north", a
     return Entry(index, 1, EntryKind.NORMAL, encode(FrameResult(camera_id, lot, seq, captured_at, free)))
 
 
-def applied(index: int, camera_id: int, seq: int, free: int) -> ApplyResult:
-    return ApplyResult(index, Outcome.APPLIED, camera_id, seq, Receipt(camera_id, seq, index, free))
+def applied(index: int, camera_id: int, seq: int, free: int, lot: str = "north") -> ApplyResult:
+    return ApplyResult(index, Outcome.APPLIED, camera_id, seq, lot, index, free)
 
 
 def dump(engine) -> dict[str, list[tuple]]:
@@ -82,14 +82,16 @@ def test_duplicate_reports_the_original_and_changes_nothing(state, engine):
     before = dump(engine)
     # a retry in a later batch, even one that claims another lot or result
     results = state.apply([frame(3, 7, 1, 5), frame(4, 7, 1, 5, lot="south")])
-    original = Receipt(7, 1, 1, 30)
-    assert results == [ApplyResult(i, Outcome.DUPLICATE, 7, 1, original) for i in (3, 4)]
+    assert results == [
+        ApplyResult(3, Outcome.DUPLICATE, 7, 1, "north", index=1, free=30),
+        ApplyResult(4, Outcome.DUPLICATE, 7, 1, "south", index=1, free=30),
+    ]
     assert all(r.duplicate for r in results)
     after = dump(engine)
     assert after.pop("applied") == [(1, 4)]
     before.pop("applied")
     assert after == before
-    assert state.lookup(7, 1) == original
+    assert state.lookup(7, 1) == Receipt(7, 1, 1, 30)
 
 
 def test_highest_seq_wins_and_late_frames_join_the_history(state):
@@ -127,7 +129,7 @@ def test_lot_follows_the_camera_that_advanced_last(state):
 def test_rejected_frames_leave_no_row_but_advance_last_applied(state, engine, entry, rejection, reason):
     before = dump(engine)
     [result] = state.apply([entry])
-    assert (result.outcome, result.rejection, result.receipt) == (Outcome.REJECTED, rejection, None)
+    assert (result.outcome, result.rejection, result.index, result.free) == (Outcome.REJECTED, rejection, None, None)
     assert reason in result.reason
     assert state.last_applied() == 1
     after = dump(engine)
@@ -194,7 +196,7 @@ def test_failure_mid_apply_writes_nothing(state, engine):
         state.apply(batch)
     sa.event.remove(engine, "before_cursor_execute", fail_on_last_applied)
     assert dump(engine) == before
-    assert state.apply(batch) == [applied(2, 7, 2, 6), applied(3, 8, 1, 7)]
+    assert state.apply(batch) == [applied(2, 7, 2, 6), applied(3, 8, 1, 7, "south")]
 
 
 def test_trimmed_history_still_deduplicates(state, engine):
@@ -202,10 +204,9 @@ def test_trimmed_history_still_deduplicates(state, engine):
     with engine.begin() as conn:  # what a retention job is required to do
         conn.exec_driver_sql("DELETE FROM frames WHERE camera_id = 7 AND seq <= 3")
         conn.exec_driver_sql("UPDATE cameras SET trimmed_seq = 3 WHERE camera_id = 7")
-    trimmed = Receipt(7, 2, None, None)
-    assert state.lookup(7, 2) == trimmed
-    assert state.apply([frame(6, 7, 2, 50)]) == [ApplyResult(6, Outcome.DUPLICATE, 7, 2, trimmed)]
-    assert state.apply([frame(7, 7, 4, 50)])[0].receipt == Receipt(7, 4, 4, 4)
+    assert state.lookup(7, 2) == Receipt(7, 2, None, None)
+    assert state.apply([frame(6, 7, 2, 50)]) == [ApplyResult(6, Outcome.DUPLICATE, 7, 2, "north")]
+    assert state.apply([frame(7, 7, 4, 50)]) == [ApplyResult(7, Outcome.DUPLICATE, 7, 4, "north", 4, 4)]
     assert [f.seq for f in state.frames(7)] == [4, 5]
 
 
@@ -292,7 +293,7 @@ def test_shares_a_real_file_with_the_raft_log_and_survives_restart(tmp_path):
     assert log.hard_state == HardState(1, 1, 3) and log.entries == tuple(batch)
     assert state.last_applied() == 3
     assert state.apply(log.entries) == []  # resumes without replay
-    assert state.apply([frame(4, 7, 2, 60)])[0].receipt == Receipt(7, 2, 3, 6)
+    assert state.apply([frame(4, 7, 2, 60)]) == [ApplyResult(4, Outcome.DUPLICATE, 7, 2, "north", 3, 6)]
     assert state.camera(7) == CameraView(7, "north", 6, 2, 1_002.0)
     engine.dispose()
 
