@@ -140,18 +140,19 @@ def _outcome(action):
 @given(st.lists(_saves | _compactions, max_size=20))
 def test_sqlite_and_memory_agree_on_any_history(ops):
     memory, sqlite = MemoryStorage(), SqliteStorage.open("sqlite://")
+    both = (memory, sqlite)
     try:
         for op in ops:
             if len(op) == 2:
                 upto, index = op
                 meta = SnapshotMeta(index, 1, (1, 2, 3))
-                kind, results = "compact", {_outcome(lambda s=s: s.compact(upto, meta)) for s in (memory, sqlite)}
+                kind, results = "compact", {_outcome(lambda s=s: s.compact(upto, meta)) for s in both}
             else:
                 hard_state, rewind, count, term = op
                 state = memory.load()
                 last = state.entries[-1].index if state.entries else state.snapshot.index
                 batch = entries(max(1, last + 1 - rewind), last - rewind + count, term)
-                kind, results = "save", {_outcome(lambda s=s: s.save(hard_state, batch)) for s in (memory, sqlite)}
+                kind, results = "save", {_outcome(lambda s=s: s.save(hard_state, batch)) for s in both}
             assert len(results) == 1, f"{kind}: memory and sqlite disagree"
             event(f"{kind} {results.pop()}")  # see --hypothesis-show-statistics
             assert sqlite.load() == memory.load()
