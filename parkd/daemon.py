@@ -23,7 +23,8 @@ class JsonLogService(service.Service):
 
     def startService(self) -> None:
         try:
-            self._file = open(self.path, "a", encoding="utf-8")
+            # Line-buffered: events survive a kill -9 of the daemon (tests read them).
+            self._file = open(self.path, "a", encoding="utf-8", buffering=1)
         except OSError as e:
             raise ConfigError(f"--log-json: cannot open {self.path!r}: {e.strerror}") from None
         self._observer = jsonFileLogObserver(self._file)

@@ -34,7 +34,7 @@ def test_node_listens_on_three_ports_and_stops_on_sigterm(cluster_config, workdi
         wait_listening(config, 1, node)
         http = config.member(1).http
         with socket.create_connection((http.host, http.port), timeout=5) as s:
-            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            s.sendall(b"GET /api/v1/cluster HTTP/1.0\r\n\r\n")
             assert b"200" in s.recv(100)
     finally:
         node.signal(signal.SIGTERM)

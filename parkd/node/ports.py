@@ -36,20 +36,54 @@ class RaftPortFactory(EnvelopeFactory):
 
 
 class ClientPortProtocol(EnvelopeProtocol):
-    """A camera's connection: Hello, then frames."""
+    """A camera's connection: Hello first, then frames; acks flow back."""
 
     rules = CLIENT_PORT
-    camera_id = None
+    camera_id: int | None = None
+    lot: str | None = None
+
+    def connectionMade(self) -> None:
+        self.waiting_for: set[tuple[int, int]] = set()
+        self.open = True
 
     def envelopeReceived(self, kind, body) -> None:
+        intake = self.factory.intake
         if kind == "hello":
-            self.camera_id = body.camera_id
+            problem = intake.check_hello(body)
+            if problem is not None:
+                self.reject(*problem)
+                return
+            if self.camera_id is None:
+                intake.cameras += 1
+            self.camera_id, self.lot = body.camera_id, body.lot
             self.log.info("camera {camera_id} connected (lot {lot})", camera_id=body.camera_id, lot=body.lot)
         else:
-            self.sendEnvelope(
-                pb.Envelope(unavailable=pb.Unavailable(retry_after_ms=1000, reason="not accepting frames yet"))
-            )
+            intake.submit(self, body)
+
+    def connectionLost(self, reason) -> None:
+        super().connectionLost(reason)
+        self.open = False
+        self.factory.intake.forget(self)
+        if self.camera_id is not None:
+            self.factory.intake.cameras -= 1
+
+    def send_envelope(self, envelope: pb.Envelope) -> None:
+        if self.open and not self.rejected:
+            self.sendEnvelope(envelope)
+
+    def send_ack(self, camera_id: int, seq: int, index: int, free: int) -> None:
+        self.send_envelope(pb.Envelope(frame_ack=pb.FrameAck(camera_id=camera_id, seq=seq, index=index, free=free)))
+
+    def send_error(self, code: int, message: str, seq: int = 0) -> None:
+        """A refused frame: the camera drops it; the connection stays open."""
+        self.log.warn("refused frame {seq} of camera {camera_id}: {message}",
+                      seq=seq, camera_id=self.camera_id, message=message)
+        self.send_envelope(pb.Envelope(error=pb.Error(code=code, message=message, seq=seq)))
 
 
 class ClientPortFactory(EnvelopeFactory):
     protocol = ClientPortProtocol
+
+    def __init__(self, clock, max_length, intake):
+        super().__init__(clock, max_length)
+        self.intake = intake

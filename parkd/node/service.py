@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import os
+import random
 
 from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.web import resource, server
 
 from parkd.config import ConfigError
 from parkd.daemon import JsonLogService, fail_on_config_error, listen_now
+from parkd.node.driver import RaftDriver
+from parkd.node.frames import FrameIntake
+from parkd.node.http import build_site
+from parkd.node.peers import PeerService
 from parkd.node.ports import ClientPortFactory, RaftPortFactory
+from parkd.parking.analyzer import HashAnalyzer
+from parkd.parking.codec import CodecError
+from parkd.parking.state import Outcome, ParkingState
+from parkd.raft.core import CoreConfig, RaftCore
+from parkd.raft.storage import SqliteStorage, StorageError, open_engine
 
 
 def open_data_dir(path: str) -> str:
@@ -25,8 +34,17 @@ def open_data_dir(path: str) -> str:
     return path
 
 
+def core_config(cluster) -> CoreConfig:
+    """One tick per heartbeat; the election timeout in whole heartbeats."""
+    return CoreConfig(
+        election_ticks=max(2, cluster.election_timeout_ms // cluster.heartbeat_ms),
+        heartbeat_ticks=1,
+        max_bytes_per_msg=min(1 << 20, cluster.max_message_bytes // 2),
+    )
+
+
 class NodeService(service.Service):
-    """Opens the database and the three listeners; closes them on stop."""
+    """Opens the database, the Raft core and the three listeners; closes them on stop."""
 
     log = Logger()
 
@@ -35,38 +53,77 @@ class NodeService(service.Service):
         self.reactor = reactor
         self.ports = []
         self.engine = None
+        self.peers = None
+        self.driver = None
 
     @fail_on_config_error
     def startService(self) -> None:
-        from sqlalchemy import create_engine, text
-
         s = self.settings
+        config = s.config
         path = os.path.join(open_data_dir(s.data_dir), "node.db")
-        self.engine = create_engine(f"sqlite:///{path}")
         try:
-            with self.engine.begin() as conn:
-                conn.execute(text("PRAGMA journal_mode=WAL"))
-        except Exception as e:
+            self.engine = open_engine(path)
+            self.storage = SqliteStorage(self.engine)
+            self.state = ParkingState(self.engine, {lot.id: lot.capacity for lot in config.lots})
+            persisted = self.storage.load()
+            applied = self.state.last_applied()
+        except StorageError as e:
             raise ConfigError(f"--data-dir: cannot open database {path!r}: {e}") from None
-        size = s.config.cluster.max_message_bytes
+        voters = tuple(m.id for m in config.members)
+        self.core = RaftCore(s.node_id, voters, persisted, random.Random(), core_config(config.cluster), applied=applied)
+        size = config.cluster.max_message_bytes
+        self.peers = PeerService(s.node_id, config.members, self.reactor, size)
+        self.driver = RaftDriver(
+            self.core,
+            self.storage,
+            self.peers.send,
+            self._apply,
+            self.reactor,
+            config.cluster.heartbeat_ms / 1000.0,
+            on_fatal=self._fatal,
+        )
+        self.intake = FrameIntake(self.driver.propose, self.state, HashAnalyzer(), {l.id: l.capacity for l in config.lots})
         self.ports = [
-            listen_now(self.reactor, s.listen_raft, RaftPortFactory(self.reactor, size), "raft port"),
-            listen_now(self.reactor, s.listen_client, ClientPortFactory(self.reactor, size), "client port"),
-            listen_now(self.reactor, s.listen_http, _quiet(server.Site(_Placeholder(s.node_id))), "http port"),
+            listen_now(self.reactor, s.listen_raft, RaftPortFactory(self.reactor, size, self.driver.step), "raft port"),
+            listen_now(self.reactor, s.listen_client, ClientPortFactory(self.reactor, size, self.intake), "client port"),
+            listen_now(self.reactor, s.listen_http, build_site(self), "http port"),
         ]
         service.Service.startService(self)
+        self.peers.startService()
+        self.driver.start()
         self.log.info(
-            "node {node_id} started: raft={raft} client={client} http={http} data={data_dir}",
-            node_id=s.node_id,
-            raft=s.listen_raft,
-            client=s.listen_client,
-            http=s.listen_http,
-            data_dir=s.data_dir,
-        )
+            "node {node_id} started: raft={raft} client={client} http={http} data={data_dir}; "
+            "term {term}, {entries} log entries, applied {applied}",
+            node_id=s.node_id, raft=s.listen_raft, client=s.listen_client, http=s.listen_http,
+            data_dir=s.data_dir, term=persisted.hard_state.term, entries=len(persisted.entries), applied=applied,
+        )  # fmt: skip
+
+    def _apply(self, entries) -> None:
+        try:
+            results = self.state.apply(entries)
+        except (StorageError, CodecError) as e:
+            self.driver._fatal(e)
+            return
+        for r in results:
+            if r.outcome is Outcome.APPLIED:
+                self.log.info(
+                    "applied frame {seq} of camera {camera_id} at {index}: {free} free",
+                    parkd_event="frame_applied",
+                    camera_id=r.camera_id, seq=r.seq, index=r.index, free=r.free, lot=r.lot,
+                )  # fmt: skip
+        self.intake.applied(results)
+
+    def _fatal(self) -> None:
+        self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 70)
+        self.reactor.stop()
 
     def stopService(self):
         service.Service.stopService(self)
+        if self.driver is not None:
+            self.driver.stop()
         stopping = [defer.maybeDeferred(port.stopListening) for port in self.ports]
+        if self.peers is not None:
+            stopping.append(defer.maybeDeferred(self.peers.stopService))
         self.ports = []
 
         def closed(_):
@@ -76,23 +133,6 @@ class NodeService(service.Service):
             self.log.info("node {node_id} stopped: listeners and database closed", node_id=self.settings.node_id)
 
         return defer.gatherResults(stopping).addCallback(closed)
-
-
-class _Placeholder(resource.Resource):
-    isLeaf = True
-
-    def __init__(self, node_id: int):
-        super().__init__()
-        self.node_id = node_id
-
-    def render_GET(self, request):
-        request.setHeader(b"content-type", b"application/json")
-        return b'{"node_id": %d}' % self.node_id
-
-
-def _quiet(factory):
-    factory.noisy = False
-    return factory
 
 
 def build_node_service(settings, reactor) -> service.MultiService:

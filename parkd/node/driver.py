@@ -1,0 +1,138 @@
+"""The Ready loop: persist -> send -> apply -> advance, on the reactor.
+
+Inputs (ticks, peer messages, proposals) only *schedule* processing for the end
+of the current reactor turn, so everything the core produced in one turn is
+persisted in one SQLite transaction (group commit) before any message of it is
+sent.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from parkd.raft.core import RaftCore, ReadState, Ready, Role, SoftState
+from parkd.raft.messages import Message
+from parkd.raft.storage import StorageError
+from parkd.raft.types import Entry
+
+# After a long reactor stall, replay at most this many ticks at once.
+MAX_CATCH_UP_TICKS = 100
+
+
+class RaftDriver:
+    log = Logger()
+
+    def __init__(
+        self,
+        core: RaftCore,
+        storage,
+        send: Callable[[Message], None],
+        apply: Callable[[tuple[Entry, ...]], None],
+        clock,
+        tick_seconds: float,
+        on_fatal: Callable[[], None],
+    ):
+        self.core = core
+        self.storage = storage
+        self.send = send
+        self.apply = apply
+        self.clock = clock
+        self.tick_seconds = tick_seconds
+        self.on_fatal = on_fatal
+        self.soft_state_listeners: list[Callable[[SoftState], None]] = []
+        self.read_state_listeners: list[Callable[[ReadState], None]] = []
+        self.commit_seconds: list[float] = []  # recent persist durations, for metrics
+        self._loop: LoopingCall | None = None
+        self._scheduled = None
+        self._failed = False
+
+    def start(self) -> None:
+        self._loop = LoopingCall.withCount(self._ticks)
+        self._loop.clock = self.clock
+        self._loop.start(self.tick_seconds, now=False)
+
+    def stop(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        if self._scheduled is not None and self._scheduled.active():
+            self._scheduled.cancel()
+        self._scheduled = None
+
+    # ------------------------------------------------------------ inputs
+
+    def _ticks(self, count: int) -> None:
+        for _ in range(min(count, MAX_CATCH_UP_TICKS)):
+            self.core.tick()
+        self.process()
+
+    def step(self, message: Message) -> None:
+        self.core.step(message)
+        self._schedule()
+
+    def propose(self, data: bytes) -> None:
+        """Propose (or forward) ``data``; raises NotLeader if no leader is known."""
+        self.core.propose(data)
+        self._schedule()
+
+    def read_index(self, ctx: int) -> None:
+        self.core.read_index(ctx)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._scheduled is None and not self._failed:
+            self._scheduled = self.clock.callLater(0, self.process)
+
+    # ------------------------------------------------------------ the loop
+
+    def process(self) -> None:
+        self._scheduled = None
+        while not self._failed and self.core.has_ready():
+            ready = self.core.ready()
+            if not self._persist(ready):
+                return
+            for message in ready.messages:
+                self.send(message)
+            if ready.committed_entries:
+                self.apply(ready.committed_entries)
+            if ready.soft_state is not None:
+                self._soft_state_changed(ready.soft_state)
+            for read_state in ready.read_states:
+                for listener in self.read_state_listeners:
+                    listener(read_state)
+            self.core.advance(ready)
+
+    def _persist(self, ready: Ready) -> bool:
+        if ready.hard_state is None and not ready.entries:
+            return True
+        started = time.perf_counter()
+        try:
+            self.storage.save(ready.hard_state, ready.entries)
+        except StorageError as e:
+            self._fatal(e)
+            return False
+        self.commit_seconds.append(time.perf_counter() - started)
+        del self.commit_seconds[:-1000]
+        return True
+
+    def _soft_state_changed(self, soft: SoftState) -> None:
+        if soft.role is Role.LEADER:
+            self.log.info(
+                "node {node_id} became leader for term {term}",
+                parkd_event="leader_elected",
+                node_id=self.core.id,
+                term=self.core.term,
+                leader_id=self.core.id,
+            )
+        for listener in self.soft_state_listeners:
+            listener(soft)
+
+    def _fatal(self, error: Exception) -> None:
+        """A storage error stops the node: never continue on an unknown disk state."""
+        self._failed = True
+        self.stop()
+        self.log.critical("storage failed, stopping node {node_id}: {error}", node_id=self.core.id, error=error)
+        self.on_fatal()

@@ -1,0 +1,101 @@
+"""Frames from cameras: analyse here, propose the result, ack after local apply.
+
+The node that receives a frame computes its free spaces (spreading analysis
+over the cluster) and proposes only the result; a follower's core forwards it
+to the leader.  The camera is acknowledged once the entry is committed *and*
+applied on this node (CONTRACT §5).  Retries are safe: the state machine
+applies each ``(camera_id, seq)`` once and answers duplicates with the original
+result.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from twisted.logger import Logger
+
+from parkd.parking import codec
+from parkd.parking.state import FrameRejected, Outcome
+from parkd.proto import parkd_pb2 as pb
+from parkd.raft.core import NotLeader
+
+NO_LEADER_RETRY_MS = 300
+
+
+class FrameIntake:
+    """Node-wide: validation, proposing, and who is waiting for which ack."""
+
+    log = Logger()
+
+    def __init__(self, propose, state, analyzer, lots: dict[str, int]):
+        self.propose = propose
+        self.state = state
+        self.analyzer = analyzer
+        self.lots = lots
+        self.waiting: dict[tuple[int, int], set] = defaultdict(set)
+        self.cameras = 0  # connected cameras (for metrics)
+
+    def check_hello(self, hello) -> tuple[int, str] | None:
+        """An Error (code, message) for a bad Hello, or None."""
+        if hello.lot not in self.lots:
+            return pb.Error.UNKNOWN_LOT, f"unknown lot {hello.lot!r}"
+        return None
+
+    def submit(self, conn, frame) -> None:
+        """Handle one SubmitFrame from ``conn`` (a ClientPortProtocol)."""
+        problem = self._check_connection(conn, frame)
+        if problem is not None:
+            conn.send_error(*problem, seq=frame.seq)
+            return
+        try:
+            capacity = self.state.validate(frame.camera_id, frame.lot, frame.seq, frame.captured_at, frame.payload)
+        except FrameRejected as e:
+            conn.send_error(pb.Error.Code.Value(e.code.name), str(e), seq=frame.seq)
+            return
+        earlier = self.state.lookup(frame.camera_id, frame.seq)
+        if earlier is not None:  # applied before: answer with the original result
+            conn.send_ack(frame.camera_id, frame.seq, earlier.index or 0, earlier.free or 0)
+            return
+        free = self.analyzer.free_spaces(frame.payload, capacity)
+        data = codec.encode(codec.FrameResult(frame.camera_id, frame.lot, frame.seq, frame.captured_at, free))
+        try:
+            self.propose(data)
+        except NotLeader:
+            conn.send_envelope(
+                pb.Envelope(unavailable=pb.Unavailable(retry_after_ms=NO_LEADER_RETRY_MS, reason="no leader known"))
+            )
+            return
+        key = (frame.camera_id, frame.seq)
+        self.waiting[key].add(conn)
+        conn.waiting_for.add(key)
+
+    @staticmethod
+    def _check_connection(conn, frame) -> tuple[int, str] | None:
+        """The frame must come from the camera that said Hello, for its lot."""
+        if conn.camera_id is None:
+            return pb.Error.BAD_REQUEST, "send Hello before frames"
+        if frame.camera_id != conn.camera_id:
+            return pb.Error.BAD_REQUEST, f"frame of camera {frame.camera_id} on camera {conn.camera_id}'s connection"
+        if frame.lot != conn.lot:
+            return pb.Error.LOT_MISMATCH, f"camera {frame.camera_id} said lot {conn.lot!r}, frame says {frame.lot!r}"
+        return None
+
+    def applied(self, results) -> None:
+        """Tell waiting cameras about frames this node just applied."""
+        for result in results:
+            waiters = self.waiting.pop((result.camera_id, result.seq), ())
+            for conn in waiters:
+                conn.waiting_for.discard((result.camera_id, result.seq))
+                if result.outcome is Outcome.REJECTED:
+                    conn.send_error(pb.Error.Code.Value(result.rejection.name), result.reason, seq=result.seq)
+                else:
+                    conn.send_ack(result.camera_id, result.seq, result.index or 0, result.free or 0)
+
+    def forget(self, conn) -> None:
+        for key in conn.waiting_for:
+            waiters = self.waiting.get(key)
+            if waiters is not None:
+                waiters.discard(conn)
+                if not waiters:
+                    del self.waiting[key]
+        conn.waiting_for.clear()

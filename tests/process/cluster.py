@@ -1,0 +1,164 @@
+"""A real cluster of twistd processes for end-to-end tests.
+
+Nodes and cameras run exactly as an operator runs them; the harness reads
+their JSON logs (CONTRACT §8) and each node's database to check what cameras
+were told against what every node applied.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import time
+import urllib.request
+from collections import Counter
+
+from twisted.logger import eventsFromJSONLogFile
+
+from parkd.config import load_config
+from parkd.launcher import Timeout, camera_daemon, node_daemon, wait_for, wait_listening, write_config
+
+
+class Cluster:
+    def __init__(self, tmp_path, nodes=3, lots=None, interval=0.1, election_timeout_ms=600, heartbeat_ms=50):
+        self.workdir = str(tmp_path)
+        self.config_path = write_config(
+            os.path.join(self.workdir, "parkd.toml"),
+            nodes=nodes,
+            lots=lots or {"north": 100, "south": 60, "east": 250},
+            election_timeout_ms=election_timeout_ms,
+            heartbeat_ms=heartbeat_ms,
+        )
+        self.config = load_config(self.config_path)
+        self.interval = interval
+        self.nodes = {m.id: node_daemon(self.config_path, m.id, self.workdir) for m in self.config.members}
+        self.cameras = {}
+
+    # ------------------------------------------------------------ processes
+
+    def start_nodes(self, *ids):
+        for node_id in ids or self.nodes:
+            self.nodes[node_id].start()
+        for node_id in ids or self.nodes:
+            wait_listening(self.config, node_id, self.nodes[node_id])
+
+    def restart_node(self, node_id):
+        self.nodes[node_id].start()
+        wait_listening(self.config, node_id, self.nodes[node_id])
+
+    def add_camera(self, camera_id, lot):
+        if camera_id not in self.cameras:
+            self.cameras[camera_id] = camera_daemon(
+                self.config_path, camera_id, lot, self.workdir,
+                "--interval", str(self.interval), "--ack-timeout", "1.0",
+            )  # fmt: skip
+        return self.cameras[camera_id].start()
+
+    def stop_all(self):
+        for daemon in [*self.cameras.values(), *self.nodes.values()]:
+            daemon.signal(signal.SIGTERM)
+        codes = {d.name: d.stop() for d in [*self.cameras.values(), *self.nodes.values()]}
+        return codes
+
+    def kill_all(self):
+        for daemon in [*self.cameras.values(), *self.nodes.values()]:
+            daemon.kill()
+
+    def alive_nodes(self):
+        return [i for i, d in self.nodes.items() if d.alive()]
+
+    # ------------------------------------------------------------ HTTP
+
+    def status(self, node_id, timeout=2.0):
+        http = self.config.member(node_id).http
+        try:
+            with urllib.request.urlopen(f"http://{http}/api/v1/cluster?consistency=local", timeout=timeout) as r:
+                return json.load(r)
+        except OSError:
+            return None
+
+    def leader(self, timeout=20.0, among=None):
+        """The id of the one leader the live nodes agree on (waits for it)."""
+
+        def agreed():
+            ids = among or self.alive_nodes()
+            statuses = [self.status(i) for i in ids]
+            leaders = {s["node_id"] for s in statuses if s and s["role"] == "leader"}
+            views = {s["leader_id"] for s in statuses if s}
+            if len(leaders) == 1 and views == leaders:
+                return leaders.pop()
+            return None
+
+        return wait_for(agreed, timeout, "one agreed leader")
+
+    # ------------------------------------------------------------ evidence
+
+    def events(self, daemon, event):
+        if not os.path.exists(daemon.json_path):
+            return []
+        with open(daemon.json_path) as f:
+            return [e for e in eventsFromJSONLogFile(f) if e.get("parkd_event") == event]
+
+    def acked(self):
+        """{(camera_id, seq): (index, free)} from every camera's frame_acked events."""
+        out = {}
+        for camera in self.cameras.values():
+            for e in self.events(camera, "frame_acked"):
+                key = (e["camera_id"], e["seq"])
+                assert out.get(key, (e["index"], e["free"])) == (e["index"], e["free"]), key
+                out[key] = (e["index"], e["free"])
+        return out
+
+    def applied(self, node_id):
+        """{(camera_id, seq): (index, free)} from the node's database."""
+        path = os.path.join(self.workdir, f"node-{node_id}", "node.db")
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10) as db:
+            rows = db.execute("SELECT camera_id, seq, log_index, free FROM frames").fetchall()
+        return {(c, s): (i, f) for c, s, i, f in rows}
+
+    def wait_acks(self, count, since=0, timeout=30.0):
+        """Wait until cameras logged at least ``count`` acks more than ``since``."""
+        return wait_for(lambda: len(self.acked()) >= since + count, timeout, f"{count} more acks")
+
+    def check_exactly_once(self, node_ids=None, timeout=30.0):
+        """Every acked frame applied once on every node, at the same index with the same result."""
+        acked = self.acked()
+        node_ids = node_ids or list(self.nodes)
+
+        def converged():
+            tables = {n: self.applied(n) for n in node_ids}
+            return tables if all(set(acked) <= set(t) for t in tables.values()) else None
+
+        try:
+            tables = wait_for(converged, timeout, "every node to apply every acked frame")
+        except Timeout:
+            tables = {n: self.applied(n) for n in node_ids}
+            missing = {n: sorted(set(acked) - set(t))[:10] for n, t in tables.items()}
+            raise AssertionError(f"acked frames missing on nodes: {missing}") from None
+        for key, result in acked.items():
+            for node_id, table in tables.items():
+                assert table[key] == result, (node_id, key, table[key], result)
+        # Identical histories index by index: the same (camera, seq) at each log index.
+        by_index = [{i: key for key, (i, _) in t.items()} for t in tables.values()]
+        common = set.intersection(*(set(b) for b in by_index))
+        for index in common:
+            assert len({b[index] for b in by_index}) == 1, index
+        for t in tables.values():  # each log index holds at most one frame
+            assert max(Counter(i for i, _ in t.values()).values(), default=1) == 1
+        return acked, tables
+
+    def first_ack_after(self, moment):
+        """Wall-clock time of the first frame_acked logged after ``moment``."""
+        times = [
+            e["log_time"]
+            for camera in self.cameras.values()
+            for e in self.events(camera, "frame_acked")
+            if e["log_time"] > moment
+        ]
+        return min(times) if times else None
+
+
+def now():
+    return time.time()
