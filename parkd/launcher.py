@@ -158,6 +158,7 @@ def write_config(
     election_timeout_ms: int = 1000,
     heartbeat_ms: int = 100,
     host: str = "127.0.0.1",
+    camera_interval: float | None = None,
 ) -> str:
     """Write a loopback cluster config with fresh ports (for tests)."""
     ports = free_ports(3 * nodes, host)
@@ -178,6 +179,8 @@ def write_config(
         ]
     for lot, capacity in (lots or {"north": 100}).items():
         lines += ["", "[[lot]]", f'id = "{lot}"', f"capacity = {capacity}"]
+    if camera_interval is not None:
+        lines += ["", "[camera]", f"interval = {camera_interval}", "ack_timeout = 1.0"]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     return path

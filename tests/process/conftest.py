@@ -15,6 +15,8 @@ import time
 import urllib.request
 from collections import Counter
 
+import pytest
+
 from twisted.logger import eventsFromJSONLogFile
 
 from parkd.config import load_config
@@ -30,6 +32,7 @@ class Cluster:
             lots=lots or {"north": 100, "south": 60, "east": 250},
             election_timeout_ms=election_timeout_ms,
             heartbeat_ms=heartbeat_ms,
+            camera_interval=interval,
         )
         self.config = load_config(self.config_path)
         self.interval = interval
@@ -50,10 +53,7 @@ class Cluster:
 
     def add_camera(self, camera_id, lot):
         if camera_id not in self.cameras:
-            self.cameras[camera_id] = camera_daemon(
-                self.config_path, camera_id, lot, self.workdir,
-                "--interval", str(self.interval), "--ack-timeout", "1.0",
-            )  # fmt: skip
+            self.cameras[camera_id] = camera_daemon(self.config_path, camera_id, lot, self.workdir)
         return self.cameras[camera_id].start()
 
     def stop_all(self):
@@ -71,13 +71,17 @@ class Cluster:
 
     # ------------------------------------------------------------ HTTP
 
-    def status(self, node_id, timeout=2.0):
+    def get(self, node_id, path, timeout=2.0):
+        """GET a JSON document from a node's HTTP port, or None if it does not answer."""
         http = self.config.member(node_id).http
         try:
-            with urllib.request.urlopen(f"http://{http}/api/v1/cluster?consistency=local", timeout=timeout) as r:
+            with urllib.request.urlopen(f"http://{http}{path}", timeout=timeout) as r:
                 return json.load(r)
         except OSError:
             return None
+
+    def status(self, node_id, timeout=2.0):
+        return self.get(node_id, "/api/v1/cluster?consistency=local", timeout)
 
     def leader(self, timeout=20.0, among=None):
         """The id of the one leader the live nodes agree on (waits for it)."""
@@ -149,16 +153,40 @@ class Cluster:
             assert max(Counter(i for i, _ in t.values()).values(), default=1) == 1
         return acked, tables
 
-    def first_ack_after(self, moment):
+    def wait_for_ack_after(self, moment, timeout=30.0):
         """Wall-clock time of the first frame_acked logged after ``moment``."""
-        times = [
-            e["log_time"]
-            for camera in self.cameras.values()
-            for e in self.events(camera, "frame_acked")
-            if e["log_time"] > moment
-        ]
-        return min(times) if times else None
+
+        def first():
+            times = [
+                e["log_time"]
+                for camera in self.cameras.values()
+                for e in self.events(camera, "frame_acked")
+                if e["log_time"] > moment
+            ]
+            return min(times) if times else None
+
+        return wait_for(first, timeout, "an ack after the kill")
+
+    @staticmethod
+    def wait(predicate, timeout, what):
+        return wait_for(predicate, timeout, what)
 
 
-def now():
-    return time.time()
+@pytest.fixture
+def make_cluster(tmp_path):
+    """Build a Cluster; every process it started is stopped (or killed) afterwards."""
+    made = []
+
+    def make(**kwargs):
+        cluster = Cluster(tmp_path, **kwargs)
+        made.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in made:
+        cluster.stop_all()
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        item.add_marker(pytest.mark.process)
