@@ -45,6 +45,8 @@ class RaftDriver:
         self.on_fatal = on_fatal
         self.soft_state_listeners: list[Callable[[SoftState], None]] = []
         self.read_state_listeners: list[Callable[[ReadState], None]] = []
+        # Called with the last applied index after each batch is applied.
+        self.applied_listeners: list[Callable[[int], None]] = []
         self.commit_seconds: list[float] = []  # recent persist durations, for metrics
         self._loop: LoopingCall | None = None
         self._scheduled = None
@@ -98,6 +100,8 @@ class RaftDriver:
                 self.send(message)
             if ready.committed_entries:
                 self.apply(ready.committed_entries)
+                for listener in self.applied_listeners:
+                    listener(ready.committed_entries[-1].index)
             if ready.soft_state is not None:
                 self._soft_state_changed(ready.soft_state)
             for read_state in ready.read_states:
