@@ -1,0 +1,170 @@
+"""The client port: Hello, frames, acks after local apply, refusals (CONTRACT §5)."""
+
+import struct
+
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from parkd.node.frames import FrameIntake
+from parkd.node.ports import ClientPortFactory
+from parkd.parking.analyzer import HashAnalyzer
+from parkd.parking.codec import decode
+from parkd.parking.state import ParkingState
+from parkd.proto import parkd_pb2 as pb
+from parkd.raft.core import NotLeader
+from parkd.raft.storage import open_engine
+from parkd.raft.types import Entry
+
+LOTS = {"north": 100, "south": 60}
+
+
+class Cluster:
+    """A stand-in for the Raft driver: proposals are committed when told."""
+
+    def __init__(self):
+        self.proposed = []
+        self.leader = True
+        self.index = 0
+
+    def propose(self, data):
+        if not self.leader:
+            raise NotLeader(None)
+        self.proposed.append(data)
+
+    def commit_all(self, state, intake):
+        entries = []
+        for data in self.proposed:
+            self.index += 1
+            entries.append(Entry(self.index, 1, data=data))
+        self.proposed = []
+        intake.applied(state.apply(entries))
+
+
+def setup():
+    state = ParkingState(open_engine("sqlite://"), LOTS)
+    cluster = Cluster()
+    intake = FrameIntake(cluster.propose, state, HashAnalyzer(), LOTS)
+    factory = ClientPortFactory(Clock(), 4 << 20, intake)
+    return state, cluster, intake, factory
+
+
+def connect(factory):
+    proto = factory.buildProtocol(None)
+    proto.makeConnection(StringTransport())
+    return proto
+
+
+def send(proto, **body):
+    data = pb.Envelope(**body).SerializeToString()
+    proto.dataReceived(struct.pack("!I", len(data)) + data)
+
+
+def received(proto):
+    data, out = proto.transport.value(), []
+    while data:
+        (n,) = struct.unpack("!I", data[:4])
+        env = pb.Envelope()
+        env.ParseFromString(data[4 : 4 + n])
+        out.append(env)
+        data = data[4 + n :]
+    proto.transport.clear()
+    return out
+
+
+def frame(seq, lot="north", camera_id=7, payload=b"picture"):
+    return pb.SubmitFrame(camera_id=camera_id, lot=lot, seq=seq, captured_at=100.0 + seq, payload=payload)
+
+
+def test_frame_is_analysed_here_proposed_and_acked_after_apply():
+    state, cluster, intake, factory = setup()
+    proto = connect(factory)
+    send(proto, hello=pb.Hello(camera_id=7, lot="north"))
+    send(proto, submit_frame=frame(1))
+    assert received(proto) == []  # no ack before commit and apply
+    [data] = cluster.proposed
+    result = decode(data)
+    assert result.free == HashAnalyzer().free_spaces(b"picture", 100)  # only the result travels
+    cluster.commit_all(state, intake)
+    [ack] = received(proto)
+    assert ack.frame_ack == pb.FrameAck(camera_id=7, seq=1, index=1, free=result.free)
+
+
+def test_retry_of_an_applied_frame_gets_the_original_result_at_once():
+    state, cluster, intake, factory = setup()
+    proto = connect(factory)
+    send(proto, hello=pb.Hello(camera_id=7, lot="north"))
+    send(proto, submit_frame=frame(1))
+    cluster.commit_all(state, intake)
+    [first] = received(proto)
+    send(proto, submit_frame=frame(1, payload=b"different"))
+    [again] = received(proto)
+    assert again.frame_ack == first.frame_ack and cluster.proposed == []
+
+
+def test_duplicate_in_the_log_acks_both_waiters_with_one_result():
+    state, cluster, intake, factory = setup()
+    a, b = connect(factory), connect(factory)
+    for proto in (a, b):
+        send(proto, hello=pb.Hello(camera_id=7, lot="north"))
+        send(proto, submit_frame=frame(1))
+    cluster.commit_all(state, intake)
+    [ack_a], [ack_b] = received(a), received(b)
+    assert ack_a.frame_ack == ack_b.frame_ack
+    assert len(state.frames(7)) == 1
+
+
+def test_no_leader_answers_unavailable():
+    state, cluster, intake, factory = setup()
+    cluster.leader = False
+    proto = connect(factory)
+    send(proto, hello=pb.Hello(camera_id=7, lot="north"))
+    send(proto, submit_frame=frame(1))
+    [answer] = received(proto)
+    assert answer.unavailable.retry_after_ms > 0
+
+
+def test_refusals_are_clear_errors_and_store_nothing():
+    state, cluster, intake, factory = setup()
+    proto = connect(factory)
+    send(proto, submit_frame=frame(1))  # before Hello
+    send(proto, hello=pb.Hello(camera_id=7, lot="north"))
+    send(proto, submit_frame=frame(2, lot="south"))  # not the lot it said
+    send(proto, submit_frame=frame(3, camera_id=8))  # another camera's frame
+    send(proto, submit_frame=frame(4, payload=b"x" * (2 << 20)))  # over the payload limit
+    codes = [e.error.code for e in received(proto)]
+    assert codes == [pb.Error.BAD_REQUEST, pb.Error.LOT_MISMATCH, pb.Error.BAD_REQUEST, pb.Error.PAYLOAD_TOO_LARGE]
+    assert cluster.proposed == [] and not proto.transport.disconnecting
+
+
+def test_unknown_lot_in_hello_closes_with_error():
+    state, cluster, intake, factory = setup()
+    proto = connect(factory)
+    send(proto, hello=pb.Hello(camera_id=7, lot="west"))
+    [error] = received(proto)
+    assert error.error.code == pb.Error.UNKNOWN_LOT and proto.transport.disconnecting
+
+
+def test_camera_changing_lot_is_refused_by_the_state_machine():
+    state, cluster, intake, factory = setup()
+    proto = connect(factory)
+    send(proto, hello=pb.Hello(camera_id=7, lot="north"))
+    send(proto, submit_frame=frame(1))
+    cluster.commit_all(state, intake)
+    received(proto)
+    moved = connect(factory)
+    send(moved, hello=pb.Hello(camera_id=7, lot="south"))
+    send(moved, submit_frame=frame(2, lot="south"))
+    [error] = received(moved)
+    assert error.error.code == pb.Error.LOT_MISMATCH and error.error.seq == 2
+    assert [f.seq for f in state.frames(7)] == [1]
+
+
+def test_disconnected_camera_is_forgotten():
+    state, cluster, intake, factory = setup()
+    proto = connect(factory)
+    send(proto, hello=pb.Hello(camera_id=7, lot="north"))
+    send(proto, submit_frame=frame(1))
+    assert intake.cameras == 1
+    proto.connectionLost(None)
+    assert intake.waiting == {} and intake.cameras == 0
+    cluster.commit_all(state, intake)  # applied without anyone to tell
