@@ -1,0 +1,393 @@
+"""Elections: terms (§5.1), voting (§5.2, §5.4.1), pre-vote (dissertation §9.6),
+check-quorum and leader leases (§6.2) and leadership transfer (§3.10)."""
+
+import random
+
+import pytest
+
+from parkd.raft.core import CoreConfig, NotLeader, RaftCore, Role
+from parkd.raft.messages import AppendEntries, AppendResponse, TimeoutNow, VoteRequest, VoteResponse
+from parkd.raft.sim import Cluster, drain, entries_with_terms
+from parkd.raft.types import EntryKind, HardState, PersistedState
+
+T = 10
+CFG = CoreConfig(election_ticks=T, heartbeat_ticks=2)
+NO_PRE_VOTE = CoreConfig(election_ticks=T, heartbeat_ticks=2, pre_vote=False)
+
+
+def make_core(terms=(), term=None, vote=0, config=CFG, seed=0) -> RaftCore:
+    """Node 1 of (1, 2, 3) restarted from storage holding entries of ``terms``."""
+    hard = HardState(max(terms, default=0) if term is None else term, vote)
+    persisted = PersistedState(hard, tuple(entries_with_terms(terms)))
+    return RaftCore(1, (1, 2, 3), persisted, random.Random(seed), config)
+
+
+def sent(rd, kind):
+    return [m for m in rd.messages if type(m) is kind]
+
+
+def vote_request(term, src, last_index, last_term, **kw):
+    return VoteRequest(term, src, 1, last_index, last_term, **kw)
+
+
+# -- §5.2 election timeouts and campaigns --------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_5_2_election_timeout_is_randomised_in_T_to_2T(seed):
+    core = make_core(config=NO_PRE_VOTE, seed=seed)
+    ticks = 0
+    while core.role is Role.FOLLOWER:
+        core.tick()
+        ticks += 1
+    assert T <= ticks < 2 * T
+
+
+def test_5_2_timeouts_differ_between_nodes():
+    timeouts = set()
+    for seed in range(20):
+        core = make_core(config=NO_PRE_VOTE, seed=seed)
+        ticks = 0
+        while core.role is Role.FOLLOWER:
+            core.tick()
+            ticks += 1
+        timeouts.add(ticks)
+    assert len(timeouts) > 3
+
+
+def test_5_2_candidate_votes_for_itself_in_a_new_term_and_asks_everyone():
+    core = make_core(terms=[1, 1], config=NO_PRE_VOTE)
+    for _ in range(2 * T):
+        core.tick()
+    assert core.role is Role.CANDIDATE
+    rd = drain(core)
+    assert rd.hard_state == HardState(term=2, vote=1, commit=0)
+    assert sent(rd, VoteRequest) == [
+        VoteRequest(2, 1, peer, last_log_index=2, last_log_term=1) for peer in (2, 3)
+    ]
+
+
+def test_5_2_majority_of_votes_makes_a_leader_that_appends_a_noop():
+    """The no-op lets the new leader commit (and learn the commit point) at once (§5.4.2/§8)."""
+    cluster = Cluster((1, 2, 3), CFG)
+    leader = cluster.elect(1)
+    assert leader.term == 1
+    assert [c.leader_id for c in cluster.live()] == [1, 1, 1]
+    noop = leader.log.slice(1, 2)[0]
+    assert (noop.kind, noop.term) == (EntryKind.NOOP, 1)
+    assert all(c.commit_index == 1 for c in cluster.live())
+
+
+def test_5_2_candidate_loses_when_a_majority_refuses():
+    core = make_core(config=NO_PRE_VOTE)
+    while core.role is Role.FOLLOWER:
+        core.tick()
+    core.step(VoteResponse(1, 2, 1, granted=False))
+    assert core.role is Role.CANDIDATE
+    core.step(VoteResponse(1, 3, 1, granted=False))
+    assert core.role is Role.FOLLOWER
+    assert core.term == 1
+
+
+def test_5_2_candidate_accepts_a_leader_of_its_own_term():
+    core = make_core(config=NO_PRE_VOTE)
+    while core.role is Role.FOLLOWER:
+        core.tick()
+    core.step(AppendEntries(1, 3, 1, 0, 0, (), 0))
+    assert (core.role, core.leader_id, core.term) == (Role.FOLLOWER, 3, 1)
+
+
+# -- §5.1 terms ------------------------------------------------------------------
+
+
+def test_5_1_higher_term_turns_a_leader_into_a_follower():
+    cluster = Cluster((1, 2, 3), CFG)
+    leader = cluster.elect(1)
+    leader.step(AppendResponse(7, 2, 1, success=False))
+    assert (leader.role, leader.term, leader.vote, leader.leader_id) == (Role.FOLLOWER, 7, 0, None)
+
+
+def test_5_1_append_with_higher_term_adopts_term_and_leader():
+    core = make_core(terms=[1], term=3)
+    core.step(AppendEntries(5, 2, 1, 1, 1, (), 0))
+    assert (core.term, core.leader_id, core.role) == (5, 2, Role.FOLLOWER)
+
+
+def test_5_1_stale_append_is_refused_with_the_current_term():
+    core = make_core(terms=[1], term=5)
+    stale = AppendEntries(3, 2, 1, 1, 1, tuple(entries_with_terms([3], first_index=2)), 2)
+    core.step(stale)
+    rd = drain(core)
+    assert sent(rd, AppendResponse) == [AppendResponse(5, 1, 2, success=False)]
+    assert core.last_index == 1 and core.leader_id is None
+
+
+def test_5_1_stale_vote_request_is_refused_with_the_current_term():
+    core = make_core(term=5)
+    core.step(vote_request(4, 2, 10, 4))
+    rd = drain(core)
+    assert sent(rd, VoteResponse) == [VoteResponse(5, 1, 2, granted=False)]
+    assert core.vote == 0
+
+
+# -- §5.2 one vote per term, durable before the answer ---------------------------
+
+
+def test_5_2_vote_is_in_the_hard_state_of_the_ready_carrying_the_grant():
+    core = make_core(term=1)
+    core.step(vote_request(2, 2, 0, 0))
+    rd = drain(core)
+    assert rd.hard_state == HardState(term=2, vote=2, commit=0)
+    assert sent(rd, VoteResponse) == [VoteResponse(2, 1, 2, granted=True)]
+
+
+def test_5_2_at_most_one_vote_per_term():
+    core = make_core(term=1)
+    core.step(vote_request(2, 2, 0, 0))
+    drain(core)
+    core.step(vote_request(2, 3, 5, 1))  # a better log, but the vote is taken
+    rd = drain(core)
+    assert sent(rd, VoteResponse) == [VoteResponse(2, 1, 3, granted=False)]
+    assert rd.hard_state is None
+    core.step(vote_request(2, 2, 0, 0))  # the same candidate asking again (a retry)
+    assert sent(drain(core), VoteResponse) == [VoteResponse(2, 1, 2, granted=True)]
+
+
+def test_5_2_vote_survives_a_restart():
+    cluster = Cluster((1, 2, 3), CFG)
+    cluster.core(1).step(VoteRequest(1, 2, 1, 0, 0))
+    cluster.process(1)
+    cluster.crash(1)
+    cluster.restart(1)
+    cluster.network.clear()
+    core = cluster.core(1)
+    core.step(VoteRequest(1, 3, 1, 0, 0))
+    assert sent(core.ready(), VoteResponse) == [VoteResponse(1, 1, 3, granted=False)]
+
+
+def test_5_2_no_vote_for_another_candidate_once_a_leader_is_known():
+    core = make_core(term=2)
+    core.step(AppendEntries(2, 2, 1, 0, 0, (), 0))
+    core.step(vote_request(2, 3, 0, 0))
+    assert sent(drain(core), VoteResponse)[-1].granted is False
+
+
+# -- §5.4.1 election restriction --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "last_index, last_term, granted",
+    [
+        (5, 1, False),  # longer, but older last term
+        (2, 2, False),  # same last term, shorter
+        (3, 2, True),  # identical
+        (4, 2, True),  # same last term, longer
+        (1, 3, True),  # newer last term wins even when shorter
+    ],
+)
+def test_5_4_1_vote_only_for_a_log_at_least_as_up_to_date(last_index, last_term, granted):
+    core = make_core(terms=[1, 1, 2], term=2)
+    core.step(vote_request(3, 2, last_index, last_term))
+    rd = drain(core)
+    assert sent(rd, VoteResponse) == [VoteResponse(3, 1, 2, granted)]
+    assert core.vote == (2 if granted else 0)
+
+
+def test_5_4_1_stale_log_candidate_cannot_win():
+    """A node that missed a committed entry campaigns and loses; the other one wins."""
+    config = CoreConfig(election_ticks=T, heartbeat_ticks=2, pre_vote=False, check_quorum=False)
+    cluster = Cluster((1, 2, 3), config)
+    cluster.elect(1)
+    cluster.isolate(3)
+    cluster.core(1).propose(b"x")
+    cluster.stabilize()
+    cluster.heal()
+    cluster.crash(1)
+    lagging = cluster.core(3)
+    for _ in range(2 * T):
+        lagging.tick()
+    cluster.stabilize()
+    assert lagging.role is Role.CANDIDATE and lagging.term == 2
+    assert cluster.core(2).term == 2 and cluster.core(2).vote == 0
+    winner = cluster.elect(2)
+    assert winner.log.slice(2, 3)[0].data == b"x"
+
+
+# -- §9.6 pre-vote -----------------------------------------------------------------
+
+
+def test_9_6_pre_candidate_keeps_its_term_and_vote():
+    core = make_core(terms=[1], term=4, vote=3)
+    while core.role is Role.FOLLOWER:
+        core.tick()
+    assert core.role is Role.PRE_CANDIDATE
+    rd = drain(core)
+    assert rd.hard_state is None
+    assert (core.term, core.vote) == (4, 3)
+    assert sent(rd, VoteRequest) == [
+        VoteRequest(5, 1, p, 1, 1, pre_vote=True) for p in (2, 3)
+    ]
+
+
+def test_9_6_pre_vote_grant_changes_nothing_on_the_voter():
+    core = make_core(terms=[1], term=4)
+    core.step(vote_request(5, 2, 1, 1, pre_vote=True))
+    rd = drain(core)
+    assert sent(rd, VoteResponse) == [VoteResponse(5, 1, 2, granted=True, pre_vote=True)]
+    assert rd.hard_state is None and (core.term, core.vote) == (4, 0)
+
+
+def test_9_6_pre_vote_refused_while_a_leader_was_heard_within_the_timeout():
+    core = make_core(terms=[1], term=4)
+    core.step(AppendEntries(4, 3, 1, 1, 1, (), 0))
+    drain(core)
+    core.step(vote_request(5, 2, 1, 1, pre_vote=True))
+    assert sent(drain(core), VoteResponse) == [VoteResponse(4, 1, 2, granted=False, pre_vote=True)]
+    for _ in range(T):
+        core.tick()
+    core.step(vote_request(5, 2, 1, 1, pre_vote=True))
+    assert sent(drain(core), VoteResponse)[-1].granted is True
+
+
+def test_9_6_pre_vote_majority_starts_the_real_election():
+    core = make_core(terms=[1], term=1)
+    while core.role is Role.FOLLOWER:
+        core.tick()
+    drain(core)
+    core.step(VoteResponse(2, 2, 1, granted=True, pre_vote=True))
+    assert (core.role, core.term, core.vote) == (Role.CANDIDATE, 2, 1)
+    assert sent(drain(core), VoteRequest)[0] == VoteRequest(2, 1, 2, 1, 1)
+
+
+def test_9_6_rejoining_partitioned_node_does_not_bump_terms_or_depose_the_leader():
+    cluster = Cluster((1, 2, 3), CFG)
+    leader = cluster.elect(1)
+    cluster.isolate(3)
+    for _ in range(10 * T):
+        cluster.tick()
+        cluster.stabilize()
+    assert cluster.core(3).term == 1  # it kept failing pre-votes, never campaigning
+    cluster.heal()
+    for _ in range(3):
+        cluster.tick()
+        cluster.stabilize()
+    assert (leader.role, leader.term) == (Role.LEADER, 1)
+    assert cluster.core(3).leader_id == 1
+
+
+def test_9_6_without_pre_vote_the_rejoining_node_disrupts_the_cluster():
+    """The contrast case: the pre-vote is what keeps the leader above."""
+    config = CoreConfig(election_ticks=T, heartbeat_ticks=2, pre_vote=False, check_quorum=False)
+    cluster = Cluster((1, 2, 3), config)
+    cluster.elect(1)
+    cluster.isolate(3)
+    for _ in range(10 * T):
+        cluster.tick()
+        cluster.stabilize()
+    assert cluster.core(3).term > 5
+    cluster.heal()
+    for _ in range(CFG.heartbeat_ticks):
+        cluster.tick(1)
+        cluster.stabilize()
+    assert cluster.core(1).term > 5 and cluster.core(1).role is not Role.LEADER
+
+
+# -- §6.2 check-quorum and leader lease ------------------------------------------------
+
+
+def test_6_2_leader_cut_off_from_the_majority_steps_down_within_an_election_timeout():
+    cluster = Cluster((1, 2, 3), CFG)
+    leader = cluster.elect(1)
+    cluster.isolate(1)
+    for _ in range(2 * T):
+        cluster.tick(1)
+        cluster.stabilize()
+    assert (leader.role, leader.leader_id, leader.term) == (Role.FOLLOWER, None, 1)
+
+
+def test_6_2_leader_with_a_majority_stays():
+    cluster = Cluster((1, 2, 3), CFG)
+    leader = cluster.elect(1)
+    cluster.isolate(3)
+    for _ in range(5 * T):
+        cluster.tick(1, 2)
+        cluster.stabilize()
+    assert leader.role is Role.LEADER
+
+
+def test_6_2_follower_with_a_live_leader_ignores_vote_requests():
+    core = make_core(terms=[1], term=1)
+    core.step(AppendEntries(1, 2, 1, 1, 1, (), 0))
+    drain(core)
+    core.step(vote_request(2, 3, 5, 1))
+    rd = drain(core)
+    assert rd.messages == () and rd.hard_state is None
+    assert (core.term, core.leader_id) == (1, 2)
+
+
+def test_6_2_lease_does_not_block_a_leadership_transfer():
+    core = make_core(terms=[1], term=1)
+    core.step(AppendEntries(1, 2, 1, 1, 1, (), 0))
+    drain(core)
+    core.step(vote_request(2, 3, 1, 1, transfer=True))
+    rd = drain(core)
+    assert sent(rd, VoteResponse) == [VoteResponse(2, 1, 3, granted=True)]
+    assert rd.hard_state == HardState(2, 3, 0)
+
+
+# -- §3.10 leadership transfer ---------------------------------------------------
+
+
+def test_3_10_transfer_to_an_up_to_date_follower():
+    cluster = Cluster((1, 2, 3), CFG)
+    old = cluster.elect(1)
+    old.transfer_leadership(2)
+    rd = old.ready()
+    assert sent(rd, TimeoutNow) == [TimeoutNow(1, 1, 2)]
+    old.advance(rd)
+    cluster.network.extend(rd.messages)
+    cluster.stabilize()
+    new = cluster.core(2)
+    assert (new.role, new.term) == (Role.LEADER, 2)
+    assert old.role is Role.FOLLOWER and old.leader_id == 2
+
+
+def test_3_10_transfer_target_catches_up_first_and_proposals_wait():
+    cluster = Cluster((1, 2, 3), CFG)
+    old = cluster.elect(1)
+    cluster.isolate(2)
+    old.propose(b"late")
+    cluster.stabilize()
+    cluster.heal()
+    old.transfer_leadership(2)
+    with pytest.raises(NotLeader) as err:
+        old.propose(b"refused")
+    assert err.value.leader_id == 2
+    for _ in range(CFG.heartbeat_ticks):  # the next heartbeat resumes replication to 2
+        cluster.tick(1)
+        cluster.stabilize()
+    new = cluster.core(2)
+    assert new.role is Role.LEADER
+    assert [e.data for e in new.log.slice(1, new.last_index + 1)] == [b"", b"late", b""]
+
+
+def test_3_10_transfer_is_abandoned_after_an_election_timeout():
+    cluster = Cluster((1, 2, 3), CFG)
+    leader = cluster.elect(1)
+    cluster.isolate(2)
+    leader.transfer_leadership(2)
+    for _ in range(T):
+        cluster.tick(1, 3)
+        cluster.stabilize()
+    assert leader.role is Role.LEADER and leader.transferee is None
+    leader.propose(b"accepted again")
+
+
+def test_3_10_transfer_only_from_a_leader():
+    cluster = Cluster((1, 2, 3), CFG)
+    cluster.elect(1)
+    with pytest.raises(NotLeader) as err:
+        cluster.core(2).transfer_leadership(3)
+    assert err.value.leader_id == 1
+    with pytest.raises(ValueError):
+        cluster.core(1).transfer_leadership(9)
