@@ -20,6 +20,7 @@ import random
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 
 from parkd.raft.core import CoreConfig, NotLeader, RaftCore, ReadState, Ready, Role
 from parkd.raft.messages import Message
@@ -194,6 +195,8 @@ class Cluster:
         self.group = dict.fromkeys(self.ids, 0)
         self.read_states: dict[int, list[ReadState]] = {i: [] for i in self.ids}
         self._groups = itertools.count(1)
+        self.drop_if: Callable[[Message], bool] | None = None  # a test's selective loss
+        self.history: list[Message] | None = None  # set to a list to record deliveries
         for i in self.ids:
             self.restart(i)
 
@@ -260,14 +263,21 @@ class Cluster:
 
     # -- network -------------------------------------------------------------
 
-    def reachable(self, src: int, dst: int) -> bool:
-        return self.cores[dst] is not None and self.group[src] == self.group[dst]
+    def _transmit(self, m: Message) -> None:
+        """Hand ``m`` to its addressee unless the path is cut or ``drop_if`` says so."""
+        core = self.cores[m.dst]
+        if core is None or self.group[m.src] != self.group[m.dst]:
+            return
+        if self.drop_if is not None and self.drop_if(m):
+            return
+        if self.history is not None:
+            self.history.append(m)
+        core.step(m)
 
     def deliver(self, k: int = 0) -> Message:
-        """Deliver the k-th queued message (dropped if its path is cut)."""
+        """Deliver the k-th queued message (or lose it, see ``_transmit``)."""
         m = self.network.pop(k)
-        if self.reachable(m.src, m.dst):
-            self.cores[m.dst].step(m)
+        self._transmit(m)
         return m
 
     def isolate(self, i: int) -> None:
@@ -301,8 +311,7 @@ class Cluster:
                 return
             batch, self.network = self.network, []
             for m in batch:
-                if self.reachable(m.src, m.dst):
-                    self.cores[m.dst].step(m)
+                self._transmit(m)
         raise RuntimeError("cluster did not settle")
 
     def leader(self) -> RaftCore | None:
@@ -311,15 +320,14 @@ class Cluster:
         return max(leaders, key=lambda c: c.term, default=None)
 
     def elect(self, i: int) -> RaftCore:
-        """Let node ``i``'s election timer fire, then settle; returns the new leader."""
+        """Tick only node ``i`` (settling after each tick) until it leads; returns it."""
         core = self.core(i)
-        for _ in range(2 * self.config.election_ticks):
-            if core.role is not Role.FOLLOWER:
-                break
+        for _ in range(4 * self.config.election_ticks):
+            if core.role is Role.LEADER:
+                return core
             core.tick()
-        self.stabilize()
-        assert core.role is Role.LEADER, f"node {i} did not win: {core.role}"
-        return core
+            self.stabilize()
+        raise AssertionError(f"node {i} did not win: {core.role}")
 
 
 @dataclasses.dataclass
