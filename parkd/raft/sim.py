@@ -567,6 +567,12 @@ def run_seeds(
     return passed, None
 
 
+def format_failure(failure: SimResult, nodes: int, steps: int) -> str:
+    lines = [f"FAIL seed={failure.seed} nodes={nodes} steps={steps}: {failure.error}", "last events:"]
+    lines += ["  " + line for line in failure.trace]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m parkd.raft.sim", description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=100)
@@ -577,10 +583,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     passed, failure = run_seeds(args.seeds, args.steps, args.nodes, args.seed_start)
     if failure is not None:
-        print(f"FAIL seed={failure.seed} nodes={args.nodes} steps={args.steps}: {failure.error}")
-        print("last events:")
-        for line in failure.trace:
-            print("  " + line)
+        print(format_failure(failure, args.nodes, args.steps))
         return 1
     print(
         f"ok: seeds={args.seeds} (from {args.seed_start}) steps={args.steps} nodes={args.nodes} "
