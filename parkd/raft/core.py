@@ -288,31 +288,36 @@ class RaftCore:
 
     def step(self, m: Message) -> None:
         """Handle a message from a peer: terms first (§5.1), then by type and role."""
+        handler = self._handlers.get(type(m))
+        if handler is None:
+            raise TypeError(f"unsupported message {type(m).__name__}")
         if m.term > self._term:
             if not self._accept_higher_term(m):
                 return
         elif m.term < self._term:
             if not self._answer_stale(m):
                 return
-        handler = self._handlers.get(type(m))
-        if handler is None:
-            raise TypeError(f"unsupported message {type(m).__name__}")
         handler(m)
 
     # -- output ---------------------------------------------------------------
 
     def has_ready(self) -> bool:
-        """Whether :meth:`ready` has work; False while a Ready awaits advance()."""
+        """Whether :meth:`ready` has work; False while a Ready awaits advance().
+
+        Builds the appends owed to followers first, so call it once per reactor
+        turn: everything proposed in the turn then travels in the same messages.
+        """
         if self._outstanding is not None:
             return False
         self._flush_appends()
+        hard, soft, log = self._prev_hard, self._prev_soft, self._log
         return bool(
             self._msgs
             or self._read_states
-            or self._log.has_unsent()
-            or self._log.committed > self._applied
-            or self._hard_state() != self._prev_hard
-            or self._soft_state() != self._prev_soft
+            or log.has_unsent()
+            or log.committed > self._applied
+            or (self._term, self._vote, log.committed) != (hard.term, hard.vote, hard.commit)
+            or (self._role, self._leader) != (soft.role, soft.leader_id)
         )
 
     def ready(self) -> Ready:
