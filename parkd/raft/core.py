@@ -152,8 +152,11 @@ class RaftCore:
         self._dirty: set[int] = set()  # peers to send appends to at the next Ready
         self._must_send = False  # every peer gets a message at the next flush
         self._transferee: int | None = None
+        # Reads are confirmed by rounds echoed in AppendEntries.read_ctx; a read takes
+        # a fresh round unless no message has carried the current one yet.  Round 0
+        # counts as used: every follower "echoes" it by default.
         self._read_round = 0
-        self._read_round_used = False  # whether a message already carried the round
+        self._read_round_used = True
         self._reads: list[_Read] = []
         self._reads_before_commit: list[tuple[int, int]] = []
         self._msgs: list[Message] = []
