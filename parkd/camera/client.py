@@ -87,7 +87,7 @@ class CameraClient:
         self.next_node = self.rng.randrange(len(cluster))
         self.redirect_to: Address | None = None
         self.proto: CameraConnection | None = None
-        self.in_flight: dict[int, float] = {}  # seq -> time sent
+        self.in_flight: dict[int, tuple[float, float]] = {}  # seq -> (time sent, captured_at)
         self.last_sent = 0
         self.running = False
         self._reconnect_call = None
@@ -187,18 +187,18 @@ class CameraClient:
                     )
                 )
             )
-            self.in_flight[frame.seq] = now
+            self.in_flight[frame.seq] = (now, frame.captured_at)
             self.last_sent = frame.seq
 
     def _check_timeouts(self) -> None:
         self._timer = self.reactor.callLater(self.ack_timeout / 4, self._check_timeouts)
-        if self.in_flight and self.reactor.seconds() - min(self.in_flight.values()) > self.ack_timeout:
+        if self.in_flight and self.reactor.seconds() - min(self.in_flight.values())[0] > self.ack_timeout:
             self._drop_connection(f"no ack within {self.ack_timeout:g}s")
 
     # ------------------------------------------------------------ answers
 
     def on_frame_ack(self, proto, ack) -> None:
-        self.in_flight.pop(ack.seq, None)
+        sent_at, captured_at = self.in_flight.pop(ack.seq, (None, None))
         if self.outbox.ack(ack.seq):
             self.acked += 1
             self.log.info(
@@ -208,6 +208,8 @@ class CameraClient:
                 seq=ack.seq,
                 index=ack.index,
                 free=ack.free,
+                captured_at=captured_at,
+                latency_ms=None if sent_at is None else round((self.reactor.seconds() - sent_at) * 1000, 3),
             )
         self.backoff.reset()
         self.pump()

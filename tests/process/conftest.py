@@ -154,14 +154,18 @@ class Cluster:
         return acked, tables
 
     def wait_for_ack_after(self, moment, timeout=30.0):
-        """Wall-clock time of the first frame_acked logged after ``moment``."""
+        """Wall-clock time of the first ack of a frame captured after ``moment``.
+
+        Frames captured earlier may be acked after ``moment`` from entries the
+        old leader had already committed; they say nothing about failover.
+        """
 
         def first():
             times = [
                 e["log_time"]
                 for camera in self.cameras.values()
                 for e in self.events(camera, "frame_acked")
-                if e["log_time"] > moment
+                if (e.get("captured_at") or 0) > moment
             ]
             return min(times) if times else None
 
