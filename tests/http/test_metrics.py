@@ -1,0 +1,168 @@
+"""``/metrics``: Prometheus text format, names and values, on a node double."""
+
+from __future__ import annotations
+
+import math
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from parkd.node.metrics import NodeMetrics
+from parkd.proto import parkd_pb2 as pb
+from parkd.raft.core import Role, SoftState
+
+
+def scrape(node) -> dict[tuple[str, tuple], float]:
+    """{(sample name, sorted labels): value} of one scrape."""
+    r = node.get("/metrics")
+    assert r.status == 200
+    assert r.headers["content-type"].startswith("text/plain; version=")
+    samples = {}
+    for family in text_string_to_metric_families(r.body.decode()):
+        for s in family.samples:
+            samples[s.name, tuple(sorted(s.labels.items()))] = s.value
+    return samples
+
+
+def value(samples, name, **labels):
+    return samples[name, tuple(sorted(labels.items()))]
+
+
+class Conn:
+    """The camera side of a client-port connection, as FrameIntake sees it."""
+
+    def __init__(self, camera_id, lot):
+        self.camera_id, self.lot = camera_id, lot
+        self.waiting_for = set()
+        self.acks, self.errors, self.envelopes = [], [], []
+
+    def send_ack(self, *args):
+        self.acks.append(args)
+
+    def send_error(self, *args, **kwargs):
+        self.errors.append(args)
+
+    def send_envelope(self, envelope):
+        self.envelopes.append(envelope)
+
+
+def submit(node, conn, seq, lot="north"):
+    frame = pb.SubmitFrame(camera_id=conn.camera_id, lot=lot, seq=seq, captured_at=node.clock.seconds(), payload=b"x")
+    node.intake.submit(conn, frame)
+
+
+def test_raft_state_gauges(node):
+    node.apply(7, 1, 40)
+    s = scrape(node)
+    assert value(s, "parkd_node_id") == 2
+    assert value(s, "parkd_term") == 3
+    assert value(s, "parkd_role", role="follower") == 1
+    assert value(s, "parkd_role", role="leader") == 0
+    assert value(s, "parkd_is_leader") == 0
+    assert value(s, "parkd_leader_id") == 1
+    assert value(s, "parkd_commit_index") == 1
+    assert value(s, "parkd_applied_index") == 1
+    assert value(s, "parkd_last_log_index") == 1
+    assert value(s, "parkd_lot_free", lot="north") == 40
+    assert math.isnan(value(s, "parkd_lot_free", lot="south"))
+    assert value(s, "parkd_lot_capacity", lot="south") == 60
+    assert ("parkd_peer_match_index", (("peer", "1"),)) not in s  # followers know no match index
+
+
+def test_leader_match_index_and_replication_lag(node):
+    node.core.role, node.core.leader_id = Role.LEADER, 2
+    node.core.last_index = 10
+    node.core.match_indexes = {1: 10, 2: 10, 3: 4}
+    s = scrape(node)
+    assert value(s, "parkd_is_leader") == 1
+    assert value(s, "parkd_peer_match_index", peer="3") == 4
+    assert value(s, "parkd_peer_replication_lag", peer="3") == 6
+    assert value(s, "parkd_peer_replication_lag", peer="1") == 0
+
+
+def test_peer_links(node):
+    s = scrape(node)
+    assert value(s, "parkd_peer_connected", peer="1") == 1
+    assert value(s, "parkd_peer_connected", peer="3") == 0
+    assert value(s, "parkd_peer_messages_sent_total", peer="1") == 10
+    assert value(s, "parkd_peer_messages_dropped_total", peer="3") == 7
+
+
+def test_leader_changes_count_new_leaders_and_terms(node):
+    listener = node.driver.soft_state_listeners[0]
+    listener(SoftState(Role.FOLLOWER, 1))
+    listener(SoftState(Role.FOLLOWER, None))
+    listener(SoftState(Role.PRE_CANDIDATE, None))
+    node.core.term = 4
+    listener(SoftState(Role.FOLLOWER, 3))
+    listener(SoftState(Role.FOLLOWER, 3))  # the same leader in the same term again
+    assert value(scrape(node), "parkd_leader_changes_total") == 2
+
+
+def test_proposals_frames_applied_and_ack_latency(node):
+    conn = Conn(7, "north")
+    submit(node, conn, 1)
+    submit(node, conn, 2)
+    assert len(node.driver.proposed) == 2
+    node.clock.advance(0.02)
+    node.apply(7, 1, 40)
+    node.clock.advance(0.2)
+    node.apply(7, 2, 41)
+    node.apply(7, 2, 41)  # a duplicate entry (a retry that was committed twice)
+    node.core.leader_id = None
+    submit(node, Conn(8, "south"), 1, lot="south")  # no leader: refused, not proposed
+    assert len(conn.acks) == 2
+    s = scrape(node)
+    assert value(s, "parkd_proposals_total", outcome="accepted") == 2
+    assert value(s, "parkd_proposals_total", outcome="no_leader") == 1
+    assert value(s, "parkd_frames_applied_total", lot="north") == 2
+    assert value(s, "parkd_frames_applied_total", lot="south") == 0
+    assert value(s, "parkd_frames_duplicate_total", lot="north") == 1
+    assert value(s, "parkd_ack_latency_seconds_count") == 2
+    assert abs(value(s, "parkd_ack_latency_seconds_sum") - 0.24) < 1e-9
+    assert value(s, "parkd_ack_latency_seconds_bucket", le="0.025") == 1
+    assert value(s, "parkd_ack_latency_seconds_bucket", le="0.25") == 2
+
+
+def test_a_frame_answered_at_once_is_not_timed(node):
+    conn = Conn(7, "north")
+    submit(node, conn, 1)
+    node.apply(7, 1, 40)
+    submit(node, conn, 1)  # a re-sent frame: acked from the history at once
+    assert len(conn.acks) == 2
+    assert value(scrape(node), "parkd_ack_latency_seconds_count") == 1
+
+
+def test_sqlite_commit_durations_and_connected_cameras(node):
+    node.driver.commit_seconds.append(0.0004)
+    node.driver.commit_seconds.append(0.002)
+    del node.driver.commit_seconds[:-1]  # the driver keeps only recent values; the histogram keeps all
+    node.intake.cameras = 3
+    s = scrape(node)
+    assert value(s, "parkd_sqlite_commit_seconds_count") == 2
+    assert value(s, "parkd_sqlite_commit_seconds_bucket", le="0.0005") == 1
+    assert value(s, "parkd_connected_cameras") == 3
+
+
+def test_http_reads_by_consistency(node):
+    node.apply(7, 1, 40)
+    node.get("/api/v1/lots?consistency=local")
+    request = node.request("/api/v1/lots")
+    node.clock.advance(0.003)
+    node.read_state(node.core.asked[0], 1)
+    assert request.response().status == 200
+    node.core.leader_id = None
+    node.get("/api/v1/lots")
+    s = scrape(node)
+    assert value(s, "parkd_http_reads_total", consistency="local", outcome="ok") == 1
+    assert value(s, "parkd_http_reads_total", consistency="linearizable", outcome="ok") == 1
+    assert value(s, "parkd_http_reads_total", consistency="linearizable", outcome="no_leader") == 1
+    assert value(s, "parkd_http_read_index_seconds_count") == 1
+    assert value(s, "parkd_http_read_index_seconds_bucket", le="0.0025") == 0
+
+
+def test_each_node_has_its_own_registry(node):
+    other = NodeMetrics(node)
+    assert other.registry is not node.site.metrics.registry
+    from prometheus_client import REGISTRY
+
+    assert REGISTRY.get_sample_value("parkd_term") is None
