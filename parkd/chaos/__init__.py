@@ -1,0 +1,1 @@
+"""Fault injection for real clusters: link proxies, the nemesis, the checker."""
