@@ -1,0 +1,377 @@
+"""``parkctl``: the operator's tool (CONTRACT §7), over the nodes' HTTP API.
+
+    parkctl [--cluster HOST:PORT,... | --config FILE] [--json] status | lots | cameras
+    parkctl add-node ID RAFT CLIENT HTTP | remove-node ID | transfer-leader [ID]   (not yet)
+
+Where the cluster is: ``--cluster`` (HTTP addresses), else ``--config`` (the
+``http`` address of every ``[[node]]``), else ``$PARKD_CLUSTER``, else
+``etc/parkd.toml`` if it exists.  Any reachable node will do: reads are
+linearizable on every node, and a node that cannot answer (503: no leader it
+can reach) is left for the leader it names, then for the next address.
+
+Exit status: 0 success, 1 the cluster refused or could not answer, 2 usage
+error; failures print one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+
+from parkd.config import Address, ConfigError, load_config, parse_cluster_addresses
+
+DEFAULT_CONFIG = os.path.join("etc", "parkd.toml")
+ENV_CLUSTER = "PARKD_CLUSTER"
+DEFAULT_TIMEOUT = 5.0  # seconds; a node waits up to 2 s for a read index before a 503
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Exit 2: the command line (or the config it names) is wrong."""
+
+
+class Refused(Exception):
+    """Exit 1: no node could (or would) do what was asked."""
+
+
+# ------------------------------------------------------------------ HTTP
+
+
+class NodeError(Exception):
+    """One node did not answer usefully; ``str()`` says why, briefly."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+def fetch(address: Address, path: str, timeout: float) -> dict:
+    """GET ``path`` from one node; the JSON document, or NodeError."""
+    conn = http.client.HTTPConnection(address.host, address.port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"accept": "application/json"})
+        response = conn.getresponse()
+        raw = response.read()
+    except ConnectionRefusedError:
+        raise NodeError("connection refused") from None
+    except TimeoutError:
+        raise NodeError(f"no answer within {timeout:g} s") from None
+    except (OSError, http.client.HTTPException) as e:
+        raise NodeError(str(e) or type(e).__name__) from None
+    finally:
+        conn.close()
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise NodeError(f"HTTP {response.status}, not JSON", response.status) from None
+    if response.status != 200:
+        error = body.get("error") if isinstance(body, dict) else None
+        raise NodeError(f"HTTP {response.status}: {error or 'no reason given'}", response.status)
+    return body
+
+
+class Cluster:
+    """The nodes parkctl may ask, in the order given."""
+
+    def __init__(self, addresses: tuple[Address, ...], timeout: float = DEFAULT_TIMEOUT):
+        self.addresses = addresses
+        self.timeout = timeout
+
+    def read(self, path: str) -> dict:
+        """A linearizable read from the first node that can answer, following leader hints."""
+        todo = list(self.addresses)
+        tried: list[str] = []
+        problems: list[str] = []
+        while todo:
+            address = todo.pop(0)
+            if str(address) in tried:
+                continue
+            tried.append(str(address))
+            try:
+                return fetch(address, path, self.timeout)
+            except NodeError as e:
+                problems.append(f"{address}: {e}")
+                if e.status is not None and e.status != 503:
+                    raise Refused(f"{address} refused {path}: {e}") from None
+                if e.status == 503:  # this node cannot reach a leader: try the one it names
+                    leader = self._leader_address(address)
+                    if leader is not None:
+                        todo.insert(0, leader)
+        raise Refused("no node could answer (" + "; ".join(problems) + ")")
+
+    def _leader_address(self, address: Address) -> Address | None:
+        try:
+            view = fetch(address, "/api/v1/cluster", self.timeout)
+        except NodeError:
+            return None
+        for member in view.get("members", []):
+            if member["id"] == view.get("leader_id"):
+                return _address(member["http"])
+        return None
+
+    def views(self) -> dict[str, dict | NodeError]:
+        """Every node's own view (``/api/v1/cluster``), including members not given."""
+        views = self._fetch_all(self.addresses)
+        known = {str(a) for a in self.addresses}
+        more = []
+        for view in views.values():
+            if isinstance(view, dict):
+                for member in view.get("members", []):
+                    if member["http"] not in known:
+                        known.add(member["http"])
+                        more.append(_address(member["http"]))
+        views.update(self._fetch_all(more))
+        return views
+
+    def _fetch_all(self, addresses) -> dict[str, dict | NodeError]:
+        def one(address):
+            try:
+                return fetch(address, "/api/v1/cluster", self.timeout)
+            except NodeError as e:
+                return e
+
+        if not addresses:
+            return {}
+        with ThreadPoolExecutor(max_workers=min(16, len(addresses))) as pool:
+            return dict(zip((str(a) for a in addresses), pool.map(one, addresses)))
+
+
+def _address(text: str) -> Address:
+    host, _, port = text.rpartition(":")
+    return Address(host.strip("[]"), int(port))
+
+
+# ------------------------------------------------------------------ output
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    cells = [[("-" if v is None else str(v)) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    lines = [headers] + cells
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
+
+
+def when(seconds: float | None, now: float) -> str:
+    if seconds is None:
+        return "never"
+    stamp = datetime.fromtimestamp(seconds).strftime("%Y-%m-%d %H:%M:%S")
+    age = max(0.0, now - seconds)
+    if age < 90:
+        ago = f"{age:.0f}s ago"
+    elif age < 5400:
+        ago = f"{age / 60:.0f}min ago"
+    else:
+        ago = f"{age / 3600:.0f}h ago"
+    return f"{stamp} ({ago})"
+
+
+# ------------------------------------------------------------------ commands
+
+
+def cmd_lots(args, cluster: Cluster, out) -> int:
+    doc = cluster.read("/api/v1/lots")
+    if args.json:
+        print(json.dumps(doc, indent=2), file=out)
+        return EXIT_OK
+    now = time.time()
+    rows = [[lot["id"], lot["free"], lot["capacity"], lot["cameras"], when(lot["updated_at"], now)] for lot in doc["lots"]]
+    print(table(["LOT", "FREE", "CAPACITY", "CAMERAS", "UPDATED"], rows), file=out)
+    return EXIT_OK
+
+
+def cmd_cameras(args, cluster: Cluster, out) -> int:
+    doc = cluster.read("/api/v1/cameras")
+    if args.json:
+        print(json.dumps(doc, indent=2), file=out)
+        return EXIT_OK
+    now = time.time()
+    rows = [
+        [c["camera_id"], c["lot"], c["free"], c["last_seq"], when(c["last_seen"], now), c["status"]]
+        for c in doc["cameras"]
+    ]
+    print(table(["CAMERA", "LOT", "FREE", "LAST SEQ", "LAST SEEN", "STATUS"], rows), file=out)
+    return EXIT_OK
+
+
+def status_document(views: dict[str, dict | NodeError]) -> dict:
+    """Who is up, who leads, how far each node is (match index from the leader's view)."""
+    answered = {http: v for http, v in views.items() if isinstance(v, dict)}
+    leaders = [v for v in answered.values() if v["role"] == "leader"]
+    leader = max(leaders, key=lambda v: v["term"]) if leaders else None
+    members = {}
+    for view in answered.values():
+        for m in view["members"]:
+            members.setdefault(m["http"], m)
+    for http in views:
+        members.setdefault(http, {"id": None, "http": http})
+    matches = {m["id"]: m["match_index"] for m in leader["members"]} if leader else {}
+    last_index = leader.get("last_index") if leader else None
+    nodes = []
+    for http, member in sorted(members.items(), key=lambda kv: (kv[1]["id"] is None, kv[1]["id"] or 0, kv[0])):
+        view = views.get(http)
+        node = {"id": member["id"], "http": http, "reachable": isinstance(view, dict)}
+        if isinstance(view, dict):
+            node.update({k: view[k] for k in ("role", "term", "leader_id", "commit_index", "last_applied")})
+        else:
+            node["error"] = str(view) if view is not None else "not asked"
+        match = matches.get(member["id"])
+        node["match_index"] = match
+        node["lag"] = None if match is None or last_index is None else max(0, last_index - match)
+        nodes.append(node)
+    return {
+        "leader_id": leader["node_id"] if leader else None,
+        "term": max((v["term"] for v in answered.values()), default=None),
+        "nodes": nodes,
+    }
+
+
+def cmd_status(args, cluster: Cluster, out) -> int:
+    views = cluster.views()
+    doc = status_document(views)
+    if not any(n["reachable"] for n in doc["nodes"]):
+        problems = "; ".join(f"{n['http']}: {n['error']}" for n in doc["nodes"])
+        raise Refused(f"no node answered ({problems})")
+    if args.json:
+        print(json.dumps(doc, indent=2), file=out)
+        return EXIT_OK
+    rows = []
+    for n in doc["nodes"]:
+        if n["reachable"]:
+            role = n["role"] + (" *" if n["id"] == doc["leader_id"] else "")
+            rows.append([n["id"], n["http"], role, n["term"], n["commit_index"], n["last_applied"], n["match_index"], n["lag"]])
+        else:
+            rows.append([n["id"], n["http"], f"down ({n['error']})", None, None, None, None, None])
+    print(table(["NODE", "HTTP", "ROLE", "TERM", "COMMIT", "APPLIED", "MATCH", "LAG"], rows), file=out)
+    if doc["leader_id"] is None:
+        print("leader: none known (an election is under way or a majority is down)", file=out)
+    else:
+        print(f"leader: node {doc['leader_id']}, term {doc['term']}", file=out)
+    return EXIT_OK
+
+
+def cmd_not_yet(args, cluster, out) -> int:
+    raise Refused(f"{args.command} is not supported yet (membership changes and leadership transfer come later)")
+
+
+COMMANDS = {
+    "status": cmd_status,
+    "lots": cmd_lots,
+    "cameras": cmd_cameras,
+    "add-node": cmd_not_yet,
+    "remove-node": cmd_not_yet,
+    "transfer-leader": cmd_not_yet,
+}
+
+
+# ------------------------------------------------------------------ command line
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(f"{message} (see parkctl --help)")
+
+
+def _common(parser, suppress: bool) -> None:
+    default = (lambda value: argparse.SUPPRESS) if suppress else (lambda value: value)
+    parser.add_argument(
+        "--cluster", metavar="HOST:PORT,...", default=default(None), help="HTTP addresses of nodes (any subset)"
+    )
+    parser.add_argument(
+        "--config", metavar="FILE", default=default(None), help="read the nodes' HTTP addresses from a parkd config"
+    )
+    parser.add_argument("--json", action="store_true", default=default(False), help="print JSON for scripts")
+    parser.add_argument(
+        "--timeout", type=float, metavar="SECONDS", default=default(DEFAULT_TIMEOUT), help="per-request timeout"
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    top = _Parser(
+        prog="parkctl",
+        description="Inspect and steer a parkd cluster over its HTTP API.",
+        epilog=f"Without --cluster or --config: ${ENV_CLUSTER}, else {DEFAULT_CONFIG}. "
+        "Exit status: 0 ok, 1 refused or unreachable, 2 usage error.",
+    )
+    _common(top, suppress=False)
+    sub = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    helps = {
+        "status": "members, roles, terms, commit and applied index, replication",
+        "lots": "free spaces per lot",
+        "cameras": "cameras with their last frame and status",
+    }
+    for name, text in helps.items():
+        _common(sub.add_parser(name, help=text, description=text), suppress=True)
+    add = sub.add_parser("add-node", help="add a member (not supported yet)")
+    add.add_argument("id", type=int)
+    add.add_argument("raft")
+    add.add_argument("client")
+    add.add_argument("http")
+    remove = sub.add_parser("remove-node", help="remove a member (not supported yet)")
+    remove.add_argument("id", type=int)
+    transfer = sub.add_parser("transfer-leader", help="hand leadership to a member (not supported yet)")
+    transfer.add_argument("id", type=int, nargs="?")
+    for p in (add, remove, transfer):
+        _common(p, suppress=True)
+    return top
+
+
+def cluster_addresses(args, environ) -> tuple[Address, ...]:
+    if args.cluster is not None and args.config is not None:
+        raise UsageError("give --cluster or --config, not both")
+    try:
+        if args.cluster is not None:
+            return parse_cluster_addresses(args.cluster)
+        if args.config is not None:
+            return _from_config(args.config, "--config")
+        if environ.get(ENV_CLUSTER):
+            try:
+                return parse_cluster_addresses(environ[ENV_CLUSTER])
+            except ConfigError as e:
+                raise UsageError(f"${ENV_CLUSTER}: {e}") from None
+        if os.path.exists(DEFAULT_CONFIG):
+            return _from_config(DEFAULT_CONFIG, DEFAULT_CONFIG)
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+    raise UsageError(f"where is the cluster? give --cluster HOST:PORT,..., --config FILE or ${ENV_CLUSTER}")
+
+
+def _from_config(path: str, what: str) -> tuple[Address, ...]:
+    config = load_config(path)
+    if not config.members:
+        raise UsageError(f"{what}: {path} lists no [[node]]")
+    return tuple(m.http for m in config.members)
+
+
+def main(argv=None, out=None, err=None, environ=None) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    environ = os.environ if environ is None else environ
+    try:
+        args = parser().parse_args(argv)
+        if args.timeout <= 0:
+            raise UsageError("--timeout must be positive")
+        cluster = Cluster(cluster_addresses(args, environ), args.timeout)
+        return COMMANDS[args.command](args, cluster, out)
+    except UsageError as e:
+        print(f"parkctl: {e}", file=err)
+        return EXIT_USAGE
+    except Refused as e:
+        print(f"parkctl: {e}", file=err)
+        return EXIT_REFUSED
+    except KeyboardInterrupt:
+        print("parkctl: interrupted", file=err)
+        return EXIT_REFUSED
+    except BrokenPipeError:  # `parkctl lots | head`
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

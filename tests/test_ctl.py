@@ -1,0 +1,297 @@
+"""parkctl (CONTRACT §7): tables, --json, finding the cluster, following the leader, exit codes.
+
+The nodes are small in-process HTTP servers answering canned documents; one
+test runs the installed ``parkctl`` script.  (tests/http/test_live.py runs
+parkctl against a real cluster.)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from parkd import ctl
+from parkd.launcher import write_config
+
+
+class FakeNode:
+    """An HTTP server answering {path: (status, document)}; records the paths asked."""
+
+    def __init__(self, routes=None):
+        self.routes = dict(routes or {})
+        self.asked: list[str] = []
+        node = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                node.asked.append(self.path)
+                status, body = node.routes.get(self.path, (404, {"error": f"no such resource: {self.path}"}))
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def nodes():
+    made = []
+
+    def make(n):
+        made.extend(FakeNode() for _ in range(n))
+        return made[-n:]
+
+    yield make
+    for node in made:
+        node.close()
+
+
+def closed_port() -> str:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return f"127.0.0.1:{port}"
+
+
+def view(node_id, role, leader_id, members, term=4, commit=50, applied=50, matches=None, last_index=50):
+    return {
+        "node_id": node_id,
+        "role": role,
+        "term": term,
+        "leader_id": leader_id,
+        "commit_index": commit,
+        "last_applied": applied,
+        "last_index": last_index,
+        "members": [
+            {"id": i, "raft": "r", "client": "c", "http": http, "match_index": (matches or {}).get(i)}
+            for i, http in members.items()
+        ],
+    }
+
+
+LOTS = {"lots": [
+    {"id": "north", "capacity": 100, "free": 41, "cameras": 2, "updated_at": 1_700_000_000.0},
+    {"id": "south", "capacity": 60, "free": None, "cameras": 0, "updated_at": None},
+]}  # fmt: skip
+CAMERAS = {"cameras": [
+    {"camera_id": 7, "lot": "north", "free": 41, "last_seq": 12, "last_seen": 1_700_000_000.0, "status": "stale"},
+]}  # fmt: skip
+NO_LEADER = (503, {"error": "no leader known; try again shortly"})
+
+
+def run(*argv, environ=None):
+    out, err = io.StringIO(), io.StringIO()
+    code = ctl.main(list(argv), out=out, err=err, environ=environ or {})
+    return code, out.getvalue(), err.getvalue()
+
+
+# ------------------------------------------------------------------ reads
+
+
+def test_lots_table(nodes):
+    (a,) = nodes(1)
+    a.routes["/api/v1/lots"] = (200, LOTS)
+    code, out, err = run("--cluster", a.address, "lots")
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0].split() == ["LOT", "FREE", "CAPACITY", "CAMERAS", "UPDATED"]
+    assert lines[1].split()[:4] == ["north", "41", "100", "2"]
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \(\d+h ago\)", lines[1])
+    assert lines[2].split() == ["south", "-", "60", "0", "never"]
+
+
+def test_lots_and_cameras_json_is_the_api_document(nodes):
+    (a,) = nodes(1)
+    a.routes.update({"/api/v1/lots": (200, LOTS), "/api/v1/cameras": (200, CAMERAS)})
+    code, out, _ = run("--cluster", a.address, "--json", "lots")
+    assert code == 0 and json.loads(out) == LOTS
+    code, out, _ = run("cameras", "--json", "--cluster", a.address)  # options after the command too
+    assert code == 0 and json.loads(out) == CAMERAS
+
+
+def test_cameras_table(nodes):
+    (a,) = nodes(1)
+    a.routes["/api/v1/cameras"] = (200, CAMERAS)
+    code, out, _ = run("--cluster", a.address, "cameras")
+    assert code == 0
+    header, row = out.splitlines()
+    assert header.split() == ["CAMERA", "LOT", "FREE", "LAST", "SEQ", "LAST", "SEEN", "STATUS"]
+    assert row.split()[:4] == ["7", "north", "41", "12"] and row.split()[-1] == "stale"
+
+
+def test_an_unreachable_node_is_skipped(nodes):
+    (b,) = nodes(1)
+    b.routes["/api/v1/lots"] = (200, LOTS)
+    code, out, _ = run("--cluster", f"{closed_port()},{b.address}", "--json", "lots")
+    assert code == 0 and json.loads(out) == LOTS
+
+
+def test_a_node_without_leader_is_left_for_the_leader_it_names(nodes):
+    a, b, c = nodes(3)
+    members = {1: a.address, 2: b.address, 3: c.address}
+    a.routes.update({"/api/v1/lots": NO_LEADER, "/api/v1/cluster": (200, view(1, "follower", 3, members))})
+    c.routes["/api/v1/lots"] = (200, LOTS)
+    code, out, _ = run("--cluster", f"{a.address},{b.address}", "--json", "lots")
+    assert code == 0 and json.loads(out) == LOTS
+    assert b.asked == []  # went straight to node 3, the leader node 1 named
+
+
+def test_no_node_can_answer_is_exit_1_with_one_line(nodes):
+    a, b = nodes(2)
+    for n in (a, b):
+        n.routes.update({"/api/v1/lots": NO_LEADER, "/api/v1/cluster": (200, view(1, "candidate", None, {}))})
+    code, out, err = run("--cluster", f"{a.address},{b.address},{closed_port()}", "lots")
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and err.startswith("parkctl: no node could answer (")
+    assert "503: no leader known" in err and "connection refused" in err
+
+
+def test_a_refusal_other_than_503_is_exit_1(nodes):
+    (a,) = nodes(1)
+    a.routes["/api/v1/lots"] = (400, {"error": "bad"})
+    code, _, err = run("--cluster", a.address, "lots")
+    assert code == 1 and "HTTP 400: bad" in err and err.count("\n") == 1
+
+
+# ------------------------------------------------------------------ status
+
+
+def test_status_asks_every_member_and_shows_replication(nodes):
+    a, b = nodes(2)
+    gone = closed_port()
+    members = {1: a.address, 2: b.address, 3: gone}
+    a.routes["/api/v1/cluster"] = (200, view(1, "leader", 1, members, matches={1: 50, 2: 47, 3: 30}))
+    b.routes["/api/v1/cluster"] = (200, view(2, "follower", 1, members, commit=49, applied=48))
+    code, out, err = run("--cluster", b.address, "status")  # one address is enough
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0].split() == ["NODE", "HTTP", "ROLE", "TERM", "COMMIT", "APPLIED", "MATCH", "LAG"]
+    assert lines[1].split() == ["1", a.address, "leader", "*", "4", "50", "50", "50", "0"]
+    assert lines[2].split() == ["2", b.address, "follower", "4", "49", "48", "47", "3"]
+    assert lines[3].split()[:4] == ["3", gone, "down", "(connection"]
+    assert lines[4] == "leader: node 1, term 4"
+
+
+def test_status_json(nodes):
+    (a,) = nodes(1)
+    a.routes["/api/v1/cluster"] = (200, view(1, "candidate", None, {1: a.address}, term=9))
+    code, out, _ = run("--cluster", a.address, "--json", "status")
+    assert code == 0
+    assert json.loads(out) == {
+        "leader_id": None,
+        "term": 9,
+        "nodes": [{"id": 1, "http": a.address, "reachable": True, "role": "candidate", "term": 9, "leader_id": None,
+                   "commit_index": 50, "last_applied": 50, "match_index": None, "lag": None}],
+    }  # fmt: skip
+
+
+def test_status_without_leader_says_so(nodes):
+    (a,) = nodes(1)
+    a.routes["/api/v1/cluster"] = (200, view(1, "candidate", None, {1: a.address}))
+    code, out, _ = run("--cluster", a.address, "status")
+    assert code == 0 and out.splitlines()[-1].startswith("leader: none known")
+
+
+def test_status_with_no_node_up_is_exit_1():
+    code, out, err = run("--cluster", f"{closed_port()},{closed_port()}", "status")
+    assert code == 1 and out == "" and err.startswith("parkctl: no node answered (") and err.count("\n") == 1
+
+
+# ------------------------------------------------------------------ finding the cluster
+
+
+def test_config_file_gives_the_http_addresses(tmp_path, nodes):
+    path = write_config(str(tmp_path / "parkd.toml"), nodes=1)
+    from parkd.config import load_config
+
+    http = load_config(path).members[0].http
+    code, _, err = run("--config", path, "lots")
+    assert code == 1 and f"{http}: connection refused" in err  # it asked the configured node
+
+
+def test_environment_variable(nodes):
+    (a,) = nodes(1)
+    a.routes["/api/v1/lots"] = (200, LOTS)
+    code, out, _ = run("--json", "lots", environ={"PARKD_CLUSTER": a.address})
+    assert code == 0 and json.loads(out) == LOTS
+
+
+def test_default_config_in_the_working_directory(tmp_path, monkeypatch):
+    (tmp_path / "etc").mkdir()
+    write_config(str(tmp_path / "etc" / "parkd.toml"), nodes=1)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run("lots")
+    assert code == 1 and "connection refused" in err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "the following arguments are required: COMMAND"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["--cluster", "nohost", "lots"], "bad address 'nohost'"),
+        (["--cluster", "a:1", "--config", "x.toml", "lots"], "give --cluster or --config, not both"),
+        (["--config", "/nonexistent/parkd.toml", "lots"], "no such file '/nonexistent/parkd.toml'"),
+        (["--timeout", "0", "--cluster", "a:1", "lots"], "--timeout must be positive"),
+        (["--cluster", "a:1", "remove-node", "x"], "invalid int value: 'x'"),
+        (["--cluster", "a:1", "add-node", "4"], "the following arguments are required: raft, client, http"),
+        (["lots"], "where is the cluster?"),
+    ],
+)
+def test_usage_errors_are_exit_2_with_one_line(tmp_path, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)  # no etc/parkd.toml here
+    code, out, err = run(*argv)
+    assert code == 2 and out == ""
+    assert err.startswith("parkctl: ") and err.count("\n") == 1
+    assert message in err
+
+
+def test_bad_environment_variable_is_a_usage_error():
+    code, _, err = run("lots", environ={"PARKD_CLUSTER": "nope"})
+    assert code == 2 and err.startswith("parkctl: $PARKD_CLUSTER: ")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["add-node", "4", "127.0.0.1:7104", "127.0.0.1:7204", "127.0.0.1:7304"], ["remove-node", "3"],
+     ["transfer-leader"], ["transfer-leader", "2"]],
+)  # fmt: skip
+def test_membership_commands_are_not_supported_yet(argv):
+    code, out, err = run("--cluster", "127.0.0.1:9", *argv)
+    assert code == 1 and out == ""
+    assert err == f"parkctl: {argv[0]} is not supported yet (membership changes and leadership transfer come later)\n"
+
+
+def test_the_installed_script(nodes):
+    (a,) = nodes(1)
+    a.routes["/api/v1/lots"] = (200, LOTS)
+    script = os.path.join(os.path.dirname(sys.executable), "parkctl")
+    done = subprocess.run([script, "--cluster", a.address, "--json", "lots"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and json.loads(done.stdout) == LOTS
+    done = subprocess.run([script, "--cluster", a.address, "nope"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    done = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and "status" in done.stdout and "PARKD_CLUSTER" in done.stdout
