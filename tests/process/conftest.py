@@ -10,15 +10,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import time
 import urllib.request
-from collections import Counter
 
 import pytest
 
-from twisted.logger import eventsFromJSONLogFile
-
+from parkd.chaos import checker
 from parkd.config import load_config
 from parkd.launcher import Timeout, camera_daemon, node_daemon, wait_for, wait_listening, write_config
 
@@ -100,58 +97,43 @@ class Cluster:
     # ------------------------------------------------------------ evidence
 
     def events(self, daemon, event):
-        if not os.path.exists(daemon.json_path):
-            return []
-        with open(daemon.json_path) as f:
-            return [e for e in eventsFromJSONLogFile(f) if e.get("parkd_event") == event]
+        return checker.read_events(daemon.json_path, event)
+
+    def db_path(self, node_id):
+        return os.path.join(self.workdir, f"node-{node_id}", "node.db")
 
     def acked(self):
         """{(camera_id, seq): (index, free)} from every camera's frame_acked events."""
-        out = {}
-        for camera in self.cameras.values():
-            for e in self.events(camera, "frame_acked"):
-                key = (e["camera_id"], e["seq"])
-                assert out.get(key, (e["index"], e["free"])) == (e["index"], e["free"]), key
-                out[key] = (e["index"], e["free"])
-        return out
+        evidence = checker.collect([c.json_path for c in self.cameras.values()], {}, {})
+        assert evidence.conflicting_acks == []
+        return evidence.acked
 
     def applied(self, node_id):
         """{(camera_id, seq): (index, free)} from the node's database."""
-        path = os.path.join(self.workdir, f"node-{node_id}", "node.db")
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10) as db:
-            rows = db.execute("SELECT camera_id, seq, log_index, free FROM frames").fetchall()
-        return {(c, s): (i, f) for c, s, i, f in rows}
+        return checker.read_frames(self.db_path(node_id))
 
     def wait_acks(self, count, since=0, timeout=30.0):
         """Wait until cameras logged at least ``count`` acks more than ``since``."""
         return wait_for(lambda: len(self.acked()) >= since + count, timeout, f"{count} more acks")
 
     def check_exactly_once(self, node_ids=None, timeout=30.0):
-        """Every acked frame applied once on every node, at the same index with the same result."""
-        acked = self.acked()
+        """Every acked frame applied once on every node (``node_ids``), at the same
+        index with the same result; identical histories; one leader per term;
+        current values from the highest seq (:mod:`parkd.chaos.checker`)."""
         node_ids = node_ids or list(self.nodes)
-
-        def converged():
-            tables = {n: self.applied(n) for n in node_ids}
-            return tables if all(set(acked) <= set(t) for t in tables.values()) else None
-
+        acked = self.acked()
         try:
-            tables = wait_for(converged, timeout, "every node to apply every acked frame")
+            wait_for(lambda: all(set(acked) <= set(self.applied(n)) for n in node_ids), timeout,
+                     "every node to apply every acked frame")  # fmt: skip
         except Timeout:
-            tables = {n: self.applied(n) for n in node_ids}
-            missing = {n: sorted(set(acked) - set(t))[:10] for n, t in tables.items()}
-            raise AssertionError(f"acked frames missing on nodes: {missing}") from None
-        for key, result in acked.items():
-            for node_id, table in tables.items():
-                assert table[key] == result, (node_id, key, table[key], result)
-        # Identical histories index by index: the same (camera, seq) at each log index.
-        by_index = [{i: key for key, (i, _) in t.items()} for t in tables.values()]
-        common = set.intersection(*(set(b) for b in by_index))
-        for index in common:
-            assert len({b[index] for b in by_index}) == 1, index
-        for t in tables.values():  # each log index holds at most one frame
-            assert max(Counter(i for i, _ in t.values()).values(), default=1) == 1
-        return acked, tables
+            pass  # the checker below names what is missing
+        evidence = checker.collect(
+            [c.json_path for c in self.cameras.values()],
+            {n: self.nodes[n].json_path for n in node_ids},
+            {n: self.db_path(n) for n in node_ids},
+        )
+        assert checker.check(evidence) == []
+        return evidence.acked, evidence.frames
 
     def wait_for_ack_after(self, moment, timeout=30.0):
         """Wall-clock time of the first ack of a frame captured after ``moment``.
