@@ -1,11 +1,9 @@
 """Real twistd processes: start, listen, log, and stop cleanly (issue 2)."""
 
-import json
 import os
 import signal
 import socket
 import subprocess
-import sys
 
 import pytest
 from twisted.logger import eventsFromJSONLogFile

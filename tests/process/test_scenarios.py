@@ -7,7 +7,6 @@ same result.
 """
 
 import signal
-import statistics
 import time
 
 CAMERAS = {1: "north", 2: "south", 3: "east"}
