@@ -4,7 +4,7 @@ Routes (every node serves all of them):
 
     GET /api/v1/lots                          every lot: free / capacity
     GET /api/v1/lots/<id>                     one lot
-    GET /api/v1/lots/<id>/history?window=S    the lot's free spaces over the last S seconds
+    GET /api/v1/lots/<id>/history?window=S&points=N   the lot's trend over the last S seconds
     GET /api/v1/cameras[?lot=L]               every camera (of a lot) with its status
     GET /api/v1/cameras/<id>                  one camera
     GET /api/v1/cameras/<id>/frames?since=S&limit=N
@@ -280,28 +280,39 @@ def frame_json(frame) -> dict:
     return {"seq": frame.seq, "free": frame.free, "captured_at": frame.captured_at, "index": frame.index}
 
 
+_HISTORY_FIRST = """
+SELECT MIN(f.captured_at) FROM frames AS f JOIN cameras AS c ON c.camera_id = f.camera_id
+WHERE c.lot = :lot AND f.captured_at >= :start AND f.captured_at <= :end
+"""
 _HISTORY = """
-SELECT CAST((f.captured_at - :start) / :step AS INTEGER) AS bucket, f.captured_at, f.free, MAX(f.log_index)
+SELECT MIN(CAST((f.captured_at - :start) / :step AS INTEGER), :last) AS bucket, f.captured_at, f.free,
+       MAX(f.log_index)
 FROM frames AS f JOIN cameras AS c ON c.camera_id = f.camera_id
 WHERE c.lot = :lot AND f.captured_at >= :start AND f.captured_at <= :end
 GROUP BY bucket ORDER BY bucket
 """
 
 
-def lot_history(engine, lot: str, start: float, end: float, points: int) -> list[dict]:
-    """The lot's free spaces in ``points`` equal steps of [start, end].
+def lot_history(engine, lot: str, start: float, end: float, points: int) -> tuple[float | None, list[dict]]:
+    """The lot's free spaces over [start, end] in at most ``points`` equal steps.
 
+    The steps divide the part of the window that has frames (from the first
+    frame in it to ``end``), so a young cluster still gets a detailed trend.
     A lot's value is the newest judgement (in log order) of any of its cameras
-    (see parkd.parking.state), so each step reports the frame with the highest
-    log index captured in it (SQLite takes the bare columns from the MAX row).
-    Steps without a frame are left out.
+    (see parkd.parking.state), so each step reports its frame with the highest
+    log index (SQLite takes the bare columns from the MAX row).  Steps without
+    a frame are left out.  Returns (the first frame's time or None, points).
     """
     import sqlalchemy as sa  # the node already depends on it; keep import-time small
 
-    step = max((end - start) / points, 1e-6)
     with engine.connect() as conn:
-        rows = conn.execute(sa.text(_HISTORY), {"lot": lot, "start": start, "end": end, "step": step})
-        return [{"at": at, "free": free} for _, at, free, _ in rows]
+        first = conn.scalar(sa.text(_HISTORY_FIRST), {"lot": lot, "start": start, "end": end})
+        if first is None:
+            return None, []
+        step = max((end - first) / points, 1e-6)
+        params = {"lot": lot, "start": first, "end": end, "step": step, "last": points - 1}
+        rows = conn.execute(sa.text(_HISTORY), params)
+        return first, [{"at": at, "free": free} for _, at, free, _ in rows]
 
 
 class Api:
@@ -323,8 +334,8 @@ class Api:
         if lot_id not in self._lot_ids():
             raise self._unknown_lot(lot_id)
         end = self.node.reactor.seconds()
-        history = lot_history(self.node.engine, lot_id, end - window, end, points)
-        return {"lot": lot_id, "window": window, "points": history}
+        first, history = lot_history(self.node.engine, lot_id, end - window, end, points)
+        return {"lot": lot_id, "window": window, "start": first, "end": end, "points": history}
 
     def cameras(self, lot: str | None = None) -> dict:
         if lot is not None and lot not in self._lot_ids():

@@ -98,32 +98,43 @@ function renderCluster(cluster) {
 
 // ------------------------------------------------------------------ lots
 
-function trendLine(points, capacity, now) {
+function span(seconds) {
+  if (seconds >= 3000) return "last hour";
+  if (seconds >= 90) return `last ${Math.round(seconds / 60)} min`;
+  return `last ${Math.max(1, Math.round(seconds))} s`;
+}
+
+// The lot's free spaces over the history's [start, end], held until "now".
+function trendLine(history, capacity) {
   const width = 200;
   const height = 40;
   const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
   svg.setAttribute("class", "trend");
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
   svg.setAttribute("preserveAspectRatio", "none");
-  svg.setAttribute("aria-label", "free spaces over the last hour");
-  if (points.length && capacity) {
-    const start = now - TREND_WINDOW_S;
-    const coords = points.map((p) => {
-      const x = Math.min(width, Math.max(0, ((p.at - start) / TREND_WINDOW_S) * width));
-      const y = height - 2 - (p.free / capacity) * (height - 4);
-      return `${x.toFixed(1)},${y.toFixed(1)}`;
-    });
-    if (coords.length === 1) coords.push(`${width},${coords[0].split(",")[1]}`);
-    const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
-    line.setAttribute("points", coords.join(" "));
-    svg.append(line);
-  }
+  const points = history && history.points ? history.points : [];
   svg.dataset.points = String(points.length);
+  if (!points.length || !capacity) return svg;
+  const start = history.start;
+  const length = Math.max(1e-3, history.end - start);
+  const y = (free) => (height - 2 - (free / capacity) * (height - 4)).toFixed(1);
+  const coords = [];
+  points.forEach((p, i) => {
+    const x = Math.min(width, Math.max(0, ((p.at - start) / length) * width));
+    if (i > 0) coords.push(`${x.toFixed(1)},${y(points[i - 1].free)}`); // a step, not a slope
+    coords.push(`${x.toFixed(1)},${y(p.free)}`);
+  });
+  coords.push(`${width},${y(points[points.length - 1].free)}`);
+  const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
+  line.setAttribute("points", coords.join(" "));
+  svg.append(line);
+  const title = document.createElementNS("http://www.w3.org/2000/svg", "title");
+  title.textContent = `free spaces, ${span(length)}`;
+  svg.append(title);
   return svg;
 }
 
 function renderLots(lots, histories) {
-  const now = Date.now() / 1000;
   const cards = lots.map((lot) => {
     const lvl = level(lot.free, lot.capacity);
     const pct = lot.free === null ? 0 : Math.round((100 * lot.free) / Math.max(1, lot.capacity));
@@ -140,11 +151,14 @@ function renderLots(lots, histories) {
         el("span", { class: "capacity" }, ` / ${lot.capacity}`),
       ),
       bar,
-      trendLine(histories[lot.id] || [], lot.capacity, now),
+      trendLine(histories[lot.id], lot.capacity),
       el(
         "div",
         { class: "meta" },
-        `${lot.cameras} camera${lot.cameras === 1 ? "" : "s"} · updated ${ago(lot.updated_at)}`,
+        `${lot.cameras} camera${lot.cameras === 1 ? "" : "s"} · updated ${ago(lot.updated_at)}` +
+          (histories[lot.id] && histories[lot.id].start !== null
+            ? ` · trend: ${span(histories[lot.id].end - histories[lot.id].start)}`
+            : ""),
       ),
     );
   });
@@ -209,7 +223,7 @@ async function refresh() {
   if (lots.status === 200) {
     const byLot = {};
     histories.forEach((h, i) => {
-      if (h.status === 200) byLot[lots.body.lots[i].id] = h.body.points;
+      if (h.status === 200) byLot[lots.body.lots[i].id] = h.body;
     });
     renderLots(lots.body.lots, byLot);
   }

@@ -102,10 +102,16 @@ def test_lot_history_reports_the_newest_frame_per_step(node):
     assert history == {
         "lot": "north",
         "window": 3600,
+        "start": NOW - 3590,  # the first frame in the window: the steps divide [start, end]
+        "end": NOW,
         "points": [{"at": NOW - 3590, "free": 10}, {"at": NOW - 30, "free": 30}],
     }
     short = node.get(local("/api/v1/lots/north/history?window=60&points=2")).json()
-    assert short["points"] == [{"at": NOW - 30, "free": 30}]
+    assert short["points"] == [{"at": NOW - 30, "free": 30}] and short["start"] == NOW - 30
+    fine = node.get(local("/api/v1/lots/north/history?window=3600&points=1000")).json()
+    assert [p["free"] for p in fine["points"]] == [10, 20, 30]  # steps of 3.59 s: every frame apart
+    empty = node.get(local("/api/v1/lots/south/history?window=10")).json()
+    assert empty == {"lot": "south", "window": 10, "start": None, "end": NOW, "points": []}
 
 
 def test_cluster_describes_this_nodes_view(node):

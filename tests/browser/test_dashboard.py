@@ -1,0 +1,156 @@
+"""The dashboard in headless Chromium against a live 3-node cluster with cameras.
+
+Screenshots go to the test's temporary directory, and also to
+``$PARKD_SCREENSHOTS`` when set (that is how docs/screenshots/ was made).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+pytestmark = [pytest.mark.process, pytest.mark.slow]
+
+# Everything the page shows, read in one go.
+PAGE_STATE = """
+const banner = document.getElementById("banner");
+const cluster = document.getElementById("cluster");
+return {
+  state: document.body.dataset.state,
+  banner: banner.hidden ? null : banner.textContent,
+  leader: cluster.dataset.leader === undefined ? null : cluster.dataset.leader,
+  node: cluster.dataset.node || null,
+  lots: Object.fromEntries([...document.querySelectorAll("#lots .lot")].map((card) => [
+    card.dataset.lot,
+    {free: card.querySelector(".free").textContent,
+     capacity: card.querySelector(".capacity").textContent.replace("/", "").trim(),
+     level: card.dataset.level,
+     trend: Number(card.querySelector("svg.trend").dataset.points)},
+  ])),
+  cameras: Object.fromEntries([...document.querySelectorAll("#cameras tbody tr")].map((row) => [
+    row.dataset.camera,
+    {lot: row.cells[1].textContent, free: row.cells[2].textContent, last_seq: row.cells[3].textContent,
+     status: row.cells[5].textContent},
+  ])),
+};
+"""
+
+
+def api(cluster, node_id, path):
+    url = f"http://{cluster.config.member(node_id).http}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return json.load(r)
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def expected_from_api(cluster, node_id):
+    """The lot cards and camera rows the page should show, from the API (as text)."""
+    lots = api(cluster, node_id, "/api/v1/lots")
+    cameras = api(cluster, node_id, "/api/v1/cameras")
+    if lots is None or cameras is None:
+        return None
+    return (
+        {lot["id"]: (str(lot["free"]), str(lot["capacity"])) for lot in lots["lots"]},
+        {str(c["camera_id"]): (c["lot"], str(c["free"]), str(c["last_seq"]), c["status"]) for c in cameras["cameras"]},
+    )
+
+
+def shown(page):
+    return (
+        {lot: (v["free"], v["capacity"]) for lot, v in page["lots"].items()},
+        {cam: (v["lot"], v["free"], v["last_seq"], v["status"]) for cam, v in page["cameras"].items()},
+    )
+
+
+def screenshot(browser, tmp_path, name):
+    path = tmp_path / name
+    assert browser.save_screenshot(str(path)), f"could not save {path}"
+    extra = os.environ.get("PARKD_SCREENSHOTS")
+    if extra:
+        os.makedirs(extra, exist_ok=True)
+        shutil.copy(path, os.path.join(extra, name))
+    return path
+
+
+def test_dashboard_shows_the_api_values_and_recovers_from_a_leader_kill(browser, cluster, tmp_path):
+    cluster.start_nodes()
+    for camera_id, lot in enumerate(("north", "south", "east"), start=1):
+        cluster.add_camera(camera_id, lot)
+    leader = cluster.leader()
+    cluster.wait_acks(15)
+    follower = next(i for i in cluster.nodes if i != leader)
+    browser.get(f"http://{cluster.config.member(follower).http}/")
+    page = lambda: browser.execute_script(PAGE_STATE)  # noqa: E731
+
+    # A healthy cluster: every lot has a card with a value, a trend and a colour; no banner.
+    def healthy():
+        p = page()
+        ready = p["state"] == "ok" and len(p["lots"]) == 3 and len(p["cameras"]) == 3
+        ready = ready and all(v["free"] != "–" and v["trend"] > 0 for v in p["lots"].values())
+        return p if ready else None
+
+    p = cluster.wait(healthy, 20, "the dashboard to show three lots and cameras")
+    assert p["banner"] is None and p["leader"] == str(leader) and p["node"] == str(follower)
+    assert {v["level"] for v in p["lots"].values()} <= {"ok", "low", "full"}
+    assert {v["status"] for v in p["cameras"].values()} == {"active"}
+    screenshot(browser, tmp_path, "dashboard.png")
+
+    # Freeze the values (stop the cameras): the page must show exactly what the API gives.
+    for camera in cluster.cameras.values():
+        camera.stop()
+
+    def matches_api():
+        want = expected_from_api(cluster, follower)
+        return want is not None and shown(page()) == want and want
+
+    lots, cameras = cluster.wait(matches_api, 15, "the page to show the API's values")
+    assert {status for _, _, _, status in cameras.values()} == {"stale"}  # 3 × 0.2 s without frames
+    assert set(lots) == {"north", "south", "east"}
+
+    # Cameras again, then kill the leader: the page must follow the new leader and new values.
+    for camera_id, lot in enumerate(("north", "south", "east"), start=1):
+        cluster.add_camera(camera_id, lot)
+    before = {cam: int(v["last_seq"]) for cam, v in page()["cameras"].items()}
+    cluster.nodes[leader].kill()
+    killed_at = time.monotonic()
+    caught = None
+
+    def recovered():
+        nonlocal caught
+        p = page()
+        if p["state"] == "no-leader" and caught is None:
+            caught = screenshot(browser, tmp_path, "dashboard-leader-change.png")
+        new_leader = p["leader"] not in (None, "", str(leader))
+        fresh = all(int(v["last_seq"]) > before[cam] for cam, v in p["cameras"].items())
+        return p if p["state"] == "ok" and new_leader and fresh and p["banner"] is None else None
+
+    p = cluster.wait(recovered, 30, "the dashboard to recover after the leader was killed")
+    new_leader = int(p["leader"])
+    print(f"dashboard recovered {time.monotonic() - killed_at:.1f} s after the leader kill; "
+          f"banner seen meanwhile: {caught is not None}")  # fmt: skip
+    assert shown(p)[0].keys() == {"north", "south", "east"}
+    screenshot(browser, tmp_path, "dashboard-after-failover.png")
+
+    # Leave the page's node without a majority: the banner must say there is no leader.
+    other = next(i for i in cluster.nodes if i not in (leader, follower))
+    cluster.nodes[other].kill()
+
+    def banner():
+        p = page()
+        return p if p["state"] == "no-leader" and p["banner"] else None
+
+    p = cluster.wait(banner, 20, "the no-leader banner")
+    assert "leader" in p["banner"].lower() and "stale" in p["banner"]
+    assert all(v["free"] != "–" for v in p["lots"].values())  # last known values stay visible
+    no_leader = screenshot(browser, tmp_path, "dashboard-no-leader.png")
+    if caught is None and os.environ.get("PARKD_SCREENSHOTS"):
+        shutil.copy(no_leader, os.path.join(os.environ["PARKD_SCREENSHOTS"], "dashboard-leader-change.png"))
+    assert new_leader in cluster.nodes
