@@ -1,8 +1,9 @@
 """``make demo``: a local cluster and one camera per lot, until Ctrl-C.
 
 Every node of the config file and one camera per ``[[lot]]`` run as their own
-``twistd`` process; logs go to ``run/demo/``.  Ctrl-C (or SIGTERM) stops them
-all with SIGTERM and waits for each to exit.
+``twistd`` process; logs go to ``run/demo/``.  Once a leader is elected the
+demo prints each node's dashboard URL and a ``parkctl status`` table.  Ctrl-C
+(or SIGTERM) stops them all with SIGTERM and waits for each to exit.
 """
 
 from __future__ import annotations
@@ -13,8 +14,29 @@ import signal
 import sys
 import time
 
+from parkd import ctl
 from parkd.config import ConfigError, load_config
-from parkd.launcher import Timeout, camera_daemon, node_daemon, wait_listening
+from parkd.launcher import Timeout, camera_daemon, node_daemon, port_open, wait_for, wait_listening
+
+LEADER_TIMEOUT = 30.0  # seconds
+
+
+def wait_for_leader(config, daemons, timeout: float = LEADER_TIMEOUT) -> int:
+    """The leader's id, once a node reports one (fails early if a node exits)."""
+
+    def leader():
+        for member, daemon in zip(config.members, daemons):
+            if not daemon.alive():
+                raise Timeout(f"{daemon.name} exited with {daemon.proc.returncode}; see {daemon.log_path}")
+            try:
+                view = ctl.fetch(member.http, "/api/v1/cluster", timeout=1.0)
+            except ctl.NodeError:
+                continue
+            if view.get("leader_id") is not None:
+                return view["leader_id"]
+        return None
+
+    return wait_for(leader, timeout, "a leader to be elected")
 
 
 def main(argv=None) -> int:
@@ -29,6 +51,16 @@ def main(argv=None) -> int:
         print(f"parkd-demo: {e}", file=sys.stderr)
         return 1
 
+    busy = [
+        f"{address} (node {m.id} {kind})"
+        for m in config.members
+        for kind, address in (("raft", m.raft), ("client", m.client), ("http", m.http))
+        if port_open(address.host, address.port)
+    ]
+    if busy:
+        print(f"parkd-demo: already in use: {', '.join(busy)}; is another demo running?", file=sys.stderr)
+        return 1
+
     nodes = [node_daemon(args.config, m.id, args.workdir) for m in config.members]
     cameras = [
         camera_daemon(args.config, i, lot.id, args.workdir, "--interval", args.interval)
@@ -40,12 +72,18 @@ def main(argv=None) -> int:
             daemon.start()
         for member, daemon in zip(config.members, nodes):
             wait_listening(config, member.id, daemon)
+        leader = wait_for_leader(config, nodes)
         print(f"parkd demo: {len(nodes)} nodes and {len(cameras)} cameras running; logs in {args.workdir}/")
         for member, daemon in zip(config.members, nodes):
-            print(f"  node {member.id}: dashboard http://{member.http}/  log {daemon.log_path}")
+            mark = "  (leader)" if member.id == leader else ""
+            print(f"  node {member.id}: dashboard http://{member.http}/  log {daemon.log_path}{mark}")
         for daemon in cameras:
             print(f"  {daemon.name}: log {daemon.log_path}")
-        print("Press Ctrl-C to stop.")
+        print()
+        print(f"$ parkctl --config {args.config} status")
+        ctl.main(["--config", args.config, "status"])
+        print()
+        print("Every node serves the dashboard, /api/v1/... and /metrics.  Press Ctrl-C to stop.", flush=True)
         while all(d.alive() for d in nodes + cameras):
             time.sleep(1.0)
         dead = [d.name for d in nodes + cameras if not d.alive()]
