@@ -39,7 +39,8 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from parkd.parking.codec import CodecError, FrameResult, decode
+from parkd.parking.codec import CodecError, FrameResult, decode, decode_retention, is_retention
+from parkd.parking.retention import TrimResult, trim_in
 from parkd.raft.storage import ensure_schema, storage_errors
 from parkd.raft.types import Entry, EntryKind
 
@@ -234,6 +235,7 @@ class ParkingState:
         self._engine = engine
         self._capacity = dict(lots)
         self._max_payload = max_payload
+        self.trims: list[TrimResult] = []  # what retention entries of the last apply() trimmed
         with storage_errors("opening the parking state"), engine.begin() as conn:
             ensure_schema(conn, _meta, "parking", PARKING_SCHEMA_VERSION)
             conn.execute(sqlite_insert(_applied).values(id=1, last_applied=0).on_conflict_do_nothing())
@@ -254,12 +256,18 @@ class ParkingState:
         instead of spending a log entry on it.  The camera's lot is checked
         against the applied state; apply checks again, authoritatively.
         """
+        with storage_errors("reading a camera"), self._engine.connect() as conn:
+            known_lot = conn.scalar(sa.select(_cameras.c.lot).where(_cameras.c.camera_id == camera_id))
+        return self.check(camera_id, lot, seq, captured_at, payload, known_lot)
+
+    def check(
+        self, camera_id: int, lot: str, seq: int, captured_at: float, payload: bytes, known_lot: str | None
+    ) -> int:
+        """:meth:`validate` without reading the database: the caller knows the camera's lot."""
         if len(payload) > self._max_payload:
             raise FrameRejected(
                 Rejection.PAYLOAD_TOO_LARGE, f"payload of {len(payload)} bytes exceeds {self._max_payload}"
             )
-        with storage_errors("reading a camera"), self._engine.connect() as conn:
-            known_lot = conn.scalar(sa.select(_cameras.c.lot).where(_cameras.c.camera_id == camera_id))
         return _check(self._capacity, camera_id, lot, seq, captured_at, known_lot)
 
     # -- applying committed entries ---------------------------------------------------
@@ -272,6 +280,11 @@ class ParkingState:
         are skipped (a replay after a crash).  Reads are one query for the
         batch's cameras and, only for late or repeated frames, one for their
         history; writes are one executemany per table.
+
+        A retention entry (``parkd/parking/retention.py``) trims the frame history
+        at its position: the frames before it in the batch are written first, the
+        ones after it see the raised ``trimmed_seq``.  It yields no result (like a
+        NOOP); what it trimmed is in :attr:`trims` until the next call.
         """
         with storage_errors("applying committed entries"), self._engine.begin() as conn:
             last = conn.scalar(sa.select(_applied.c.last_applied))
@@ -281,12 +294,23 @@ class ParkingState:
             for expected, entry in enumerate(todo, start=last + 1):
                 if entry.index != expected:
                     raise ValueError(f"entry {entry.index} applied after {expected - 1}: the log has a gap")
-            batch = _Batch(self._capacity, conn, todo)
-            batch.write(conn)
+            results, trims = [], []
+            for segment in _segments(todo):
+                if isinstance(segment, float):  # a retention entry, at its place in the log
+                    trims.append(trim_in(conn, segment))
+                    continue
+                batch = _Batch(self._capacity, conn, segment)
+                batch.write(conn)
+                results.extend(batch.results)
             conn.execute(_applied.update().values(last_applied=todo[-1].index))
-        return batch.results
+        self.trims = trims
+        return results
 
     # -- queries ----------------------------------------------------------------------
+
+    @property
+    def engine(self) -> sa.Engine:
+        return self._engine
 
     def last_applied(self) -> int:
         with storage_errors("reading last_applied"), self._engine.connect() as conn:
@@ -339,6 +363,28 @@ class ParkingState:
     def _camera_query() -> sa.Select:
         c = _cameras.c
         return sa.select(c.camera_id, c.lot, c.free, c.last_seq, c.last_seen)
+
+
+def snapshot_tables() -> tuple[sa.Table, ...]:
+    """The tables a snapshot copies whole, in a fixed order (``parkd/parking/snapshot.py``)."""
+    return (_lots, _cameras, _frames, _applied)
+
+
+def _segments(entries: Sequence[Entry]) -> Iterator[Sequence[Entry] | float]:
+    """``entries`` split at retention entries: runs of other entries, and each cutoff."""
+    start = 0
+    for pos, entry in enumerate(entries):
+        if entry.kind is EntryKind.NORMAL and is_retention(entry.data):
+            try:
+                cutoff = decode_retention(entry.data).cutoff
+            except CodecError:
+                continue  # malformed: _Batch rejects it like any undecodable entry
+            if pos > start:
+                yield entries[start:pos]
+            yield cutoff
+            start = pos + 1
+    if start < len(entries):
+        yield entries[start:]
 
 
 def _receipts(conn: sa.Connection, keys: Sequence[tuple[int, int]]) -> dict[tuple[int, int], Receipt]:
