@@ -77,6 +77,13 @@ class EnvelopeProtocol(Int32StringReceiver):
     MAX_LENGTH = DEFAULT_MAX_MESSAGE_BYTES
     rejected = False
 
+    def makeConnection(self, transport) -> None:
+        # Small one-way messages must not wait for Nagle's algorithm.
+        set_no_delay = getattr(transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
+        super().makeConnection(transport)
+
     def stringReceived(self, data: bytes) -> None:
         if self.rejected:
             return

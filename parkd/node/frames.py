@@ -34,6 +34,22 @@ class FrameIntake:
         self.lots = lots
         self.waiting: dict[tuple[int, int], set] = defaultdict(set)
         self.cameras = 0  # connected cameras (for metrics)
+        # camera_id -> (lot, highest applied seq) on this node, read from the
+        # database once per camera and then kept current by applied(): the hot
+        # path needs no query unless a frame may be a retry of an applied one.
+        self._applied_cameras: dict[int, tuple[str | None, int]] = {}
+
+    def _camera(self, camera_id: int) -> tuple[str | None, int]:
+        known = self._applied_cameras.get(camera_id)
+        if known is None:
+            view = self.state.camera(camera_id)
+            known = (view.lot, view.last_seq) if view else (None, 0)
+            self._applied_cameras[camera_id] = known
+        return known
+
+    def forget_applied_state(self) -> None:
+        """The state was replaced wholesale (a snapshot was installed)."""
+        self._applied_cameras.clear()
 
     def check_hello(self, hello) -> tuple[int, str] | None:
         """An Error (code, message) for a bad Hello, or None."""
@@ -47,12 +63,15 @@ class FrameIntake:
         if problem is not None:
             conn.send_error(*problem, seq=frame.seq)
             return
+        known_lot, last_seq = self._camera(frame.camera_id)
         try:
-            capacity = self.state.validate(frame.camera_id, frame.lot, frame.seq, frame.captured_at, frame.payload)
+            capacity = self.state.check(
+                frame.camera_id, frame.lot, frame.seq, frame.captured_at, frame.payload, known_lot
+            )
         except FrameRejected as e:
             conn.send_error(pb.Error.Code.Value(e.code.name), str(e), seq=frame.seq)
             return
-        earlier = self.state.lookup(frame.camera_id, frame.seq)
+        earlier = self.state.lookup(frame.camera_id, frame.seq) if frame.seq <= last_seq else None
         if earlier is not None:  # applied before: answer with the original result
             conn.send_ack(frame.camera_id, frame.seq, earlier.index or 0, earlier.free or 0)
             return
@@ -83,6 +102,9 @@ class FrameIntake:
     def applied(self, results) -> None:
         """Tell waiting cameras about frames this node just applied."""
         for result in results:
+            known = self._applied_cameras.get(result.camera_id)
+            if known is not None and result.outcome is Outcome.APPLIED:
+                self._applied_cameras[result.camera_id] = (result.lot, max(known[1], result.seq))
             waiters = self.waiting.pop((result.camera_id, result.seq), ())
             for conn in waiters:
                 conn.waiting_for.discard((result.camera_id, result.seq))
