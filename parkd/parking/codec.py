@@ -8,6 +8,7 @@ widths match ``proto/parkd.proto``.  The leading version byte lets a later forma
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 
@@ -45,3 +46,41 @@ def decode(data: bytes) -> FrameResult:
     except UnicodeDecodeError as exc:
         raise CodecError(f"lot id is not UTF-8: {exc}") from exc
     return FrameResult(camera_id, lot, seq, captured_at, free)
+
+
+# -- retention entries ---------------------------------------------------------------
+#
+# A committed entry that trims the frame history at its log position, so that every
+# node trims alike (parkd/parking/retention.py).  Its first byte is a tag no frame
+# result uses; a node that predates it rejects the entry as an undecodable frame,
+# which changes no rows.
+
+RETENTION_TAG = 0x52  # "R"; frame results start with VERSION (1)
+_RETENTION = struct.Struct("<Bd")  # tag, cutoff (captured_at, seconds since the epoch)
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """Delete frame history captured before ``cutoff`` (each camera's current frame stays)."""
+
+    cutoff: float
+
+
+def encode_retention(command: Retention) -> bytes:
+    if not math.isfinite(command.cutoff):
+        raise CodecError(f"retention cutoff {command.cutoff} is not a finite number")
+    return _RETENTION.pack(RETENTION_TAG, command.cutoff)
+
+
+def is_retention(data: bytes) -> bool:
+    """Whether entry data is a retention command (checked before :func:`decode`)."""
+    return data[:1] == bytes((RETENTION_TAG,))
+
+
+def decode_retention(data: bytes) -> Retention:
+    if len(data) != _RETENTION.size or data[0] != RETENTION_TAG:
+        raise CodecError(f"not a retention command ({len(data)} bytes)")
+    _, cutoff = _RETENTION.unpack(data)
+    if not math.isfinite(cutoff):
+        raise CodecError(f"retention cutoff {cutoff} is not a finite number")
+    return Retention(cutoff)
