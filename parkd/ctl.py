@@ -181,7 +181,9 @@ def cmd_lots(args, cluster: Cluster, out) -> int:
         print(json.dumps(doc, indent=2), file=out)
         return EXIT_OK
     now = time.time()
-    rows = [[lot["id"], lot["free"], lot["capacity"], lot["cameras"], when(lot["updated_at"], now)] for lot in doc["lots"]]
+    rows = [
+        [lot["id"], lot["free"], lot["capacity"], lot["cameras"], when(lot["updated_at"], now)] for lot in doc["lots"]
+    ]
     print(table(["LOT", "FREE", "CAPACITY", "CAMERAS", "UPDATED"], rows), file=out)
     return EXIT_OK
 
@@ -202,21 +204,21 @@ def cmd_cameras(args, cluster: Cluster, out) -> int:
 
 def status_document(views: dict[str, dict | NodeError]) -> dict:
     """Who is up, who leads, how far each node is (match index from the leader's view)."""
-    answered = {http: v for http, v in views.items() if isinstance(v, dict)}
+    answered = {address: v for address, v in views.items() if isinstance(v, dict)}
     leaders = [v for v in answered.values() if v["role"] == "leader"]
     leader = max(leaders, key=lambda v: v["term"]) if leaders else None
     members = {}
     for view in answered.values():
         for m in view["members"]:
             members.setdefault(m["http"], m)
-    for http in views:
-        members.setdefault(http, {"id": None, "http": http})
+    for address in views:
+        members.setdefault(address, {"id": None, "http": address})
     matches = {m["id"]: m["match_index"] for m in leader["members"]} if leader else {}
     last_index = leader.get("last_index") if leader else None
     nodes = []
-    for http, member in sorted(members.items(), key=lambda kv: (kv[1]["id"] is None, kv[1]["id"] or 0, kv[0])):
-        view = views.get(http)
-        node = {"id": member["id"], "http": http, "reachable": isinstance(view, dict)}
+    for address, member in sorted(members.items(), key=lambda kv: (kv[1]["id"] is None, kv[1]["id"] or 0, kv[0])):
+        view = views.get(address)
+        node = {"id": member["id"], "http": address, "reachable": isinstance(view, dict)}
         if isinstance(view, dict):
             node.update({k: view[k] for k in ("role", "term", "leader_id", "commit_index", "last_applied")})
         else:
@@ -245,7 +247,8 @@ def cmd_status(args, cluster: Cluster, out) -> int:
     for n in doc["nodes"]:
         if n["reachable"]:
             role = n["role"] + (" *" if n["id"] == doc["leader_id"] else "")
-            rows.append([n["id"], n["http"], role, n["term"], n["commit_index"], n["last_applied"], n["match_index"], n["lag"]])
+            numbers = [n[k] for k in ("term", "commit_index", "last_applied", "match_index", "lag")]
+            rows.append([n["id"], n["http"], role, *numbers])
         else:
             rows.append([n["id"], n["http"], f"down ({n['error']})", None, None, None, None, None])
     print(table(["NODE", "HTTP", "ROLE", "TERM", "COMMIT", "APPLIED", "MATCH", "LAG"], rows), file=out)

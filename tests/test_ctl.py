@@ -289,7 +289,9 @@ def test_the_installed_script(nodes):
     (a,) = nodes(1)
     a.routes["/api/v1/lots"] = (200, LOTS)
     script = os.path.join(os.path.dirname(sys.executable), "parkctl")
-    done = subprocess.run([script, "--cluster", a.address, "--json", "lots"], capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [script, "--cluster", a.address, "--json", "lots"], capture_output=True, text=True, timeout=30
+    )
     assert done.returncode == 0 and json.loads(done.stdout) == LOTS
     done = subprocess.run([script, "--cluster", a.address, "nope"], capture_output=True, text=True, timeout=30)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr

@@ -273,7 +273,13 @@ def parse_camera_id(text: str) -> int:
 
 
 def lot_json(lot) -> dict:
-    return {"id": lot.id, "capacity": lot.capacity, "free": lot.free, "cameras": lot.cameras, "updated_at": lot.updated_at}
+    return {
+        "id": lot.id,
+        "capacity": lot.capacity,
+        "free": lot.free,
+        "cameras": lot.cameras,
+        "updated_at": lot.updated_at,
+    }
 
 
 def frame_json(frame) -> dict:

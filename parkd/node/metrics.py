@@ -181,7 +181,8 @@ class NodeCollector:
         for r in Role:
             role.add_metric([r.value], 1 if core.role is r else 0)
         yield role
-        yield GaugeMetricFamily("parkd_is_leader", "1 while this node is the leader", value=int(core.role is Role.LEADER))
+        is_leader = int(core.role is Role.LEADER)
+        yield GaugeMetricFamily("parkd_is_leader", "1 while this node is the leader", value=is_leader)
         yield GaugeMetricFamily("parkd_term", "Current Raft term", value=core.term)
         yield GaugeMetricFamily(
             "parkd_leader_id", "The leader this node knows of (0: none)", value=core.leader_id or 0
@@ -190,12 +191,13 @@ class NodeCollector:
         yield GaugeMetricFamily(
             "parkd_applied_index", "Highest log index applied to the parking state", value=node.state.last_applied()
         )
-        yield GaugeMetricFamily("parkd_last_log_index", "Index of the last entry in this node's log", value=core.last_index)
+        yield GaugeMetricFamily(
+            "parkd_last_log_index", "Index of the last entry in this node's log", value=core.last_index
+        )
         yield from self._peers(core)
         intake = getattr(node, "intake", None)
-        yield GaugeMetricFamily(
-            "parkd_connected_cameras", "Cameras connected to this node's client port", value=getattr(intake, "cameras", 0)
-        )
+        cameras = getattr(intake, "cameras", 0)
+        yield GaugeMetricFamily("parkd_connected_cameras", "Cameras connected to this node's client port", cameras)
         free = GaugeMetricFamily("parkd_lot_free", "Free spaces per lot (NaN until a camera reported)", labels=["lot"])
         capacity = GaugeMetricFamily("parkd_lot_capacity", "Spaces per lot", labels=["lot"])
         for lot in node.state.lots():

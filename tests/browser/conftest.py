@@ -34,7 +34,9 @@ CHROMIUM_FLAGS = (
 
 def _binaries():
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if os.path.exists("/usr/bin/chromedriver") else None)
+    driver = shutil.which("chromedriver")
+    if driver is None and os.path.exists("/usr/bin/chromedriver"):
+        driver = "/usr/bin/chromedriver"
     return chromium, driver
 
 
@@ -72,7 +74,8 @@ def chromium_binaries():
         problem = _install_chromium()
         chromium, driver = _binaries()
         if not (chromium and driver):
-            _skip(f"chromium/chromium-driver missing and could not be installed ({problem or 'not found after install'})")
+            why = problem or "not found after install"
+            _skip(f"chromium/chromium-driver missing and could not be installed ({why})")
     return chromium, driver
 
 

@@ -1,6 +1,8 @@
-"""A node double for the HTTP port (imported by tests/http as ``httpnode``): real ParkingState on in-memory SQLite, a
-scripted Raft core and driver, a ``task.Clock``; requests go through the real
-twisted.web Site over a StringTransport (no sockets, no sleeping)."""
+"""A node double for the HTTP port (imported by tests/http as ``httpnode``).
+
+Real ParkingState on in-memory SQLite, a scripted Raft core and driver, a
+``task.Clock``; requests go through the real twisted.web Site over a
+StringTransport (no sockets, no sleeping)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,6 @@ import json
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
-import pytest
 from twisted.internet import task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
