@@ -123,6 +123,16 @@ assert _insert_compiled.positiontup == ["index", "term", "kind", "data"]
 _INSERT_ENTRIES_SQL = str(_insert_compiled)
 _truncate_from = _entries.delete().where(_entries.c["index"] >= sa.bindparam("first"))
 _update_hard_state = _hard_state.update().where(_hard_state.c.id == 1)
+_update_snapshot = _snapshot.update().where(_snapshot.c.id == 1)
+
+
+def _snapshot_row(meta: SnapshotMeta) -> dict:
+    return {
+        "index": meta.index,
+        "term": meta.term,
+        "voters": json.dumps(list(meta.voters)),
+        "learners": json.dumps(list(meta.learners)),
+    }
 
 
 class Storage(Protocol):
@@ -165,6 +175,27 @@ def _check_compact(upto_index: int, meta: SnapshotMeta, current: SnapshotMeta, l
         )
 
 
+def install_snapshot_in(conn: sa.Connection, meta: SnapshotMeta) -> None:
+    """The Raft half of installing a snapshot, inside the caller's transaction.
+
+    Deletes every log entry, records ``meta`` as the stored snapshot and raises
+    ``hard_state.commit`` to at least ``meta.index`` and ``term`` to at least
+    ``meta.term`` (clearing the vote only if the term moves), so that a restart
+    right after it never finds a term below its last log term.  The caller puts the
+    state machine's half in the same transaction, so a crash leaves either the old
+    state or the new one.  A :class:`SqliteStorage` open
+    on the same database must be told afterwards (:meth:`SqliteStorage.refresh`).
+    Refuses (ValueError) a snapshot older than the stored one.
+    """
+    current = SqliteStorage._read_snapshot(conn)
+    if meta.index < current.index:
+        raise ValueError(f"snapshot at {meta.index} is older than the stored one at {current.index}")
+    conn.execute(_entries.delete())
+    conn.execute(_update_snapshot, _snapshot_row(meta))
+    conn.execute(_update_hard_state.where(_hard_state.c.commit < meta.index).values(commit=meta.index))
+    conn.execute(_update_hard_state.where(_hard_state.c.term < meta.term).values(term=meta.term, vote=0))
+
+
 class MemoryStorage:
     """Same semantics as :class:`SqliteStorage`, kept in memory, for core and driver tests."""
 
@@ -190,6 +221,17 @@ class MemoryStorage:
         _check_compact(upto_index, meta, self._snapshot, last_index)
         self._entries = [e for e in self._entries if e.index > upto_index]
         self._snapshot = meta
+
+    def install_snapshot(self, meta: SnapshotMeta) -> None:
+        """As :meth:`SqliteStorage.install_snapshot`."""
+        if meta.index < self._snapshot.index:
+            raise ValueError(f"snapshot at {meta.index} is older than the stored one at {self._snapshot.index}")
+        self._entries = []
+        self._snapshot = meta
+        term, vote, commit = self._hard_state.term, self._hard_state.vote, self._hard_state.commit
+        if term < meta.term:
+            term, vote = meta.term, 0
+        self._hard_state = HardState(term, vote, max(commit, meta.index))
 
     def close(self) -> None:
         """Nothing to release; present so both storages are interchangeable."""
@@ -288,6 +330,26 @@ class SqliteStorage:
             )
         self._snapshot_meta = meta
         self._last_index = max(self._last_index, meta.index)
+
+    def install_snapshot(self, meta: SnapshotMeta) -> None:
+        """Replace the whole log by the snapshot ``meta`` in one transaction.
+
+        See :func:`install_snapshot_in`, which this wraps; use that one directly
+        to install the state machine's tables in the same transaction.
+        """
+        with storage_errors("installing a snapshot"), self._engine.begin() as conn:
+            install_snapshot_in(conn, meta)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read the snapshot position and last index after someone else changed the log.
+
+        Needed after :func:`install_snapshot_in` ran in a transaction of the caller's.
+        """
+        with storage_errors("reading the Raft log position"), self._engine.begin() as conn:
+            self._snapshot_meta = self._read_snapshot(conn)
+            last = conn.scalar(sa.select(sa.func.max(_entries.c["index"]))) or 0
+        self._last_index = max(last, self._snapshot_meta.index)
 
     def close(self) -> None:
         if self._owns_engine:
