@@ -218,24 +218,31 @@ class NodeCollector:
             lag.add_metric([str(peer)], max(0, core.last_index - index))
         yield match
         yield lag
-        # Replication progress (the core's private view; leader only).
-        progress = getattr(core, "_progress", {}) if core.role is Role.LEADER else {}
+        # Replication progress: the core's own bookkeeping (leader only), read defensively.
+        progress = getattr(core, "_progress", None) if core.role is Role.LEADER else None
         next_index = GaugeMetricFamily(
             "parkd_peer_next_index", "Leader only: next log index to send to each peer", labels=["peer"]
         )
         inflight = GaugeMetricFamily(
             "parkd_peer_inflight_messages", "Leader only: unacknowledged AppendEntries per peer", labels=["peer"]
         )
-        probing = GaugeMetricFamily(
-            "parkd_peer_probing", "Leader only: 1 while the leader is probing a peer's log position", labels=["peer"]
+        state = GaugeMetricFamily(
+            "parkd_peer_progress_state",
+            "Leader only: 1 for each peer's replication state (probe, replicate, snapshot)",
+            labels=["peer", "state"],
         )
-        for peer, pr in sorted(progress.items()):
-            next_index.add_metric([str(peer)], pr.next)
-            inflight.add_metric([str(peer)], len(pr.inflight))
-            probing.add_metric([str(peer)], int(pr.state.value == "probe"))
+        for peer, pr in sorted((progress or {}).items()):
+            if getattr(pr, "next", None) is not None:
+                next_index.add_metric([str(peer)], pr.next)
+            if getattr(pr, "inflight", None) is not None:
+                inflight.add_metric([str(peer)], len(pr.inflight))
+            current = getattr(pr, "state", None)
+            if current is not None:
+                for option in type(current):
+                    state.add_metric([str(peer), str(option.value)], int(option is current))
         yield next_index
         yield inflight
-        yield probing
+        yield state
         links = getattr(self.node.peers, "links", {}) if self.node.peers is not None else {}
         connected = GaugeMetricFamily("parkd_peer_connected", "1 while the connection to a peer is up", labels=["peer"])
         sent = CounterMetricFamily("parkd_peer_messages_sent", "Raft messages sent to each peer", labels=["peer"])

@@ -79,6 +79,22 @@ def test_leader_match_index_and_replication_lag(node):
     assert value(s, "parkd_peer_replication_lag", peer="1") == 0
 
 
+def test_leader_replication_progress(node):
+    from parkd.raft.progress import Progress, ProgressState
+
+    node.core.role, node.core.leader_id = Role.LEADER, 2
+    probing, streaming = Progress(5, 64), Progress(9, 64)
+    streaming.state = ProgressState.REPLICATE
+    streaming.inflight.extend([7, 8])
+    node.core._progress = {1: streaming, 3: probing}
+    s = scrape(node)
+    assert value(s, "parkd_peer_next_index", peer="1") == 9
+    assert value(s, "parkd_peer_inflight_messages", peer="1") == 2
+    assert value(s, "parkd_peer_progress_state", peer="1", state="replicate") == 1
+    assert value(s, "parkd_peer_progress_state", peer="3", state="probe") == 1
+    assert value(s, "parkd_peer_progress_state", peer="3", state="replicate") == 0
+
+
 def test_peer_links(node):
     s = scrape(node)
     assert value(s, "parkd_peer_connected", peer="1") == 1
