@@ -255,6 +255,12 @@ def test_a_database_without_parking_state_is_refused(tmp_path):
     assert not list(tmp_path.glob("*a.db*"))
 
 
+def test_a_missing_database_is_not_created(tmp_path):
+    with pytest.raises(SnapshotError):
+        write_snapshot(str(tmp_path / "nothing.db"), str(tmp_path / "a.db"))
+    assert list(tmp_path.iterdir()) == []
+
+
 # -- chunks and checksums ---------------------------------------------------------------------------
 
 
@@ -437,6 +443,26 @@ def test_after_install_the_log_continues_and_a_restart_recovers_exactly(snap, le
         reopened.close()
 
 
+def test_install_may_run_on_a_worker_thread_while_the_main_thread_reads(snap, leader, follower):
+    follower.log(history(1, 50))
+    outcome, seen = [], set()
+
+    def run() -> None:
+        try:
+            outcome.append(install_snapshot(follower.engine, snap.path, follower.storage))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    installer = threading.Thread(target=run)
+    installer.start()
+    while installer.is_alive():
+        seen.add(follower.state.last_applied())  # WAL: reads see the old state or the new one
+    installer.join(WAIT_S)
+    assert isinstance(outcome[0], SnapshotContents)
+    assert seen <= {50, 300}
+    assert follower.tables() == leader.tables()
+
+
 def test_install_refuses_a_snapshot_behind_the_applied_state(snap, follower):
     follower.log(history(1, 310))
     before = follower.tables(), follower.storage.load()
@@ -502,9 +528,3 @@ def test_compaction_policy():
     assert CompactionPolicy().margin > 0
     with pytest.raises(ValueError):
         CompactionPolicy(margin=-1)
-
-
-def test_a_missing_database_is_not_created(tmp_path):
-    with pytest.raises(SnapshotError):
-        write_snapshot(str(tmp_path / "nothing.db"), str(tmp_path / "a.db"))
-    assert list(tmp_path.iterdir()) == []
