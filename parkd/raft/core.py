@@ -7,9 +7,28 @@ acknowledges with :meth:`RaftCore.advance` (the shape of etcd-io/raft's RawNode)
 Time is counted in ticks and randomness comes from an injected ``random.Random``,
 so a run is reproducible from its seed.
 
-Section numbers refer to the Raft paper (§5.x) and Ongaro's dissertation (§3.10
-leadership transfer, §6.2 check-quorum, §6.4 ReadIndex, §9.6 pre-vote, §10.2.1
-counting the leader's own write only once durable).
+Section numbers refer to the Raft paper (§5.x, §7 snapshots) and Ongaro's
+dissertation (§3.10 leadership transfer, §4 membership changes, §6.2 check-quorum,
+§6.4 ReadIndex, §9.6 pre-vote, §10.2.1 counting the leader's own write only once
+durable).
+
+Division of labour with the node (``parkd/node``):
+
+- Snapshots: the node owns snapshot *data*; the core only knows positions.  After
+  applying, the node may take a snapshot at ``applied_index`` (membership from
+  :meth:`RaftCore.config_at`, term from ``core.log.term_at``), compact its storage,
+  and call :meth:`RaftCore.compact`.  A leader that needs to send one emits an
+  ``InstallSnapshot`` with empty data ("send the snapshot at last_index"); the
+  node's transport streams its latest snapshot file in chunks and calls
+  :meth:`RaftCore.report_snapshot` when done.  On the receiving side the node asks
+  :meth:`RaftCore.offer_snapshot`, installs durably if told to, then calls
+  :meth:`RaftCore.restore`.
+- Membership: :meth:`RaftCore.propose_conf_change` on the leader appends a CONFIG
+  entry (``parkd.raft.confchange``); a configuration takes effect on append
+  (``Ready.membership`` reports it) and CONFIG entries also reach the node in
+  ``committed_entries``.  Learners are promoted by the leader itself.
+- Leadership transfer: :meth:`RaftCore.transfer_leadership`; the outcome comes
+  back once in ``Ready.transfer``.
 """
 
 from __future__ import annotations
@@ -18,20 +37,24 @@ import enum
 import random
 from dataclasses import dataclass
 
+from parkd.raft import confchange
+from parkd.raft.confchange import ConfChange, ConfChangeOp
 from parkd.raft.log import RaftLog
 from parkd.raft.messages import (
     AppendEntries,
     AppendResponse,
+    InstallSnapshot,
     Message,
     Propose,
     ReadIndexRequest,
     ReadIndexResponse,
+    SnapshotResponse,
     TimeoutNow,
     VoteRequest,
     VoteResponse,
 )
 from parkd.raft.progress import Progress, ProgressState
-from parkd.raft.types import Entry, EntryKind, HardState, PersistedState
+from parkd.raft.types import Entry, EntryKind, HardState, Membership, PersistedState, SnapshotMeta
 
 
 class Role(enum.Enum):
@@ -52,12 +75,29 @@ class CoreConfig:
     max_inflight_msgs: int = 64  # unacknowledged AppendEntries per follower
     pre_vote: bool = True
     check_quorum: bool = True
+    # A learner is promoted to voter once its log is within this many entries of
+    # the leader's (dissertation §4.2.1); False leaves promotion to the operator.
+    auto_promote: bool = True
+    promote_lag: int = 16
+    # A snapshot transfer the node never reports on is given up after this many
+    # ticks (None: five election timeouts); the follower is then probed again.
+    snapshot_timeout_ticks: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.heartbeat_ticks < self.election_ticks:
             raise ValueError("need 0 < heartbeat_ticks < election_ticks")
         if min(self.max_entries_per_msg, self.max_bytes_per_msg, self.max_inflight_msgs) < 1:
             raise ValueError("message limits must be positive")
+        if self.promote_lag < 0:
+            raise ValueError("promote_lag must not be negative")
+        if self.snapshot_timeout_ticks is not None and self.snapshot_timeout_ticks < 1:
+            raise ValueError("snapshot_timeout_ticks must be positive")
+
+    @property
+    def snapshot_timeout(self) -> int:
+        if self.snapshot_timeout_ticks is None:
+            return 5 * self.election_ticks
+        return self.snapshot_timeout_ticks
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,12 +120,27 @@ class ReadState:
 
 
 @dataclass(frozen=True, slots=True)
+class TransferResult:
+    """How a leadership transfer this node started ended (dissertation §3.10).
+
+    ``succeeded``: this leader stepped down for ``target``'s election.  Otherwise
+    the attempt was abandoned (an election timeout passed, leadership was lost to
+    someone else, or another transfer replaced it).
+    """
+
+    target: int
+    succeeded: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Ready:
     """Work for the driver, to be done in this order, then ``advance(ready)``.
 
     1. Persist ``hard_state`` (if not None) and ``entries`` in one transaction:
        storage deletes its entries with index >= ``entries[0].index``, then appends.
-    2. Send ``messages`` (only after step 1 is durable).
+    2. Send ``messages`` (only after step 1 is durable).  When ``membership`` is
+       set, connect to new members first: the configuration already took effect
+       (CONFIG entries in ``entries`` carry the new members' addresses).
     3. Apply ``committed_entries`` in order; serve ``read_states`` once applied.
     """
 
@@ -95,6 +150,8 @@ class Ready:
     committed_entries: tuple[Entry, ...]
     soft_state: SoftState | None  # None when unchanged since the previous Ready
     read_states: tuple[ReadState, ...]
+    membership: Membership | None = None  # the configuration now in effect, if it changed
+    transfer: TransferResult | None = None  # a leadership transfer ended
 
 
 class NotLeader(Exception):
@@ -103,6 +160,22 @@ class NotLeader(Exception):
     def __init__(self, leader_id: int | None):
         super().__init__(f"not the leader (leader: {leader_id})")
         self.leader_id = leader_id
+
+
+class ConfChangeRefused(Exception):
+    """The leader refuses a membership change; ``reason`` says why (for parkctl)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+# Messages that carry no authority: a higher term in one of these from a node
+# outside the configuration is ignored, so a removed server cannot depose the
+# leader with late replies (dissertation §4.2.3).
+_NO_AUTHORITY = frozenset(
+    {AppendResponse, VoteResponse, SnapshotResponse, Propose, ReadIndexRequest, ReadIndexResponse}
+)
 
 
 @dataclass(slots=True)
@@ -128,18 +201,32 @@ class RaftCore:
         *,
         applied: int = 0,
     ):
-        """Restore a peer from storage; ``applied`` is the state machine's position."""
+        """Restore a peer from storage; ``applied`` is the state machine's position.
+
+        Membership: the snapshot's configuration if it records one, else
+        ``voters`` (the start-up file; empty for a node that joins), then the
+        latest CONFIG entry of the log on top, committed or not (§4.1).  A node
+        that is not a voter in it never campaigns.
+        """
         hs = persisted.hard_state
+        snap = persisted.snapshot
         self._id = node_id
-        self._voters = tuple(sorted(set(voters)))
-        self._peers = tuple(v for v in self._voters if v != node_id)
-        self._quorum = len(self._voters) // 2 + 1
         self._rng = rng
         self._cfg = config
-        self._log = RaftLog(persisted.entries, persisted.snapshot, hs.commit)
-        if not persisted.snapshot.index <= applied <= hs.commit:
+        self._log = RaftLog(persisted.entries, snap, hs.commit)
+        if not snap.index <= applied <= hs.commit:
             raise ValueError(f"applied {applied} outside [snapshot, commit {hs.commit}]")
         self._applied = applied
+        self._snapshot = snap
+        if snap.voters:
+            base = Membership(tuple(snap.voters), tuple(snap.learners), snap.index)
+        else:
+            base = Membership(tuple(sorted(set(voters))), (), snap.index)
+        # The configuration at the snapshot, then one per CONFIG entry in the log.
+        self._configs: list[Membership] = [base]
+        for entry in persisted.entries:
+            if entry.kind is EntryKind.CONFIG and entry.index > base.index:
+                self._configs.append(_membership_of(entry))
         self._term = hs.term
         self._vote = hs.vote
         self._role = Role.FOLLOWER
@@ -152,6 +239,9 @@ class RaftCore:
         self._dirty: set[int] = set()  # peers to send appends to at the next Ready
         self._must_send = False  # every peer gets a message at the next flush
         self._transferee: int | None = None
+        self._transfer_elapsed = 0
+        self._transfer_handed_over = False
+        self._transfer_result: TransferResult | None = None
         # Reads are confirmed by rounds echoed in AppendEntries.read_ctx; a read takes
         # a fresh round unless no message has carried the current one yet.  Round 0
         # counts as used: every follower "echoes" it by default.
@@ -161,14 +251,18 @@ class RaftCore:
         self._reads_before_commit: list[tuple[int, int]] = []
         self._msgs: list[Message] = []
         self._read_states: list[ReadState] = []
+        self._set_membership(self._configs[-1])
         self._prev_hard = hs
         self._prev_soft = SoftState(Role.FOLLOWER, None)
+        self._prev_membership = self._membership
         self._outstanding: Ready | None = None
         self._handlers = {
             VoteRequest: self._on_vote_request,
             VoteResponse: self._on_vote_response,
             AppendEntries: self._on_append,
             AppendResponse: self._on_append_response,
+            InstallSnapshot: self._on_install_snapshot,
+            SnapshotResponse: self._on_snapshot_response,
             TimeoutNow: self._on_timeout_now,
             Propose: self._on_propose,
             ReadIndexRequest: self._on_read_index_request,
@@ -183,7 +277,24 @@ class RaftCore:
 
     @property
     def voters(self) -> tuple[int, ...]:
-        return self._voters
+        """Voters of the configuration in effect (the latest in the log, §4.1)."""
+        return self._membership.voters
+
+    @property
+    def learners(self) -> tuple[int, ...]:
+        """Non-voting members catching up (§4.2.1)."""
+        return self._membership.learners
+
+    @property
+    def membership(self) -> Membership:
+        """The configuration in effect, with the index of the entry that set it."""
+        return self._membership
+
+    @property
+    def pending_conf_change(self) -> int:
+        """Index of a CONFIG entry appended but not yet committed, else 0."""
+        index = self._membership.index
+        return index if index > self._log.committed else 0
 
     @property
     def term(self) -> int:
@@ -219,8 +330,13 @@ class RaftCore:
         return self._log
 
     @property
+    def snapshot(self) -> SnapshotMeta:
+        """The latest snapshot this node has (taken, installed or loaded); index 0: none."""
+        return self._snapshot
+
+    @property
     def match_indexes(self) -> dict[int, int]:
-        """Leader only: the highest index known replicated on each voter, itself included."""
+        """Leader only: the highest index known replicated on each member, itself included."""
         if self._role is not Role.LEADER:
             return {}
         matches = {peer: pr.match for peer, pr in self._progress.items()}
@@ -228,8 +344,28 @@ class RaftCore:
         return matches
 
     @property
+    def progress(self) -> dict[int, Progress]:
+        """Leader only: replication state per peer (read it, do not change it)."""
+        return self._progress
+
+    @property
     def transferee(self) -> int | None:
         return self._transferee
+
+    def config_at(self, index: int) -> Membership:
+        """The configuration in effect at ``index`` (for a snapshot taken there).
+
+        Known from the latest snapshot on; ``index`` must not be past the log.
+        """
+        if not self._configs[0].index <= index <= self._log.last_index:
+            raise ValueError(
+                f"no configuration known at {index} "
+                f"(known: {self._configs[0].index}..{self._log.last_index})"
+            )
+        for config in reversed(self._configs):
+            if config.index <= index:
+                return config
+        raise AssertionError("unreachable: the first configuration starts the range")
 
     # -- inputs ---------------------------------------------------------------
 
@@ -239,7 +375,7 @@ class RaftCore:
             self._tick_leader()
             return
         self._election_elapsed += 1
-        if self._election_elapsed >= self._timeout and self._id in self._voters:
+        if self._election_elapsed >= self._timeout and self._is_voter:
             self._campaign(pre_vote=self._cfg.pre_vote)
 
     def propose(self, data: bytes) -> None:
@@ -263,6 +399,26 @@ class RaftCore:
         else:
             raise NotLeader(None)
 
+    def propose_conf_change(self, change: ConfChange) -> int:
+        """Append a single-server membership change (dissertation §4.1-§4.3).
+
+        Leader only (NotLeader otherwise, also during a transfer: changes are not
+        forwarded).  Returns the index of the CONFIG entry; the change is done
+        when that index commits.  ConfChangeRefused when another change is still
+        pending (one at a time, §4.1), when this leader has not committed an
+        entry of its term yet (§4.1, the 2015 single-server fix), and when the
+        change makes no sense: adding a member, promoting a non-learner, removing
+        an unknown node or the last voter.
+        """
+        if self._role is not Role.LEADER:
+            raise NotLeader(self._leader)
+        if self._transferee is not None:
+            raise NotLeader(self._transferee)
+        reason = self._conf_change_refusal(change)
+        if reason:
+            raise ConfChangeRefused(reason)
+        return self._append_conf_change(change)
+
     def read_index(self, ctx: int) -> None:
         """Ask for a linearizable read (§6.4); answered by a ReadState with ``ctx``."""
         if self._role is Role.LEADER:
@@ -272,22 +428,32 @@ class RaftCore:
         else:
             raise NotLeader(None)
 
-    def transfer_leadership(self, target: int) -> None:
-        """§3.10: bring ``target`` up to date, then tell it to campaign at once.
+    def transfer_leadership(self, target: int | None = None) -> int:
+        """§3.10: bring a voter up to date, then tell it to campaign at once.
 
-        Proposals are refused meanwhile; the attempt is abandoned after one
-        election timeout.
+        Without ``target`` the most up-to-date other voter is chosen.  Returns
+        the target.  Proposals are refused meanwhile (NotLeader(target)); the
+        attempt is abandoned after one election timeout.  The outcome comes back
+        in ``Ready.transfer``.
         """
         if self._role is not Role.LEADER:
             raise NotLeader(self._leader)
-        if target not in self._peers:
+        if target is None:
+            if not self._voter_peers:
+                raise ValueError("no other voter to hand leadership to")
+            target = max(self._voter_peers, key=lambda p: (self._progress[p].match, -p))
+        elif target not in self._voter_peers:
             raise ValueError(f"{target} is not another voter")
+        if self._transferee is not None and self._transferee != target:
+            self._end_transfer()
         self._transferee = target
-        self._election_elapsed = 0
+        self._transfer_elapsed = 0
+        self._transfer_handed_over = False
         if self._progress[target].match == self._log.last_index:
             self._send(TimeoutNow(self._term, self._id, target))
         else:
             self._dirty.add(target)
+        return target
 
     def step(self, m: Message) -> None:
         """Handle a message from a peer: terms first (§5.1), then by type and role."""
@@ -301,6 +467,106 @@ class RaftCore:
             if not self._answer_stale(m):
                 return
         handler(m)
+
+    # -- snapshots (Raft §7): positions only, the node owns the data -------------
+
+    def compact(self, upto_index: int, snapshot: SnapshotMeta) -> None:
+        """The node took ``snapshot`` (at or below applied); forget entries <= ``upto_index``.
+
+        ``upto_index <= snapshot.index``: the entries in between are a trailing
+        margin for lagging followers.  ``snapshot.voters``/``learners`` must be
+        ``config_at(snapshot.index)``.  The core remembers ``snapshot`` as the one
+        to send to followers that need entries it no longer has.  (The node
+        compacts its storage itself, with the same arguments.)
+        """
+        index = snapshot.index
+        if index > self._applied:
+            raise ValueError(f"snapshot at {index} is past the applied index {self._applied}")
+        if upto_index > index:
+            raise ValueError(f"cannot discard up to {upto_index}, past the snapshot at {index}")
+        if index < self._snapshot.index:
+            raise ValueError(f"snapshot at {index} is older than the one at {self._snapshot.index}")
+        if self._log.term_at(index) != snapshot.term:
+            raise ValueError(f"snapshot term {snapshot.term} is not the log's at {index}")
+        config = self.config_at(index)
+        if (config.voters, config.learners) != (tuple(snapshot.voters), tuple(snapshot.learners)):
+            raise ValueError(f"snapshot membership is not the configuration at {index}: {config}")
+        self._snapshot = snapshot
+        later = [c for c in self._configs if c.index > index]
+        self._configs = [Membership(config.voters, config.learners, index), *later]
+        self._log.compact(upto_index)
+
+    def offer_snapshot(self, meta: SnapshotMeta) -> bool:
+        """A snapshot has arrived in full: should the node install it?
+
+        False: drop it.  Either it is not newer than this node's commit index, or
+        the log already holds its last entry (§7: the commit index moves up to
+        it and the entries after it are kept).  The core then answers the leader
+        itself.  True: install it durably (state machine and a storage reset, in
+        one transaction), then call :meth:`restore` before any other input.
+        """
+        self._check_between_readies()
+        if self._role is Role.LEADER:
+            return False
+        log = self._log
+        if meta.index <= log.committed:
+            self._answer_leader(log.committed)
+            return False
+        if log.term_at(meta.index) == meta.term:
+            log.committed = meta.index
+            self._answer_leader(meta.index)
+            return False
+        return True
+
+    def restore(self, meta: SnapshotMeta) -> bool:
+        """The node installed the snapshot ``meta`` durably; restart the log after it (§7).
+
+        Commit and applied move to ``meta.index`` and the membership becomes the
+        snapshot's.  Any entries after it are kept if the log holds the
+        snapshot's last entry (they are handed to storage again in the next
+        Ready), else the log is dropped.  The leader learns ``meta.index`` in the
+        next Ready.  Returns False, changing nothing, for a snapshot not newer
+        than the commit index (or on a leader): ask :meth:`offer_snapshot` first.
+        """
+        self._check_between_readies()
+        if self._role is Role.LEADER or meta.index <= self._log.committed:
+            return False
+        if not meta.voters:
+            raise ValueError("a snapshot must name its voters")
+        if self._role is not Role.FOLLOWER:  # a campaign under the old configuration ends
+            self._become_follower(self._term, None)
+        kept = self._log.restore(meta.index, meta.term)
+        self._applied = meta.index
+        self._snapshot = meta
+        base = Membership(tuple(meta.voters), tuple(meta.learners), meta.index)
+        later = [c for c in self._configs if c.index > meta.index] if kept else []
+        self._configs = [base, *later]
+        self._set_membership(self._configs[-1])
+        self._answer_leader(meta.index)
+        return True
+
+    def report_snapshot(self, peer: int, success: bool) -> None:
+        """Leader: the node finished (True) or gave up (False) sending ``peer`` the snapshot.
+
+        After a success the leader probes right after the snapshot; after a
+        failure it probes from the follower's match at the next heartbeat, which
+        asks for a snapshot again if still needed.
+        """
+        if self._role is not Role.LEADER:
+            return
+        pr = self._progress.get(peer)
+        if pr is None or pr.state is not ProgressState.SNAPSHOT:
+            return
+        pr.snapshot_ended(success)
+        self._dirty.add(peer)
+
+    def _check_between_readies(self) -> None:
+        if self._outstanding is not None:
+            raise RuntimeError("advance() the outstanding Ready first")
+
+    def _answer_leader(self, match: int) -> None:
+        if self._leader is not None and self._leader != self._id:
+            self._send(AppendResponse(self._term, self._id, self._leader, True, match))
 
     # -- output ---------------------------------------------------------------
 
@@ -321,6 +587,8 @@ class RaftCore:
             or log.committed > self._applied
             or (self._term, self._vote, log.committed) != (hard.term, hard.vote, hard.commit)
             or (self._role, self._leader) != (soft.role, soft.leader_id)
+            or self._membership is not self._prev_membership
+            or self._transfer_result is not None
         )
 
     def ready(self) -> Ready:
@@ -329,6 +597,7 @@ class RaftCore:
             raise RuntimeError("advance() the previous Ready first")
         self._flush_appends()
         hard, soft = self._hard_state(), self._soft_state()
+        membership = self._membership
         rd = Ready(
             hard_state=hard if hard != self._prev_hard else None,
             entries=self._log.take_unsent(),
@@ -336,8 +605,12 @@ class RaftCore:
             committed_entries=self._log.slice(self._applied + 1, self._log.committed + 1),
             soft_state=soft if soft != self._prev_soft else None,
             read_states=tuple(self._read_states),
+            membership=membership if membership is not self._prev_membership else None,
+            transfer=self._transfer_result,
         )
         self._prev_hard, self._prev_soft = hard, soft
+        self._prev_membership = membership
+        self._transfer_result = None
         self._msgs.clear()
         self._read_states.clear()
         self._outstanding = rd
@@ -365,24 +638,148 @@ class RaftCore:
     def _send(self, m: Message) -> None:
         self._msgs.append(m)
 
+    # -- membership (dissertation §4) ---------------------------------------------
+
+    def _set_membership(self, membership: Membership) -> None:
+        """Make ``membership`` the configuration in effect (on append, §4.1)."""
+        self._membership = membership
+        voters = membership.voters
+        self._voter_set = frozenset(voters)
+        self._members = frozenset(voters) | frozenset(membership.learners)
+        self._is_voter = self._id in self._voter_set
+        self._voter_peers = tuple(v for v in voters if v != self._id)
+        self._quorum = len(voters) // 2 + 1
+        if self._role is Role.LEADER:
+            self._sync_progress()
+
+    def _sync_progress(self) -> None:
+        """Leader: track every member; forget non-members once that is committed.
+
+        A member being removed keeps its progress until the change commits, so it
+        hears of the commit and its node can shut down.
+        """
+        next_index = self._log.last_index + 1
+        for peer in self._members:
+            if peer != self._id and peer not in self._progress:
+                self._progress[peer] = Progress(next_index, self._cfg.max_inflight_msgs)
+                self._dirty.add(peer)
+        if self._membership.index <= self._log.committed:
+            for peer in [p for p in self._progress if p not in self._members]:
+                self._send_append(peer, self._progress.pop(peer), ())
+
+    def _log_rewritten(self, at: int, entries: tuple[Entry, ...]) -> None:
+        """Entries from ``at`` on were (re)written: undo and redo configurations there."""
+        configs = self._configs
+        changed = False
+        while configs[-1].index >= at:  # the first one is at or below the commit index
+            configs.pop()
+            changed = True
+        for entry in entries:
+            if entry.kind is EntryKind.CONFIG and entry.index >= at:
+                configs.append(_membership_of(entry))
+                changed = True
+        if changed:
+            self._set_membership(configs[-1])
+
+    def _conf_change_refusal(self, change: ConfChange) -> str:
+        """Why the leader cannot append ``change`` now ("" if it can)."""
+        log = self._log
+        pending = self.pending_conf_change
+        if pending:
+            return f"the membership change at index {pending} is not committed yet"
+        if log.term_at(log.committed) != self._term:
+            return "this leader has not committed an entry of its term yet"
+        node, current = change.node_id, self._membership
+        if not 0 < node <= confchange.MAX_NODE_ID:
+            return f"invalid node id {node}"
+        if change.op is ConfChangeOp.ADD_LEARNER:
+            if node in current:
+                return f"node {node} is already a member"
+        elif change.op is ConfChangeOp.PROMOTE:
+            if node not in current.learners:
+                return f"node {node} is not a learner"
+        elif change.op is ConfChangeOp.REMOVE:
+            if node not in current:
+                return f"node {node} is not a member"
+            if current.voters == (node,):
+                return f"removing node {node} would leave no voter"
+        else:
+            return f"unknown operation {change.op!r}"
+        return ""
+
+    def _append_conf_change(self, change: ConfChange) -> int:
+        voters, learners = confchange.apply_change(change, self._membership)
+        full = ConfChange(change.op, change.node_id, change.context, voters, learners)
+        data = confchange.encode(full)
+        index = self._log.last_index + 1
+        self._log.append([Entry(index, self._term, EntryKind.CONFIG, data)])
+        self._dirty.update(self._progress)
+        self._configs.append(Membership(voters, learners, index))
+        self._set_membership(self._configs[-1])
+        return index
+
+    def _maybe_promote(self) -> None:
+        """§4.2.1: promote a learner whose log is within ``promote_lag`` of ours."""
+        if not (self._membership.learners and self._cfg.auto_promote):
+            return
+        if self._transferee is not None or self._conf_change_refusal(
+            ConfChange(ConfChangeOp.PROMOTE, self._membership.learners[0])
+        ):
+            return
+        floor = max(self._log.last_index - self._cfg.promote_lag, self._membership.index)
+        for learner in self._membership.learners:
+            pr = self._progress.get(learner)
+            if pr is not None and pr.state is ProgressState.REPLICATE and pr.match >= floor:
+                self._append_conf_change(ConfChange(ConfChangeOp.PROMOTE, learner))
+                return
+
+    def _config_committed(self) -> None:
+        """The configuration in effect just committed (§4.2.2).
+
+        A leader that is no longer a voter steps down, first telling everyone the
+        commit index and asking the most up-to-date voter to campaign at once.
+        """
+        self._sync_progress()
+        if self._is_voter:
+            self._maybe_promote()
+            return
+        self._flush_appends()
+        best = max(self._voter_peers, key=lambda p: (self._progress[p].match, -p))
+        if self._progress[best].match >= self._membership.index:
+            self._send(TimeoutNow(self._term, self._id, best))
+        self._become_follower(self._term, None)
+
     # -- terms and roles --------------------------------------------------------
 
     def _accept_higher_term(self, m: Message) -> bool:
-        """§5.1: a higher term makes this node a follower, with two exceptions.
+        """§5.1: a higher term makes this node a follower, with exceptions.
 
         Pre-votes and granted pre-vote replies carry a term nobody holds yet (§9.6).
         A real vote request is ignored while a leader is known to be alive, so a
-        node that was cut off cannot depose it (§6.2), unless it is a transfer.
+        node that was cut off (or removed, §4.2.3) cannot depose it (§6.2), unless
+        it is a transfer from a voter.  Replies and requests without authority from
+        nodes outside the configuration are ignored (a removed server's late
+        answers).
         """
         kind = type(m)
         if kind is VoteRequest:
             if m.pre_vote:
                 return True
-            if self._cfg.check_quorum and not m.transfer and self._leader_alive():
+            if (
+                self._cfg.check_quorum
+                and not (m.transfer and m.src in self._voter_set)
+                and self._leader_alive()
+            ):
                 return False
-        elif kind is VoteResponse and m.pre_vote and m.granted:
-            return True
-        self._become_follower(m.term, m.src if kind is AppendEntries else None)
+        elif kind in _NO_AUTHORITY:
+            if m.src not in self._members:
+                return False
+            if kind is VoteResponse and m.pre_vote and m.granted:
+                return True
+        if self._transferee is not None and m.src == self._transferee:
+            self._transfer_handed_over = True
+        leader = m.src if kind is AppendEntries or kind is InstallSnapshot else None
+        self._become_follower(m.term, leader)
         return True
 
     def _answer_stale(self, m: Message) -> bool:
@@ -391,7 +788,7 @@ class RaftCore:
         Proposals and read requests carry no authority, so they are still handled.
         """
         kind = type(m)
-        if kind is AppendEntries:
+        if kind is AppendEntries or kind is InstallSnapshot:
             self._send(AppendResponse(self._term, self._id, m.src, success=False))
         elif kind is VoteRequest:
             self._send(VoteResponse(self._term, self._id, m.src, False, m.pre_vote))
@@ -408,6 +805,8 @@ class RaftCore:
     def _reset(self, term: int) -> None:
         if self._role is Role.LEADER:
             self._fail_reads()
+        if self._transferee is not None:
+            self._end_transfer()
         if term != self._term:
             self._term = term
             self._vote = 0
@@ -419,7 +818,11 @@ class RaftCore:
         self._progress.clear()
         self._dirty.clear()
         self._must_send = False
+
+    def _end_transfer(self) -> None:
+        self._transfer_result = TransferResult(self._transferee, self._transfer_handed_over)
         self._transferee = None
+        self._transfer_handed_over = False
 
     def _become_follower(self, term: int, leader: int | None) -> None:
         self._reset(term)
@@ -430,7 +833,8 @@ class RaftCore:
         """Start an election (§5.2), or first ask whether one could be won (§9.6).
 
         A pre-candidate keeps its term and vote; it asks for ``term + 1`` and only
-        becomes a real candidate once a majority would grant that.
+        becomes a real candidate once a majority would grant that.  Only voters
+        are asked, and only voters campaign.
         """
         if pre_vote:
             self._reset(self._term)
@@ -446,15 +850,15 @@ class RaftCore:
             self._won(pre_vote)
             return
         last_index, last_term = self._log.last_index, self._log.last_term
-        for peer in self._peers:
+        for peer in self._voter_peers:
             self._send(VoteRequest(term, self._id, peer, last_index, last_term, pre_vote, transfer))
 
     def _tally(self) -> bool | None:
-        """True once a majority granted, False once a majority refused."""
+        """True once a majority of voters granted, False once a majority refused."""
         granted = sum(self._votes.values())
         if granted >= self._quorum:
             return True
-        if len(self._votes) - granted > len(self._voters) - self._quorum:
+        if len(self._votes) - granted > len(self._voter_set) - self._quorum:
             return False
         return None
 
@@ -465,13 +869,14 @@ class RaftCore:
             self._become_leader()
 
     def _become_leader(self) -> None:
-        """Take over with optimistic ``next`` for everyone and a no-op entry (§5.4.2)."""
+        """Take over with optimistic ``next`` for every member and a no-op entry (§5.4.2)."""
         self._reset(self._term)
         self._role = Role.LEADER
         self._leader = self._id
         next_index = self._log.last_index + 1
-        for peer in self._peers:
-            self._progress[peer] = Progress(next_index, self._cfg.max_inflight_msgs)
+        for peer in self._members:
+            if peer != self._id:
+                self._progress[peer] = Progress(next_index, self._cfg.max_inflight_msgs)
         self._append([b""], EntryKind.NOOP)
 
     # -- elections ---------------------------------------------------------------
@@ -480,7 +885,8 @@ class RaftCore:
         """§5.2/§5.4.1: one vote per term, only for a log at least as up to date.
 
         A pre-vote (§9.6) changes nothing here; it is refused while a leader is
-        alive, so a rejoining node cannot start elections against a healthy one.
+        alive, so a rejoining (or removed) node cannot start elections against a
+        healthy one.  Votes do not depend on this node's configuration (§4.1).
         """
         log_ok = self._candidate_log_ok(m)
         if m.pre_vote:
@@ -507,7 +913,7 @@ class RaftCore:
                 return
         elif self._role is not Role.CANDIDATE:
             return
-        if m.src not in self._voters:
+        if m.src not in self._voter_set:
             return
         self._votes.setdefault(m.src, m.granted)
         outcome = self._tally()
@@ -518,7 +924,7 @@ class RaftCore:
 
     def _on_timeout_now(self, m: TimeoutNow) -> None:
         """§3.10: the leader chose us; campaign now, past pre-vote and leases."""
-        if self._id in self._voters and self._role is not Role.LEADER:
+        if self._is_voter and self._role is not Role.LEADER:
             self._campaign(pre_vote=False, transfer=True)
 
     # -- replication: follower side ------------------------------------------------
@@ -530,6 +936,8 @@ class RaftCore:
         self._election_elapsed = 0
         log = self._log
         match = log.try_append(m.prev_log_index, m.prev_log_term, m.entries, m.leader_commit)
+        if log.written_from:
+            self._log_rewritten(log.written_from, m.entries)
         if match is not None:
             self._send(
                 AppendResponse(self._term, self._id, m.src, True, match, read_ctx=m.read_ctx)
@@ -552,12 +960,26 @@ class RaftCore:
             )
         )
 
+    def _on_install_snapshot(self, m: InstallSnapshot) -> None:
+        """Contact from the leader (its term counts, §5.1); the data is the node's.
+
+        The node's transport handles snapshot chunks itself and installs through
+        :meth:`offer_snapshot` / :meth:`restore`; passing chunks here only keeps
+        this follower from timing out while a long transfer runs.
+        """
+        if self._role is not Role.FOLLOWER or self._leader != m.src:
+            self._become_follower(self._term, m.src)
+        self._election_elapsed = 0
+
+    def _on_snapshot_response(self, m: SnapshotResponse) -> None:
+        """Chunk acknowledgements belong to the node's transport; only the term counts."""
+
     # -- replication: leader side ----------------------------------------------------
 
     def _append(self, datas: list[bytes], kind: EntryKind) -> None:
         index, term = self._log.last_index, self._term
         self._log.append([Entry(index + n, term, kind, d) for n, d in enumerate(datas, 1)])
-        self._dirty.update(self._peers)
+        self._dirty.update(self._progress)
 
     def _on_append_response(self, m: AppendResponse) -> None:
         if self._role is not Role.LEADER:
@@ -572,8 +994,12 @@ class RaftCore:
         if m.success:
             if pr.maybe_update(m.match_index):
                 self._maybe_commit()
+                if self._role is not Role.LEADER or m.src not in self._progress:
+                    return
                 if m.src == self._transferee and pr.match == self._log.last_index:
                     self._send(TimeoutNow(self._term, self._id, m.src))
+                elif m.src in self._membership.learners:
+                    self._maybe_promote()
         else:
             pr.reject(self._hint_next(m))
         self._dirty.add(m.src)
@@ -587,31 +1013,40 @@ class RaftCore:
         return m.conflict_index
 
     def _maybe_commit(self) -> None:
-        """§5.4.2: commit the highest index a majority holds, if it is of this term.
+        """§5.4.2: commit the highest index a majority of voters holds, if of this term.
 
-        The leader counts itself only up to what it has persisted (§10.2.1).
+        The leader counts itself only up to what it has persisted (§10.2.1), and
+        not at all once it is no longer a voter (§4.2.2).
         """
-        matches = [pr.match for pr in self._progress.values()]
-        matches.append(self._log.stable)
+        log = self._log
+        progress = self._progress
+        matches = [progress[p].match for p in self._voter_peers]
+        if self._is_voter:
+            matches.append(log.stable)
         matches.sort(reverse=True)
         index = matches[self._quorum - 1]
-        log = self._log
         if index <= log.committed or log.term_at(index) != self._term:
             return
+        config_pending = self._membership.index > log.committed
         log.committed = index
         self._must_send = True
-        self._dirty.update(self._peers)
+        self._dirty.update(progress)
         if self._reads_before_commit:
             waiting, self._reads_before_commit = self._reads_before_commit, []
             for ctx, requester in waiting:
                 self._register_read(ctx, requester)
+        if config_pending and self._membership.index <= index:
+            self._config_committed()
 
     def _flush_appends(self) -> None:
         """Send what peers are missing, batched once per Ready (group commit)."""
         if not self._dirty:
             return
+        progress = self._progress
         for peer in self._dirty:
-            self._send_appends(peer, self._progress[peer], self._must_send)
+            pr = progress.get(peer)
+            if pr is not None:
+                self._send_appends(peer, pr, self._must_send)
         self._dirty.clear()
         self._must_send = False
 
@@ -621,10 +1056,14 @@ class RaftCore:
         With ``must_send`` (a heartbeat, a new commit index or a new read round is
         due) at least one message goes out, empty if need be.  It is sent at
         ``next - 1``, so a follower that lost earlier messages rejects it, which
-        sends the leader back to probing and retransmitting.
+        sends the leader back to probing and retransmitting.  A follower that
+        needs compacted entries is sent the snapshot instead (§7).
         """
         cfg, log = self._cfg, self._log
         while not pr.is_paused():
+            if log.term_at(pr.next - 1) is None:
+                self._send_snapshot(peer, pr)
+                break
             entries = log.batch(pr.next, cfg.max_entries_per_msg, cfg.max_bytes_per_msg)
             if not entries and not must_send and pr.state is ProgressState.REPLICATE:
                 return
@@ -636,15 +1075,19 @@ class RaftCore:
             self._send_append(peer, pr, ())
 
     def _send_append(self, peer: int, pr: Progress, entries: tuple[Entry, ...]) -> None:
-        prev = pr.next - 1
         log = self._log
+        prev = pr.next - 1
+        prev_term = log.term_at(prev)
+        if prev_term is None:  # only for an empty one: a heartbeat from the log's start
+            prev = log.first_index - 1
+            prev_term = log.term_at(prev)
         self._send(
             AppendEntries(
                 self._term,
                 self._id,
                 peer,
                 prev,
-                log.term_at(prev),
+                prev_term,
                 entries,
                 log.committed,
                 self._read_round,
@@ -653,27 +1096,56 @@ class RaftCore:
         self._read_round_used = True
         pr.sent(entries[-1].index if entries else None)
 
+    def _send_snapshot(self, peer: int, pr: Progress) -> None:
+        """Ask the node to stream our latest snapshot to ``peer`` (one message, no data)."""
+        snap = self._snapshot
+        pr.become_snapshot(snap.index)
+        self._send(
+            InstallSnapshot(
+                self._term,
+                self._id,
+                peer,
+                last_index=snap.index,
+                last_term=snap.term,
+                offset=0,
+                data=b"",
+                done=False,
+                voters=tuple(snap.voters),
+                learners=tuple(snap.learners),
+            )
+        )
+
     def _tick_leader(self) -> None:
         self._heartbeat_elapsed += 1
         self._election_elapsed += 1
+        if self._transferee is not None:
+            self._transfer_elapsed += 1
+            if self._transfer_elapsed >= self._cfg.election_ticks:
+                self._end_transfer()
+        for pr in self._progress.values():
+            if pr.state is ProgressState.SNAPSHOT:
+                pr.snapshot_elapsed += 1
+                if pr.snapshot_elapsed >= self._cfg.snapshot_timeout:
+                    pr.snapshot_ended(False)
         if self._election_elapsed >= self._cfg.election_ticks:
             self._election_elapsed = 0
             if self._cfg.check_quorum and not self._quorum_active():
                 self._become_follower(self._term, None)
                 return
-            self._transferee = None
         if self._heartbeat_elapsed >= self._cfg.heartbeat_ticks:
             self._heartbeat_elapsed = 0
             for pr in self._progress.values():
                 pr.on_heartbeat()
             self._must_send = True
-            self._dirty.update(self._peers)
+            self._dirty.update(self._progress)
+            self._maybe_promote()
 
     def _quorum_active(self) -> bool:
-        """§6.2: did a majority (this leader included) answer in the last timeout?"""
-        active = 1
+        """§6.2: did a majority of voters (this leader included) answer in the last timeout?"""
+        active = 1 if self._is_voter else 0
+        for peer in self._voter_peers:
+            active += self._progress[peer].recent_active
         for pr in self._progress.values():
-            active += pr.recent_active
             pr.recent_active = False
         return active >= self._quorum
 
@@ -700,15 +1172,17 @@ class RaftCore:
             self._read_round += 1
             self._read_round_used = False
         self._must_send = True
-        self._dirty.update(self._peers)
+        self._dirty.update(self._progress)
         self._reads.append(_Read(self._read_round, ctx, self._log.committed, requester))
         self._confirm_reads()
 
     def _confirm_reads(self) -> None:
         if not self._reads:
             return
-        acks = sorted((pr.read_ack for pr in self._progress.values()), reverse=True)
-        acks.insert(0, self._read_round)
+        progress = self._progress
+        acks = sorted((progress[p].read_ack for p in self._voter_peers), reverse=True)
+        if self._is_voter:
+            acks.insert(0, self._read_round)
         confirmed = acks[self._quorum - 1]
         while self._reads and self._reads[0].round <= confirmed:
             self._answer_read(self._reads.pop(0), ok=True)
@@ -738,3 +1212,9 @@ class RaftCore:
     def _on_read_index_response(self, m: ReadIndexResponse) -> None:
         if self._role is not Role.LEADER:
             self._read_states.append(ReadState(m.ctx, m.index))
+
+
+def _membership_of(entry: Entry) -> Membership:
+    """The configuration a CONFIG entry sets (it carries the whole of it)."""
+    change = confchange.decode(entry.data)
+    return Membership(tuple(change.voters), tuple(change.learners), entry.index)

@@ -10,6 +10,12 @@ out through :meth:`RaftLog.take_unsent`.  Three positions matter:
 - the first index not yet handed to storage; a truncation moves it back so storage
   sees the replacement entries and deletes its conflicting suffix.
 
+Snapshots (Raft §7): the log may start after index 1.  ``first_index - 1`` is the
+*offset*, the last discarded position, whose term is still known; positions below
+it are covered by a snapshot and unknown here (``term_at`` returns None).  The
+node keeps a trailing margin of applied entries when it compacts, so slightly
+lagging followers still catch up from the log.
+
 Terms never decrease along a log, so term searches are binary searches.
 """
 
@@ -28,12 +34,35 @@ class LogConflictBelowCommit(AssertionError):
 
 
 class RaftLog:
-    __slots__ = ("_offset", "_offset_term", "_entries", "committed", "stable", "_unsent")
+    __slots__ = (
+        "_offset",
+        "_offset_term",
+        "_entries",
+        "committed",
+        "stable",
+        "_unsent",
+        "written_from",
+    )
 
     def __init__(self, entries: tuple[Entry, ...], snapshot: SnapshotMeta, committed: int):
+        """Load a log: ``entries`` follow ``snapshot`` or overlap it (a trailing margin).
+
+        When the stored entries start at or below the snapshot index, the first of
+        them becomes the offset (the term of the entry before it is unknown).
+        """
         self._offset = snapshot.index  # index of the entry just before entries[0]
         self._offset_term = snapshot.term
-        self._entries = list(entries)
+        entries = list(entries)
+        if entries and entries[0].index <= snapshot.index:
+            first = entries.pop(0)
+            self._offset, self._offset_term = first.index, first.term
+            at = snapshot.index - first.index - 1  # entries[at] is the snapshot's entry
+            if at >= len(entries):
+                raise ValueError(f"the entries end below the snapshot at {snapshot.index}")
+            kept_term = first.term if at < 0 else entries[at].term
+            if kept_term != snapshot.term:
+                raise ValueError(f"entry {snapshot.index} is not of the snapshot's term")
+        self._entries = entries
         for pos, entry in enumerate(self._entries):
             if entry.index != self._offset + 1 + pos:
                 raise ValueError(f"log not contiguous at index {entry.index}")
@@ -42,6 +71,12 @@ class RaftLog:
         self.committed = committed
         self.stable = self.last_index
         self._unsent = self.last_index + 1
+        self.written_from = 0  # set by try_append: where it (re)wrote the log, or 0
+
+    @property
+    def first_index(self) -> int:
+        """The first index held; the term of ``first_index - 1`` is still known."""
+        return self._offset + 1
 
     @property
     def last_index(self) -> int:
@@ -61,8 +96,12 @@ class RaftLog:
         return None
 
     def slice(self, lo: int, hi: int) -> tuple[Entry, ...]:
-        """Entries with ``lo <= index < hi``."""
+        """Entries with ``lo <= index < hi`` (those still held)."""
         base = self._offset + 1
+        if lo < base:
+            lo = base
+        if hi <= lo:
+            return ()
         return tuple(self._entries[lo - base : hi - base])
 
     def batch(self, lo: int, max_count: int, max_bytes: int) -> tuple[Entry, ...]:
@@ -107,7 +146,25 @@ class RaftLog:
         alone, so a duplicated or reordered AppendEntries never removes later
         entries.  The commit point follows the leader only up to the last entry
         this message verified.
+
+        ``written_from`` is set to the first index this call (re)wrote, or 0.
+
+        Below the offset nothing can be checked, but it is all committed (a
+        snapshot covers it) and so matches any current leader: the entries there
+        are skipped, and a message that ends below the offset verifies the
+        commit index (etcd-io/raft answers such appends the same way).
         """
+        self.written_from = 0
+        if prev_index < self._offset:
+            skip = self._offset - prev_index  # entries[skip - 1] is at the offset
+            if len(entries) < skip:
+                return self.committed
+            if entries[skip - 1].term != self._offset_term:
+                raise LogConflictBelowCommit(
+                    f"entry {self._offset} of term {entries[skip - 1].term} conflicts "
+                    f"with the snapshot's term {self._offset_term}"
+                )
+            prev_index, prev_term, entries = self._offset, self._offset_term, entries[skip:]
         if self.term_at(prev_index) != prev_term:
             return None
         last_new = prev_index + len(entries)
@@ -131,6 +188,35 @@ class RaftLog:
         self._entries.extend(entries[skip:])
         self._unsent = min(self._unsent, at)
         self.stable = min(self.stable, at - 1)
+        self.written_from = at
+
+    def compact(self, upto: int) -> None:
+        """Forget the entries up to ``upto`` (a snapshot covers them); keep its term."""
+        if upto <= self._offset:
+            return
+        if upto > min(self.committed, self.stable, self._unsent - 1):
+            raise ValueError(f"cannot compact to {upto}: not yet committed and durable here")
+        term = self.term_at(upto)
+        del self._entries[: upto - self._offset]
+        self._offset, self._offset_term = upto, term
+
+    def restore(self, index: int, term: int) -> bool:
+        """Make the log start after a snapshot at (index, term); Raft §7.
+
+        If the entry at ``index`` has ``term``, the entries after it are kept
+        (returns True) but handed to storage again, since storage replaced its log
+        by the snapshot; otherwise the whole log is dropped (returns False).
+        """
+        kept = self.term_at(index) == term and index >= self._offset
+        if kept:
+            del self._entries[: index - self._offset]
+        else:
+            self._entries.clear()
+        self._offset, self._offset_term = index, term
+        self.committed = max(self.committed, index)
+        self.stable = index
+        self._unsent = index + 1
+        return kept
 
     def has_unsent(self) -> bool:
         return self._unsent <= self.last_index

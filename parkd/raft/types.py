@@ -15,7 +15,7 @@ class EntryKind(enum.IntEnum):
 
     NORMAL = 0  # application data (a parking frame result)
     NOOP = 1  # appended by a new leader at once (Raft paper §5.4.2 / §8)
-    CONFIG = 2  # a membership change (dissertation §4.1), used from step 5 on
+    CONFIG = 2  # a membership change (dissertation §4.1); data: parkd.raft.confchange
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,12 +40,32 @@ class HardState:
 
 @dataclass(frozen=True, slots=True)
 class SnapshotMeta:
-    """The position a snapshot covers (used from step 5 on)."""
+    """The position a snapshot covers and the membership as of that position.
+
+    ``voters``/``learners`` are the configuration in effect at ``index`` (the core
+    tells it with ``RaftCore.config_at(index)``); empty voters mean "none recorded".
+    """
 
     index: int = 0
     term: int = 0
     voters: tuple[int, ...] = ()
     learners: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Membership:
+    """A cluster configuration (dissertation §4.1): who votes, who only replicates.
+
+    ``index`` is the log index of the CONFIG entry that set it; for the snapshot's
+    configuration it is the snapshot index, and 0 for the start-up configuration.
+    """
+
+    voters: tuple[int, ...] = ()
+    learners: tuple[int, ...] = ()
+    index: int = 0
+
+    def __contains__(self, node_id: object) -> bool:
+        return node_id in self.voters or node_id in self.learners
 
 
 @dataclass(frozen=True, slots=True)

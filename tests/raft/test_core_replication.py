@@ -223,7 +223,7 @@ class CountsOldTermReplicas(RaftCore):
         index = matches[-self._quorum]
         if index > self._log.committed:
             self._log.committed = index
-            self._dirty.update(self._peers)
+            self._dirty.update(self._progress)
 
 
 @pytest.mark.parametrize("core_cls, unsafe", [(RaftCore, False), (CountsOldTermReplicas, True)])
