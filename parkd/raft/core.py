@@ -521,21 +521,33 @@ class RaftCore:
     def restore(self, meta: SnapshotMeta) -> bool:
         """The node installed the snapshot ``meta`` durably; restart the log after it (§7).
 
-        Commit and applied move to ``meta.index`` and the membership becomes the
-        snapshot's.  Any entries after it are kept if the log holds the
-        snapshot's last entry (they are handed to storage again in the next
-        Ready), else the log is dropped.  The leader learns ``meta.index`` in the
-        next Ready.  Returns False, changing nothing, for a snapshot not newer
-        than the commit index (or on a leader): ask :meth:`offer_snapshot` first.
+        Applied (and commit, if lower) move to ``meta.index``, the membership
+        becomes the snapshot's, and the term rises to ``meta.term`` if lower (as
+        storage's install does).  The entries after the snapshot are kept if the
+        log holds its last entry (§7; they are handed to storage again in the next
+        Ready, since the install emptied the stored log), else the log is dropped.
+        The leader learns ``meta.index`` in the next Ready.
+
+        Returns False, changing nothing, when the snapshot must not be installed:
+        not past the applied index, or not past the commit index while the log
+        does not hold its last entry.  :meth:`offer_snapshot` said so before; the
+        core may take ticks and messages while the node installs, but no Ready
+        may be processed between the two calls.
         """
         self._check_between_readies()
-        if self._role is Role.LEADER or meta.index <= self._log.committed:
+        log = self._log
+        holds_it = log.term_at(meta.index) == meta.term
+        if meta.index <= self._applied or not (
+            holds_it or (meta.index > log.committed and self._role is not Role.LEADER)
+        ):
             return False
         if not meta.voters:
             raise ValueError("a snapshot must name its voters")
-        if self._role is not Role.FOLLOWER:  # a campaign under the old configuration ends
-            self._become_follower(self._term, None)
-        kept = self._log.restore(meta.index, meta.term)
+        if meta.term > self._term:
+            self._become_follower(meta.term, None)
+        elif self._role is not Role.FOLLOWER and not holds_it:
+            self._become_follower(self._term, None)  # a campaign's configuration is gone
+        kept = log.restore(meta.index, meta.term)
         self._applied = meta.index
         self._snapshot = meta
         base = Membership(tuple(meta.voters), tuple(meta.learners), meta.index)

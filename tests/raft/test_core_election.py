@@ -5,7 +5,8 @@ import random
 
 import pytest
 
-from parkd.raft.core import CoreConfig, NotLeader, RaftCore, Role
+from parkd.raft.confchange import ConfChange, ConfChangeOp
+from parkd.raft.core import CoreConfig, NotLeader, RaftCore, Role, TransferResult
 from parkd.raft.messages import AppendEntries, AppendResponse, TimeoutNow, VoteRequest, VoteResponse
 from parkd.raft.sim import Cluster, drain, entries_with_terms
 from parkd.raft.types import EntryKind, HardState, PersistedState
@@ -341,15 +342,54 @@ def test_6_2_lease_does_not_block_a_leadership_transfer():
 def test_3_10_transfer_to_an_up_to_date_follower():
     cluster = Cluster((1, 2, 3), CFG)
     old = cluster.elect(1)
-    old.transfer_leadership(2)
+    assert old.transfer_leadership(2) == 2
     rd = old.ready()
     assert sent(rd, TimeoutNow) == [TimeoutNow(1, 1, 2)]
     old.advance(rd)
     cluster.network.extend(rd.messages)
+    cluster.history = []
     cluster.stabilize()
     new = cluster.core(2)
     assert (new.role, new.term) == (Role.LEADER, 2)
     assert old.role is Role.FOLLOWER and old.leader_id == 2
+    campaign = [m for m in cluster.history if type(m) is VoteRequest]
+    assert campaign and all(m.transfer and not m.pre_vote for m in campaign)  # no pre-vote
+
+
+def test_3_10_the_outcome_is_reported_once_for_the_node_to_log():
+    cluster = Cluster((1, 2, 3), CFG)
+    old = cluster.elect(1)
+    old.transfer_leadership(3)
+    outcomes = []
+    for _ in range(5):
+        for i in (1, 2, 3):
+            if cluster.take_ready(i):
+                outcomes.append(cluster.pending[i].transfer)
+                cluster.persist(i)
+        while cluster.network:
+            cluster.deliver()
+    assert [o for o in outcomes if o is not None] == [TransferResult(3, succeeded=True)]
+    assert cluster.core(3).role is Role.LEADER
+
+
+def test_3_10_without_a_target_the_most_up_to_date_voter_is_chosen():
+    cluster = Cluster((1, 2, 3, 4), CoreConfig(election_ticks=T, heartbeat_ticks=2,
+                                                auto_promote=False))
+    leader = cluster.elect(1)
+    cluster.add_node(5)
+    leader.propose_conf_change(ConfChange(ConfChangeOp.ADD_LEARNER, 5))
+    cluster.stabilize()
+    cluster.isolate(2)
+    cluster.isolate(4)
+    leader.propose(b"only 3 and learner 5 have it")
+    cluster.stabilize()
+    assert leader.match_indexes[5] == leader.match_indexes[3] == leader.last_index
+    assert leader.transfer_leadership() == 3  # the learner is no candidate
+    cluster.heal()
+    cluster.stabilize()
+    assert cluster.leader().id == 3
+    with pytest.raises(ValueError):
+        cluster.core(3).transfer_leadership(5)
 
 
 def test_3_10_transfer_target_catches_up_first_and_proposals_wait():
@@ -376,11 +416,26 @@ def test_3_10_transfer_is_abandoned_after_an_election_timeout():
     leader = cluster.elect(1)
     cluster.isolate(2)
     leader.transfer_leadership(2)
-    for _ in range(T):
+    for _ in range(T - 1):
         cluster.tick(1, 3)
         cluster.stabilize()
+    assert leader.transferee == 2
+    leader.tick()
     assert leader.role is Role.LEADER and leader.transferee is None
+    assert drain(leader).transfer == TransferResult(2, succeeded=False)
     leader.propose(b"accepted again")
+
+
+def test_3_10_a_new_transfer_replaces_the_pending_one():
+    cluster = Cluster((1, 2, 3), CFG)
+    leader = cluster.elect(1)
+    cluster.isolate(2)
+    cluster.isolate(3)
+    leader.propose(b"x")
+    leader.transfer_leadership(2)
+    leader.transfer_leadership(3)
+    assert leader.transferee == 3
+    assert drain(leader).transfer == TransferResult(2, succeeded=False)
 
 
 def test_3_10_transfer_only_from_a_leader():

@@ -3,7 +3,7 @@
 import pytest
 
 from parkd.raft import sim
-from parkd.raft.core import RaftCore
+from parkd.raft.core import RaftCore, Role
 from parkd.raft.messages import VoteResponse
 
 
@@ -15,6 +15,18 @@ def test_core_keeps_every_safety_property_and_stays_live(nodes):
     assert failure is None, "\n".join([f"seed {failure.seed}: {failure.error}", *failure.trace])
     assert sum(r.elections for r in passed) > 300
     assert sum(r.commits for r in passed) > 3000
+    assert sum(r.conf_changes for r in passed) > 300
+    assert sum(r.snapshots for r in passed) > 300
+    assert sum(r.transfers for r in passed) > 100
+
+
+def test_default_run_changes_membership_installs_snapshots_and_transfers():
+    passed, failure = sim.run_seeds(20, 2000, 3)
+    assert failure is None, "\n".join([f"seed {failure.seed}: {failure.error}", *failure.trace])
+    assert all(sum(getattr(r, k) for r in passed) > 0
+               for k in ("conf_changes", "snapshots", "transfers"))
+    passed, _ = sim.run_seeds(20, 2000, 3, membership=False)
+    assert sum(r.conf_changes + r.snapshots for r in passed) == 0
 
 
 class VotesWithoutLogCheck(RaftCore):
@@ -49,6 +61,62 @@ def test_planted_bug_is_caught(core_cls, violation, nodes):
     assert 0 < len(failure.trace) <= 30
     report = sim.format_failure(failure, nodes, 2000)
     assert report.startswith(f"FAIL seed={failure.seed} nodes={nodes}")
+
+
+class AllowsTwoPendingChanges(RaftCore):
+    """Planted bug: appends a membership change while another is uncommitted (§4.1)."""
+
+    def _conf_change_refusal(self, change):
+        reason = super()._conf_change_refusal(change)
+        return "" if "not committed yet" in reason else reason
+
+
+class LearnersCountForCommit(RaftCore):
+    """Planted bug: counts learners' copies toward a majority (§4.2.1)."""
+
+    def _maybe_commit(self):
+        voters, self._voter_peers = self._voter_peers, tuple(self._progress)
+        try:
+            super()._maybe_commit()
+        finally:
+            self._voter_peers = voters
+
+
+class RemovedServersCampaign(RaftCore):
+    """Planted bug: a node that is no voter (removed, §4.2.3) still campaigns."""
+
+    def tick(self):
+        if self._role is not Role.LEADER and not self._is_voter and self._voter_set:
+            self._is_voter = True
+        super().tick()
+
+
+class TrustsSnapshotIndexWithoutTerm(RaftCore):
+    """Planted bug: a log reaching a snapshot's index is taken to hold its entry (§7)."""
+
+    def offer_snapshot(self, meta):
+        log = self._log
+        if self._role is not Role.LEADER and log.committed < meta.index <= log.last_index:
+            log.committed = meta.index
+            return False
+        return super().offer_snapshot(meta)
+
+
+@pytest.mark.parametrize(
+    "core_cls, violation, nodes",
+    [
+        (AllowsTwoPendingChanges, "configuration changes pending", 3),
+        (AllowsTwoPendingChanges, "configuration changes pending", 5),
+        (LearnersCountForCommit, "leader completeness", 3),
+        (RemovedServersCampaign, "SafetyViolation", 3),
+        (TrustsSnapshotIndexWithoutTerm, "state machine safety", 3),
+        (TrustsSnapshotIndexWithoutTerm, "state machine safety", 5),
+    ],
+)
+def test_planted_membership_and_snapshot_bug_is_caught(core_cls, violation, nodes):
+    _, failure = sim.run_seeds(100, 2000, nodes, core_cls=core_cls)
+    assert failure is not None
+    assert violation in failure.error
 
 
 def test_a_seed_replays_exactly():
