@@ -14,10 +14,10 @@ from collections.abc import Callable
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from parkd.raft.core import RaftCore, ReadState, Ready, Role, SoftState
+from parkd.raft.core import RaftCore, ReadState, Ready, Role, SoftState, TransferResult
 from parkd.raft.messages import Message
 from parkd.raft.storage import StorageError
-from parkd.raft.types import Entry
+from parkd.raft.types import Entry, Membership
 
 # After a long reactor stall, replay at most this many ticks at once.
 MAX_CATCH_UP_TICKS = 100
@@ -47,6 +47,13 @@ class RaftDriver:
         self.read_state_listeners: list[Callable[[ReadState], None]] = []
         # Called with the last applied index after each batch is applied.
         self.applied_listeners: list[Callable[[int], None]] = []
+        # Called with each persisted batch of entries, before messages are sent
+        # (CONFIG entries carry new members' addresses) and with a changed
+        # Membership, before the messages that may go to new members.
+        self.entries_listeners: list[Callable[[tuple[Entry, ...]], None]] = []
+        self.membership_listeners: list[Callable[[Membership], None]] = []
+        # Called with the TransferResult when a leadership transfer ends.
+        self.transfer_listeners: list[Callable[[TransferResult], None]] = []
         self.commit_seconds: list[float] = []  # recent persist durations, for metrics
         self._loop: LoopingCall | None = None
         self._scheduled = None
@@ -96,6 +103,12 @@ class RaftDriver:
             ready = self.core.ready()
             if not self._persist(ready):
                 return
+            if ready.entries:
+                for listener in self.entries_listeners:
+                    listener(ready.entries)
+            if ready.membership is not None:
+                for listener in self.membership_listeners:
+                    listener(ready.membership)
             for message in ready.messages:
                 self.send(message)
             if ready.committed_entries:
@@ -107,6 +120,8 @@ class RaftDriver:
             for read_state in ready.read_states:
                 for listener in self.read_state_listeners:
                     listener(read_state)
+            if ready.transfer is not None:
+                self._transfer_ended(ready.transfer)
             self.core.advance(ready)
 
     def _persist(self, ready: Ready) -> bool:
@@ -133,6 +148,26 @@ class RaftDriver:
             )
         for listener in self.soft_state_listeners:
             listener(soft)
+
+    def transfer_leadership(self, target: int | None = None) -> int:
+        """Start handing leadership to ``target`` (or the best voter); see RaftCore."""
+        target = self.core.transfer_leadership(target)
+        self._schedule()
+        return target
+
+    def _transfer_ended(self, result: TransferResult) -> None:
+        if result.succeeded:
+            self.log.info(
+                "node {node_id} handed leadership to {target} in term {term}",
+                parkd_event="leadership_transferred",
+                node_id=self.core.id,
+                target=result.target,
+                term=self.core.term,
+            )
+        else:
+            self.log.warn("leadership transfer to {target} abandoned", target=result.target)
+        for listener in self.transfer_listeners:
+            listener(result)
 
     def _fatal(self, error: Exception) -> None:
         """A storage error stops the node: never continue on an unknown disk state."""
