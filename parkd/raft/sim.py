@@ -39,7 +39,13 @@ from parkd.raft.core import (
     Ready,
     Role,
 )
-from parkd.raft.messages import InstallSnapshot, Message, SnapshotResponse, TimeoutNow
+from parkd.raft.messages import (
+    InstallSnapshot,
+    Message,
+    SnapshotResponse,
+    TimeoutNow,
+    VoteRequest,
+)
 from parkd.raft.types import Entry, EntryKind, HardState, PersistedState, SnapshotMeta
 
 # Small limits so that batching, pipelining and back-off are all exercised.
@@ -263,20 +269,23 @@ class SafetyChecker:
             )
 
     def removed_sent(
-        self, core: RaftCore, m: Message, before: tuple, members_term: int, config: CoreConfig
+        self, core: RaftCore, m: Message, before: tuple, held_term: int, config: CoreConfig
     ) -> None:
-        """§4.2.3: a message from a removed node raised ``core``'s term: not past
-        every member's (``members_term``, the highest of the others), i.e. a
-        removed node brings no new term into the cluster.
+        """§4.2.3: a message from a removed node raised the term of ``core``, a
+        member: not past ``held_term`` (the highest term the other members hold
+        or the removed node held when its removal committed), i.e. a removed
+        node brings no new term into the cluster.
 
         ``before`` is (role, term, heard from a leader within a timeout) of the
         addressee before the message.  Pre-vote keeps a removed node from raising
         terms at all; without it, the leader lease (check-quorum) still protects
         a live leader and its followers.  A TimeoutNow from a leader removing
-        itself is a handover, not a disruption.
+        itself is a handover, and a transfer campaign was asked for by a leader
+        (before the removal: TimeoutNow can be delayed), not a disruption.
         """
         role, term, leader_alive = before
-        if type(m) is TimeoutNow or core.term <= members_term:
+        kind = type(m)
+        if kind is TimeoutNow or (kind is VoteRequest and m.transfer) or core.term <= held_term:
             return
         if config.pre_vote or (
             config.check_quorum and (role is Role.LEADER or leader_alive)
@@ -331,6 +340,13 @@ class Cluster:
         self.group = dict.fromkeys(self.ids, 0)
         self.read_states: dict[int, list[ReadState]] = {i: [] for i in self.ids}
         self.retired: set[int] = set()
+        # A removed node's term when its removal first committed: it may carry that
+        # term (from a campaign it started as a member) but bring no newer one.
+        self.removed_term: dict[int, int] = {}
+        # Snapshots being installed "on a worker thread": the core keeps taking
+        # ticks and messages, but the node processes no Ready until it is done.
+        self.installing: dict[int, tuple[SnapshotMeta, tuple[Entry, ...], Message]] = {}
+        self.defer_install = 0.0  # the chance that an install is deferred
         self.snapshots_installed = 0
         self.transfers = 0  # leadership transfers reported as handed over
         self._groups = itertools.count(1)
@@ -366,6 +382,7 @@ class Cluster:
         applied: the crash came just after the storage transaction committed.
         """
         self.cores[i] = None
+        self.installing.pop(i, None)  # an unfinished install never happened
         rd = self.pending.pop(i, None)
         if after_save and rd is not None:
             self._save(i, rd)
@@ -391,7 +408,7 @@ class Cluster:
 
     def take_ready(self, i: int) -> bool:
         core = self.cores[i]
-        if core is None or i in self.pending or not core.has_ready():
+        if core is None or i in self.pending or i in self.installing or not core.has_ready():
             return False
         rd = self.pending[i] = core.ready()
         if core.role is Role.LEADER and any(e.kind is EntryKind.CONFIG for e in rd.entries):
@@ -416,7 +433,9 @@ class Cluster:
             storage.applied.append(entry)
             if entry.kind is EntryKind.CONFIG:
                 change = confchange.decode(entry.data)
-                removed |= change.op is ConfChangeOp.REMOVE and change.node_id == i
+                if change.op is ConfChangeOp.REMOVE:
+                    removed |= change.node_id == i
+                    self._removal_committed(change.node_id)
         for rs in rd.read_states:
             checker.read_served(i, rs)
             self.read_states[i].append(rs)
@@ -426,6 +445,11 @@ class Cluster:
         if removed:  # the node layer shuts a removed node down
             self.crash(i)
             self.retired.add(i)
+
+    def _removal_committed(self, i: int) -> None:
+        if i not in self.removed_term:
+            core = self.cores.get(i)
+            self.removed_term[i] = core.term if core else self.storage[i].hard_state.term
 
     def process(self, i: int) -> None:
         """Take and persist whatever node ``i`` has ready."""
@@ -438,7 +462,7 @@ class Cluster:
         if i in self.pending:
             self.persist(i)
         core = self.cores[i]
-        if core is None:  # it applied its own removal and shut down
+        if core is None or i in self.installing:  # shut down, or busy installing
             return False
         index = core.applied_index
         if index <= core.snapshot.index:
@@ -463,17 +487,18 @@ class Cluster:
         if self.history is not None:
             self.history.append(m)
         kind = type(m)
-        src = m.src
-        if src in self.checker.removed:
+        removed = self.checker.removed
+        if m.src in removed and m.dst not in removed:
             before = (core.role, core.term, core._leader_alive())
             self._step(core, m, kind)
             if core.term > before[1]:
-                others = [
+                held = [
                     c.term if c is not None else self.storage[i].hard_state.term
                     for i, c in self.cores.items()
-                    if i != core.id and i not in self.checker.removed
+                    if i != core.id and i not in removed
                 ]
-                self.checker.removed_sent(core, m, before, max(others, default=0), self.config)
+                held.append(self.removed_term.get(m.src, 0))
+                self.checker.removed_sent(core, m, before, max(held), self.config)
         else:
             self._step(core, m, kind)
 
@@ -496,13 +521,25 @@ class Cluster:
             if self.cores[i] is None:
                 return
         meta, data = sender.snapshot, sender.snapshot_data
+        if i in self.installing:  # already busy with one
+            return
         if core.offer_snapshot(meta):
-            storage = self.storage[i]
-            self.checker.installing(i, storage.applied, data)
-            storage.install(meta, data)
-            if not core.restore(meta):
-                raise SafetyViolation(f"node {i} refused snapshot {meta} it was offered")
-            self.snapshots_installed += 1
+            self.installing[i] = (meta, data, m)
+            if self.rng.random() < self.defer_install:
+                return
+            self.finish_install(i)
+            return
+        self.network.append(SnapshotResponse(m.term, i, m.src, meta.index, len(data), True))
+
+    def finish_install(self, i: int) -> None:
+        """Install the snapshot node ``i`` was offered durably, restore, report."""
+        meta, data, m = self.installing.pop(i)
+        storage, core = self.storage[i], self.core(i)
+        self.checker.installing(i, storage.applied, data)
+        storage.install(meta, data)
+        if not core.restore(meta):
+            raise SafetyViolation(f"node {i} refused snapshot {meta} it was offered")
+        self.snapshots_installed += 1
         self.network.append(SnapshotResponse(m.term, i, m.src, meta.index, len(data), True))
 
     def deliver(self, k: int = 0) -> Message:
@@ -533,8 +570,10 @@ class Cluster:
                 core.tick()
 
     def stabilize(self, limit: int = 10_000) -> None:
-        """Persist and deliver in rounds until nothing is left to do."""
+        """Finish installs, persist and deliver in rounds until nothing is left to do."""
         for _ in range(limit):
+            for i in list(self.installing):
+                self.finish_install(i)
             for i in self.ids:
                 self.process(i)
             self.checker.check_leaders(self.live())
@@ -616,6 +655,8 @@ class Simulation:
                     snapshot_timeout_ticks=self.rng.choice((None, 15)),
                 )
         self.cluster = Cluster(range(1, nodes + 1), config, self.rng.getrandbits(32), core_cls)
+        if membership:
+            self.cluster.defer_install = self.rng.choice((0.0, 0.5, 1.0))
         self.trace: deque[tuple] = deque(maxlen=30)
         self._payloads = itertools.count(1)
         self._ctx = itertools.count(1)
@@ -646,6 +687,7 @@ class Simulation:
                 (0.03 if config.auto_promote else 0.15, self._promote),
                 (0.25, self._remove),
                 (0.8, self._compact),
+                (2, self._finish_install),
             ]
         self._actions = [action for _, action in events]
         self._cumulative = list(itertools.accumulate(w for w, _ in events))
@@ -834,6 +876,14 @@ class Simulation:
 
         return self._conf_change(ConfChangeOp.REMOVE, member)
 
+    def _finish_install(self):
+        installing = self.cluster.installing
+        if not installing:
+            return None
+        i = self.rng.choice(sorted(installing))
+        self.cluster.finish_install(i)
+        return (i, self.cluster.core(i).snapshot.index)
+
     def _compact(self):
         i = self._random_node()
         if i is None:
@@ -850,6 +900,13 @@ class Simulation:
         every member of the configuration.  Returns the ticks it took."""
         cluster = self.cluster
         cluster.heal()
+        if not cluster.config.pre_vote:
+            # Without pre-vote a removed node that never learned it disrupts every
+            # election (§4.2.3: the lease only protects a live leader), so it is shut
+            # down, as the operator may once the removal committed (§4.2.2).
+            cluster.retired.update(cluster.checker.removed)
+            for i in cluster.checker.removed:
+                cluster.crash(i)
         for i in cluster.ids:
             if cluster.cores[i] is None and i not in cluster.retired:
                 cluster.restart(i)
