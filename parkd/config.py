@@ -57,6 +57,9 @@ class ClusterSettings:
     election_timeout_ms: int = 1000
     heartbeat_ms: int = 100
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    snapshot_entries: int = 100_000  # snapshot once the applied log holds this many entries
+    snapshot_margin: int = 10_000  # entries kept below a snapshot for slightly lagging followers
+    history_hours: float = 24.0  # frame history kept (current values and dedup state are kept for ever)
 
 
 @dataclass(frozen=True)
@@ -186,9 +189,14 @@ def _array(raw: dict, name: str) -> list:
 
 
 def _parse_cluster(table: Any) -> ClusterSettings:
-    _check_keys(table, {"election_timeout_ms", "heartbeat_ms", "max_message_bytes"}, "cluster")
+    _check_keys(table, set(ClusterSettings.__dataclass_fields__), "cluster")
     defaults = ClusterSettings()
     settings = ClusterSettings(
+        snapshot_entries=parse_int(table.get("snapshot_entries", defaults.snapshot_entries), "cluster.snapshot_entries"),
+        snapshot_margin=parse_int(
+            table.get("snapshot_margin", defaults.snapshot_margin), "cluster.snapshot_margin", minimum=0
+        ),
+        history_hours=parse_float(table.get("history_hours", defaults.history_hours), "cluster.history_hours"),
         election_timeout_ms=parse_int(
             table.get("election_timeout_ms", defaults.election_timeout_ms),
             "cluster.election_timeout_ms",
@@ -287,12 +295,14 @@ def apply_overrides(config: Config, flags: dict[str, Any]) -> Config:
         if flags.get(name) is not None:
             camera = replace(camera, **{name: parse(flags[name], "--" + name.replace("_", "-"))})
     cluster = config.cluster
-    for name in ("election_timeout_ms", "heartbeat_ms", "max_message_bytes"):
+    minimums = {"max_message_bytes": 1024, "snapshot_margin": 0}
+    for name in ("election_timeout_ms", "heartbeat_ms", "max_message_bytes", "snapshot_entries", "snapshot_margin"):
         value = flags.get(name)
         if value is not None:
-            minimum = 1024 if name == "max_message_bytes" else 1
             flag = "--" + name.replace("_", "-")
-            cluster = replace(cluster, **{name: parse_int(value, flag, minimum)})
+            cluster = replace(cluster, **{name: parse_int(value, flag, minimums.get(name, 1))})
+    if flags.get("history_hours") is not None:
+        cluster = replace(cluster, history_hours=parse_float(flags["history_hours"], "--history-hours"))
     check_cluster(cluster, "--heartbeat-ms")
     members = parse_peers(flags["peers"]) if flags.get("peers") else config.members
     return replace(config, cluster=cluster, camera=camera, members=members)

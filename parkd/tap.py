@@ -88,6 +88,9 @@ class NodeOptions(_ConfigOptions):
         ["election-timeout-ms", None, None, "Election timeout T in ms; randomised in [T, 2T) [default: 1000]."],
         ["heartbeat-ms", None, None, "Leader heartbeat interval in ms [default: 100]."],
         ["max-message-bytes", None, None, "Largest wire message accepted or sent [default: 16 MiB]."],
+        ["snapshot-entries", None, None, "Snapshot once the applied log holds this many entries [default: 100000]."],
+        ["snapshot-margin", None, None, "Log entries kept below a snapshot for lagging followers [default: 10000]."],
+        ["history-hours", None, None, "Hours of frame history kept (current values are kept) [default: 24]."],
         ["log-json", None, None, "Also write every log event to FILE as JSON lines."],
     ]
 

@@ -91,6 +91,10 @@ class RaftDriver:
         self.core.read_index(ctx)
         self._schedule()
 
+    def kick(self) -> None:
+        """Process whatever the core has for us at the end of this reactor turn."""
+        self._schedule()
+
     def _schedule(self) -> None:
         if self._scheduled is None and not self._failed:
             self._scheduled = self.clock.callLater(0, self.process)

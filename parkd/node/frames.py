@@ -38,6 +38,10 @@ class FrameIntake:
         # database once per camera and then kept current by applied(): the hot
         # path needs no query unless a frame may be a retry of an applied one.
         self._applied_cameras: dict[int, tuple[str | None, int]] = {}
+        # What was proposed for each waiting frame: re-proposed when the leader
+        # changes, since a proposal in flight to a leader that stepped down (or
+        # refused it while handing over) is lost; duplicates apply once anyway.
+        self._proposed: dict[tuple[int, int], bytes] = {}
 
     def _camera(self, camera_id: int) -> tuple[str | None, int]:
         known = self._applied_cameras.get(camera_id)
@@ -86,7 +90,18 @@ class FrameIntake:
             return
         key = (frame.camera_id, frame.seq)
         self.waiting[key].add(conn)
+        self._proposed[key] = data
         conn.waiting_for.add(key)
+
+    def leader_changed(self, soft_state) -> None:
+        """A new leader is known: propose the waiting frames again (see ``_proposed``)."""
+        if soft_state.leader_id is None:
+            return
+        for data in list(self._proposed.values()):
+            try:
+                self.propose(data)
+            except NotLeader:
+                return
 
     @staticmethod
     def _check_connection(conn, frame) -> tuple[int, str] | None:
@@ -105,6 +120,7 @@ class FrameIntake:
             known = self._applied_cameras.get(result.camera_id)
             if known is not None and result.outcome is Outcome.APPLIED:
                 self._applied_cameras[result.camera_id] = (result.lot, max(known[1], result.seq))
+            self._proposed.pop((result.camera_id, result.seq), None)
             waiters = self.waiting.pop((result.camera_id, result.seq), ())
             for conn in waiters:
                 conn.waiting_for.discard((result.camera_id, result.seq))
@@ -120,4 +136,5 @@ class FrameIntake:
                 waiters.discard(conn)
                 if not waiters:
                     del self.waiting[key]
+                    self._proposed.pop(key, None)
         conn.waiting_for.clear()

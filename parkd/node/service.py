@@ -7,6 +7,7 @@ import random
 
 from twisted.application import service
 from twisted.internet import defer
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from parkd.config import ConfigError
@@ -16,11 +17,18 @@ from parkd.node.frames import FrameIntake
 from parkd.node.http import build_site
 from parkd.node.peers import PeerService
 from parkd.node.ports import ClientPortFactory, RaftPortFactory
+from parkd.node.snapshots import SnapshotManager
 from parkd.parking.analyzer import HashAnalyzer
+from parkd.parking.retention import ensure_retention_index, retention_entry
+from parkd.parking.snapshot import CompactionPolicy
 from parkd.parking.codec import CodecError
 from parkd.parking.state import Outcome, ParkingState
-from parkd.raft.core import CoreConfig, RaftCore
+from parkd.raft.core import CoreConfig, NotLeader, RaftCore, Role
+from parkd.raft.messages import InstallSnapshot, SnapshotResponse
 from parkd.raft.storage import SqliteStorage, StorageError, open_engine
+
+
+RETENTION_INTERVAL_S = 600.0  # how often the leader proposes a history trim
 
 
 def open_data_dir(path: str) -> str:
@@ -55,16 +63,19 @@ class NodeService(service.Service):
         self.engine = None
         self.peers = None
         self.driver = None
+        self.retention = None
+        self.snapshots = None
 
     @fail_on_config_error
     def startService(self) -> None:
         s = self.settings
         config = s.config
-        path = os.path.join(open_data_dir(s.data_dir), "node.db")
+        path = self.db_path = os.path.join(open_data_dir(s.data_dir), "node.db")
         try:
             self.engine = open_engine(path)
             self.storage = SqliteStorage(self.engine)
             self.state = ParkingState(self.engine, {lot.id: lot.capacity for lot in config.lots})
+            ensure_retention_index(self.engine)
             persisted = self.storage.load()
             applied = self.state.last_applied()
         except StorageError as e:
@@ -76,27 +87,57 @@ class NodeService(service.Service):
         self.driver = RaftDriver(
             self.core,
             self.storage,
-            self.peers.send,
+            self._send,
             self._apply,
             self.reactor,
             config.cluster.heartbeat_ms / 1000.0,
             on_fatal=self._fatal,
         )
         self.intake = FrameIntake(self.driver.propose, self.state, HashAnalyzer(), {l.id: l.capacity for l in config.lots})
+        self.driver.soft_state_listeners.append(self.intake.leader_changed)
+        policy = CompactionPolicy(max_entries=config.cluster.snapshot_entries, margin=config.cluster.snapshot_margin)
+        self.snapshots = SnapshotManager(self, policy, os.path.join(s.data_dir, "snapshots"))
+        self.driver.applied_listeners.append(self.snapshots.applied)
+        self.retention = LoopingCall(self._propose_retention)
+        self.retention.clock = self.reactor
         self.ports = [
-            listen_now(self.reactor, s.listen_raft, RaftPortFactory(self.reactor, size, self.driver.step), "raft port"),
+            listen_now(self.reactor, s.listen_raft, RaftPortFactory(self.reactor, size, self._deliver), "raft port"),
             listen_now(self.reactor, s.listen_client, ClientPortFactory(self.reactor, size, self.intake), "client port"),
             listen_now(self.reactor, s.listen_http, build_site(self), "http port"),
         ]
         service.Service.startService(self)
+        self.snapshots.start()
         self.peers.startService()
         self.driver.start()
+        self.retention.start(RETENTION_INTERVAL_S, now=False)
         self.log.info(
             "node {node_id} started: raft={raft} client={client} http={http} data={data_dir}; "
             "term {term}, {entries} log entries, applied {applied}",
             node_id=s.node_id, raft=s.listen_raft, client=s.listen_client, http=s.listen_http,
             data_dir=s.data_dir, term=persisted.hard_state.term, entries=len(persisted.entries), applied=applied,
         )  # fmt: skip
+
+    def _send(self, message) -> None:
+        if not self.snapshots.intercept(message):
+            self.peers.send(message)
+
+    def _deliver(self, message) -> None:
+        """Raft port input: snapshot chunks and their answers are the node's business."""
+        if isinstance(message, SnapshotResponse):
+            self.snapshots.on_response(message)
+        elif isinstance(message, InstallSnapshot):
+            self.snapshots.on_chunk(message)
+        else:
+            self.driver.step(message)
+
+    def _propose_retention(self) -> None:
+        """Leader: trim frame history older than the window, at one log position on every node."""
+        if self.core.role is Role.LEADER:
+            cutoff = self.reactor.seconds() - self.settings.config.cluster.history_hours * 3600
+            try:
+                self.driver.propose(retention_entry(cutoff))
+            except NotLeader:
+                pass
 
     def _apply(self, entries) -> None:
         try:
@@ -118,7 +159,34 @@ class NodeService(service.Service):
         self.reactor.stop()
 
     def stopService(self):
+        """SIGTERM: a leader first hands leadership to an up-to-date voter (CONTRACT §2)."""
         service.Service.stopService(self)
+        handover = self._hand_over() if self.driver is not None else defer.succeed(None)
+        return handover.addBoth(lambda _: self._close())
+
+    def _hand_over(self) -> defer.Deferred:
+        if self.core.role is not Role.LEADER or len(self.core.voters) < 2:
+            return defer.succeed(None)
+        done = defer.Deferred()
+
+        def finish(*_):
+            if not done.called:
+                done.callback(None)
+
+        self.driver.transfer_listeners.append(finish)
+        try:
+            target = self.driver.transfer_leadership()
+        except (NotLeader, ValueError):
+            return defer.succeed(None)
+        self.log.info("stopping: handing leadership to node {target}", target=target)
+        timeout = self.reactor.callLater(2 * self.settings.config.cluster.election_timeout_ms / 1000, finish)
+        return done.addBoth(lambda r: timeout.cancel() if timeout.active() else None)
+
+    def _close(self):
+        if self.retention is not None and self.retention.running:
+            self.retention.stop()
+        if self.snapshots is not None:
+            self.snapshots.stop()
         if self.driver is not None:
             self.driver.stop()
         stopping = [defer.maybeDeferred(port.stopListening) for port in self.ports]
