@@ -6,11 +6,26 @@ import io
 import sys
 
 from twisted.application import service
+from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger, globalLogPublisher, jsonFileLogObserver
 from twisted.python.failure import Failure
 
 from parkd.config import ConfigError
+
+
+class OrderedServices(service.MultiService):
+    """Stops its children in reverse order, each after the previous one finished.
+
+    (``MultiService`` stops them all at once: the JSON log would close while a
+    leader is still handing over its leadership.)
+    """
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        service.Service.stopService(self)
+        for child in reversed(list(self)):
+            yield defer.maybeDeferred(child.stopService)
 
 
 class JsonLogService(service.Service):

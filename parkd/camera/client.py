@@ -154,7 +154,7 @@ class CameraClient:
         if self.running:
             self.log.info("camera {camera_id} lost its node: {reason}",
                           camera_id=self.camera_id, reason=reason.getErrorMessage())
-            self._retry_later()
+            self._retry_later(0 if self.redirect_to is not None else None)
 
     def _drop_connection(self, why: str) -> None:
         if self.proto is not None:

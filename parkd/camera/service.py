@@ -11,7 +11,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from parkd.config import ConfigError
-from parkd.daemon import JsonLogService, fail_on_config_error
+from parkd.daemon import JsonLogService, OrderedServices, fail_on_config_error
 
 PAYLOAD_ALPHABET = string.ascii_letters + string.digits
 PAYLOAD_LENGTH = 64
@@ -92,7 +92,7 @@ class CameraService(service.Service):
 
 
 def build_camera_service(settings, reactor) -> service.MultiService:
-    top = service.MultiService()
+    top = OrderedServices()
     if settings.log_json:
         JsonLogService(settings.log_json).setServiceParent(top)
     CameraService(settings, reactor).setServiceParent(top)

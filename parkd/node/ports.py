@@ -45,6 +45,7 @@ class ClientPortProtocol(EnvelopeProtocol):
     def connectionMade(self) -> None:
         self.waiting_for: set[tuple[int, int]] = set()
         self.open = True
+        self.factory.connections.add(self)
 
     def envelopeReceived(self, kind, body) -> None:
         intake = self.factory.intake
@@ -63,6 +64,7 @@ class ClientPortProtocol(EnvelopeProtocol):
     def connectionLost(self, reason) -> None:
         super().connectionLost(reason)
         self.open = False
+        self.factory.connections.discard(self)
         self.factory.intake.forget(self)
         if self.camera_id is not None:
             self.factory.intake.cameras -= 1
@@ -87,3 +89,10 @@ class ClientPortFactory(EnvelopeFactory):
     def __init__(self, clock, max_length, intake):
         super().__init__(clock, max_length)
         self.intake = intake
+        self.connections: set[ClientPortProtocol] = set()
+
+    def redirect_all(self, leader_id: int, address: str) -> None:
+        """Send every camera to ``address`` (this node is stopping) and close."""
+        for conn in list(self.connections):
+            conn.send_envelope(pb.Envelope(redirect=pb.Redirect(leader_id=leader_id, address=address)))
+            conn.transport.loseConnection()

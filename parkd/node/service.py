@@ -11,7 +11,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from parkd.config import ConfigError
-from parkd.daemon import JsonLogService, fail_on_config_error, listen_now
+from parkd.daemon import JsonLogService, OrderedServices, fail_on_config_error, listen_now
 from parkd.node.driver import RaftDriver
 from parkd.node.frames import FrameIntake
 from parkd.node.http import build_site
@@ -100,9 +100,10 @@ class NodeService(service.Service):
         self.driver.applied_listeners.append(self.snapshots.applied)
         self.retention = LoopingCall(self._propose_retention)
         self.retention.clock = self.reactor
+        self.client_port = ClientPortFactory(self.reactor, size, self.intake)
         self.ports = [
             listen_now(self.reactor, s.listen_raft, RaftPortFactory(self.reactor, size, self._deliver), "raft port"),
-            listen_now(self.reactor, s.listen_client, ClientPortFactory(self.reactor, size, self.intake), "client port"),
+            listen_now(self.reactor, s.listen_client, self.client_port, "client port"),
             listen_now(self.reactor, s.listen_http, build_site(self), "http port"),
         ]
         service.Service.startService(self)
@@ -182,7 +183,16 @@ class NodeService(service.Service):
         timeout = self.reactor.callLater(2 * self.settings.config.cluster.election_timeout_ms / 1000, finish)
         return done.addBoth(lambda r: timeout.cancel() if timeout.active() else None)
 
+    def _redirect_cameras(self) -> None:
+        """Point connected cameras at the leader before closing, so they need not search."""
+        leader = self.core.leader_id
+        members = {m.id: m for m in self.settings.config.members}
+        if leader is not None and leader != self.core.id and leader in members:
+            self.client_port.redirect_all(leader, str(members[leader].client))
+
     def _close(self):
+        if self.driver is not None:
+            self._redirect_cameras()
         if self.retention is not None and self.retention.running:
             self.retention.stop()
         if self.snapshots is not None:
@@ -204,7 +214,7 @@ class NodeService(service.Service):
 
 
 def build_node_service(settings, reactor) -> service.MultiService:
-    top = service.MultiService()
+    top = OrderedServices()
     if settings.log_json:
         JsonLogService(settings.log_json).setServiceParent(top)
     NodeService(settings, reactor).setServiceParent(top)

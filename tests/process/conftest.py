@@ -20,7 +20,8 @@ from parkd.launcher import Timeout, camera_daemon, node_daemon, wait_for, wait_l
 
 
 class Cluster:
-    def __init__(self, tmp_path, nodes=3, lots=None, interval=0.1, election_timeout_ms=600, heartbeat_ms=50):
+    def __init__(self, tmp_path, nodes=3, lots=None, interval=0.1, election_timeout_ms=600, heartbeat_ms=50,
+                 node_args=()):  # fmt: skip
         self.workdir = str(tmp_path)
         self.config_path = write_config(
             os.path.join(self.workdir, "parkd.toml"),
@@ -32,7 +33,7 @@ class Cluster:
         )
         self.config = load_config(self.config_path)
         self.interval = interval
-        self.nodes = {m.id: node_daemon(self.config_path, m.id, self.workdir) for m in self.config.members}
+        self.nodes = {m.id: node_daemon(self.config_path, m.id, self.workdir, *node_args) for m in self.config.members}
         self.cameras = {}
 
     # ------------------------------------------------------------ processes
