@@ -36,6 +36,7 @@ from __future__ import annotations
 import enum
 import random
 from dataclasses import dataclass
+from operator import attrgetter
 
 from parkd.raft import confchange
 from parkd.raft.confchange import ConfChange, ConfChangeOp
@@ -682,6 +683,8 @@ class RaftCore:
     def _log_rewritten(self, at: int, entries: tuple[Entry, ...]) -> None:
         """Entries from ``at`` on were (re)written: undo and redo configurations there."""
         configs = self._configs
+        if configs[-1].index < at and EntryKind.CONFIG not in map(_kind_of, entries):
+            return  # the common case, checked at C speed
         changed = False
         while configs[-1].index >= at:  # the first one is at or below the commit index
             configs.pop()
@@ -1224,6 +1227,9 @@ class RaftCore:
     def _on_read_index_response(self, m: ReadIndexResponse) -> None:
         if self._role is not Role.LEADER:
             self._read_states.append(ReadState(m.ctx, m.index))
+
+
+_kind_of = attrgetter("kind")
 
 
 def _membership_of(entry: Entry) -> Membership:

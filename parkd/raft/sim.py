@@ -22,6 +22,7 @@ import argparse
 import bisect
 import dataclasses
 import itertools
+import operator
 import random
 import sys
 import time
@@ -56,6 +57,9 @@ SIM_CONFIG = CoreConfig(
     max_bytes_per_msg=64,
     max_inflight_msgs=3,
 )
+
+
+_kind_of = operator.attrgetter("kind")
 
 
 def entries_with_terms(terms, first_index: int = 1) -> list[Entry]:
@@ -411,7 +415,7 @@ class Cluster:
         if core is None or i in self.pending or i in self.installing or not core.has_ready():
             return False
         rd = self.pending[i] = core.ready()
-        if core.role is Role.LEADER and any(e.kind is EntryKind.CONFIG for e in rd.entries):
+        if core.role is Role.LEADER and EntryKind.CONFIG in map(_kind_of, rd.entries):
             self.checker.check_one_pending(core)
         return True
 
@@ -428,14 +432,17 @@ class Cluster:
         self._save(i, rd)
         self.network.extend(rd.messages)
         removed = False
+        applied = storage.applied
         for entry in rd.committed_entries:
-            checker.applying(i, storage.applied, entry)
-            storage.applied.append(entry)
-            if entry.kind is EntryKind.CONFIG:
-                change = confchange.decode(entry.data)
-                if change.op is ConfChangeOp.REMOVE:
-                    removed |= change.node_id == i
-                    self._removal_committed(change.node_id)
+            checker.applying(i, applied, entry)
+            applied.append(entry)
+        if EntryKind.CONFIG in map(_kind_of, rd.committed_entries):
+            for entry in rd.committed_entries:
+                if entry.kind is EntryKind.CONFIG:
+                    change = confchange.decode(entry.data)
+                    if change.op is ConfChangeOp.REMOVE:
+                        removed |= change.node_id == i
+                        self._removal_committed(change.node_id)
         for rs in rd.read_states:
             checker.read_served(i, rs)
             self.read_states[i].append(rs)
