@@ -12,6 +12,7 @@ from twisted.logger import Logger, globalLogPublisher, jsonFileLogObserver
 from twisted.python.failure import Failure
 
 from parkd.config import ConfigError
+from parkd.events import FRAME_EVENTS, json_file_sink
 
 
 class OrderedServices(service.MultiService):
@@ -44,12 +45,14 @@ class JsonLogService(service.Service):
             raise ConfigError(f"--log-json: cannot open {self.path!r}: {e.strerror}") from None
         self._observer = jsonFileLogObserver(self._file)
         globalLogPublisher.addObserver(self._observer)
+        FRAME_EVENTS.sink = json_file_sink(self._file)
         super().startService()
 
     def stopService(self) -> None:
         super().stopService()
         if self._observer is not None:
             globalLogPublisher.removeObserver(self._observer)
+            FRAME_EVENTS.sink = None
             self._observer = None
         if self._file is not None:
             self._file.close()

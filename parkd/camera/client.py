@@ -16,6 +16,7 @@ from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
 from twisted.logger import Logger
 
 from parkd.config import Address, parse_address
+from parkd.events import FRAME_EVENTS, FrameEvents
 from parkd.proto import parkd_pb2 as pb
 from parkd.wire import CAMERA_SIDE, EnvelopeProtocol
 
@@ -73,6 +74,7 @@ class CameraClient:
         window: int = 64,
         rng: random.Random | None = None,
         connect=None,
+        events: FrameEvents = FRAME_EVENTS,
     ):
         self.camera_id, self.lot, self.outbox = camera_id, lot, outbox
         self.cluster = cluster
@@ -93,6 +95,7 @@ class CameraClient:
         self._reconnect_call = None
         self._timer = None
         self.acked = 0
+        self.events = events
 
     # ------------------------------------------------------------ lifecycle
 
@@ -201,8 +204,8 @@ class CameraClient:
         sent_at, captured_at = self.in_flight.pop(ack.seq, (None, None))
         if self.outbox.ack(ack.seq):
             self.acked += 1
-            self.log.info(
-                "camera {camera_id} frame {seq} acked: index {index}, {free} free",
+            self.events.emit(
+                "parkd.camera", "camera {camera_id} frame {seq} acked: index {index}, {free} free",
                 parkd_event="frame_acked",
                 camera_id=self.camera_id,
                 seq=ack.seq,

@@ -11,16 +11,18 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from parkd.config import ConfigError
+from parkd.events import FRAME_EVENTS
 from parkd.daemon import JsonLogService, OrderedServices, fail_on_config_error, listen_now
 from parkd.node.driver import RaftDriver
 from parkd.node.frames import FrameIntake
 from parkd.node.http import build_site
+from parkd.node.membership import MembershipManager
 from parkd.node.peers import PeerService
 from parkd.node.ports import ClientPortFactory, RaftPortFactory
 from parkd.node.snapshots import SnapshotManager
 from parkd.parking.analyzer import HashAnalyzer
 from parkd.parking.retention import ensure_retention_index, retention_entry
-from parkd.parking.snapshot import CompactionPolicy
+from parkd.parking.snapshot import CompactionPolicy, read_snapshot_meta
 from parkd.parking.codec import CodecError
 from parkd.parking.state import Outcome, ParkingState
 from parkd.raft.core import CoreConfig, NotLeader, RaftCore, Role
@@ -29,6 +31,7 @@ from parkd.raft.storage import SqliteStorage, StorageError, open_engine
 
 
 RETENTION_INTERVAL_S = 600.0  # how often the leader proposes a history trim
+SUMMARY_INTERVAL_S = 10.0  # how often the text log sums up the frames applied
 
 
 def open_data_dir(path: str) -> str:
@@ -64,6 +67,7 @@ class NodeService(service.Service):
         self.peers = None
         self.driver = None
         self.retention = None
+        self.summary = None
         self.snapshots = None
 
     @fail_on_config_error
@@ -80,10 +84,10 @@ class NodeService(service.Service):
             applied = self.state.last_applied()
         except StorageError as e:
             raise ConfigError(f"--data-dir: cannot open database {path!r}: {e}") from None
-        voters = tuple(m.id for m in config.members)
+        voters = () if s.join else tuple(m.id for m in config.members)  # --join: wait to be added
         self.core = RaftCore(s.node_id, voters, persisted, random.Random(), core_config(config.cluster), applied=applied)
         size = config.cluster.max_message_bytes
-        self.peers = PeerService(s.node_id, config.members, self.reactor, size)
+        self.peers = PeerService(s.node_id, (), self.reactor, size)  # links: MembershipManager
         self.driver = RaftDriver(
             self.core,
             self.storage,
@@ -93,13 +97,21 @@ class NodeService(service.Service):
             config.cluster.heartbeat_ms / 1000.0,
             on_fatal=self._fatal,
         )
+        self.membership = MembershipManager(
+            s.node_id, self.core, self.driver, self.peers, config.members, self.reactor, persisted.entries
+        )
         self.intake = FrameIntake(self.driver.propose, self.state, HashAnalyzer(), {l.id: l.capacity for l in config.lots})
         self.driver.soft_state_listeners.append(self.intake.leader_changed)
         policy = CompactionPolicy(max_entries=config.cluster.snapshot_entries, margin=config.cluster.snapshot_margin)
         self.snapshots = SnapshotManager(self, policy, os.path.join(s.data_dir, "snapshots"))
         self.driver.applied_listeners.append(self.snapshots.applied)
+        if self.snapshots.latest is not None:  # members added through a log compacted since
+            self.membership.restore_members(read_snapshot_meta(self.snapshots.latest.path).members)
         self.retention = LoopingCall(self._propose_retention)
         self.retention.clock = self.reactor
+        self._summarised = FRAME_EVENTS.emitted
+        self.summary = LoopingCall(self._summary)
+        self.summary.clock = self.reactor
         self.client_port = ClientPortFactory(self.reactor, size, self.intake)
         self.ports = [
             listen_now(self.reactor, s.listen_raft, RaftPortFactory(self.reactor, size, self._deliver), "raft port"),
@@ -111,6 +123,7 @@ class NodeService(service.Service):
         self.peers.startService()
         self.driver.start()
         self.retention.start(RETENTION_INTERVAL_S, now=False)
+        self.summary.start(SUMMARY_INTERVAL_S, now=False)
         self.log.info(
             "node {node_id} started: raft={raft} client={client} http={http} data={data_dir}; "
             "term {term}, {entries} log entries, applied {applied}",
@@ -131,6 +144,14 @@ class NodeService(service.Service):
         else:
             self.driver.step(message)
 
+    def _summary(self) -> None:
+        """The text log's view of the per-frame events (which go to the JSON log only)."""
+        applied = FRAME_EVENTS.emitted - self._summarised
+        if applied:
+            self._summarised = FRAME_EVENTS.emitted
+            self.log.info("applied {count} frames in the last {seconds:.0f}s; last applied index {index}",
+                          count=applied, seconds=SUMMARY_INTERVAL_S, index=self.core.applied_index)  # fmt: skip
+
     def _propose_retention(self) -> None:
         """Leader: trim frame history older than the window, at one log position on every node."""
         if self.core.role is Role.LEADER:
@@ -148,12 +169,13 @@ class NodeService(service.Service):
             return
         for r in results:
             if r.outcome is Outcome.APPLIED:
-                self.log.info(
-                    "applied frame {seq} of camera {camera_id} at {index}: {free} free",
+                FRAME_EVENTS.emit(
+                    "parkd.node", "applied frame {seq} of camera {camera_id} at {index}: {free} free",
                     parkd_event="frame_applied",
                     camera_id=r.camera_id, seq=r.seq, index=r.index, free=r.free, lot=r.lot,
                 )  # fmt: skip
         self.intake.applied(results)
+        self.membership.committed(entries)
 
     def _fatal(self) -> None:
         self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 70)
@@ -193,8 +215,9 @@ class NodeService(service.Service):
     def _close(self):
         if self.driver is not None:
             self._redirect_cameras()
-        if self.retention is not None and self.retention.running:
-            self.retention.stop()
+        for loop in (self.retention, self.summary):
+            if loop is not None and loop.running:
+                loop.stop()
         if self.snapshots is not None:
             self.snapshots.stop()
         if self.driver is not None:

@@ -13,6 +13,7 @@ from twisted.python.failure import Failure
 from parkd.camera.client import CameraClient
 from parkd.camera.outbox import Outbox
 from parkd.config import Address
+from parkd.events import FrameEvents
 from parkd.proto import parkd_pb2 as pb
 
 NODES = (Address("127.0.0.1", 1), Address("127.0.0.1", 2), Address("127.0.0.1", 3))
@@ -58,8 +59,10 @@ def make(tmp_path, frames=3):
     box = Outbox(str(tmp_path / "o.db"), limit=100)
     for i in range(frames):
         box.add(b"payload%d" % i, float(i))
+    frame_events = FrameEvents()
+    frame_events.sink = events.append
     client = CameraClient(7, "north", box, NODES, clock, ack_timeout=2.0, max_message_bytes=1 << 20,
-                          window=2, rng=random.Random(1), connect=net.connect)  # fmt: skip
+                          window=2, rng=random.Random(1), connect=net.connect, events=frame_events)  # fmt: skip
     client.log = Logger(observer=events.append)
     return client, clock, net, box, events
 
