@@ -49,6 +49,7 @@ class NodeSettings:
     listen_client: str
     listen_http: str
     log_json: str | None = None
+    join: bool = False  # start as a non-member and wait to be added (parkctl add-node)
 
 
 class _ConfigOptions(usage.Options):
@@ -79,7 +80,7 @@ class NodeOptions(_ConfigOptions):
     )
     optParameters = [
         ["config", "c", None, "TOML config file (see etc/parkd.toml). Required."],
-        ["id", None, None, "This node's id; must be one of the [[node]] members. Required."],
+        ["id", None, None, "This node's id; must be one of the [[node]] members (unless --join). Required."],
         ["data-dir", None, None, "Directory for this node's SQLite database [default: parkd-data/node-ID]."],
         ["peers", None, None, "All members as ID=RAFT/CLIENT/HTTP,... (host:port each); replaces [[node]]."],
         ["listen-raft", None, None, "Twisted endpoint for the raft port [default: the advertised raft address]."],
@@ -93,13 +94,29 @@ class NodeOptions(_ConfigOptions):
         ["history-hours", None, None, "Hours of frame history kept (current values are kept) [default: 24]."],
         ["log-json", None, None, "Also write every log event to FILE as JSON lines."],
     ]
+    optFlags = [
+        ["join", None, "Join a running cluster: start as a non-member that learns the membership from the "
+                       "leader once added (`parkctl add-node`). The config lists the cluster's current members "
+                       "(at least the leader) so this node can answer it; without a [[node]] entry of its own "
+                       "give --listen-raft/--listen-client/--listen-http."],
+    ]
 
     def build(self) -> NodeSettings:
         if self["id"] is None:
             raise ConfigError("--id: required (which [[node]] this process is)")
         node_id = parse_int(self["id"], "--id")
         config = self.load()
-        me = config.member(node_id)
+        join = bool(self["join"])
+        if join and node_id not in {m.id for m in config.members}:
+            missing = [f for f in ("listen-raft", "listen-client", "listen-http") if not self[f]]
+            if missing:
+                raise ConfigError(
+                    f"--join: node {node_id} has no [[node]] entry; give it one or --{missing[0]} "
+                    "(and the other --listen-* flags)"
+                )
+            me = None
+        else:
+            me = config.member(node_id)
         return NodeSettings(
             node_id=node_id,
             config=config,
@@ -108,6 +125,7 @@ class NodeOptions(_ConfigOptions):
             listen_client=check_endpoint(self["listen-client"] or me.client.endpoint(), "--listen-client"),
             listen_http=check_endpoint(self["listen-http"] or me.http.endpoint(), "--listen-http"),
             log_json=self["log-json"],
+            join=join,
         )
 
 

@@ -7,8 +7,11 @@ rather than queued: one bad peer never holds up the others or grows memory.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.application import service
 from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
@@ -79,28 +82,91 @@ class PeerLink:
 
 
 class PeerService(service.MultiService):
-    """A ``ClientService`` per peer, and :meth:`send` to route core messages."""
+    """A ``ClientService`` per peer, and :meth:`send` to route core messages.
 
-    def __init__(self, node_id: int, members: tuple[Member, ...], reactor, max_message_bytes: int):
+    The set of peers changes at runtime (membership changes): :meth:`set_peers`
+    connects to new members and drops the links of members that left.  A
+    message for a node without a link is dropped, but if ``resolve`` knows the
+    node's addresses a link is made for the next message (the core re-sends):
+    that is how a joining node, which has no configuration yet, answers the
+    leader that added it.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        node_id: int,
+        members: tuple[Member, ...],
+        reactor,
+        max_message_bytes: int,
+        resolve: Callable[[int], Member | None] | None = None,
+    ):
         super().__init__()
+        self.node_id = node_id
+        self.reactor = reactor
+        self.max_message_bytes = max_message_bytes
+        self.resolve = resolve
         self.links: dict[int, PeerLink] = {}
-        for member in members:
-            if member.id == node_id:
-                continue
-            link = PeerLink(member)
-            factory = EnvelopeFactory(reactor, max_message_bytes)
-            factory.protocol = PeerConnection
-            factory.link = link
-            endpoint = HostnameEndpoint(reactor, member.raft.host, member.raft.port, timeout=2)
-            ClientService(
-                endpoint,
-                factory,
-                retryPolicy=backoffPolicy(initialDelay=0.05, maxDelay=1.0, factor=2.0),
-                clock=reactor,
-            ).setServiceParent(self)
-            self.links[member.id] = link
+        self._clients: dict[int, ClientService] = {}
+        self.unroutable = 0  # messages for nodes whose address nobody knows
+        self.set_peers(members)
+
+    # -- membership
+
+    def set_peers(self, members) -> None:
+        """Keep exactly one link per member of ``members`` (other than this node)."""
+        wanted = {m.id: m for m in members if m.id != self.node_id}
+        for peer_id in [p for p in self.links if p not in wanted]:
+            self.remove_peer(peer_id)
+        for member in wanted.values():
+            self.add_peer(member)
+
+    def add_peer(self, member: Member) -> PeerLink:
+        """Connect to ``member`` (a no-op if connected to the same addresses)."""
+        link = self.links.get(member.id)
+        if link is not None:
+            if link.member == member:
+                return link
+            self.remove_peer(member.id)  # it moved: reconnect to its new raft address
+        link = PeerLink(member)
+        factory = EnvelopeFactory(self.reactor, self.max_message_bytes)
+        factory.protocol = PeerConnection
+        factory.link = link
+        endpoint = HostnameEndpoint(self.reactor, member.raft.host, member.raft.port, timeout=2)
+        client = ClientService(
+            endpoint,
+            factory,
+            retryPolicy=backoffPolicy(initialDelay=0.05, maxDelay=1.0, factor=2.0),
+            clock=self.reactor,
+        )
+        client.setName(f"peer-{member.id}")
+        self.links[member.id] = link
+        self._clients[member.id] = client
+        client.setServiceParent(self)  # starts it if we are running
+        return link
+
+    def remove_peer(self, peer_id: int):
+        """Close the link to ``peer_id``; a Deferred that fires once it is closed."""
+        self.links.pop(peer_id, None)
+        client = self._clients.pop(peer_id, None)
+        if client is None:
+            return defer.succeed(None)
+        self.log.info("closing the connection to peer {peer_id}", peer_id=peer_id)
+        return defer.maybeDeferred(client.disownServiceParent)
+
+    def connected(self, peer_id: int) -> bool:
+        link = self.links.get(peer_id)
+        return link is not None and link.proto is not None
+
+    # -- messages
 
     def send(self, message: Message) -> None:
         link = self.links.get(message.dst)
-        if link is not None:
-            link.send(raft_to_envelope(message).SerializeToString())
+        if link is None:
+            member = self.resolve(message.dst) if self.resolve is not None else None
+            if member is None:
+                self.unroutable += 1
+                return
+            link = self.add_peer(member)
+        link.send(raft_to_envelope(message).SerializeToString())

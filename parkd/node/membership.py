@@ -1,0 +1,534 @@
+"""Cluster membership on a node: the address book, peer links and admin operations.
+
+The Raft core decides *who* is a member (single-server changes through CONFIG
+log entries, learners promoted by the leader itself; ``parkd/raft/core.py``).
+This module adds what the core leaves to the node:
+
+- **The address book** ``{id: Member}``: it starts with the config file's
+  ``[[node]]`` tables; every CONFIG entry that adds a node carries that node's
+  addresses in its context (JSON ``{"id", "raft", "client", "http"}``), and it
+  wins over the file ("config in the log wins").  Each address is kept with the
+  log index it came from (0: the file), so a later source never loses to an
+  older one whatever order they are read in (file, snapshot, log at start-up;
+  entries as they are persisted; a snapshot installed later).  Snapshots carry
+  the book (:meth:`MembershipManager.members_for_snapshot`,
+  :meth:`MembershipManager.restore_members`) so members added through a log
+  that was compacted since are still known after a restart.
+- **Peer links**: whenever the configuration changes, the node connects to new
+  voters and learners at once (before the messages of that Ready are sent) and
+  closes the links of members that left once that change has committed (the
+  leader keeps replicating to a member being removed until then, so it learns
+  of its removal).
+- **Events** (CONTRACT §8), when a CONFIG entry is applied (committed):
+  ``member_added`` (a learner joined), ``member_promoted`` (it became a voter)
+  and ``member_removed``.
+- **Operations** for the admin API and ``parkctl``: :meth:`add_node`,
+  :meth:`remove_node` and :meth:`transfer_leader` return Deferreds that fire
+  when the change has committed (or the new leader is known) and fail with
+  :class:`NotLeader` (ask the leader it names), :class:`ChangeRefused` (a
+  reason for the operator), :class:`ChangeTimeout` or :class:`ChangeLost`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from parkd.config import ConfigError, Member, parse_address, parse_int
+from parkd.raft import confchange
+from parkd.raft.confchange import ConfChange, ConfChangeOp
+from parkd.raft.core import ConfChangeRefused, NotLeader, Role, SoftState, TransferResult
+from parkd.raft.types import Entry, EntryKind, Membership
+
+COMMIT_TIMEOUT = 10.0  # seconds for a change to commit
+PROMOTE_TIMEOUT = 60.0  # seconds for a new learner to catch up and be promoted
+TRANSFER_TIMEOUT = 10.0  # seconds for a leadership transfer to finish
+
+__all__ = [
+    "ChangeLost",
+    "ChangeRefused",
+    "ChangeTimeout",
+    "MembershipManager",
+    "NotLeader",
+    "member_context",
+    "member_from_json",
+    "member_json",
+]
+
+
+class ChangeRefused(Exception):
+    """The change is not made; ``reason`` says why (409 over HTTP, exit 1 in parkctl)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ChangeTimeout(Exception):
+    """The change did not finish in time; it may still (504 over HTTP)."""
+
+
+class ChangeLost(Exception):
+    """Leadership changed before the change committed, and it was overwritten: retry."""
+
+
+# ------------------------------------------------------------------ member <-> JSON
+
+
+def member_json(member: Member) -> dict:
+    return {"id": member.id, "raft": str(member.raft), "client": str(member.client), "http": str(member.http)}
+
+
+def member_from_json(doc, what: str = "member") -> Member:
+    """A Member from ``{"id", "raft", "client", "http"}``; ConfigError naming the field."""
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{what}: expected an object with id, raft, client and http")
+    missing = [k for k in ("id", "raft", "client", "http") if k not in doc]
+    if missing:
+        raise ConfigError(f"{what}.{missing[0]}: missing")
+    node_id = doc["id"]
+    if isinstance(node_id, bool) or not isinstance(node_id, int):
+        raise ConfigError(f"{what}.id: expected a whole number, got {node_id!r}")
+    if not 0 < node_id <= confchange.MAX_NODE_ID:
+        raise ConfigError(f"{what}.id: must be in 1..{confchange.MAX_NODE_ID}, got {node_id}")
+    return Member(
+        id=parse_int(node_id, f"{what}.id"),
+        raft=parse_address(doc["raft"], f"{what}.raft"),
+        client=parse_address(doc["client"], f"{what}.client"),
+        http=parse_address(doc["http"], f"{what}.http"),
+    )
+
+
+def member_context(member: Member) -> bytes:
+    """The context of the CONFIG entry that adds ``member``: its addresses as JSON."""
+    return json.dumps(member_json(member), separators=(",", ":")).encode()
+
+
+# ------------------------------------------------------------------ waiting for outcomes
+
+
+@dataclass(eq=False)
+class _Waiter:
+    """A Deferred waiting for the entry at ``index`` (of ``term``) to be applied,
+    or (``index`` 0) for a committed configuration that satisfies ``until``."""
+
+    deferred: defer.Deferred
+    index: int = 0
+    term: int = 0
+    until: object = None  # Membership -> bool, for configuration waits
+    failing: object = None  # Membership -> str | None: a reason to give up
+    timer: object = None
+    done: bool = False
+
+
+@dataclass(eq=False)
+class _TransferWait:
+    deferred: defer.Deferred
+    target: int
+    handed_over: bool = False
+    timer: object = None
+    done: bool = False
+
+
+@dataclass
+class _Book:
+    members: dict[int, Member] = field(default_factory=dict)
+    sources: dict[int, int] = field(default_factory=dict)  # id -> log index the address came from
+
+    def put(self, member: Member, source: int) -> bool:
+        if self.sources.get(member.id, -1) > source:
+            return False
+        changed = self.members.get(member.id) != member
+        self.members[member.id] = member
+        self.sources[member.id] = source
+        return changed
+
+
+class MembershipManager:
+    """The node's view of membership (address book, links, events) and its admin operations.
+
+    ``core``/``driver``: the node's RaftCore and RaftDriver (listeners are
+    registered here); ``peers``: a PeerService; ``file_members``: the config
+    file's members; ``entries``: the persisted log (``PersistedState.entries``)
+    whose CONFIG entries are read for addresses.  Call :meth:`committed` with
+    every batch of applied entries.
+    """
+
+    log = Logger()
+
+    def __init__(self, node_id: int, core, driver, peers, file_members=(), clock=None, entries=()):
+        self.node_id = node_id
+        self.core = core
+        self.driver = driver
+        self.peers = peers
+        self.clock = clock if clock is not None else driver.clock
+        self._book = _Book()
+        self._waiters: list[_Waiter] = []
+        self._transfers: list[_TransferWait] = []
+        self._removed_announced = False
+        for member in file_members:
+            self._book.put(member, 0)
+        self._read_entries(entries)
+        if peers is not None and getattr(peers, "resolve", None) is None:
+            peers.resolve = self.address
+        driver.entries_listeners.append(self.entries_persisted)
+        driver.membership_listeners.append(self.membership_changed)
+        driver.transfer_listeners.append(self._transfer_ended)
+        driver.soft_state_listeners.append(self._soft_state_changed)
+        self._sync_links()
+
+    # -- the address book
+
+    def address(self, node_id: int) -> Member | None:
+        """The addresses of ``node_id`` if known (the log's, else the config file's)."""
+        return self._book.members.get(node_id)
+
+    def members(self) -> list[dict]:
+        """The core's members in id order, for ``/api/v1/cluster``.
+
+        ``{"id", "raft", "client", "http", "match_index", "membership"}``, where
+        ``membership`` is "voter" or "learner" and addresses are None if unknown.
+        """
+        membership = self.core.membership
+        matches = self.core.match_indexes
+        out = []
+        for node_id in sorted({*membership.voters, *membership.learners}):
+            member = self.address(node_id)
+            doc = member_json(member) if member else {"id": node_id, "raft": None, "client": None, "http": None}
+            doc["match_index"] = matches.get(node_id)
+            doc["membership"] = "voter" if node_id in membership.voters else "learner"
+            out.append(doc)
+        return out
+
+    def members_for_snapshot(self) -> list[dict]:
+        """The whole address book as JSON-able dicts (with the index each address came from)."""
+        return [
+            {**member_json(member), "index": self._book.sources.get(node_id, 0)}
+            for node_id, member in sorted(self._book.members.items())
+        ]
+
+    def restore_members(self, members) -> None:
+        """Merge the address book of an installed (or loaded) snapshot."""
+        for i, doc in enumerate(members or ()):
+            try:
+                member = member_from_json(doc, f"snapshot member {i}")
+                source = doc.get("index", 0)
+                source = source if isinstance(source, int) and not isinstance(source, bool) else 0
+            except (ConfigError, AttributeError) as e:
+                self.log.warn("ignoring a snapshot member: {error}", error=str(e))
+                continue
+            self._book.put(member, source)
+        self._sync_links()
+
+    def _read_entries(self, entries) -> bool:
+        changed = False
+        for entry in entries:
+            if entry.kind is not EntryKind.CONFIG:
+                continue
+            change = self._decode(entry)
+            if change is None or change.op is not ConfChangeOp.ADD_LEARNER or not change.context:
+                continue
+            try:
+                member = member_from_json(json.loads(change.context), f"CONFIG entry {entry.index}")
+            except (ValueError, ConfigError) as e:
+                self.log.warn("CONFIG entry {index}: no usable addresses ({error})", index=entry.index, error=str(e))
+                continue
+            if member.id != change.node_id:
+                self.log.warn("CONFIG entry {index}: addresses of node {other} for node {node}",
+                              index=entry.index, other=member.id, node=change.node_id)  # fmt: skip
+                continue
+            changed |= self._book.put(member, entry.index)
+        return changed
+
+    def _decode(self, entry: Entry) -> ConfChange | None:
+        try:
+            return confchange.decode(entry.data)
+        except confchange.ConfChangeDecodeError as e:
+            self.log.warn("CONFIG entry {index} unreadable: {error}", index=entry.index, error=str(e))
+            return None
+
+    # -- driver listeners
+
+    def entries_persisted(self, entries) -> None:
+        """New entries are durable (before this Ready's messages go out): learn addresses."""
+        if self._read_entries(entries):
+            self._sync_links()
+
+    def membership_changed(self, membership: Membership) -> None:
+        """The configuration in effect changed (on append): connect to new members now."""
+        self._sync_links()
+
+    def _sync_links(self) -> None:
+        """One link per member; members that left lose theirs once their removal committed."""
+        if self.peers is None:
+            return
+        membership = self.core.membership
+        wanted = {*membership.voters, *membership.learners} - {self.node_id}
+        for node_id in sorted(wanted):
+            member = self.address(node_id)
+            if member is None:
+                self.log.warn("no address known for member {peer_id}", peer_id=node_id)
+                continue
+            self.peers.add_peer(member)
+        if membership.index <= self.core.commit_index and wanted:
+            for node_id in [p for p in self.peers.links if p not in wanted]:
+                self.peers.remove_peer(node_id)
+
+    def committed(self, entries) -> None:
+        """Entries were applied: log membership events, settle waiting operations."""
+        config_seen = False
+        for entry in entries:
+            resulting = None
+            if entry.kind is EntryKind.CONFIG:
+                config_seen = True
+                resulting = self._config_applied(entry)
+            for waiter in [w for w in self._waiters if w.index == entry.index]:
+                if entry.term == waiter.term and resulting is not None:
+                    self._resolve(waiter, resulting)
+                else:
+                    self._reject(waiter, ChangeLost(
+                        f"leadership changed before the change at index {entry.index} committed; "
+                        "it was not made, try again"))  # fmt: skip
+        if config_seen:
+            self._sync_links()
+
+    def _config_applied(self, entry: Entry) -> Membership | None:
+        """Log the event of a committed CONFIG entry; the configuration it made."""
+        change = self._decode(entry)
+        if change is None:
+            return None
+        node = change.node_id
+        member = self.address(node)
+        addresses = member_json(member) if member else {"raft": None, "client": None, "http": None}
+        fields = {
+            "node_id": self.node_id,
+            "member_id": node,
+            "raft": addresses["raft"],
+            "client": addresses["client"],
+            "http": addresses["http"],
+            "index": entry.index,
+            "voters": list(change.voters),
+            "learners": list(change.learners),
+        }
+        if change.op is ConfChangeOp.ADD_LEARNER:
+            self.log.info("member {member_id} added as a learner at index {index} (raft {raft}); "
+                          "voters {voters}, learners {learners}",
+                          parkd_event="member_added", role="learner", **fields)  # fmt: skip
+        elif change.op is ConfChangeOp.PROMOTE:
+            self.log.info("member {member_id} promoted to voter at index {index}; voters {voters}, learners {learners}",
+                          parkd_event="member_promoted", role="voter", **fields)  # fmt: skip
+        elif change.op is ConfChangeOp.REMOVE:
+            self.log.info("member {member_id} removed at index {index}; voters {voters}, learners {learners}",
+                          parkd_event="member_removed", **fields)  # fmt: skip
+            if node == self.node_id and not self._removed_announced:
+                self._removed_announced = True
+                self.log.warn("node {node_id} was removed from the cluster: it no longer votes or receives the "
+                              "log; stop it (its data directory can be deleted)", node_id=self.node_id)  # fmt: skip
+        resulting = Membership(tuple(change.voters), tuple(change.learners), entry.index)
+        for waiter in [w for w in self._waiters if w.until is not None]:
+            if waiter.until(resulting):
+                self._resolve(waiter, resulting)
+            elif waiter.failing is not None:
+                reason = waiter.failing(resulting)
+                if reason:
+                    self._reject(waiter, ChangeRefused(reason))
+        return resulting
+
+    # -- operations
+
+    def add_node(self, member: Member, wait_voter: bool = False, timeout: float | None = None) -> defer.Deferred:
+        """Add ``member`` as a learner; fires with the committed Membership.
+
+        With ``wait_voter`` it fires only once the leader has promoted it (it
+        must be running and have caught up); ``timeout`` bounds the whole wait.
+        """
+        try:
+            self._check_addresses(member)
+            index = self._propose(ConfChange(ConfChangeOp.ADD_LEARNER, member.id, member_context(member)))
+        except Exception as e:  # NotLeader, ChangeRefused
+            return defer.fail(e)
+        if timeout is None:
+            timeout = PROMOTE_TIMEOUT if wait_voter else COMMIT_TIMEOUT
+        self._book.put(member, index)
+        deadline = self.clock.seconds() + timeout
+        added = self._wait_index(index, timeout, f"adding node {member.id}")
+        if not wait_voter:
+            return added
+
+        def promoted(membership: Membership):
+            if member.id in membership.voters:
+                return membership
+            left = max(0.0, deadline - self.clock.seconds())
+            return self._wait_config(
+                lambda m: member.id in m.voters,
+                left,
+                f"node {member.id} was added as a learner but has not caught up and been promoted to voter "
+                f"(is it running with --join?); the leader promotes it once it has",
+                failing=lambda m: None if member.id in m else f"node {member.id} was removed before it was promoted",
+            )
+
+        return added.addCallback(promoted)
+
+    def remove_node(self, node_id: int, timeout: float = COMMIT_TIMEOUT) -> defer.Deferred:
+        """Remove a voter or learner; fires with the committed Membership.
+
+        Refused if the remaining voters that this leader can reach are not a
+        majority of the new configuration (the cluster would stop).  Removing
+        the leader itself: it steps down once the change has committed.
+        """
+        try:
+            self._check_removal(node_id)
+            member = self.address(node_id)
+            context = member_context(member) if member else b""
+            index = self._propose(ConfChange(ConfChangeOp.REMOVE, node_id, context))
+        except Exception as e:
+            return defer.fail(e)
+        return self._wait_index(index, timeout, f"removing node {node_id}")
+
+    def transfer_leader(self, target: int | None = None, timeout: float = TRANSFER_TIMEOUT) -> defer.Deferred:
+        """Hand leadership to ``target`` (None: the most up-to-date voter).
+
+        Fires with the new leader's id once this node knows it; fails with
+        ChangeRefused if the transfer was abandoned or another node won.
+        """
+        core = self.core
+        if core.role is not Role.LEADER:
+            return defer.fail(NotLeader(core.leader_id))
+        if target == self.node_id:
+            return defer.succeed(self.node_id)
+        if target is not None and target not in core.membership.voters:
+            what = "a learner" if target in core.membership.learners else "not a member"
+            return defer.fail(ChangeRefused(f"node {target} is {what}; leadership can only go to a voter"))
+        try:
+            target = self.driver.transfer_leadership(target)
+        except NotLeader as e:
+            return defer.fail(e)
+        except ValueError as e:
+            return defer.fail(ChangeRefused(str(e)))
+        wait = _TransferWait(defer.Deferred(), target)
+        wait.timer = self.clock.callLater(
+            timeout, self._finish_transfer, wait,
+            ChangeTimeout(f"leadership did not reach node {target} within {timeout:g} s"),
+        )  # fmt: skip
+        self._transfers.append(wait)
+        return wait.deferred
+
+    # -- operation helpers
+
+    def _propose(self, change: ConfChange) -> int:
+        try:
+            index = self.core.propose_conf_change(change)
+        except ConfChangeRefused as e:
+            raise ChangeRefused(e.reason) from None
+        self.driver.kick()  # persist and send at the end of this reactor turn
+        return index
+
+    def _check_addresses(self, member: Member) -> None:
+        membership = self.core.membership
+        if self.core.role is not Role.LEADER:
+            raise NotLeader(self.core.leader_id)
+        if member.id in membership:
+            raise ChangeRefused(f"node {member.id} is already a member")
+        for other in sorted({*membership.voters, *membership.learners}):
+            known = self.address(other)
+            if known is None:
+                continue
+            for kind in ("raft", "client", "http"):
+                if getattr(known, kind) == getattr(member, kind):
+                    raise ChangeRefused(f"{kind} address {getattr(member, kind)} is node {other}'s")
+
+    def _check_removal(self, node_id: int) -> None:
+        core = self.core
+        if core.role is not Role.LEADER:
+            raise NotLeader(core.leader_id)
+        membership = core.membership
+        if node_id not in membership:
+            known = ", ".join(str(i) for i in sorted({*membership.voters, *membership.learners}))
+            raise ChangeRefused(f"node {node_id} is not a member (members: {known})")
+        if node_id not in membership.voters:
+            return  # a learner: the quorum does not change
+        remaining = [v for v in membership.voters if v != node_id]
+        if not remaining:
+            raise ChangeRefused(f"node {node_id} is the last voter; removing it would leave no cluster")
+        reachable = [v for v in remaining if v == self.node_id or self.peers is None or self.peers.connected(v)]
+        quorum = len(remaining) // 2 + 1
+        if len(reachable) < quorum:
+            raise ChangeRefused(
+                f"removing node {node_id} would leave voters {_ids(remaining)} of which only "
+                f"{_ids(reachable) or 'none'} are reachable from the leader; {quorum} are needed for a majority"
+            )
+
+    def _wait_index(self, index: int, timeout: float, what: str) -> defer.Deferred:
+        waiter = _Waiter(defer.Deferred(), index=index, term=self.core.term)
+        waiter.timer = self.clock.callLater(
+            timeout, self._reject, waiter,
+            ChangeTimeout(f"{what} (index {index}) did not commit within {timeout:g} s; it may still commit "
+                          "(see parkctl status)"),
+        )  # fmt: skip
+        self._waiters.append(waiter)
+        return waiter.deferred
+
+    def _wait_config(self, until, timeout: float, message: str, failing=None) -> defer.Deferred:
+        waiter = _Waiter(defer.Deferred(), until=until, failing=failing)
+        waiter.timer = self.clock.callLater(timeout, self._reject, waiter, ChangeTimeout(message))
+        self._waiters.append(waiter)
+        return waiter.deferred
+
+    def _close(self, waiter: _Waiter) -> bool:
+        if waiter.done:
+            return False
+        waiter.done = True
+        if waiter in self._waiters:
+            self._waiters.remove(waiter)
+        if waiter.timer is not None and waiter.timer.active():
+            waiter.timer.cancel()
+        return True
+
+    def _resolve(self, waiter: _Waiter, membership: Membership) -> None:
+        if self._close(waiter):
+            waiter.deferred.callback(membership)
+
+    def _reject(self, waiter: _Waiter, error: Exception) -> None:
+        if self._close(waiter):
+            waiter.deferred.errback(Failure(error))
+
+    def _transfer_ended(self, result: TransferResult) -> None:
+        for wait in [w for w in self._transfers if w.target == result.target and not w.handed_over]:
+            if result.succeeded:
+                wait.handed_over = True
+                if self.core.leader_id == wait.target:
+                    self._finish_transfer(wait, None)
+            else:
+                self._finish_transfer(wait, ChangeRefused(
+                    f"leadership transfer to node {result.target} was abandoned (it did not catch up and win "
+                    "within an election timeout, or another election intervened)"))  # fmt: skip
+
+    def _soft_state_changed(self, soft: SoftState) -> None:
+        if soft.leader_id is None:
+            return
+        for wait in list(self._transfers):
+            if soft.leader_id == wait.target:
+                self._finish_transfer(wait, None)
+            elif soft.leader_id != self.node_id:
+                self._finish_transfer(wait, ChangeRefused(
+                    f"node {soft.leader_id} became leader instead of node {wait.target}"))  # fmt: skip
+
+    def _finish_transfer(self, wait: _TransferWait, error: Exception | None) -> None:
+        if wait.done:
+            return
+        wait.done = True
+        self._transfers.remove(wait)
+        if wait.timer is not None and wait.timer.active():
+            wait.timer.cancel()
+        if error is None:
+            wait.deferred.callback(wait.target)
+        else:
+            wait.deferred.errback(Failure(error))
+
+
+def _ids(ids) -> str:
+    return ", ".join(str(i) for i in ids)
