@@ -17,12 +17,13 @@ from twisted.internet.testing import StringTransport
 from parkd.config import CameraSettings, Config, Lot, parse_address, Member
 from parkd.node.frames import FrameIntake
 from parkd.node.http import build_site
+from parkd.node.membership import MembershipManager
 from parkd.parking.analyzer import HashAnalyzer
 from parkd.parking.codec import FrameResult, encode
 from parkd.parking.state import ParkingState
 from parkd.raft.core import NotLeader, Role
 from parkd.raft.storage import open_engine
-from parkd.raft.types import Entry, EntryKind
+from parkd.raft.types import Entry, EntryKind, Membership, SnapshotMeta
 
 LOTS = {"north": 100, "south": 60}
 INTERVAL = 2.0
@@ -40,6 +41,8 @@ class FakeCore:
         self.match_indexes: dict[int, int] = {}
         self._progress = {}
         self.asked: list[int] = []  # read index contexts
+        self.membership = Membership((1, 2, 3), (), 0)
+        self.snapshot = SnapshotMeta()
 
     def read_index(self, ctx: int) -> None:
         if self.leader_id is None:
@@ -55,6 +58,12 @@ class FakeDriver:
         self.soft_state_listeners = []
         self.commit_seconds = []
         self.proposed = []
+        self.entries_listeners = []
+        self.membership_listeners = []
+        self.transfer_listeners = []
+
+    def kick(self):
+        pass
 
     def read_index(self, ctx):
         self.core.read_index(ctx)
@@ -109,6 +118,7 @@ class FakeNode:
         self.peers = SimpleNamespace(links={1: Link(proto=object(), sent=10, dropped=1), 3: Link(sent=4, dropped=7)})
         self.intake = FrameIntake(self.driver.propose, self.state, HashAnalyzer(), LOTS)
         self.site = build_site(self)
+        self.membership = MembershipManager(2, self.core, self.driver, None, members, self.clock)
         self.index = 0
 
     # -- the replicated state
@@ -146,6 +156,18 @@ class FakeNode:
         protocol = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
         protocol.makeConnection(transport)
         protocol.dataReceived(f"{method} {path} HTTP/1.0\r\nHost: test\r\n\r\n".encode())
+        return Request(protocol, transport)
+
+    def post(self, path: str, body=None, content_type: str = "application/json", raw: bytes | None = None) -> Request:
+        """POST a JSON body (or ``raw`` bytes); the exchange, answered at once or later."""
+        data = raw if raw is not None else (b"" if body is None else json.dumps(body).encode())
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        protocol = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        protocol.makeConnection(transport)
+        head = f"POST {path} HTTP/1.0\r\nHost: test\r\nContent-Length: {len(data)}\r\n"
+        if content_type:
+            head += f"Content-Type: {content_type}\r\n"
+        protocol.dataReceived(head.encode() + b"\r\n" + data)
         return Request(protocol, transport)
 
     def get(self, path: str, method: str = "GET") -> Response:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 
 from parkd.node.http import DEFAULT_LIMIT, MAX_LIMIT, camera_status
+from parkd.raft import confchange
+from parkd.raft.confchange import ConfChange, ConfChangeOp
 from parkd.raft.core import Role
+from parkd.raft.types import Entry, EntryKind, Membership
 
 from httpnode import INTERVAL, NOW
 
@@ -127,7 +130,7 @@ def test_cluster_describes_this_nodes_view(node):
         "last_index": 1,
         "members": [
             {"id": i, "raft": f"127.0.0.1:{7100 + i}", "client": f"127.0.0.1:{7200 + i}",
-             "http": f"127.0.0.1:{7300 + i}", "match_index": None}
+             "http": f"127.0.0.1:{7300 + i}", "match_index": None, "membership": "voter"}
             for i in (1, 2, 3)
         ],
     }  # fmt: skip
@@ -136,6 +139,19 @@ def test_cluster_describes_this_nodes_view(node):
     doc = node.get("/api/v1/cluster").json()
     assert [m["match_index"] for m in doc["members"]] == [1, 1, 0]
     assert doc["role"] == "leader" and doc["leader_id"] == 2
+
+
+def test_cluster_lists_the_cores_members_with_addresses_from_the_log(node):
+    """Members are the core's configuration, not the config file; a learner says so."""
+    node.core.membership = Membership((1, 2), (4,), 9)
+    doc = node.get("/api/v1/cluster").json()
+    assert [(m["id"], m["membership"]) for m in doc["members"]] == [(1, "voter"), (2, "voter"), (4, "learner")]
+    assert doc["members"][2]["raft"] is None  # no CONFIG entry told this node node 4's addresses
+    context = b'{"id":4,"raft":"10.0.0.4:1","client":"10.0.0.4:2","http":"10.0.0.4:3"}'
+    data = confchange.encode(ConfChange(ConfChangeOp.ADD_LEARNER, 4, context, (1, 2), (4,)))
+    node.membership.entries_persisted((Entry(9, 3, EntryKind.CONFIG, data),))
+    member = node.get("/api/v1/cluster").json()["members"][2]
+    assert (member["raft"], member["client"], member["http"]) == ("10.0.0.4:1", "10.0.0.4:2", "10.0.0.4:3")
 
 
 def test_cluster_answers_without_a_leader(node):

@@ -1,0 +1,202 @@
+"""Admin endpoints (``POST /api/v1/admin/...``): bodies, leader redirection, outcomes.
+
+On the node double: the real MembershipManager answers "not the leader" from
+the scripted core; a stub manager stands in where an outcome is scripted.
+"""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet import defer
+
+from parkd.config import Member, parse_address
+from parkd.node.membership import ChangeLost, ChangeRefused, ChangeTimeout, NotLeader
+from parkd.raft.types import Membership
+
+ADD = "/api/v1/admin/add-node"
+REMOVE = "/api/v1/admin/remove-node"
+TRANSFER = "/api/v1/admin/transfer-leader"
+NEW = {"id": 4, "raft": "127.0.0.1:7104", "client": "127.0.0.1:7204", "http": "127.0.0.1:7304"}
+
+
+class StubMembership:
+    """Records operations; each returns a Deferred the test fires."""
+
+    def __init__(self, real):
+        self.real = real
+        self.calls: list[tuple] = []
+        self.pending: list[defer.Deferred] = []
+
+    def address(self, node_id):
+        return self.real.address(node_id)
+
+    def members(self):
+        return [{"id": 1, "membership": "voter"}]
+
+    def _call(self, *call):
+        self.calls.append(call)
+        d = defer.Deferred()
+        self.pending.append(d)
+        return d
+
+    def add_node(self, member, wait_voter=False, timeout=None):
+        return self._call("add", member, wait_voter, timeout)
+
+    def remove_node(self, node_id, timeout=None):
+        return self._call("remove", node_id, timeout)
+
+    def transfer_leader(self, target=None, timeout=None):
+        return self._call("transfer", target, timeout)
+
+
+@pytest.fixture
+def stub(node):
+    node.membership = StubMembership(node.membership)
+    return node.membership
+
+
+def answer(request):
+    response = request.response()
+    assert response is not None, "no answer yet"
+    assert response.headers["content-type"] == "application/json"
+    return response.status, response.json()
+
+
+# ------------------------------------------------------------------ where to send it
+
+
+@pytest.mark.parametrize("path, body", [(ADD, NEW), (REMOVE, {"id": 3}), (TRANSFER, {}), (TRANSFER, None)])
+def test_a_follower_names_the_leader_and_its_http_address(node, path, body):
+    status, doc = answer(node.post(path, body))
+    assert status == 421
+    assert doc == {
+        "error": "node 2 is not the leader; send this to node 1 at 127.0.0.1:7301",
+        "leader_id": 1,
+        "leader_http": "127.0.0.1:7301",
+    }
+
+
+def test_without_a_leader_it_is_503_with_retry_after(node):
+    node.core.leader_id = None
+    response = node.post(REMOVE, {"id": 3}).response()
+    assert response.status == 503 and response.headers["retry-after"] == "1"
+    assert response.json() == {"error": "node 2 knows no leader; try again shortly", "leader_id": None,
+                               "leader_http": None}  # fmt: skip
+
+
+# ------------------------------------------------------------------ outcomes
+
+
+def test_add_node_answers_once_the_change_committed(node, stub):
+    request = node.post(ADD, {**NEW, "wait": "voter", "timeout": 45})
+    assert request.response() is None  # waits for the commit
+    (call,) = stub.calls
+    member = Member(4, *(parse_address(NEW[k], k) for k in ("raft", "client", "http")))
+    assert call == ("add", member, True, 45.0)
+    stub.pending[0].callback(Membership((1, 2, 3, 4), (), 17))
+    status, doc = answer(request)
+    assert status == 200
+    assert doc == {"node_id": 4, "status": "voter", "config_index": 17, "voters": [1, 2, 3, 4], "learners": [],
+                   "members": [{"id": 1, "membership": "voter"}]}  # fmt: skip
+
+
+def test_default_waits(node, stub):
+    node.post(ADD, NEW)
+    node.post(REMOVE, {"id": 3})
+    node.post(TRANSFER, {"id": 3})
+    assert [c[-1] for c in stub.calls] == [10.0, 10.0, 10.0]
+    assert stub.calls[0][2] is False  # add-node waits for the learner only, unless asked
+
+
+def test_remove_node_and_transfer_answers(node, stub):
+    removing = node.post(REMOVE, {"id": 3})
+    stub.pending[0].callback(Membership((1, 2), (), 20))
+    assert answer(removing)[1]["status"] == "removed"
+    node.core.leader_id = 2
+    moving = node.post(TRANSFER, {"id": 3})
+    node.core.term = 4  # the new leader's term, as known when the answer is written
+    stub.pending[1].callback(3)
+    assert answer(moving) == (200, {"leader_id": 3, "previous_leader_id": 2, "term": 4})
+    assert stub.calls[1] == ("transfer", 3, 10.0)
+
+
+@pytest.mark.parametrize(
+    "error, status, message",
+    [
+        (ChangeRefused("the membership change at index 12 is not committed yet"), 409,
+         "the membership change at index 12 is not committed yet"),
+        (ChangeRefused("node 9 is not a member (members: 1, 2, 3)"), 409, "node 9 is not a member"),
+        (ChangeTimeout("removing node 3 (index 40) did not commit within 10 s"), 504, "did not commit within 10 s"),
+        (ChangeLost("leadership changed before the change at index 40 committed"), 503, "leadership changed"),
+        (NotLeader(3), 421, "send this to node 3 at 127.0.0.1:7303"),
+    ],
+)  # fmt: skip
+def test_failures_map_to_statuses(node, stub, error, status, message):
+    request = node.post(REMOVE, {"id": 9})
+    stub.pending[0].errback(error)
+    got, doc = answer(request)
+    assert got == status and message in doc["error"]
+
+
+def test_an_unexpected_failure_is_a_500_and_logged(node, stub):
+    request = node.post(REMOVE, {"id": 3})
+    stub.pending[0].errback(RuntimeError("boom"))
+    assert answer(request) == (500, {"error": "internal error; see the node's log"})
+
+
+def test_the_client_going_away_is_harmless(node, stub):
+    request = node.post(REMOVE, {"id": 3})
+    request.disconnect()
+    stub.pending[0].callback(Membership((1, 2), (), 20))  # nothing to write to: no error
+
+
+# ------------------------------------------------------------------ bad requests
+
+
+@pytest.mark.parametrize(
+    "path, body, message",
+    [
+        (ADD, {**NEW, "id": 0}, "body.id: must be in 1..4294967295, got 0"),
+        (ADD, {**NEW, "id": "4"}, "body.id: expected a whole number, got '4'"),
+        (ADD, {**NEW, "id": True}, "body.id: expected a whole number"),
+        (ADD, {k: v for k, v in NEW.items() if k != "client"}, "body.client: missing"),
+        (ADD, {**NEW, "raft": "localhost"}, "body.raft: bad address 'localhost' (expected host:port)"),
+        (ADD, {**NEW, "http": "h:0"}, "body.http: bad address 'h:0'"),
+        (ADD, {**NEW, "http": 7304}, "body.http: expected a \"host:port\" string"),
+        (ADD, {**NEW, "wait": "forever"}, "wait: expected one of learner, voter, got 'forever'"),
+        (ADD, {**NEW, "timeout": 0}, "timeout: expected seconds in (0, 600]"),
+        (ADD, {**NEW, "timeout": 601}, "timeout: expected seconds in (0, 600]"),
+        (ADD, {**NEW, "colour": "red"}, "unknown field 'colour'"),
+        (REMOVE, {}, "id: missing (a node id)"),
+        (REMOVE, {"id": -1}, "id: expected a node id in 1..4294967295, got -1"),
+        (REMOVE, {"id": 1.5}, "id: expected a node id"),
+        (TRANSFER, {"id": "x"}, "id: expected a node id"),
+        (TRANSFER, {"target": 3}, "unknown field 'target' (allowed: id, timeout)"),
+        (ADD, [1, 2], "body must be a JSON object"),
+        (ADD + "?id=4", NEW, "admin operations take a JSON body, not query parameters"),
+    ],
+)
+def test_bad_bodies_are_400_before_anything_happens(node, stub, path, body, message):
+    status, doc = answer(node.post(path, body))
+    assert status == 400 and message in doc["error"], doc
+    assert stub.calls == []
+
+
+def test_not_json_wrong_type_too_large(node, stub):
+    assert answer(node.post(REMOVE, raw=b"{id: 3}")) == (400, {"error": "body is not valid JSON"})
+    status, doc = answer(node.post(REMOVE, raw=b'{"id": 3}', content_type="text/plain"))
+    assert status == 415 and "application/json" in doc["error"]  # a cross-site form cannot do this
+    status, doc = answer(node.post(REMOVE, raw=b'{"id": 3, "x": "' + b"y" * 70_000 + b'"}'))
+    assert status == 413
+    assert stub.calls == []
+
+
+def test_methods_and_unknown_operations(node, stub):
+    response = node.get(ADD)
+    assert response.status == 405 and response.headers["allow"] == "POST"
+    assert "use POST" in response.json()["error"]
+    status, doc = answer(node.post("/api/v1/admin/frobnicate", {}))
+    assert status == 404 and "known: add-node, remove-node, transfer-leader" in doc["error"]
+    status, _ = answer(node.post("/api/v1/admin", {}))
+    assert status == 404
+    assert node.get("/api/v1/lots?consistency=local", method="POST").status == 405  # reads stay GET-only
