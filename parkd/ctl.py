@@ -1,13 +1,15 @@
 """``parkctl``: the operator's tool (CONTRACT §7), over the nodes' HTTP API.
 
     parkctl [--cluster HOST:PORT,... | --config FILE] [--json] status | lots | cameras
-    parkctl add-node ID RAFT CLIENT HTTP | remove-node ID | transfer-leader [ID]   (not yet)
+    parkctl ... add-node [--no-wait] ID RAFT CLIENT HTTP | remove-node ID | transfer-leader [ID]
 
 Where the cluster is: ``--cluster`` (HTTP addresses), else ``--config`` (the
 ``http`` address of every ``[[node]]``), else ``$PARKD_CLUSTER``, else
 ``etc/parkd.toml`` if it exists.  Any reachable node will do: reads are
 linearizable on every node, and a node that cannot answer (503: no leader it
 can reach) is left for the leader it names, then for the next address.
+Membership changes and leadership transfer are POSTs to ``/api/v1/admin/...``
+on the leader: a follower answers 421 naming the leader, and parkctl follows.
 
 Exit status: 0 success, 1 the cluster refused or could not answer, 2 usage
 error; failures print one line on stderr, never a traceback.
@@ -24,11 +26,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
-from parkd.config import Address, ConfigError, load_config, parse_cluster_addresses
+from parkd.config import Address, ConfigError, load_config, parse_address, parse_cluster_addresses
 
 DEFAULT_CONFIG = os.path.join("etc", "parkd.toml")
 ENV_CLUSTER = "PARKD_CLUSTER"
 DEFAULT_TIMEOUT = 5.0  # seconds; a node waits up to 2 s for a read index before a 503
+DEFAULT_CHANGE_TIMEOUT = 30.0  # seconds a membership change or transfer may take
+MAX_HOPS = 5  # "not the leader, ask node N" answers followed per request
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
 
@@ -47,34 +51,44 @@ class Refused(Exception):
 class NodeError(Exception):
     """One node did not answer usefully; ``str()`` says why, briefly."""
 
-    def __init__(self, message: str, status: int | None = None):
+    def __init__(self, message: str, status: int | None = None, doc: dict | None = None, sent: bool = False):
         super().__init__(message)
         self.status = status
+        self.doc = doc or {}  # the error document, if the node sent one
+        self.sent = sent  # the request may have reached the node (do not repeat a POST elsewhere)
 
 
-def fetch(address: Address, path: str, timeout: float) -> dict:
-    """GET ``path`` from one node; the JSON document, or NodeError."""
+def fetch(address: Address, path: str, timeout: float, body: dict | None = None) -> dict:
+    """GET ``path`` from one node (POST ``body`` if given); the JSON document, or NodeError."""
     conn = http.client.HTTPConnection(address.host, address.port, timeout=timeout)
+    sent = False
     try:
-        conn.request("GET", path, headers={"accept": "application/json"})
+        if body is None:
+            conn.request("GET", path, headers={"accept": "application/json"})
+        else:
+            data = json.dumps(body).encode()
+            headers = {"accept": "application/json", "content-type": "application/json"}
+            conn.request("POST", path, body=data, headers=headers)
+        sent = True
         response = conn.getresponse()
         raw = response.read()
     except ConnectionRefusedError:
         raise NodeError("connection refused") from None
     except TimeoutError:
-        raise NodeError(f"no answer within {timeout:g} s") from None
+        raise NodeError(f"no answer within {timeout:g} s", sent=sent) from None
     except (OSError, http.client.HTTPException) as e:
-        raise NodeError(str(e) or type(e).__name__) from None
+        raise NodeError(str(e) or type(e).__name__, sent=sent) from None
     finally:
         conn.close()
     try:
-        body = json.loads(raw)
+        doc = json.loads(raw)
     except ValueError:
         raise NodeError(f"HTTP {response.status}, not JSON", response.status) from None
     if response.status != 200:
-        error = body.get("error") if isinstance(body, dict) else None
-        raise NodeError(f"HTTP {response.status}: {error or 'no reason given'}", response.status)
-    return body
+        doc = doc if isinstance(doc, dict) else {}
+        error = doc.get("error")
+        raise NodeError(f"HTTP {response.status}: {error or 'no reason given'}", response.status, doc)
+    return doc
 
 
 class Cluster:
@@ -106,13 +120,41 @@ class Cluster:
                         todo.insert(0, leader)
         raise Refused("no node could answer (" + "; ".join(problems) + ")")
 
+    def change(self, path: str, body: dict, wait: float) -> dict:
+        """POST an admin request to the leader: follow 421 hints, retry 503s until ``wait`` is over.
+
+        A request that may have reached a node without an answer is not sent
+        again elsewhere: the change may have been made.
+        """
+        deadline = time.monotonic() + wait
+        problems: list[str] = []
+        hops = 0
+        while True:
+            todo = list(self.addresses)
+            while todo:
+                address = todo.pop(0)
+                try:
+                    return fetch(address, path, wait + min(wait, DEFAULT_TIMEOUT), body)
+                except NodeError as e:
+                    problems.append(f"{address}: {e}")
+                    if e.status == 421 and e.doc.get("leader_http") and hops < MAX_HOPS:
+                        hops += 1
+                        todo.insert(0, _address(e.doc["leader_http"]))
+                    elif e.status is not None and e.status not in (421, 503):
+                        raise Refused(e.doc.get("error") or str(e)) from None
+                    elif e.sent:
+                        raise Refused(f"{address}: {e}; the change may have been made, see parkctl status") from None
+            if time.monotonic() + 0.5 > deadline:
+                raise Refused("no leader could take the request (" + "; ".join(problems[-len(self.addresses):]) + ")")
+            time.sleep(0.5)  # an election is under way: ask again
+
     def _leader_address(self, address: Address) -> Address | None:
         try:
             view = fetch(address, "/api/v1/cluster", self.timeout)
         except NodeError:
             return None
         for member in view.get("members", []):
-            if member["id"] == view.get("leader_id"):
+            if member["id"] == view.get("leader_id") and member.get("http"):
                 return _address(member["http"])
         return None
 
@@ -124,7 +166,7 @@ class Cluster:
         for view in views.values():
             if isinstance(view, dict):
                 for member in view.get("members", []):
-                    if member["http"] not in known:
+                    if member.get("http") and member["http"] not in known:
                         known.add(member["http"])
                         more.append(_address(member["http"]))
         views.update(self._fetch_all(more))
@@ -210,10 +252,13 @@ def status_document(views: dict[str, dict | NodeError]) -> dict:
     members = {}
     for view in answered.values():
         for m in view["members"]:
-            members.setdefault(m["http"], m)
+            if m.get("http"):
+                members.setdefault(m["http"], m)
     for address in views:
         members.setdefault(address, {"id": None, "http": address})
     matches = {m["id"]: m["match_index"] for m in leader["members"]} if leader else {}
+    learners = {m["id"] for m in leader["members"] if m.get("membership") == "learner"} if leader else set()
+    member_ids = {m["id"] for m in leader["members"]} if leader else None
     last_index = leader.get("last_index") if leader else None
     nodes = []
     for address, member in sorted(members.items(), key=lambda kv: (kv[1]["id"] is None, kv[1]["id"] or 0, kv[0])):
@@ -223,6 +268,9 @@ def status_document(views: dict[str, dict | NodeError]) -> dict:
             node.update({k: view[k] for k in ("role", "term", "leader_id", "commit_index", "last_applied")})
         else:
             node["error"] = str(view) if view is not None else "not asked"
+        if member_ids is not None and isinstance(view, dict):
+            node_id = view["node_id"]
+            node["membership"] = "learner" if node_id in learners else "voter" if node_id in member_ids else None
         match = matches.get(member["id"])
         node["match_index"] = match
         node["lag"] = None if match is None or last_index is None else max(0, last_index - match)
@@ -247,6 +295,8 @@ def cmd_status(args, cluster: Cluster, out) -> int:
     for n in doc["nodes"]:
         if n["reachable"]:
             role = n["role"] + (" *" if n["id"] == doc["leader_id"] else "")
+            if "membership" in n and n["membership"] != "voter":
+                role += " (learner)" if n["membership"] == "learner" else " (not a member)"
             numbers = [n[k] for k in ("term", "commit_index", "last_applied", "match_index", "lag")]
             rows.append([n["id"], n["http"], role, *numbers])
         else:
@@ -259,18 +309,58 @@ def cmd_status(args, cluster: Cluster, out) -> int:
     return EXIT_OK
 
 
-def cmd_not_yet(args, cluster, out) -> int:
-    raise Refused(f"{args.command} is not supported yet (membership changes and leadership transfer come later)")
+def _ids(ids) -> str:
+    return ", ".join(str(i) for i in ids) or "none"
+
+
+def _config_line(doc: dict) -> str:
+    return f"voters {_ids(doc['voters'])}; learners {_ids(doc['learners'])}"
+
+
+def cmd_add_node(args, cluster: Cluster, out) -> int:
+    body = {"id": args.id, "raft": str(args.raft), "client": str(args.client), "http": str(args.http),
+            "wait": "learner" if args.no_wait else "voter", "timeout": args.timeout}  # fmt: skip
+    doc = cluster.change("/api/v1/admin/add-node", body, args.timeout)
+    if args.json:
+        print(json.dumps(doc, indent=2), file=out)
+    elif doc["status"] == "voter":
+        print(f"node {args.id} added and promoted to voter ({_config_line(doc)})", file=out)
+    else:
+        print(f"node {args.id} added as a learner; the leader promotes it to voter once it has caught up "
+              f"({_config_line(doc)})", file=out)  # fmt: skip
+    return EXIT_OK
+
+
+def cmd_remove_node(args, cluster: Cluster, out) -> int:
+    doc = cluster.change("/api/v1/admin/remove-node", {"id": args.id, "timeout": args.timeout}, args.timeout)
+    if args.json:
+        print(json.dumps(doc, indent=2), file=out)
+    else:
+        print(f"node {args.id} removed ({_config_line(doc)}); stop its process", file=out)
+    return EXIT_OK
+
+
+def cmd_transfer_leader(args, cluster: Cluster, out) -> int:
+    body = {"timeout": args.timeout} if args.id is None else {"id": args.id, "timeout": args.timeout}
+    doc = cluster.change("/api/v1/admin/transfer-leader", body, args.timeout)
+    if args.json:
+        print(json.dumps(doc, indent=2), file=out)
+    elif doc["previous_leader_id"] == doc["leader_id"]:
+        print(f"node {doc['leader_id']} is already the leader (term {doc['term']})", file=out)
+    else:
+        print(f"leadership moved from node {doc['previous_leader_id']} to node {doc['leader_id']}", file=out)
+    return EXIT_OK
 
 
 COMMANDS = {
     "status": cmd_status,
     "lots": cmd_lots,
     "cameras": cmd_cameras,
-    "add-node": cmd_not_yet,
-    "remove-node": cmd_not_yet,
-    "transfer-leader": cmd_not_yet,
+    "add-node": cmd_add_node,
+    "remove-node": cmd_remove_node,
+    "transfer-leader": cmd_transfer_leader,
 }
+ADMIN_COMMANDS = ("add-node", "remove-node", "transfer-leader")
 
 
 # ------------------------------------------------------------------ command line
@@ -291,8 +381,10 @@ def _common(parser, suppress: bool) -> None:
     )
     parser.add_argument("--json", action="store_true", default=default(False), help="print JSON for scripts")
     parser.add_argument(
-        "--timeout", type=float, metavar="SECONDS", default=default(DEFAULT_TIMEOUT), help="per-request timeout"
-    )
+        "--timeout", type=float, metavar="SECONDS", default=default(None),
+        help=f"per-request timeout (default {DEFAULT_TIMEOUT:g}); for add-node, remove-node and transfer-leader "
+        f"how long the change may take (default {DEFAULT_CHANGE_TIMEOUT:g})",
+    )  # fmt: skip
 
 
 def parser() -> argparse.ArgumentParser:
@@ -312,18 +404,48 @@ def parser() -> argparse.ArgumentParser:
     }
     for name, text in helps.items():
         _common(sub.add_parser(name, help=text, description=text), suppress=True)
-    add = sub.add_parser("add-node", help="add a member (not supported yet)")
-    add.add_argument("id", type=int)
-    add.add_argument("raft")
-    add.add_argument("client")
-    add.add_argument("http")
-    remove = sub.add_parser("remove-node", help="remove a member (not supported yet)")
-    remove.add_argument("id", type=int)
-    transfer = sub.add_parser("transfer-leader", help="hand leadership to a member (not supported yet)")
-    transfer.add_argument("id", type=int, nargs="?")
+    add = sub.add_parser(
+        "add-node", help="add a member (start it first with --join)",
+        description="Add node ID with its raft, client and HTTP addresses (host:port each). It joins as a "
+        "learner; the leader promotes it to voter once it has caught up. Start it first with "
+        "`twistd parkd node --join`. Waits for the promotion unless --no-wait.",
+    )  # fmt: skip
+    add.add_argument("id", type=_node_id)
+    add.add_argument("raft", type=_host_port("RAFT"))
+    add.add_argument("client", type=_host_port("CLIENT"))
+    add.add_argument("http", type=_host_port("HTTP"))
+    add.add_argument("--no-wait", action="store_true", help="return once added as a learner")
+    remove = sub.add_parser(
+        "remove-node", help="remove a member (the leader too: it steps down)",
+        description="Remove node ID (a voter or learner). Refused when it would leave no voter or no reachable "
+        "majority, or while another change is pending. Stop the node's process afterwards.",
+    )  # fmt: skip
+    remove.add_argument("id", type=_node_id)
+    transfer = sub.add_parser(
+        "transfer-leader", help="hand leadership to a voter (default: the most up-to-date)",
+        description="Hand leadership to voter ID, or to the most up-to-date voter; waits until it leads.",
+    )  # fmt: skip
+    transfer.add_argument("id", type=_node_id, nargs="?")
     for p in (add, remove, transfer):
         _common(p, suppress=True)
     return top
+
+
+def _node_id(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 1 << 32:
+        raise argparse.ArgumentTypeError(f"invalid node id {text!r} (a whole number in 1..{(1 << 32) - 1})")
+    return int(text)
+
+
+def _host_port(what: str):
+    def parse(text: str) -> Address:
+        try:
+            return parse_address(text, what)
+        except ConfigError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    parse.__name__ = what
+    return parse
 
 
 def cluster_addresses(args, environ) -> tuple[Address, ...]:
@@ -359,6 +481,8 @@ def main(argv=None, out=None, err=None, environ=None) -> int:
     environ = os.environ if environ is None else environ
     try:
         args = parser().parse_args(argv)
+        if args.timeout is None:
+            args.timeout = DEFAULT_CHANGE_TIMEOUT if args.command in ADMIN_COMMANDS else DEFAULT_TIMEOUT
         if args.timeout <= 0:
             raise UsageError("--timeout must be positive")
         cluster = Cluster(cluster_addresses(args, environ), args.timeout)

@@ -29,12 +29,20 @@ class FakeNode:
     def __init__(self, routes=None):
         self.routes = dict(routes or {})
         self.asked: list[str] = []
+        self.posted: list[tuple[str, str, dict]] = []  # (path, content type, body)
         node = self
 
         class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                length = int(self.headers.get("content-length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                node.posted.append((self.path, self.headers.get("content-type"), body))
+                self.do_GET()
+
             def do_GET(self):
                 node.asked.append(self.path)
-                status, body = node.routes.get(self.path, (404, {"error": f"no such resource: {self.path}"}))
+                answer = node.routes.get(self.path, (404, {"error": f"no such resource: {self.path}"}))
+                status, body = answer() if callable(answer) else answer
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
@@ -256,8 +264,12 @@ def test_default_config_in_the_working_directory(tmp_path, monkeypatch):
         (["--cluster", "a:1", "--config", "x.toml", "lots"], "give --cluster or --config, not both"),
         (["--config", "/nonexistent/parkd.toml", "lots"], "no such file '/nonexistent/parkd.toml'"),
         (["--timeout", "0", "--cluster", "a:1", "lots"], "--timeout must be positive"),
-        (["--cluster", "a:1", "remove-node", "x"], "invalid int value: 'x'"),
+        (["--cluster", "a:1", "remove-node", "x"], "argument id: invalid node id 'x'"),
+        (["--cluster", "a:1", "remove-node", "0"], "argument id: invalid node id '0'"),
         (["--cluster", "a:1", "add-node", "4"], "the following arguments are required: raft, client, http"),
+        (["--cluster", "a:1", "add-node", "4", "h:1", "nohost", "h:3"], "CLIENT: bad address 'nohost'"),
+        (["--cluster", "a:1", "add-node", "4", "h:1", "h:2", "h:99999"], "HTTP: bad address 'h:99999'"),
+        (["--cluster", "a:1", "transfer-leader", "1", "2"], "unrecognized arguments: 2"),
         (["lots"], "where is the cluster?"),
     ],
 )
@@ -274,15 +286,141 @@ def test_bad_environment_variable_is_a_usage_error():
     assert code == 2 and err.startswith("parkctl: $PARKD_CLUSTER: ")
 
 
+# ------------------------------------------------------------------ membership and leadership
+
+
+ADD = "/api/v1/admin/add-node"
+REMOVE = "/api/v1/admin/remove-node"
+TRANSFER = "/api/v1/admin/transfer-leader"
+
+
+def changed(node_id, status, voters, learners=()):
+    return {"node_id": node_id, "status": status, "config_index": 40, "voters": list(voters),
+            "learners": list(learners), "members": []}  # fmt: skip
+
+
+def not_leader(leader_id, leader_http):
+    return (421, {"error": f"node 2 is not the leader; send this to node {leader_id} at {leader_http}",
+                  "leader_id": leader_id, "leader_http": leader_http})  # fmt: skip
+
+
+def test_add_node_follows_the_leader_and_waits_for_the_promotion(nodes):
+    follower, leader = nodes(2)
+    follower.routes[ADD] = not_leader(1, leader.address)
+    leader.routes[ADD] = (200, changed(4, "voter", (1, 2, 3, 4)))
+    code, out, err = run("--cluster", follower.address, "add-node", "4", "127.0.0.1:7104", "127.0.0.1:7204",
+                         "127.0.0.1:7304")  # fmt: skip
+    assert (code, err) == (0, "")
+    assert out == "node 4 added and promoted to voter (voters 1, 2, 3, 4; learners none)\n"
+    body = {"id": 4, "raft": "127.0.0.1:7104", "client": "127.0.0.1:7204", "http": "127.0.0.1:7304",
+            "wait": "voter", "timeout": 30.0}  # fmt: skip
+    assert follower.posted == [(ADD, "application/json", body)]
+    assert leader.posted == [(ADD, "application/json", body)]
+
+
+def test_add_node_without_waiting(nodes):
+    (leader,) = nodes(1)
+    leader.routes[ADD] = (200, changed(4, "learner", (1, 2, 3), (4,)))
+    code, out, _ = run("--cluster", leader.address, "--timeout", "7", "add-node", "--no-wait", "4", "h:1", "h:2",
+                       "h:3")  # fmt: skip
+    assert code == 0 and out.startswith("node 4 added as a learner; the leader promotes it to voter once")
+    assert leader.posted[0][2]["wait"] == "learner" and leader.posted[0][2]["timeout"] == 7.0
+
+
+def test_remove_node_json(nodes):
+    (leader,) = nodes(1)
+    leader.routes[REMOVE] = (200, changed(3, "removed", (1, 2)))
+    code, out, _ = run("--cluster", leader.address, "--json", "remove-node", "3")
+    assert code == 0 and json.loads(out) == changed(3, "removed", (1, 2))
+    assert leader.posted == [(REMOVE, "application/json", {"id": 3, "timeout": 30.0})]
+    code, out, _ = run("--cluster", leader.address, "remove-node", "3")
+    assert out == "node 3 removed (voters 1, 2; learners none); stop its process\n"
+
+
 @pytest.mark.parametrize(
-    "argv",
-    [["add-node", "4", "127.0.0.1:7104", "127.0.0.1:7204", "127.0.0.1:7304"], ["remove-node", "3"],
-     ["transfer-leader"], ["transfer-leader", "2"]],
-)  # fmt: skip
-def test_membership_commands_are_not_supported_yet(argv):
-    code, out, err = run("--cluster", "127.0.0.1:9", *argv)
-    assert code == 1 and out == ""
-    assert err == f"parkctl: {argv[0]} is not supported yet (membership changes and leadership transfer come later)\n"
+    "status, error",
+    [
+        (409, "the membership change at index 12 is not committed yet"),
+        (409, "node 9 is not a member (members: 1, 2, 3)"),
+        (409, "node 1 is the last voter; removing it would leave no cluster"),
+        (504, "removing node 3 (index 40) did not commit within 30 s; it may still commit (see parkctl status)"),
+        (400, "id: expected a node id"),
+    ],
+)
+def test_a_refused_change_is_exit_1_with_the_reason(nodes, status, error):
+    a, b = nodes(2)
+    a.routes[REMOVE] = (status, {"error": error})
+    code, out, err = run("--cluster", f"{a.address},{b.address}", "remove-node", "3")
+    assert (code, out) == (1, "") and err == f"parkctl: {error}\n"
+    assert b.posted == []  # a refusal is final: not asked elsewhere
+
+
+def test_an_unreachable_node_is_skipped_and_no_leader_is_retried(nodes):
+    (a,) = nodes(1)
+    answers = iter([(503, {"error": "node 1 knows no leader; try again shortly", "leader_id": None}),
+                    (200, changed(3, "removed", (1, 2)))])  # fmt: skip
+    a.routes[REMOVE] = lambda: next(answers)
+    code, out, err = run("--cluster", f"{closed_port()},{a.address}", "remove-node", "3")
+    assert code == 0 and len(a.posted) == 2, err
+
+
+def test_no_leader_until_the_deadline_is_exit_1(nodes):
+    (a,) = nodes(1)
+    a.routes[TRANSFER] = (503, {"error": "node 1 knows no leader; try again shortly", "leader_id": None})
+    code, _, err = run("--cluster", a.address, "--timeout", "0.2", "transfer-leader")
+    assert code == 1 and err.startswith("parkctl: no leader could take the request (") and err.count("\n") == 1
+
+
+def test_a_request_without_answer_is_not_repeated_elsewhere(nodes):
+    a, b = nodes(2)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    try:
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        code, _, err = run("--cluster", f"{address},{b.address}", "--timeout", "0.3", "remove-node", "3")
+    finally:
+        silent.close()
+    assert code == 1 and "the change may have been made, see parkctl status" in err
+    assert b.posted == []
+
+
+def test_transfer_leader(nodes):
+    (a,) = nodes(1)
+    a.routes[TRANSFER] = (200, {"leader_id": 3, "previous_leader_id": 1, "term": 8})
+    code, out, _ = run("--cluster", a.address, "transfer-leader", "3")
+    assert code == 0 and out == "leadership moved from node 1 to node 3\n"
+    assert a.posted[-1][2] == {"id": 3, "timeout": 30.0}
+    code, out, _ = run("--cluster", a.address, "transfer-leader")
+    assert a.posted[-1][2] == {"timeout": 30.0}
+    a.routes[TRANSFER] = (200, {"leader_id": 1, "previous_leader_id": 1, "term": 8})
+    code, out, _ = run("--cluster", a.address, "transfer-leader", "1")
+    assert out == "node 1 is already the leader (term 8)\n"
+
+
+def test_following_leader_hints_is_bounded(nodes):
+    a, b = nodes(2)
+    a.routes[TRANSFER] = not_leader(2, b.address)
+    b.routes[TRANSFER] = not_leader(1, a.address)
+    code, _, err = run("--cluster", a.address, "--timeout", "0.2", "transfer-leader")
+    assert code == 1 and "no leader could take the request" in err
+    assert len(a.posted) + len(b.posted) <= 2 * (ctl.MAX_HOPS + 1)
+
+
+def test_status_marks_learners_and_non_members(nodes):
+    a, b, c = nodes(3)
+    members = {1: a.address, 2: b.address}
+    leader_view = view(1, "leader", 1, members, matches={1: 50, 2: 44})
+    leader_view["members"][1]["membership"] = "learner"
+    leader_view["members"][0]["membership"] = "voter"
+    a.routes["/api/v1/cluster"] = (200, leader_view)
+    b.routes["/api/v1/cluster"] = (200, view(2, "follower", 1, members))
+    c.routes["/api/v1/cluster"] = (200, {**view(3, "follower", None, {}), "members": []})
+    code, out, _ = run("--cluster", f"{a.address},{c.address}", "status")
+    lines = out.splitlines()
+    assert lines[1].split()[2:4] == ["leader", "*"]
+    assert lines[2].split()[2:4] == ["follower", "(learner)"]
+    assert lines[3].split()[2:5] == ["follower", "(not", "a"]
 
 
 def test_the_installed_script(nodes):
