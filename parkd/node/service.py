@@ -208,9 +208,10 @@ class NodeService(service.Service):
     def _redirect_cameras(self) -> None:
         """Point connected cameras at the leader before closing, so they need not search."""
         leader = self.core.leader_id
-        members = {m.id: m for m in self.settings.config.members}
-        if leader is not None and leader != self.core.id and leader in members:
-            self.client_port.redirect_all(leader, str(members[leader].client))
+        book = getattr(self, "membership", None)
+        member = book.address(leader) if book and leader is not None and leader != self.core.id else None
+        if member is not None:
+            self.client_port.redirect_all(leader, str(member.client))
 
     def _close(self):
         if self.driver is not None:
