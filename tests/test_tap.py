@@ -40,8 +40,12 @@ def test_node_flags_win_over_the_file(cluster_config):
         (["--config", "{path}", "--id", "9"], "--id: node 9 is not a member"),
         (["--config", "{path}", "--id", "1", "--listen-raft", "bogus:1"], "--listen-raft: bad endpoint"),
         (["--config", "{path}", "--id", "1", "--heartbeat-ms", "0"], "--heartbeat-ms: must be at least 1"),
+        (["--config", "{path}", "--id", "9", "--join"], "--join: node 9 has no [[node]] entry; give it one or "
+                                                          "--listen-raft"),
+        (["--config", "{path}", "--id", "9", "--join", "--listen-raft", "tcp:0", "--listen-client", "tcp:0"],
+         "--listen-http"),
     ],
-)
+)  # fmt: skip
 def test_bad_node_options_print_one_line_and_exit_1(cluster_config, capfd, argv, message):
     path, _ = cluster_config
     with pytest.raises(SystemExit) as exit_:
@@ -49,6 +53,17 @@ def test_bad_node_options_print_one_line_and_exit_1(cluster_config, capfd, argv,
     assert exit_.value.code == 1
     err = capfd.readouterr().err
     assert err.count("\n") == 1 and message in err and "Traceback" not in err
+
+
+def test_join_starts_a_node_that_may_be_missing_from_the_file(cluster_config):
+    path, config = cluster_config
+    settings = parse(NodeOptions, ["--config", path, "--id", "3", "--join"]).settings
+    assert settings.join and settings.listen_raft == config.member(3).raft.endpoint()
+    assert not parse(NodeOptions, ["--config", path, "--id", "3"]).settings.join
+    listen = ["--listen-raft", "tcp:7104", "--listen-client", "tcp:7204", "--listen-http", "tcp:7304"]
+    settings = parse(NodeOptions, ["--config", path, "--id", "4", "--join", *listen]).settings
+    assert settings.node_id == 4 and settings.join and settings.listen_http == "tcp:7304"
+    assert settings.config.members == config.members  # the addresses it needs to answer the leader
 
 
 def test_camera_options(cluster_config, capfd):

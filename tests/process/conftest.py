@@ -19,13 +19,35 @@ from parkd.config import load_config
 from parkd.launcher import Timeout, camera_daemon, node_daemon, wait_for, wait_listening, write_config
 
 
+def initial_config(path: str, out: str, members: int) -> str:
+    """``path`` without the [[node]] tables of ids above ``members`` (the cluster before it grew)."""
+    with open(path) as f:
+        blocks = f.read().split("\n\n")
+    keep = []
+    for block in blocks:
+        if block.startswith("[[node]]"):
+            node_id = int(next(line for line in block.splitlines() if line.startswith("id = "))[5:])
+            if node_id > members:
+                continue
+        keep.append(block)
+    with open(out, "w") as f:
+        f.write("\n\n".join(keep))
+    return out
+
+
 class Cluster:
+    """``nodes`` initial members; ``joiners`` more nodes that start with ``--join`` (ids after them).
+
+    The initial members start from a file that lists only them (their start-up
+    configuration); joiners and cameras use ``config_path``, which lists every node.
+    """
+
     def __init__(self, tmp_path, nodes=3, lots=None, interval=0.1, election_timeout_ms=600, heartbeat_ms=50,
-                 node_args=()):  # fmt: skip
+                 node_args=(), joiners=0):  # fmt: skip
         self.workdir = str(tmp_path)
         self.config_path = write_config(
             os.path.join(self.workdir, "parkd.toml"),
-            nodes=nodes,
+            nodes=nodes + joiners,
             lots=lots or {"north": 100, "south": 60, "east": 250},
             election_timeout_ms=election_timeout_ms,
             heartbeat_ms=heartbeat_ms,
@@ -33,15 +55,23 @@ class Cluster:
         )
         self.config = load_config(self.config_path)
         self.interval = interval
-        self.nodes = {m.id: node_daemon(self.config_path, m.id, self.workdir, *node_args) for m in self.config.members}
+        self.initial = [m.id for m in self.config.members][:nodes]
+        start = self.config_path
+        if joiners:
+            start = initial_config(self.config_path, os.path.join(self.workdir, "parkd-initial.toml"), nodes)
+        self.nodes = {
+            m.id: node_daemon(start, m.id, self.workdir, *node_args) if m.id in self.initial
+            else node_daemon(self.config_path, m.id, self.workdir, "--join", *node_args)
+            for m in self.config.members
+        }  # fmt: skip
         self.cameras = {}
 
     # ------------------------------------------------------------ processes
 
     def start_nodes(self, *ids):
-        for node_id in ids or self.nodes:
+        for node_id in ids or self.initial:
             self.nodes[node_id].start()
-        for node_id in ids or self.nodes:
+        for node_id in ids or self.initial:
             wait_listening(self.config, node_id, self.nodes[node_id])
 
     def restart_node(self, node_id):

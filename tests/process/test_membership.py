@@ -1,0 +1,144 @@
+"""Membership changes on real twistd nodes under camera load (issue 6).
+
+Joiners start with ``--join`` from a file that lists every node; the first three
+start from a file that lists only them.  Changes go through parkctl (in-process,
+and the installed script once).  Cameras know every node's client port.  After
+each scenario every frame a camera logged as acked must be applied exactly once
+on every remaining node, at the same index, with the same result.
+"""
+
+import io
+import os
+import signal
+import subprocess
+import sys
+
+from parkd import ctl
+from parkd.chaos import checker
+
+CAMERAS = {1: "north", 2: "south", 3: "east"}
+
+
+def start(make_cluster, joiners):
+    cluster = make_cluster(joiners=joiners)
+    cluster.start_nodes()
+    for camera_id, lot in CAMERAS.items():
+        cluster.add_camera(camera_id, lot)
+    cluster.leader(among=cluster.initial)
+    cluster.wait_acks(10)
+    return cluster
+
+
+def parkctl(cluster, *args):
+    out, err = io.StringIO(), io.StringIO()
+    code = ctl.main(["--config", cluster.config_path, *map(str, args)], out=out, err=err, environ={})
+    assert code == 0, err.getvalue()
+    return out.getvalue()
+
+
+def add(cluster, node_id, script=False):
+    """Start ``node_id`` with --join and add it; parkctl returns once it is a voter."""
+    cluster.start_nodes(node_id)
+    m = cluster.config.member(node_id)
+    args = ["add-node", node_id, m.raft, m.client, m.http]
+    if script:
+        command = [os.path.join(os.path.dirname(sys.executable), "parkctl"), "--config", cluster.config_path,
+                   *map(str, args)]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        out = done.stdout
+    else:
+        out = parkctl(cluster, *args)
+    assert out.startswith(f"node {node_id} added and promoted to voter"), out
+
+
+def remove(cluster, node_id, members):
+    """Remove ``node_id`` (the leader too), wait for a leader among the rest, stop the node."""
+    parkctl(cluster, "remove-node", node_id)
+    rest = [n for n in members if n != node_id]
+    cluster.leader(among=rest)
+    cluster.nodes[node_id].stop()
+    return rest
+
+
+def voters(cluster, members):
+    view = cluster.status(cluster.leader(among=members))
+    return {m["id"]: m["membership"] for m in view["members"]}
+
+
+def knows(cluster, node_id, members):
+    """``node_id`` follows a leader and lists ``members`` as voters, with their addresses."""
+    view = cluster.status(node_id)
+    return (
+        view is not None
+        and view["leader_id"] is not None
+        and [(m["id"], m["membership"]) for m in view["members"]] == [(i, "voter") for i in members]
+        and all(m["http"] == str(cluster.config.member(m["id"]).http) for m in view["members"])
+    )
+
+
+def more_acks(cluster, count=10):
+    cluster.wait_acks(count, since=len(cluster.acked()))
+
+
+def finish(cluster, members):
+    for camera in cluster.cameras.values():
+        camera.stop()
+    acked, _ = cluster.check_exactly_once(members)
+    assert {camera for camera, _ in acked} == set(CAMERAS)
+    return acked
+
+
+def events(cluster, node_id, name):
+    return checker.read_events(cluster.nodes[node_id].json_path, name)
+
+
+def test_grow_three_to_five_and_shrink_to_three_under_load(make_cluster):
+    cluster = start(make_cluster, joiners=2)
+    members = [1, 2, 3]
+    add(cluster, 4, script=True)
+    add(cluster, 5)
+    members += [4, 5]
+    assert voters(cluster, members) == {i: "voter" for i in members}
+    more_acks(cluster)
+    # Config in the log wins: an initial node restarted with its 3-node file, and a
+    # joiner restarted (with --join again), both come back as one of five voters.
+    leader = cluster.leader(among=members)
+    restarted = (next(n for n in (1, 2, 3) if n != leader), next(n for n in (4, 5) if n != leader))
+    for node_id in restarted:
+        cluster.nodes[node_id].signal(signal.SIGTERM)
+    for node_id in restarted:
+        cluster.nodes[node_id].stop()
+    cluster.start_nodes(*restarted)
+    cluster.wait(lambda: all(knows(cluster, n, members) for n in restarted), 15, f"{restarted} to rejoin the five")
+    more_acks(cluster)
+    leader = cluster.leader(among=members)
+    members = remove(cluster, leader, members)  # the leader steps down once its removal commits
+    more_acks(cluster)
+    follower = next(n for n in (4, 5, 1, 2, 3) if n in members and n != cluster.leader(among=members))
+    members = remove(cluster, follower, members)
+    assert voters(cluster, members) == {i: "voter" for i in members}
+    more_acks(cluster)
+    finish(cluster, members)
+    for node_id in members:
+        added = {(e["member_id"], e["role"]) for e in events(cluster, node_id, "member_added")}
+        assert added == {(4, "learner"), (5, "learner")}
+        promoted = [e["member_id"] for e in events(cluster, node_id, "member_promoted")]
+        removed = [e["member_id"] for e in events(cluster, node_id, "member_removed")]
+        assert promoted == [4, 5] and removed == [leader, follower]
+
+
+def test_rolling_replacement_of_every_node_loses_nothing(make_cluster):
+    cluster = start(make_cluster, joiners=3)
+    members = [1, 2, 3]
+    for new, old in ((4, 1), (5, 2), (6, 3)):
+        add(cluster, new)
+        members.append(new)
+        more_acks(cluster, 5)
+        members = remove(cluster, old, members)
+        more_acks(cluster, 5)
+    assert members == [4, 5, 6]
+    assert voters(cluster, members) == {4: "voter", 5: "voter", 6: "voter"}
+    acked = finish(cluster, members)
+    first = min(index for index, _ in acked.values())
+    assert first < 50  # frames from the very start, from before any of these nodes existed
