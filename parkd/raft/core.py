@@ -504,7 +504,9 @@ class RaftCore:
         the log already holds its last entry (§7: the commit index moves up to
         it and the entries after it are kept).  The core then answers the leader
         itself.  True: install it durably (state machine and a storage reset, in
-        one transaction), then call :meth:`restore` before any other input.
+        one transaction), then call :meth:`restore`.  Meanwhile (an install may
+        run on a worker thread) the core may take ticks and messages, but the
+        driver must not process a Ready: nothing may be applied or persisted.
         """
         self._check_between_readies()
         if self._role is Role.LEADER:
