@@ -17,10 +17,13 @@ from parkd import ctl
 from parkd.chaos import checker
 
 CAMERAS = {1: "north", 2: "south", 3: "east"}
+# A snapshot every 60 entries, 10 kept below it: joiners catch up through
+# InstallSnapshot, and CONFIG entries are compacted away within seconds.
+SMALL_SNAPSHOTS = ("--snapshot-entries", "60", "--snapshot-margin", "10")
 
 
 def start(make_cluster, joiners):
-    cluster = make_cluster(joiners=joiners)
+    cluster = make_cluster(joiners=joiners, node_args=SMALL_SNAPSHOTS)
     cluster.start_nodes()
     for camera_id, lot in CAMERAS.items():
         cluster.add_camera(camera_id, lot)
@@ -102,9 +105,14 @@ def test_grow_three_to_five_and_shrink_to_three_under_load(make_cluster):
     assert voters(cluster, members) == {i: "voter" for i in members}
     more_acks(cluster)
     # Config in the log wins: an initial node restarted with its 3-node file, and a
-    # joiner restarted (with --join again), both come back as one of five voters.
+    # joiner restarted (with --join again), both come back as one of five voters and
+    # know every address, after the entries that added 4 and 5 were compacted away.
     leader = cluster.leader(among=members)
     restarted = (next(n for n in (1, 2, 3) if n != leader), next(n for n in (4, 5) if n != leader))
+    promoted_5 = max(e["index"] for e in events(cluster, restarted[0], "member_promoted"))
+    for node_id in restarted:
+        cluster.wait(lambda: max([e["upto"] for e in events(cluster, node_id, "snapshot_taken")], default=0)
+                     >= promoted_5, 30, f"node {node_id} to compact its log past the promotion of 5")  # fmt: skip
     for node_id in restarted:
         cluster.nodes[node_id].signal(signal.SIGTERM)
     for node_id in restarted:
@@ -120,17 +128,25 @@ def test_grow_three_to_five_and_shrink_to_three_under_load(make_cluster):
     assert voters(cluster, members) == {i: "voter" for i in members}
     more_acks(cluster)
     finish(cluster, members)
+    # Each node logs the changes it applied, in log order; one that installed a
+    # snapshot did not apply the entries the snapshot covers.
+    expected = [("member_added", 4), ("member_promoted", 4), ("member_added", 5), ("member_promoted", 5),
+                ("member_removed", leader), ("member_removed", follower)]  # fmt: skip
     for node_id in members:
-        added = {(e["member_id"], e["role"]) for e in events(cluster, node_id, "member_added")}
-        assert added == {(4, "learner"), (5, "learner")}
-        promoted = [e["member_id"] for e in events(cluster, node_id, "member_promoted")]
-        removed = [e["member_id"] for e in events(cluster, node_id, "member_removed")]
-        assert promoted == [4, 5] and removed == [leader, follower]
+        logged = sorted((e["index"], e["parkd_event"], e["member_id"])
+                        for name in ("member_added", "member_promoted", "member_removed")
+                        for e in events(cluster, node_id, name))  # fmt: skip
+        changes = [change for _, *change in logged]
+        assert [tuple(c) for c in changes] == [c for c in expected if list(c) in changes], node_id
+        if "installed snapshot" not in cluster.nodes[node_id].log_text():
+            assert [tuple(c) for c in changes] == expected
 
 
 def test_rolling_replacement_of_every_node_loses_nothing(make_cluster):
     cluster = start(make_cluster, joiners=3)
     members = [1, 2, 3]
+    leader = cluster.nodes[cluster.leader(among=members)]
+    cluster.wait(lambda: cluster.events(leader, "snapshot_taken"), 30, "the leader to compact its log")
     for new, old in ((4, 1), (5, 2), (6, 3)):
         add(cluster, new)
         members.append(new)
@@ -138,6 +154,7 @@ def test_rolling_replacement_of_every_node_loses_nothing(make_cluster):
         members = remove(cluster, old, members)
         more_acks(cluster, 5)
     assert members == [4, 5, 6]
+    assert "installed snapshot" in cluster.nodes[4].log_text()  # the log's start was gone
     assert voters(cluster, members) == {4: "voter", 5: "voter", 6: "voter"}
     acked = finish(cluster, members)
     first = min(index for index, _ in acked.values())
