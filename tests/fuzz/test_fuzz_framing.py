@@ -1,0 +1,127 @@
+"""Fuzzing the framing (CONTRACT §4): any bytes, split anywhere, on every port's rules.
+
+A reference model parses the whole stream the way the contract says; the real
+``EnvelopeProtocol`` on a StringTransport must agree with it whether the bytes
+arrive whole, one at a time or split at random places: the same messages
+delivered, then (for bad input) exactly one 'closing' warning, an ``Error``
+where the port answers with one, the connection closed, and nothing read after.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from google.protobuf.message import DecodeError
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import Logger
+
+from fuzzkit import captured_logs, envelopes, envelopes_in, feed, frame, fuzz, hostile_stream
+from parkd.proto import parkd_pb2 as pb
+from parkd.wire import CAMERA_SIDE, CLIENT_PORT, CLOSE_GRACE_SECONDS, RAFT_PORT, EnvelopeFactory, EnvelopeProtocol
+
+MAX_LENGTH = 2048
+RULES = {"raft": RAFT_PORT, "client": CLIENT_PORT, "camera": CAMERA_SIDE}
+
+
+class Recorder(EnvelopeProtocol):
+    def __init__(self):
+        self.received = []
+
+    def envelopeReceived(self, kind, body):
+        self.received.append((kind, body.SerializeToString()))
+
+
+def connect(rules):
+    factory = EnvelopeFactory(Clock(), MAX_LENGTH)
+    factory.protocol = Recorder
+    proto = factory.buildProtocol(None)
+    proto.rules = rules
+    proto.log = Logger(namespace="fuzz.framing")
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    return proto, transport
+
+
+def model(data: bytes, rules) -> tuple[list[tuple[str, bytes]], int | None]:
+    """(messages delivered, Error code of the rejection or None) per CONTRACT §4."""
+    delivered, pos = [], 0
+    while len(data) - pos >= 4:
+        (length,) = struct.unpack("!I", data[pos : pos + 4])
+        if length > MAX_LENGTH:
+            return delivered, pb.Error.TOO_LARGE
+        if len(data) - pos - 4 < length:
+            break
+        body, pos = data[pos + 4 : pos + 4 + length], pos + 4 + length
+        envelope = pb.Envelope()
+        try:
+            envelope.ParseFromString(body)
+        except DecodeError:
+            return delivered, pb.Error.MALFORMED
+        kind = envelope.WhichOneof("body")
+        if kind is None:
+            return delivered, pb.Error.MALFORMED
+        if kind not in rules.accepts:
+            return delivered, pb.Error.NOT_ALLOWED
+        delivered.append((kind, getattr(envelope, kind).SerializeToString()))
+    return delivered, None
+
+
+def check_against_model(rules, data, cuts, logs):
+    """Feed ``data`` split at ``cuts``, then an empty frame (a bad message if it is read)."""
+    proto, transport = connect(rules)
+    full = data + b"\x00\x00\x00\x00"
+    feed(proto, full, cuts)
+    proto.dataReceived(b"\x00\x00\x00\x07garbage")  # never read once rejected
+    expected, code = model(full + b"\x00\x00\x00\x07garbage", rules)
+    assert proto.received == expected
+    assert logs.errors() == []
+    if code is None:  # the stream ends inside a frame: still waiting for the rest
+        assert not proto.rejected and not transport.disconnecting and logs.closing() == []
+        return
+    assert proto.rejected
+    [warning] = logs.closing()
+    assert warning["port"] == rules.name
+    assert warning["code"] == pb.Error.Code.Name(code)
+    sent = envelopes_in(transport.value())
+    if rules.answers_with_error:
+        assert [e.error.code for e in sent] == [code]
+        assert transport.disconnecting and not transport.disconnected  # time to read the Error ...
+        proto.factory.clock.advance(CLOSE_GRACE_SECONDS)
+        assert transport.disconnected  # ... then cut off
+    else:
+        assert sent == [] and transport.disconnected
+
+
+ports = st.sampled_from(sorted(RULES))
+
+
+@fuzz(400)
+@given(ports, st.binary(max_size=300), st.lists(st.integers(0, 400), max_size=6))
+def test_random_bytes_agree_with_the_model(port, data, cuts):
+    with captured_logs() as logs:
+        check_against_model(RULES[port], data, cuts, logs)
+
+
+@fuzz(300)
+@given(ports, st.data())
+def test_hostile_streams_agree_with_the_model_whole_split_and_byte_by_byte(port, data):
+    rules = RULES[port]
+    stream = data.draw(hostile_stream(envelopes(limit=600), MAX_LENGTH))
+    cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=8))
+    for split in ([], cuts, list(range(len(stream))) if len(stream) <= 400 else cuts[:1]):
+        with captured_logs() as logs:
+            check_against_model(rules, stream, split, logs)
+
+
+@fuzz(200)
+@given(ports, st.lists(envelopes(limit=900), min_size=1, max_size=5), st.lists(st.integers(0, 5000), max_size=5))
+def test_valid_envelopes_of_any_field_values_are_delivered_or_refused_as_not_allowed(port, batch, cuts):
+    rules = RULES[port]
+    data = b"".join(frame(envelope) for envelope in batch)
+    with captured_logs() as logs:
+        check_against_model(rules, data, cuts, logs)
+    expected, _ = model(data, rules)
+    assert all(kind in rules.accepts for kind, _ in expected)
