@@ -23,6 +23,8 @@ from parkd.raft.types import Entry, EntryKind
 
 # How long a peer that was sent an Error gets to read it before we abort.
 CLOSE_GRACE_SECONDS = 5.0
+# An Error's message (and its log line) may quote what the peer sent: keep it short.
+MAX_REASON_CHARS = 500
 
 
 class MessageTooLarge(ValueError):
@@ -113,6 +115,7 @@ class EnvelopeProtocol(Int32StringReceiver):
         if self.rejected:
             return
         self.rejected = True
+        reason = clip(reason)
         self.paused = True  # stop Int32StringReceiver from parsing what is buffered
         self.log.warn(
             "closing {port} connection from {peer}: {reason}",
@@ -159,6 +162,13 @@ class EnvelopeFactory(Factory):
         proto = super().buildProtocol(addr)
         proto.MAX_LENGTH = self.max_length
         return proto
+
+
+def clip(text: str, limit: int = MAX_REASON_CHARS) -> str:
+    """``text`` cut to ``limit`` characters: a quoted lot id may be megabytes long."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
 def _peer(transport) -> str:

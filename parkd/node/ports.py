@@ -9,6 +9,7 @@ from parkd.wire import (
     BadMessage,
     EnvelopeFactory,
     EnvelopeProtocol,
+    clip,
     raft_from_envelope,
 )
 
@@ -78,6 +79,7 @@ class ClientPortProtocol(EnvelopeProtocol):
 
     def send_error(self, code: int, message: str, seq: int = 0) -> None:
         """A refused frame: the camera drops it; the connection stays open."""
+        message = clip(message)
         self.log.warn("refused frame {seq} of camera {camera_id}: {message}",
                       seq=seq, camera_id=self.camera_id, message=message)
         self.send_envelope(pb.Envelope(error=pb.Error(code=code, message=message, seq=seq)))
