@@ -100,7 +100,7 @@ def main(argv=None) -> int:
         for daemon in cameras + nodes:
             daemon.signal(signal.SIGTERM)
         for daemon in cameras + nodes:
-            code = daemon.stop()
+            code = daemon.stop(signalled=True)
             print(f"  {daemon.name} stopped (exit {code})")
 
 

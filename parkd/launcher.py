@@ -113,11 +113,12 @@ class Daemon:
     def wait(self, timeout: float) -> int:
         return self.proc.wait(timeout)
 
-    def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM, then SIGKILL if it has not exited within ``timeout``."""
+    def stop(self, timeout: float = 15.0, signalled: bool = False) -> int | None:
+        """SIGTERM (unless ``signalled`` already), then SIGKILL if it has not exited within ``timeout``."""
         if self.proc is None:
             return None
-        self.signal(signal.SIGTERM)
+        if not signalled:
+            self.signal(signal.SIGTERM)
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:

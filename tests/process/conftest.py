@@ -86,7 +86,7 @@ class Cluster:
     def stop_all(self):
         for daemon in [*self.cameras.values(), *self.nodes.values()]:
             daemon.signal(signal.SIGTERM)
-        codes = {d.name: d.stop() for d in [*self.cameras.values(), *self.nodes.values()]}
+        codes = {d.name: d.stop(signalled=True) for d in [*self.cameras.values(), *self.nodes.values()]}
         return codes
 
     def kill_all(self):
