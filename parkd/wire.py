@@ -18,7 +18,7 @@ from twisted.protocols.basic import Int32StringReceiver
 
 from parkd.config import DEFAULT_MAX_MESSAGE_BYTES
 from parkd.proto import parkd_pb2 as pb
-from parkd.raft import messages
+from parkd.raft import confchange, messages
 from parkd.raft.types import Entry, EntryKind
 
 # How long a peer that was sent an Error gets to read it before we abort.
@@ -199,6 +199,44 @@ _FIELDS = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in _RAFT_
 
 class BadMessage(ValueError):
     """A well-framed message whose fields make no sense (e.g. unknown entry kind)."""
+
+
+# No term, index or offset on the raft port may exceed this.  Nothing legitimate
+# comes near it; SQLite stores signed 64-bit integers, and a node must be able to
+# count up from any term it accepts (from 2**64 - 1 the next term cannot even be
+# encoded): a larger one used to stop the node's Ready loop for good.
+MAX_WIRE_INT = 1 << 62
+
+
+def check_raft_message(message: messages.Message) -> None:
+    """Raise :class:`BadMessage` for what no correct peer sends.
+
+    Node ids start at 1; integers stay within :data:`MAX_WIRE_INT`; the entries of
+    an AppendEntries are a piece of a leader's log: they follow ``prev_log_index``
+    one by one, their terms rise from ``prev_log_term`` up to the message's term,
+    and CONFIG entries decode.  The core trusts all this: without it a forged
+    append left holes in its log or raised from inside ``step``.
+    """
+    name = type(message).__name__
+    if not message.src or not message.dst:
+        raise BadMessage(f"{name} from node {message.src} to node {message.dst}: node ids start at 1")
+    for field in _FIELDS[type(message)]:
+        value = getattr(message, field)
+        if type(value) is int and value > MAX_WIRE_INT:
+            raise BadMessage(f"{name}.{field} {value} exceeds {MAX_WIRE_INT}")
+    if isinstance(message, messages.AppendEntries):
+        index, term = message.prev_log_index, message.prev_log_term
+        for entry in message.entries:
+            if entry.index != index + 1:
+                raise BadMessage(f"log entry {entry.index} does not follow entry {index}")
+            if not term <= entry.term <= message.term:
+                raise BadMessage(f"log entry {entry.index} has term {entry.term}, outside {term}..{message.term}")
+            if entry.kind is EntryKind.CONFIG:
+                try:
+                    confchange.decode(entry.data)
+                except confchange.ConfChangeDecodeError as e:
+                    raise BadMessage(f"log entry {entry.index}: {e}") from None
+            index, term = entry.index, entry.term
 
 
 def raft_to_envelope(message: messages.Message) -> pb.Envelope:

@@ -9,6 +9,7 @@ from parkd.wire import (
     BadMessage,
     EnvelopeFactory,
     EnvelopeProtocol,
+    check_raft_message,
     clip,
     raft_from_envelope,
 )
@@ -22,6 +23,7 @@ class RaftPortProtocol(EnvelopeProtocol):
     def envelopeReceived(self, kind, body) -> None:
         try:
             message = raft_from_envelope(kind, body)
+            check_raft_message(message)
         except BadMessage as e:
             self.reject(pb.Error.MALFORMED, str(e))
             return

@@ -5,17 +5,27 @@ Each test names the finding; the fuzzers in this directory found them first.
 
 from __future__ import annotations
 
+import random
+
+import pytest
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from fuzzkit import captured_logs, envelopes_in, frame
 from parkd.config import DEFAULT_MAX_MESSAGE_BYTES
+from parkd.node.driver import RaftDriver
 from parkd.node.frames import FrameIntake
-from parkd.node.ports import ClientPortFactory
+from parkd.node.ports import ClientPortFactory, RaftPortFactory
 from parkd.parking.analyzer import HashAnalyzer
 from parkd.parking.state import ParkingState
 from parkd.proto import parkd_pb2 as pb
-from parkd.raft.storage import open_engine
+from parkd.raft import confchange
+from parkd.raft import messages as m
+from parkd.raft.core import CoreConfig, RaftCore
+from parkd.raft.sim import Simulation
+from parkd.raft.storage import SqliteStorage, open_engine
+from parkd.raft.types import Entry, EntryKind
+from parkd.wire import check_raft_message, raft_to_envelope
 
 LOTS = {"north": 100}
 
@@ -63,3 +73,130 @@ def test_a_frame_with_a_huge_wrong_lot_is_refused_with_a_short_error_and_the_cam
     assert not proto.transport.disconnecting
     assert logs.errors() == []
     assert all(len(text) < 2000 for text in logs.warnings())
+
+
+# ------------------------------------------------------------------ the raft port
+#
+# A node as NodeService builds it, minus the sockets: RaftCore, SqliteStorage,
+# RaftDriver on a Clock, and the raft port delivering to the driver.
+
+
+class RaftNode:
+    """Node 2 of (1, 2, 3)."""
+
+    def __init__(self):
+        engine = open_engine("sqlite://")
+        self.storage = SqliteStorage(engine)
+        self.core = RaftCore(2, (1, 2, 3), self.storage.load(), random.Random(0), CoreConfig(election_ticks=10))
+        self.clock = Clock()
+        self.sent = []
+        self.driver = RaftDriver(self.core, self.storage, self.sent.append, lambda entries: None, self.clock, 0.1,
+                                 on_fatal=lambda: None)  # fmt: skip
+        self.driver.start()
+        self.factory = RaftPortFactory(self.clock, DEFAULT_MAX_MESSAGE_BYTES, self.driver.step)
+
+    def connect(self):
+        proto = self.factory.buildProtocol(None)
+        proto.makeConnection(StringTransport())
+        return proto
+
+    def send(self, message, proto=None):
+        proto = proto or self.connect()
+        proto.dataReceived(frame(raft_to_envelope(message)))
+        self.clock.advance(0)  # the driver's Ready loop runs at the end of the reactor turn
+        return proto
+
+    def still_runs(self) -> bool:
+        """Its Ready loop still works: left alone, it campaigns (pre-vote) for the next term."""
+        self.sent.clear()
+        self.clock.pump([0.1] * 40)
+        return any(isinstance(x, m.VoteRequest) and x.term == self.core.term + 1 for x in self.sent)
+
+
+# F2: a term at or beyond 2**63 was accepted.  SQLite cannot store it, and the
+# OverflowError (not a StorageError) escaped the driver's Ready loop with a Ready
+# outstanding: the node's Raft stopped for good while the process lived on.  From
+# 2**64 - 1 the next campaign's term could not even be encoded (ValueError in send).
+@pytest.mark.parametrize(
+    "message",
+    [
+        m.AppendEntries(2**63, 1, 2, 0, 0, (), 0),
+        m.TimeoutNow(2**64 - 1, 1, 2),
+        m.VoteRequest(2**63 - 1, 3, 2, 0, 0, pre_vote=False),
+        m.AppendResponse(2**64 - 1, 1, 2, False),
+    ],
+    ids=["append-2^63", "timeout-now-2^64-1", "vote-2^63-1", "append-response-2^64-1"],
+)
+def test_a_term_beyond_what_sqlite_stores_is_refused_and_the_node_runs_on(message):
+    node = RaftNode()
+    with captured_logs() as logs:
+        proto = node.send(message)
+    assert proto.rejected and proto.transport.disconnected
+    assert node.core.term == 0 and logs.errors() == []
+    assert node.still_runs()
+
+
+def test_node_id_0_is_refused_it_would_let_a_node_vote_twice_in_a_term():
+    """A vote for "node 0" was recorded as no vote at all, so the node voted again."""
+    node = RaftNode()
+    proto = node.send(m.VoteRequest(1, 0, 2, 0, 0))
+    assert proto.rejected
+    node.send(m.VoteRequest(1, 3, 2, 0, 0))
+    node.send(m.VoteRequest(1, 1, 2, 0, 0))
+    granted = [x.dst for x in node.sent if isinstance(x, m.VoteResponse) and x.granted]
+    assert granted == [3] and node.core.vote == 3
+
+
+# F3: the core trusts that an AppendEntries carries a piece of a leader's log.
+# Entries that did not follow prev_log_index one by one left a hole in its log, so
+# storage refused the next save (ValueError out of the Ready loop: Raft stopped for
+# good) or raised LogConflictBelowCommit out of the port; entries of a term above
+# the message's (or falling) broke the "terms never decrease" rule the log's
+# binary searches rely on.
+@pytest.mark.parametrize(
+    "entries",
+    [
+        (Entry(5, 1),),
+        (Entry(0, 1),),
+        (Entry(1, 1), Entry(3, 1)),
+        (Entry(1, 9),),
+        (Entry(1, 1), Entry(2, 0)),
+    ],
+    ids=["gap", "index-0", "hole", "term-above-the-message", "falling-terms"],
+)
+def test_entries_that_are_no_piece_of_a_leaders_log_are_refused(entries):
+    node = RaftNode()
+    with captured_logs() as logs:
+        proto = node.send(m.AppendEntries(1, 1, 2, 0, 0, entries, 5))
+    assert proto.rejected and proto.transport.disconnected
+    assert node.core.last_index == 0 and node.core.commit_index == 0
+    assert logs.errors() == []
+    assert node.still_runs()
+
+
+# F4: CONFIG entry data that does not decode raised ConfChangeDecodeError from inside
+# core.step, after the entry had been added to the in-memory log.
+def test_an_undecodable_config_entry_is_refused():
+    node = RaftNode()
+    config = confchange.encode(confchange.ConfChange(confchange.ConfChangeOp.ADD_LEARNER, 4, b"", (1, 2, 3), (4,)))
+    for data in (b"", b"zz", config[:-3]):
+        with captured_logs() as logs:
+            proto = node.send(m.AppendEntries(1, 1, 2, 0, 0, (Entry(1, 1, EntryKind.CONFIG, data),), 1))
+        assert proto.rejected and logs.errors() == []
+        assert node.core.last_index == 0
+    node.send(m.AppendEntries(1, 1, 2, 0, 0, (Entry(1, 1, EntryKind.CONFIG, config),), 1))
+    assert node.core.learners == (4,)  # a well-formed one still goes through
+
+
+def test_the_check_refuses_nothing_a_correct_cluster_sends():
+    """Every message of simulated clusters (elections, faults, membership changes,
+    snapshots, transfers) passes check_raft_message."""
+    kinds = set()
+    for seed in range(20):
+        sim = Simulation(seed)
+        sim.cluster.history = []
+        assert sim.run(1000).ok
+        for message in sim.cluster.history:
+            check_raft_message(message)
+            kinds.add(type(message))
+    assert len(kinds) == 10  # every raft message type was seen
