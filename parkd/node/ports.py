@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from parkd.proto import parkd_pb2 as pb
+from parkd.raft.log import LogConflictBelowCommit
 from parkd.wire import (
     CLIENT_PORT,
     RAFT_PORT,
@@ -27,7 +28,14 @@ class RaftPortProtocol(EnvelopeProtocol):
         except BadMessage as e:
             self.reject(pb.Error.MALFORMED, str(e))
             return
-        self.factory.deliver(message)
+        try:
+            self.factory.deliver(message)
+        except LogConflictBelowCommit as e:
+            # Impossible between correct peers (log matching, §5.3): the sender is
+            # broken or forged.  Refuse it instead of raising out of the reactor;
+            # the core changed nothing but (at most) its term.
+            what = f"{type(message).__name__} from node {message.src}"
+            self.reject(pb.Error.MALFORMED, f"{what} would rewrite committed entries: {e}")
 
 
 class RaftPortFactory(EnvelopeFactory):

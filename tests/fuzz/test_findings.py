@@ -200,3 +200,20 @@ def test_the_check_refuses_nothing_a_correct_cluster_sends():
             check_raft_message(message)
             kinds.add(type(message))
     assert len(kinds) == 10  # every raft message type was seen
+
+
+# F5: an append that would overwrite committed entries (a forged leader of a higher
+# term) made the log raise LogConflictBelowCommit out of core.step and through the
+# raft port's handler (an Unhandled Error with a traceback).  The port now refuses
+# the sender; the committed entries stay.
+def test_an_append_rewriting_committed_entries_is_refused_and_changes_nothing():
+    node = RaftNode()
+    honest = node.send(m.AppendEntries(1, 1, 2, 0, 0, (Entry(1, 1, data=b"a"), Entry(2, 1, data=b"b")), 2))
+    assert node.core.commit_index == 2
+    with captured_logs() as logs:
+        forged = node.send(m.AppendEntries(2, 3, 2, 0, 0, (Entry(1, 2, data=b"forged"),), 1))
+    assert forged.rejected and forged.transport.disconnected
+    assert logs.errors() == [] and "would rewrite committed entries" in logs.closing()[0]["reason"]
+    assert [e.data for e in node.core.log.slice(1, 3)] == [b"a", b"b"]
+    assert not honest.rejected
+    assert node.still_runs()
