@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import resource
 import sys
 
 from twisted.application import service
@@ -74,6 +75,16 @@ def listen_now(reactor, description: str, factory, what: str):
         reason = getattr(error, "socketError", None) or error
         raise ConfigError(f"{what}: cannot listen on {description}: {reason}")
     return outcome[0]
+
+
+def raise_file_limit() -> int:
+    """Allow as many open files as the hard limit does (a node may serve thousands of cameras)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return target
+    return soft
 
 
 def fail(message: str) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import resource
 import sys
 import time
 from collections import OrderedDict
@@ -24,6 +23,7 @@ from collections import OrderedDict
 from parkd.camera.client import CameraClient
 from parkd.camera.outbox import Frame
 from parkd.config import parse_cluster_addresses
+from parkd.daemon import raise_file_limit
 
 PAYLOAD = b"x" * 64
 
@@ -146,8 +146,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from twisted.internet import reactor
 
-    if args.cameras > 900:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536))
+    raise_file_limit()
     gen = LoadGenerator(reactor, parse_cluster_addresses(args.cluster), args.cameras, args.window, args.interval,
                         args.lots.split(","), first_camera=args.first_camera)  # fmt: skip
     result = {}

@@ -12,7 +12,7 @@ from twisted.logger import Logger
 
 from parkd.config import ConfigError
 from parkd.events import FRAME_EVENTS
-from parkd.daemon import JsonLogService, OrderedServices, fail_on_config_error, listen_now
+from parkd.daemon import JsonLogService, OrderedServices, fail_on_config_error, listen_now, raise_file_limit
 from parkd.node.driver import RaftDriver
 from parkd.node.frames import FrameIntake
 from parkd.node.http import build_site
@@ -74,6 +74,7 @@ class NodeService(service.Service):
     def startService(self) -> None:
         s = self.settings
         config = s.config
+        raise_file_limit()
         path = self.db_path = os.path.join(open_data_dir(s.data_dir), "node.db")
         try:
             self.engine = open_engine(path)
