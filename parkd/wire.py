@@ -171,6 +171,24 @@ def clip(text: str, limit: int = MAX_REASON_CHARS) -> str:
     return f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
+def frame_envelope(envelope: pb.Envelope) -> bytes:
+    """One message as it goes on the wire: 4-byte big-endian length, then the body."""
+    body = envelope.SerializeToString()
+    return len(body).to_bytes(4, "big") + body
+
+
+def split_envelopes(data: bytes) -> list[pb.Envelope]:
+    """The whole messages in a captured byte stream (tools and tests)."""
+    out = []
+    while len(data) >= 4:
+        length = int.from_bytes(data[:4], "big")
+        envelope = pb.Envelope()
+        envelope.ParseFromString(data[4 : 4 + length])
+        out.append(envelope)
+        data = data[4 + length :]
+    return out
+
+
 def _peer(transport) -> str:
     try:
         peer = transport.getPeer()

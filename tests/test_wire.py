@@ -22,7 +22,9 @@ from parkd.wire import (
     EnvelopeProtocol,
     MessageTooLarge,
     raft_from_envelope,
+    frame_envelope,
     raft_to_envelope,
+    split_envelopes,
 )
 
 
@@ -47,20 +49,11 @@ def connect(rules=CLIENT_PORT, max_length=1024):
     return proto, transport
 
 
-def frame(envelope: pb.Envelope) -> bytes:
-    data = envelope.SerializeToString()
-    return struct.pack("!I", len(data)) + data
+frame = frame_envelope
 
 
 def sent_envelopes(transport: StringTransport) -> list[pb.Envelope]:
-    data, out = transport.value(), []
-    while data:
-        (length,) = struct.unpack("!I", data[:4])
-        envelope = pb.Envelope()
-        envelope.ParseFromString(data[4 : 4 + length])
-        out.append(envelope)
-        data = data[4 + length :]
-    return out
+    return split_envelopes(transport.value())
 
 
 HELLO = pb.Envelope(hello=pb.Hello(camera_id=7, lot="north"))

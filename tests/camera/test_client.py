@@ -1,7 +1,6 @@
 """The camera client with an injected clock and in-memory connections."""
 
 import random
-import struct
 
 from twisted.internet import defer
 from twisted.internet.error import ConnectionRefusedError
@@ -15,6 +14,7 @@ from parkd.camera.outbox import Outbox
 from parkd.config import Address
 from parkd.events import FrameEvents
 from parkd.proto import parkd_pb2 as pb
+from parkd.wire import frame_envelope, split_envelopes
 
 NODES = (Address("127.0.0.1", 1), Address("127.0.0.1", 2), Address("127.0.0.1", 3))
 
@@ -39,19 +39,11 @@ class Network:
 
 
 def sent(proto):
-    data, out = proto.transport.value(), []
-    while data:
-        (n,) = struct.unpack("!I", data[:4])
-        env = pb.Envelope()
-        env.ParseFromString(data[4 : 4 + n])
-        out.append(env)
-        data = data[4 + n :]
-    return out
+    return split_envelopes(proto.transport.value())
 
 
 def reply(proto, **body):
-    data = pb.Envelope(**body).SerializeToString()
-    proto.dataReceived(struct.pack("!I", len(data)) + data)
+    proto.dataReceived(frame_envelope(pb.Envelope(**body)))
 
 
 def make(tmp_path, frames=3):

@@ -1,6 +1,5 @@
 """The client port: Hello, frames, acks after local apply, refusals (CONTRACT §5)."""
 
-import struct
 
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -11,6 +10,7 @@ from parkd.parking.analyzer import HashAnalyzer
 from parkd.parking.codec import decode
 from parkd.parking.state import ParkingState
 from parkd.proto import parkd_pb2 as pb
+from parkd.wire import frame_envelope, split_envelopes
 from parkd.raft.core import NotLeader
 from parkd.raft.storage import open_engine
 from parkd.raft.types import Entry
@@ -55,18 +55,11 @@ def connect(factory):
 
 
 def send(proto, **body):
-    data = pb.Envelope(**body).SerializeToString()
-    proto.dataReceived(struct.pack("!I", len(data)) + data)
+    proto.dataReceived(frame_envelope(pb.Envelope(**body)))
 
 
 def received(proto):
-    data, out = proto.transport.value(), []
-    while data:
-        (n,) = struct.unpack("!I", data[:4])
-        env = pb.Envelope()
-        env.ParseFromString(data[4 : 4 + n])
-        out.append(env)
-        data = data[4 + n :]
+    out = split_envelopes(proto.transport.value())
     proto.transport.clear()
     return out
 
