@@ -55,6 +55,10 @@ class Logs:
     def warnings(self) -> list[str]:
         return [_text(e) for e in self.events if e.get("log_level") == LogLevel.warn]
 
+    def formats(self, level: LogLevel) -> set[str]:
+        """The distinct log_format strings of the events at ``level``."""
+        return {str(e.get("log_format")) for e in self.events if e.get("log_level") == level}
+
     def closing(self) -> list[dict]:
         """The once-per-connection 'closing <port> connection' warnings of EnvelopeProtocol.reject."""
         return [e for e in self.events if str(e.get("log_format", "")).startswith("closing {port} connection")]
@@ -115,7 +119,8 @@ def feed(proto, data: bytes, cuts: list[int]) -> None:
 
 # ------------------------------------------------------------------ scalar strategies
 
-U64_EDGES = [0, 1, 2, 3, 7, 255, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**53, 2**62, 2**63 - 1, 2**63, 2**64 - 2, 2**64 - 1]
+U64_EDGES = [0, 1, 2, 3, 7, 255, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**53, 2**62, 2**62 + 1, 2**63 - 1, 2**63,
+             2**64 - 2, 2**64 - 1]  # fmt: skip
 U32_EDGES = [0, 1, 2, 3, 4, 99, 2**16, 2**31 - 1, 2**31, 2**32 - 2, 2**32 - 1]
 FLOAT_EDGES = [0.0, -0.0, 1.0, -1.0, 1e-310, 5e-324, 1.7e308, -1.7e308, math.inf, -math.inf, math.nan, 2.0**63, 1e12]
 
@@ -300,3 +305,63 @@ def _hostile_stream(envelope_strategy, max_length, pieces):
         st.tuples(envelope_strategy, st.integers(1, 8)).map(lambda t: frame(t[0])[: -t[1]] or b"\x00"),
     )
     return st.lists(piece, min_size=1, max_size=pieces).map(b"".join)
+
+
+# ------------------------------------------------------------------ without hypothesis
+
+
+def random_message(rng, descriptor, lots=(), limit: int = 4096):
+    """Like :func:`message_of`, drawn with a ``random.Random`` (for process tests)."""
+    message = getattr(pb, descriptor.name)()
+    for field in descriptor.fields:
+        if rng.random() < 0.25:
+            continue  # left at its default
+        count = rng.randrange(4) if _repeated(field) else 1
+        values = [_random_value(rng, field, lots, limit) for _ in range(count)]
+        if _repeated(field):
+            container = getattr(message, field.name)
+            for value in values:
+                if field.type == FD.TYPE_MESSAGE:
+                    container.add().CopyFrom(value)
+                else:
+                    container.append(value)
+        elif field.type == FD.TYPE_MESSAGE:
+            getattr(message, field.name).CopyFrom(values[0])
+        else:
+            setattr(message, field.name, values[0])
+    return message
+
+
+def random_envelope(rng, kinds=None, lots=(), limit: int = 4096) -> pb.Envelope:
+    kind = rng.choice(list(kinds or BODY_FIELDS))
+    envelope = pb.Envelope()
+    getattr(envelope, kind).CopyFrom(random_message(rng, BODY_FIELDS[kind].message_type, lots, limit))
+    return envelope
+
+
+def _random_value(rng, field, lots, limit):
+    roll = rng.random()
+    if field.type == FD.TYPE_UINT64:
+        return rng.choice(U64_EDGES) if roll < 0.5 else rng.randrange(21) if roll < 0.8 else rng.getrandbits(64)
+    if field.type == FD.TYPE_UINT32:
+        if field.name == "kind":
+            return rng.choice([0, 1, 2]) if roll < 0.8 else rng.getrandbits(32)
+        return rng.choice(U32_EDGES) if roll < 0.5 else rng.randrange(11) if roll < 0.8 else rng.getrandbits(32)
+    if field.type == FD.TYPE_BOOL:
+        return roll < 0.5
+    if field.type == FD.TYPE_DOUBLE:
+        return rng.choice(FLOAT_EDGES) if roll < 0.5 else struct.unpack("<d", rng.randbytes(8))[0]
+    if field.type == FD.TYPE_STRING:
+        if roll < 0.4 and lots:
+            return rng.choice(list(lots))
+        codes = [rng.choice((rng.randrange(32, 127), rng.randrange(0xD800))) for _ in range(rng.randrange(12))]
+        text = "".join(map(chr, codes))
+        return (text * rng.randrange(1, 400))[:limit] if roll > 0.9 and text else text
+    if field.type == FD.TYPE_BYTES:
+        data = rng.randbytes(rng.randrange(40))
+        return (data * rng.randrange(1, 400))[:limit] if roll > 0.9 and data else data
+    if field.type == FD.TYPE_ENUM:
+        return rng.choice([v.number for v in field.enum_type.values]) if roll < 0.8 else rng.randrange(2**31)
+    if field.type == FD.TYPE_MESSAGE:
+        return random_message(rng, field.message_type, lots, limit)
+    raise AssertionError(f"no generator for {field.full_name}")

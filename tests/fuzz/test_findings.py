@@ -217,3 +217,51 @@ def test_an_append_rewriting_committed_entries_is_refused_and_changes_nothing():
     assert [e.data for e in node.core.log.slice(1, 3)] == [b"a", b"b"]
     assert not honest.rejected
     assert node.still_runs()
+
+
+# ------------------------------------------------------------------ the core itself
+#
+# What the raft port now refuses still breaks the core when it gets there: these
+# tests pin it for whoever makes the core defensive (parkd/raft/core.py, log.py).
+# strict xfail: they start failing, as a reminder to drop the marker, once it is.
+
+
+def core_node():
+    from raftkit import Node  # tests/fuzz/raftkit.py
+
+    return Node(0)
+
+
+@pytest.mark.xfail(strict=True, reason="core finding C1: RaftLog.try_append trusts entry indexes")
+def test_core_ignores_entries_that_do_not_follow_prev_log_index():
+    node = core_node()
+    node.core.step(m.AppendEntries(1, 1, 2, 0, 0, (Entry(5, 1),), 5))  # lands at index 1, claims 5
+    node.process()  # storage: "entries start at 5; the log allows 1..1"
+    assert node.core.last_index == 0
+
+
+@pytest.mark.xfail(strict=True, reason="core finding C2: an undecodable CONFIG entry raises from step()",
+                   raises=confchange.ConfChangeDecodeError)  # fmt: skip
+def test_core_survives_an_undecodable_config_entry():
+    node = core_node()
+    node.core.step(m.AppendEntries(1, 1, 2, 0, 0, (Entry(1, 1, EntryKind.CONFIG, b"zz"),), 0))
+
+
+@pytest.mark.xfail(strict=True, reason="core finding C3: a leader trusts AppendResponse.match_index beyond its log")
+def test_a_leader_ignores_a_match_index_beyond_its_own_log():
+    """One forged success (a member's id, the current term) claiming a match past the
+    leader's log commits an entry only the leader holds, and parks that follower at
+    next = match + 1: the leader asks the node for a snapshot every heartbeat ("no file
+    for snapshot" warnings) and never replicates to it again while it leads."""
+    from raftkit import ME, elect, frame_data
+
+    node = core_node()
+    assert elect(node)
+    core = node.core
+    for peer in (1, 3):
+        node.deliver(m.AppendResponse(core.term, peer, ME, True, core.last_index))
+    node.propose(frame_data(1))  # on the leader only
+    node.deliver(m.AppendResponse(core.term, 3, ME, True, 10**6))
+    assert core.commit_index < core.last_index, "committed without a majority"
+    assert core.progress[3].match <= core.last_index
+
