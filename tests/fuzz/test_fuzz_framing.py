@@ -98,14 +98,14 @@ def check_against_model(rules, data, cuts, logs):
 ports = st.sampled_from(sorted(RULES))
 
 
-@fuzz(400)
+@fuzz(600)
 @given(ports, st.binary(max_size=300), st.lists(st.integers(0, 400), max_size=6))
 def test_random_bytes_agree_with_the_model(port, data, cuts):
     with captured_logs() as logs:
         check_against_model(RULES[port], data, cuts, logs)
 
 
-@fuzz(300)
+@fuzz(400)
 @given(ports, st.data())
 def test_hostile_streams_agree_with_the_model_whole_split_and_byte_by_byte(port, data):
     rules = RULES[port]
@@ -116,7 +116,7 @@ def test_hostile_streams_agree_with_the_model_whole_split_and_byte_by_byte(port,
             check_against_model(rules, stream, split, logs)
 
 
-@fuzz(200)
+@fuzz(300)
 @given(ports, st.lists(envelopes(limit=900), min_size=1, max_size=5), st.lists(st.integers(0, 5000), max_size=5))
 def test_valid_envelopes_of_any_field_values_are_delivered_or_refused_as_not_allowed(port, batch, cuts):
     rules = RULES[port]
