@@ -379,13 +379,27 @@ def read_snapshot_meta(path: str | os.PathLike) -> SnapshotContents:
         applied = conn.execute("SELECT last_applied FROM applied WHERE id = 1").fetchone()
         if applied is None or applied[0] != index:
             raise SnapshotError(f"{path}: applied row {applied} does not match the snapshot index {index}")
+        for table in snapshot_tables():  # install_snapshot copies these: all must be there
+            have = {row[1] for row in conn.execute(f'PRAGMA table_info("{table.name}")')}
+            missing = [c.name for c in table.columns if c.name not in have]
+            if missing:
+                raise SnapshotError(f"{path}: table {table.name} lacks {', '.join(missing)}")
+        if not all(type(n) is int and n >= 0 for n in (index, term)):
+            raise SnapshotError(f"{path}: snapshot index {index!r} / term {term!r}")
         members = tuple(json.loads(d) for (d,) in conn.execute("SELECT data FROM members ORDER BY position"))
-        meta = SnapshotMeta(index, term, tuple(json.loads(voters)), tuple(json.loads(learners)))
+        meta = SnapshotMeta(index, term, _node_ids(path, voters), _node_ids(path, learners))
         return SnapshotContents(meta, members, config_index)
     except (sqlite3.Error, ValueError) as exc:
         raise SnapshotError(f"{path} is not a snapshot: {exc}") from exc
     finally:
         conn.close()
+
+
+def _node_ids(path, text: str) -> tuple[int, ...]:
+    ids = json.loads(text)
+    if not isinstance(ids, list) or not all(type(i) is int and 0 < i < 1 << 32 for i in ids):
+        raise SnapshotError(f"{path}: {text[:100]!r} is not a list of node ids")
+    return tuple(ids)
 
 
 # -- checksums and chunks ---------------------------------------------------------------------
@@ -597,6 +611,9 @@ class SnapshotReceiver:
             t.path.unlink()
             found = f"{meta.index}/{meta.term}"
             return Received(False, 0, error=f"file holds snapshot {found}, not {t.index}/{t.term}")
+        if not meta.voters:  # a leader's snapshot always names them; the core cannot restore without
+            t.path.unlink()
+            return Received(False, 0, error=f"snapshot {t.index}/{t.term} names no voters")
         final = self.directory / f"snapshot-{t.index}-{t.term}.db"
         _write_digest(final, t.path, t.digest.hexdigest())
         os.replace(t.path, final)

@@ -265,3 +265,78 @@ def test_a_leader_ignores_a_match_index_beyond_its_own_log():
     assert core.commit_index < core.last_index, "committed without a majority"
     assert core.progress[3].match <= core.last_index
 
+
+# ------------------------------------------------------------------ snapshots from a peer
+#
+# F6: a received snapshot was trusted once its digest matched.  A file without one
+# of the tables install_snapshot copies made it raise StorageError out of the raft
+# port's handler; one naming no voters was installed (parking tables and Raft
+# storage replaced) and then core.restore raised, leaving the core and the disk at
+# odds (the next save was refused: the Ready loop stopped); ids that are not
+# integers became the core's voters.
+
+
+def crafted_snapshot(tmp_path, damage: str) -> bytes:
+    """The transfer stream (file + SHA-256) of a valid snapshot at (5, 1), then ``damage`` done to it."""
+    import hashlib
+    import sqlite3
+
+    from parkd.parking.codec import FrameResult, encode
+    from parkd.parking.snapshot import write_snapshot
+    from parkd.raft.types import HardState, Membership
+
+    engine = open_engine(str(tmp_path / "leader.db"))
+    storage, state = SqliteStorage(engine), ParkingState(engine, {"north": 100, "south": 60})
+    entries = [Entry(i, 1, data=encode(FrameResult(9, "north", i, 1.7e9 + i, 5))) for i in range(1, 6)]
+    storage.save(HardState(1, 1, 5), entries)
+    state.apply(entries)
+    engine.dispose()
+    out = tmp_path / "snapshot.db"
+    write_snapshot(str(tmp_path / "leader.db"), str(out), Membership((1, 2, 3)))
+    with sqlite3.connect(out) as db:
+        db.executescript(damage)
+    data = out.read_bytes()
+    return data + hashlib.sha256(data).digest()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "DROP TABLE lots;",
+        "ALTER TABLE frames DROP COLUMN free;",
+        "UPDATE snapshot_meta SET voters = '[]';",
+        "UPDATE snapshot_meta SET voters = '[\"x\", 2]';",
+        "UPDATE snapshot_meta SET learners = '[0]';",
+        "UPDATE snapshot_meta SET term = 'one';",
+    ],
+    ids=["no-lots-table", "no-free-column", "no-voters", "string-voter", "learner-0", "text-term"],
+)
+def test_a_crafted_snapshot_from_a_peer_is_refused_and_changes_nothing(tmp_path, damage):
+    from test_fuzz_node import Node  # the real NodeService on a MemoryReactorClock
+
+    stream = crafted_snapshot(tmp_path, damage)
+    node = Node()
+    try:
+        with captured_logs() as logs:
+            node.honest_peer.dataReceived(frame(raft_to_envelope(m.InstallSnapshot(1, 1, 2, 5, 1, 0, stream, True))))
+            node.run(0.5)
+        assert logs.errors() == []
+        assert node.service.state.last_applied() == 0 and node.core.applied_index == 0
+        assert node.core.voters == (1, 2, 3)
+        assert not node.service.driver._failed
+        assert node.elect()  # still a working member
+    finally:
+        node.stop()
+
+
+def test_the_same_snapshot_undamaged_is_installed(tmp_path):
+    from test_fuzz_node import Node
+
+    stream = crafted_snapshot(tmp_path, "")
+    node = Node()
+    try:
+        node.honest_peer.dataReceived(frame(raft_to_envelope(m.InstallSnapshot(1, 1, 2, 5, 1, 0, stream, True))))
+        node.run(0.5)
+        assert node.service.state.last_applied() == 5 and node.core.applied_index == 5
+    finally:
+        node.stop()
