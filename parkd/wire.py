@@ -18,7 +18,7 @@ from twisted.protocols.basic import Int32StringReceiver
 
 from parkd.config import DEFAULT_MAX_MESSAGE_BYTES
 from parkd.proto import parkd_pb2 as pb
-from parkd.raft import confchange, messages
+from parkd.raft import messages
 from parkd.raft.types import Entry, EntryKind
 
 # How long a peer that was sent an Error gets to read it before we abort.
@@ -230,10 +230,9 @@ def check_raft_message(message: messages.Message) -> None:
     """Raise :class:`BadMessage` for what no correct peer sends.
 
     Node ids start at 1; integers stay within :data:`MAX_WIRE_INT`; the entries of
-    an AppendEntries are a piece of a leader's log: they follow ``prev_log_index``
-    one by one, their terms rise from ``prev_log_term`` up to the message's term,
-    and CONFIG entries decode.  The core trusts all this: without it a forged
-    append left holes in its log or raised from inside ``step``.
+    an AppendEntries are a piece of a leader's log (:func:`messages.append_problem`).
+    The core drops such appends too; refusing here also closes the connection and
+    says why in the log.
     """
     name = type(message).__name__
     if not message.src or not message.dst:
@@ -243,18 +242,9 @@ def check_raft_message(message: messages.Message) -> None:
         if type(value) is int and value > MAX_WIRE_INT:
             raise BadMessage(f"{name}.{field} {value} exceeds {MAX_WIRE_INT}")
     if isinstance(message, messages.AppendEntries):
-        index, term = message.prev_log_index, message.prev_log_term
-        for entry in message.entries:
-            if entry.index != index + 1:
-                raise BadMessage(f"log entry {entry.index} does not follow entry {index}")
-            if not term <= entry.term <= message.term:
-                raise BadMessage(f"log entry {entry.index} has term {entry.term}, outside {term}..{message.term}")
-            if entry.kind is EntryKind.CONFIG:
-                try:
-                    confchange.decode(entry.data)
-                except confchange.ConfChangeDecodeError as e:
-                    raise BadMessage(f"log entry {entry.index}: {e}") from None
-            index, term = entry.index, entry.term
+        problem = messages.append_problem(message)
+        if problem:
+            raise BadMessage(problem)
 
 
 def raft_to_envelope(message: messages.Message) -> pb.Envelope:

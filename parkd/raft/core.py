@@ -53,6 +53,7 @@ from parkd.raft.messages import (
     TimeoutNow,
     VoteRequest,
     VoteResponse,
+    append_problem,
 )
 from parkd.raft.progress import Progress, ProgressState
 from parkd.raft.types import Entry, EntryKind, HardState, Membership, PersistedState, SnapshotMeta
@@ -947,7 +948,13 @@ class RaftCore:
     # -- replication: follower side ------------------------------------------------
 
     def _on_append(self, m: AppendEntries) -> None:
-        """§5.3: accept entries that extend a matching prefix, else give a hint."""
+        """§5.3: accept entries that extend a matching prefix, else give a hint.
+
+        An append that cannot be a piece of a leader's log is dropped unread: no
+        correct leader sends one, and taking it would leave a hole in the log.
+        """
+        if m.entries and append_problem(m):
+            return
         if self._role is not Role.FOLLOWER or self._leader != m.src:
             self._become_follower(self._term, m.src)
         self._election_elapsed = 0
@@ -1009,6 +1016,8 @@ class RaftCore:
             pr.read_ack = m.read_ctx
             self._confirm_reads()
         if m.success:
+            if m.match_index > self._log.last_index:
+                return  # no follower can match what this leader never had: forged or corrupt
             if pr.maybe_update(m.match_index):
                 self._maybe_commit()
                 if self._role is not Role.LEADER or m.src not in self._progress:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from parkd.raft.types import Entry
+from parkd.raft import confchange
+from parkd.raft.types import Entry, EntryKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,3 +157,27 @@ Message = (
     | ReadIndexRequest
     | ReadIndexResponse
 )
+
+
+def append_problem(m: AppendEntries) -> str | None:
+    """Why ``m`` cannot be a piece of a leader's log, or None if it can be.
+
+    Its entries must follow ``prev_log_index`` one by one, their terms rise from
+    ``prev_log_term`` up to the message's term (terms never fall along a log, and
+    no leader holds entries of a term above its own), and CONFIG entries decode.
+    No correct leader sends anything else: the raft port refuses the sender and
+    the core drops the message, so a forged append can leave no hole in the log.
+    """
+    index, term = m.prev_log_index, m.prev_log_term
+    for entry in m.entries:
+        if entry.index != index + 1:
+            return f"log entry {entry.index} does not follow entry {index}"
+        if not term <= entry.term <= m.term:
+            return f"log entry {entry.index} has term {entry.term}, outside {term}..{m.term}"
+        if entry.kind is EntryKind.CONFIG:
+            try:
+                confchange.decode(entry.data)
+            except confchange.ConfChangeDecodeError as e:
+                return f"log entry {entry.index}: {e}"
+        index, term = entry.index, entry.term
+    return None

@@ -221,9 +221,8 @@ def test_an_append_rewriting_committed_entries_is_refused_and_changes_nothing():
 
 # ------------------------------------------------------------------ the core itself
 #
-# What the raft port now refuses still breaks the core when it gets there: these
-# tests pin it for whoever makes the core defensive (parkd/raft/core.py, log.py).
-# strict xfail: they start failing, as a reminder to drop the marker, once it is.
+# The raft port refuses these before they reach the core; the core drops them
+# itself too (defence in depth: the core must not depend on its transport).
 
 
 def core_node():
@@ -232,7 +231,6 @@ def core_node():
     return Node(0)
 
 
-@pytest.mark.xfail(strict=True, reason="core finding C1: RaftLog.try_append trusts entry indexes")
 def test_core_ignores_entries_that_do_not_follow_prev_log_index():
     node = core_node()
     node.core.step(m.AppendEntries(1, 1, 2, 0, 0, (Entry(5, 1),), 5))  # lands at index 1, claims 5
@@ -240,14 +238,13 @@ def test_core_ignores_entries_that_do_not_follow_prev_log_index():
     assert node.core.last_index == 0
 
 
-@pytest.mark.xfail(strict=True, reason="core finding C2: an undecodable CONFIG entry raises from step()",
-                   raises=confchange.ConfChangeDecodeError)  # fmt: skip
 def test_core_survives_an_undecodable_config_entry():
     node = core_node()
     node.core.step(m.AppendEntries(1, 1, 2, 0, 0, (Entry(1, 1, EntryKind.CONFIG, b"zz"),), 0))
+    node.process()
+    assert node.core.last_index == 0 and node.core.learners == ()
 
 
-@pytest.mark.xfail(strict=True, reason="core finding C3: a leader trusts AppendResponse.match_index beyond its log")
 def test_a_leader_ignores_a_match_index_beyond_its_own_log():
     """One forged success (a member's id, the current term) claiming a match past the
     leader's log commits an entry only the leader holds, and parks that follower at
