@@ -103,6 +103,18 @@ class RaftDriver:
 
     def process(self) -> None:
         self._scheduled = None
+        try:
+            self._process()
+        except Exception:
+            # A bug, never input (the ports refuse what the core cannot take).  A
+            # Ready left half done would stop Raft for good while the process lived
+            # on, serving stale reads: stop the node instead, loudly.
+            self._failed = True
+            self.stop()
+            self.log.failure("Raft driver failed, stopping node {node_id}", node_id=self.core.id)
+            self.on_fatal()
+
+    def _process(self) -> None:
         while not self._failed and self.core.has_ready():
             ready = self.core.ready()
             if not self._persist(ready):

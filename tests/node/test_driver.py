@@ -100,6 +100,25 @@ def test_storage_error_stops_the_node_without_sending():
     assert [entry for entry in log if entry[0] == "send"] == []
 
 
+def test_an_unexpected_error_in_the_ready_loop_stops_the_node():
+    """A bug (here: the state machine raising) must not leave a Ready outstanding
+    while the process lives on with Raft stopped for good."""
+    driver, clock, log, storage, applied, fatal = make()
+    become_leader(driver, clock)
+    clock.advance(0)
+
+    def broken_apply(entries):
+        raise RuntimeError("state machine bug")
+
+    driver.apply = broken_apply
+    driver.propose(b"a")
+    clock.advance(0)
+    assert fatal == [1]
+    log.clear()
+    clock.advance(TICK * 100)
+    assert log == []
+
+
 def test_propose_without_leader_raises_not_leader():
     driver, *_ = make(voters=(1, 2, 3))
     try:
