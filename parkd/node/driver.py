@@ -1,5 +1,7 @@
 """The Ready loop: persist -> send -> apply -> advance, on the reactor.
 
+(A leader's appends go out before its own write: see ``Ready.early``.)
+
 Inputs (ticks, peer messages, proposals) only *schedule* processing for the end
 of the current reactor turn, so everything the core produced in one turn is
 persisted in one SQLite transaction (group commit) before any message of it is
@@ -117,6 +119,8 @@ class RaftDriver:
     def _process(self) -> None:
         while not self._failed and self.core.has_ready():
             ready = self.core.ready()
+            for message in ready.messages[: ready.early]:  # a leader's appends (§10.2.1)
+                self.send(message)
             if not self._persist(ready):
                 return
             if ready.entries:
@@ -125,7 +129,7 @@ class RaftDriver:
             if ready.membership is not None:
                 for listener in self.membership_listeners:
                     listener(ready.membership)
-            for message in ready.messages:
+            for message in ready.messages[ready.early :]:
                 self.send(message)
             if ready.committed_entries:
                 self.apply(ready.committed_entries)

@@ -31,7 +31,6 @@ the history was never applied, so it is recorded as a late frame.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -42,7 +41,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from parkd.parking.codec import CodecError, FrameResult, decode, decode_retention, is_retention
 from parkd.parking.retention import TrimResult, trim_in
-from parkd.raft.storage import ensure_schema, storage_errors
+from parkd.raft.storage import ensure_schema, storage_errors, unsynced_transaction
 from parkd.raft.types import Entry, EntryKind
 
 PARKING_SCHEMA_VERSION = 1
@@ -287,7 +286,7 @@ class ParkingState:
         ones after it see the raised ``trimmed_seq``.  It yields no result (like a
         NOOP); what it trimmed is in :attr:`trims` until the next call.
         """
-        with storage_errors("applying committed entries"), _apply_transaction(self._engine) as conn:
+        with storage_errors("applying committed entries"), unsynced_transaction(self._engine) as conn:
             last = conn.scalar(sa.select(_applied.c.last_applied))
             todo = [e for e in entries if e.index > last]
             if not todo:
@@ -364,28 +363,6 @@ class ParkingState:
     def _camera_query() -> sa.Select:
         c = _cameras.c
         return sa.select(c.camera_id, c.lot, c.free, c.last_seq, c.last_seen)
-
-
-@contextlib.contextmanager
-def _apply_transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
-    """A transaction whose commit is not fsynced (``synchronous=NORMAL`` in WAL mode).
-
-    Safe because applying only follows the log, which *is* durable: a crash can
-    lose only a suffix of these commits (the WAL is written in order), taking
-    ``last_applied`` back with it, and the lost entries are applied again from
-    the log on restart.  Any later FULL commit (the next log write, or the
-    compaction that drops entries below a snapshot) fsyncs the WAL with these
-    commits in it, so the log never loses an entry whose effect is not durable.
-    Saves one fsync per applied batch on every node, on the path to every ack.
-    """
-    with engine.connect() as conn:
-        raw = conn.connection.dbapi_connection  # outside SQLAlchemy's transaction: a pragma
-        raw.execute("PRAGMA synchronous=NORMAL")  # cannot change inside one
-        try:
-            with conn.begin():
-                yield conn
-        finally:
-            raw.execute("PRAGMA synchronous=FULL")
 
 
 def snapshot_tables() -> tuple[sa.Table, ...]:

@@ -140,9 +140,17 @@ class Ready:
 
     1. Persist ``hard_state`` (if not None) and ``entries`` in one transaction:
        storage deletes its entries with index >= ``entries[0].index``, then appends.
+       A ``hard_state`` that differs from the previous one only in ``commit`` need
+       not be fsynced: the commit index is volatile state (Figure 2), relearnt from
+       the leader after a restart.
     2. Send ``messages`` (only after step 1 is durable).  When ``membership`` is
        set, connect to new members first: the configuration already took effect
        (CONFIG entries in ``entries`` carry the new members' addresses).
+       The first ``early`` messages are a leader's appends: they may go out
+       before step 1, so followers write the entries while the leader does
+       (dissertation §10.2.1).  The leader counts itself toward a commit only up
+       to what it has persisted, and the core sets ``early`` only when its term
+       and vote are already durable and the configuration did not change.
     3. Apply ``committed_entries`` in order; serve ``read_states`` once applied.
     """
 
@@ -154,6 +162,7 @@ class Ready:
     read_states: tuple[ReadState, ...]
     membership: Membership | None = None  # the configuration now in effect, if it changed
     transfer: TransferResult | None = None  # a leadership transfer ended
+    early: int = 0  # messages[:early] may be sent before the persist (step 2)
 
 
 class NotLeader(Exception):
@@ -614,15 +623,24 @@ class RaftCore:
         self._flush_appends()
         hard, soft = self._hard_state(), self._soft_state()
         membership = self._membership
+        messages, early = tuple(self._msgs), 0
+        durable = (hard.term, hard.vote) == (self._prev_hard.term, self._prev_hard.vote)
+        # With a new configuration, the node connects to new members first (step 2).
+        if self._role is Role.LEADER and durable and membership is self._prev_membership:
+            appends = tuple(m for m in messages if type(m) is AppendEntries)
+            if appends:
+                messages = appends + tuple(m for m in messages if type(m) is not AppendEntries)
+                early = len(appends)
         rd = Ready(
             hard_state=hard if hard != self._prev_hard else None,
             entries=self._log.take_unsent(),
-            messages=tuple(self._msgs),
+            messages=messages,
             committed_entries=self._log.slice(self._applied + 1, self._log.committed + 1),
             soft_state=soft if soft != self._prev_soft else None,
             read_states=tuple(self._read_states),
             membership=membership if membership is not self._prev_membership else None,
             transfer=self._transfer_result,
+            early=early,
         )
         self._prev_hard, self._prev_soft = hard, soft
         self._prev_membership = membership

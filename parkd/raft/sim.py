@@ -314,7 +314,9 @@ class Cluster:
 
     A node's Ready is first *taken* (``take_ready``) and only later *persisted*
     (``persist``: save, send, apply, advance), so a crash in between loses it, as
-    a crash before the storage transaction commits would.
+    a crash before the storage transaction commits would.  A leader's appends
+    (``Ready.early``) are sent when the Ready is taken, before its write, as the
+    node does (dissertation §10.2.1): a crash can then lose the leader's copy.
 
     ``ids`` are the founding voters (the start-up file); nodes added later with
     :meth:`add_node` start with an empty configuration, as ``--join`` does.  A
@@ -414,6 +416,7 @@ class Cluster:
         if core is None or i in self.pending or i in self.installing or not core.has_ready():
             return False
         rd = self.pending[i] = core.ready()
+        self.network.extend(rd.messages[: rd.early])  # a leader's appends go before its write
         if core.role is Role.LEADER and EntryKind.CONFIG in map(_kind_of, rd.entries):
             self.checker.check_one_pending(core)
         return True
@@ -429,7 +432,7 @@ class Cluster:
         rd = self.pending.pop(i)
         storage, checker = self.storage[i], self.checker
         self._save(i, rd)
-        self.network.extend(rd.messages)
+        self.network.extend(rd.messages[rd.early :])
         removed = False
         applied = storage.applied
         for entry in rd.committed_entries:

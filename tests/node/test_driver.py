@@ -6,7 +6,7 @@ from twisted.internet.task import Clock
 
 from parkd.node.driver import RaftDriver
 from parkd.raft.core import CoreConfig, NotLeader, RaftCore, Role
-from parkd.raft.messages import VoteRequest
+from parkd.raft.messages import AppendEntries, AppendResponse, VoteRequest, VoteResponse
 from parkd.raft.storage import MemoryStorage, StorageError
 from parkd.raft.types import EntryKind
 
@@ -87,6 +87,29 @@ def test_missed_ticks_are_replayed_after_a_stall():
     # CONFIG.election_ticks=4: 3 ticks are not yet an election; 8 more certainly are.
     clock.advance(TICK * 8)
     assert any(entry[0] == "send" and isinstance(entry[1], VoteRequest) for entry in log)
+
+
+def test_a_leaders_appends_are_sent_before_its_own_write():
+    """Dissertation §10.2.1: followers write the entries while the leader does."""
+    driver, clock, log, storage, applied, _ = make(voters=(1, 2, 3))
+    while driver.core.role is not Role.CANDIDATE:
+        clock.advance(TICK)
+        if driver.core.role is Role.PRE_CANDIDATE:
+            driver.step(VoteResponse(driver.core.term + 1, 2, 1, granted=True, pre_vote=True))
+            clock.advance(0)
+    driver.step(VoteResponse(driver.core.term, 2, 1, granted=True))
+    clock.advance(0)
+    assert driver.core.role is Role.LEADER
+    for peer in (2, 3):  # the no-op is replicated: both followers are pipelined
+        driver.step(AppendResponse(driver.core.term, peer, 1, True, match_index=1))
+    clock.advance(0)
+    log.clear()
+    driver.propose(b"a")
+    clock.advance(0)
+    first_save = next(i for i, entry in enumerate(log) if entry[0] == "save")
+    sent_before = [entry[1] for entry in log[:first_save] if entry[0] == "send"]
+    assert {m.dst for m in sent_before} == {2, 3}
+    assert all(isinstance(m, AppendEntries) and m.entries[-1].data == b"a" for m in sent_before)
 
 
 def test_storage_error_stops_the_node_without_sending():

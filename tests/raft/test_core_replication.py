@@ -269,6 +269,41 @@ def test_10_2_1_leader_counts_itself_only_for_persisted_entries():
     assert leader.commit_index == 2
 
 
+def test_10_2_1_a_leaders_appends_may_go_out_before_its_own_write():
+    leader = make_leader()
+    for peer in (2, 3):  # the no-op is replicated: both followers are pipelined
+        leader.step(AppendResponse(1, peer, 1, True, match_index=1))
+    drain(leader)
+    leader.propose(b"x")
+    rd = leader.ready()
+    assert [e.data for e in rd.entries] == [b"x"]
+    early = rd.messages[: rd.early]
+    assert {m.dst for m in early} == {2, 3} and all(type(m) is AppendEntries for m in early)
+    assert all(m.entries[-1].data == b"x" for m in early)
+    assert AppendEntries not in {type(m) for m in rd.messages[rd.early :]}
+
+
+def test_10_2_1_nothing_goes_early_before_the_term_and_vote_are_durable():
+    """The Ready in which a candidate becomes leader carries its new term and vote:
+    an append of that term sent before they are written could outlive a crash that
+    lets the node vote again in the same term."""
+    core = make_core()
+    while core.role is Role.FOLLOWER:
+        core.tick()
+    core.step(VoteResponse(1, 2, 1, granted=True, pre_vote=True))
+    core.step(VoteResponse(1, 2, 1, granted=True))
+    rd = core.ready()
+    assert core.role is Role.LEADER and rd.hard_state.term == 1
+    assert appends(rd) and rd.early == 0
+
+
+def test_10_2_1_a_follower_answers_only_after_its_write():
+    core = make_core(term=3)
+    core.step(append(0, 0, [3]))
+    rd = core.ready()
+    assert rd.entries and rd.messages and rd.early == 0
+
+
 # -- Ready / advance and restarts -------------------------------------------------------
 
 

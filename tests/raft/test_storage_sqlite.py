@@ -157,6 +157,34 @@ def test_pragmas_make_the_log_durable(tmp_path):
     engine.dispose()
 
 
+def synchronous_modes(engine, action) -> list[str]:
+    """The ``PRAGMA synchronous`` statements the connection saw during ``action``."""
+    statements = []
+    with engine.connect() as conn:  # the pool's one connection, traced
+        conn.connection.dbapi_connection.set_trace_callback(statements.append)
+    action()
+    with engine.connect() as conn:
+        conn.connection.dbapi_connection.set_trace_callback(None)
+    return [s for s in statements if "synchronous" in s]
+
+
+def test_entries_term_and_vote_are_fsynced_a_new_commit_index_is_not(tmp_path):
+    """The commit index is volatile (Figure 2): a save that only moves it skips the
+    fsync.  Entries and a new term or vote never do."""
+    engine = open_engine(str(tmp_path / "raft.db"))
+    storage = SqliteStorage(engine)
+    assert synchronous_modes(engine, lambda: storage.save(HardState(1, 1, 0), [Entry(1, 1)])) == []
+    assert synchronous_modes(engine, lambda: storage.save(HardState(1, 1, 1), [])) == [
+        "PRAGMA synchronous=NORMAL", "PRAGMA synchronous=FULL"
+    ]
+    assert synchronous_modes(engine, lambda: storage.save(HardState(2, 0, 1), [])) == []
+    assert synchronous_modes(engine, lambda: storage.save(HardState(2, 3, 1), [])) == []
+    assert synchronous_modes(engine, lambda: storage.save(HardState(2, 3, 1), [Entry(2, 2)])) == []
+    storage.close()
+    engine.dispose()
+    assert SqliteStorage.open(str(tmp_path / "raft.db")).load().hard_state == HardState(2, 3, 1)
+
+
 def test_failure_inside_a_save_rolls_everything_back(tmp_path):
     storage = SqliteStorage.open(str(tmp_path / "node.db"))
     storage.save(HardState(1, 1), [Entry(i, 1, data=b"ok") for i in (1, 2, 3)])
