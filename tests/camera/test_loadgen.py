@@ -1,0 +1,83 @@
+"""The load generator's bookkeeping: what a benchmark window counts, and its direct connect."""
+
+import time
+
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+
+from parkd.camera.loadgen import LoadGenerator, percentile
+from parkd.config import Address
+
+NODES = (Address("127.0.0.1", 7201), Address("127.0.0.1", 7202))
+
+
+def make(cameras=2, interval=10.0, ramp=0.0):
+    reactor = MemoryReactorClock()
+    return reactor, LoadGenerator(reactor, NODES, cameras, window=4, interval=interval, lots=["north"], ramp=ramp)
+
+
+def test_counts_frames_captured_in_the_window_however_late_their_ack():
+    reactor, gen = make()
+    a, b = gen.clients
+    gen._capture(a, time.time())  # before the window: backlog, not counted
+    gen.window_start = time.time()
+    gen._capture(a, time.time())
+    gen._capture(b, time.time())
+    gen._capture(b, time.time())
+    gen.window_end = time.time()
+    gen._capture(a, time.time() + 1)  # after the window
+    assert gen.captured == 3
+
+    for seq in (1, 2):  # the pre-window frame and the first window frame of camera a
+        assert a.outbox.ack(seq)
+    assert b.outbox.ack(1)
+    assert b.outbox.discard(2)  # refused by a node
+    assert (gen.acked, gen.refused, len(gen.latencies)) == (2, 1, 2)
+    assert gen.unacked_in_window() == 0
+    assert gen.errors() == 1
+
+
+def test_unacked_frames_of_the_window_are_reported():
+    reactor, gen = make()
+    gen.window_start = time.time() - 1
+    gen._capture(gen.clients[0], time.time())
+    gen.window_end = time.time() + 1
+    assert (gen.captured, gen.acked, gen.unacked_in_window()) == (1, 0, 1)
+
+
+def test_backlog_age_is_that_of_the_oldest_waiting_frame():
+    reactor, gen = make()
+    now = time.time()
+    assert gen.oldest_unacked_age(now) == 0
+    gen.clients[0].outbox.add(b"x", now - 3)
+    gen.clients[1].outbox.add(b"x", now - 1)
+    assert gen.oldest_unacked_age(now) == 3
+
+
+def test_cameras_start_spread_over_the_ramp():
+    reactor, gen = make(cameras=50, ramp=5.0)
+    gen.start()
+    assert not reactor.tcpClients
+    reactor.advance(2.5)
+    assert 0 < len(reactor.tcpClients) < 50
+    reactor.advance(2.5)
+    assert len(reactor.tcpClients) == 50
+    assert gen.connects == 50
+
+
+def test_direct_connect_to_an_ip_literal_fires_or_fails_like_an_endpoint():
+    reactor, gen = make(cameras=1)
+    client = gen.clients[0]
+    client.start()
+    host, port, factory, timeout, _ = reactor.tcpClients[0]
+    assert (host, timeout) == ("127.0.0.1", 5) and port in (7201, 7202)
+    assert not factory.noisy
+    factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+    assert client._reconnect_call is not None  # the client's errback ran: it retries later
+    client.stop()
+
+
+def test_percentile():
+    assert percentile([3, 1, 2, 4], 50) == 3
+    assert percentile([1] * 99 + [100], 99) == 100
