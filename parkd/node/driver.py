@@ -93,6 +93,13 @@ class RaftDriver:
         self.core.read_index(ctx)
         self._schedule()
 
+    def peer_unreachable(self, peer_id: int) -> None:
+        """The connection to ``peer_id`` broke (see RaftCore.peer_unreachable)."""
+        if self.core.leader_id == peer_id and self.core.role is Role.FOLLOWER:
+            self.log.info("lost the connection to leader {peer_id}", peer_id=peer_id)
+        self.core.peer_unreachable(peer_id)
+        self._schedule()
+
     def kick(self) -> None:
         """Process whatever the core has for us at the end of this reactor turn."""
         self._schedule()

@@ -58,8 +58,9 @@ class PeerLink:
 
     log = Logger()
 
-    def __init__(self, member: Member):
+    def __init__(self, member: Member, on_lost: Callable[[PeerLink], None] | None = None):
         self.member = member
+        self.on_lost = on_lost
         self.proto: PeerConnection | None = None
         self.sent = 0
         self.dropped = 0
@@ -71,6 +72,8 @@ class PeerLink:
     def disconnected(self, proto: PeerConnection) -> None:
         if self.proto is proto:
             self.proto = None
+            if self.on_lost is not None:
+                self.on_lost(self)
 
     def send(self, data: bytes) -> None:
         proto = self.proto
@@ -110,6 +113,9 @@ class PeerService(service.MultiService):
         self.links: dict[int, PeerLink] = {}
         self._clients: dict[int, ClientService] = {}
         self.unroutable = 0  # messages for nodes whose address nobody knows
+        # Called with a peer's id when an established connection to it breaks
+        # (the driver tells the core: a killed leader is noticed at once).
+        self.lost_listeners: list[Callable[[int], None]] = []
         self.set_peers(members)
 
     # -- membership
@@ -129,7 +135,7 @@ class PeerService(service.MultiService):
             if link.member == member:
                 return link
             self.remove_peer(member.id)  # it moved: reconnect to its new raft address
-        link = PeerLink(member)
+        link = PeerLink(member, self._lost)
         factory = EnvelopeFactory(self.reactor, self.max_message_bytes)
         factory.protocol = PeerConnection
         factory.link = link
@@ -154,6 +160,12 @@ class PeerService(service.MultiService):
             return defer.succeed(None)
         self.log.info("closing the connection to peer {peer_id}", peer_id=peer_id)
         return defer.maybeDeferred(client.disownServiceParent)
+
+    def _lost(self, link: PeerLink) -> None:
+        peer_id = link.member.id
+        if self.links.get(peer_id) is link:  # not a link we closed ourselves
+            for listener in self.lost_listeners:
+                listener(peer_id)
 
     def connected(self, peer_id: int) -> bool:
         link = self.links.get(peer_id)

@@ -98,6 +98,7 @@ class NodeService(service.Service):
             config.cluster.heartbeat_ms / 1000.0,
             on_fatal=self._fatal,
         )
+        self.peers.lost_listeners.append(self.driver.peer_unreachable)
         self.membership = MembershipManager(
             s.node_id, self.core, self.driver, self.peers, config.members, self.reactor, persisted.entries
         )

@@ -389,6 +389,24 @@ class RaftCore:
         if self._election_elapsed >= self._timeout and self._is_voter:
             self._campaign(pre_vote=self._cfg.pre_vote)
 
+    def peer_unreachable(self, peer: int) -> None:
+        """The node's connection to ``peer`` broke: a hint, possibly wrong or late.
+
+        When ``peer`` is the leader this follower follows, the follower stops
+        counting on it: its lease ends here (so another node's pre-vote is
+        granted) and the follower campaigns within a few ticks rather than a
+        whole election timeout.  A leader killed outright is noticed at once this
+        way (the operating system closes its sockets), which is most of the
+        failover time otherwise.  Safety never depends on it, and a wrong hint is
+        harmless: the campaign starts with a pre-vote (§9.6), which followers
+        still hearing from the leader refuse, so no term is disrupted.
+        """
+        if self._role is not Role.FOLLOWER or peer != self._leader or not self._is_voter:
+            return
+        self._leader = None
+        soon = self._rng.randint(1, max(2, self._cfg.election_ticks // 3))
+        self._election_elapsed = max(self._election_elapsed, self._timeout - soon)
+
     def propose(self, data: bytes) -> None:
         """Append ``data`` (leader) or forward it to the leader (follower)."""
         self.propose_batch([data])

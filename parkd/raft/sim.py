@@ -1,7 +1,8 @@
 """Deterministic simulation of RaftCore peers on an unreliable in-memory network.
 
 - :class:`Cluster` wires cores through a message queue with explicit, deterministic
-  actions (deliver, drop, partition, crash, restart, add a node, compact a log);
+  actions (deliver, drop, partition, crash, restart, a broken connection hint,
+  add a node, compact a log);
   unit tests drive it directly.  It also plays the node's part in snapshots: a
   node's snapshot *data* is the sequence of entries its state machine applied up
   to the snapshot index, and an ``InstallSnapshot`` from a core stands for a
@@ -691,6 +692,7 @@ class Simulation:
             (0.5 * storm, self._crash),
             (1.5, self._restart),
             (0.1, self._transfer),
+            (0.5 * storm, self._lose_connection),
         ]
         if membership:
             events += [
@@ -829,7 +831,20 @@ class Simulation:
             return None
         after_save = self.rng.random() < 0.5
         self.cluster.crash(i, after_save)
+        for core in self.cluster.live():  # most peers see the dead node's sockets close
+            if self.rng.random() < 0.7:
+                core.peer_unreachable(i)
         return (i, "after save" if after_save else "before save")
+
+    def _lose_connection(self):
+        """A node's connection to a peer breaks (often its leader's), though both live."""
+        i = self._random_node()
+        if i is None:
+            return None
+        core = self.cluster.core(i)
+        peer = core.leader_id if core.leader_id and self.rng.random() < 0.7 else self.rng.choice(self.cluster.ids)
+        core.peer_unreachable(peer)
+        return (i, peer)
 
     def _restart(self):
         i = self._random_node(live=False)

@@ -293,6 +293,79 @@ def test_9_6_without_pre_vote_the_rejoining_node_disrupts_the_cluster():
     assert cluster.core(1).term > 5 and cluster.core(1).role is not Role.LEADER
 
 
+# -- a broken connection to the leader: a hint, never needed for safety --------------
+
+
+def test_losing_the_leaders_connection_starts_a_campaign_within_a_third_of_the_timeout():
+    for seed in range(20):
+        core = make_core(terms=[1], term=1, seed=seed)
+        core.step(AppendEntries(1, 2, 1, 1, 1, (), 0))
+        drain(core)
+        core.peer_unreachable(2)
+        assert core.leader_id is None
+        ticks = 0
+        while core.role is Role.FOLLOWER:
+            core.tick()
+            ticks += 1
+        assert core.role is Role.PRE_CANDIDATE and 1 <= ticks <= T // 3
+
+
+def test_after_losing_the_leader_a_follower_grants_pre_votes_at_once():
+    """Its lease ends with the hint (§6.2), so another survivor's pre-vote wins."""
+    core = make_core(terms=[1], term=1)
+    core.step(AppendEntries(1, 2, 1, 1, 1, (), 0))
+    drain(core)
+    core.peer_unreachable(2)
+    core.step(vote_request(2, 3, 1, 1, pre_vote=True))
+    assert sent(drain(core), VoteResponse) == [VoteResponse(2, 1, 3, granted=True, pre_vote=True)]
+
+
+def test_losing_a_peer_that_is_not_the_leader_changes_nothing():
+    core = make_core(terms=[1], term=1)
+    core.step(AppendEntries(1, 2, 1, 1, 1, (), 0))
+    drain(core)
+    core.peer_unreachable(3)
+    assert core.leader_id == 2 and not core.has_ready()
+    for _ in range(T - 1):
+        core.tick()
+    assert core.role is Role.FOLLOWER
+
+
+def test_a_wrong_hint_does_not_disturb_a_healthy_leader():
+    """Node 2 alone loses its connection to leader 1: its pre-vote is refused by
+    node 3, which still hears from the leader (§9.6), and no term moves."""
+    cluster = Cluster((1, 2, 3), CFG)
+    leader = cluster.elect(1)
+    cluster.core(2).peer_unreachable(1)
+    for _ in range(T):
+        cluster.tick()
+        cluster.stabilize()
+    assert (leader.role, leader.term) == (Role.LEADER, 1)
+    assert cluster.core(2).leader_id == 1 and cluster.core(2).term == 1
+
+
+def test_a_killed_leader_is_mostly_replaced_within_a_third_of_the_timeout_when_its_peers_notice():
+    """The survivors campaign a random 1..T/3 ticks after the hint.  Here they tick
+    in lockstep, so when both pick the same tick the votes split and the usual
+    randomised timeout decides; a real node's ticks are not in phase with its peers'."""
+    fast = 0
+    for seed in range(20):
+        cluster = Cluster((1, 2, 3), CFG, seed=seed)
+        cluster.elect(1)
+        cluster.crash(1)
+        for i in (2, 3):
+            cluster.core(i).peer_unreachable(1)
+        for _ in range(T // 3):
+            cluster.tick(2, 3)
+            cluster.stabilize()
+        fast += cluster.leader() is not None
+        for _ in range(10 * T):
+            cluster.tick(2, 3)
+            cluster.stabilize()
+        assert cluster.leader().id in (2, 3)
+    assert fast >= 10  # 12 of these 20 seeds; a collision is 1 in T // 3 in lockstep
+
+
 # -- §6.2 check-quorum and leader lease ------------------------------------------------
 
 
