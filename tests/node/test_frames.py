@@ -161,3 +161,32 @@ def test_disconnected_camera_is_forgotten():
     proto.connectionLost(None)
     assert intake.waiting == {} and intake.cameras == 0
     cluster.commit_all(state, intake)  # applied without anyone to tell
+
+
+def test_applied_cameras_are_read_in_one_query_and_kept_current():
+    """After a restart the node knows every applied camera (a retry is answered at
+    once) without a query per camera: 10,000 cameras connecting at once made those
+    queries stall the reactor past the election timeout."""
+    state, cluster, intake, factory = setup()
+    for camera_id in (7, 8):
+        proto = connect(factory)
+        send(proto, hello=pb.Hello(camera_id=camera_id, lot="north"))
+        send(proto, submit_frame=frame(1, camera_id=camera_id))
+    cluster.commit_all(state, intake)
+    restarted = FrameIntake(cluster.propose, state, HashAnalyzer(), LOTS)
+    queries = []
+    state.camera = lambda camera_id: queries.append(camera_id)
+    cameras = state.cameras
+    state.cameras = lambda: queries.append("all") or cameras()
+    factory = ClientPortFactory(Clock(), 4 << 20, restarted)
+    protos = {}
+    for camera_id in (7, 8, 9):
+        protos[camera_id] = proto = connect(factory)
+        send(proto, hello=pb.Hello(camera_id=camera_id, lot="north"))
+        send(proto, submit_frame=frame(1, camera_id=camera_id))
+    assert [e.frame_ack.seq for e in received(protos[7]) + received(protos[8])] == [1, 1]  # retries, answered
+    assert received(protos[9]) == [] and len(cluster.proposed) == 1  # a new camera's frame is proposed
+    cluster.commit_all(state, restarted)
+    send(protos[9], submit_frame=frame(1, camera_id=9, payload=b"again"))
+    assert [e.frame_ack.seq for e in received(protos[9])] == [1, 1]  # applied() made camera 9 known
+    assert cluster.proposed == [] and queries == ["all"]
