@@ -42,6 +42,11 @@ class Backoff:
 
 class CameraConnection(EnvelopeProtocol):
     rules = CAMERA_SIDE
+    # Set once the camera decided to leave this connection (it is being aborted).
+    # What the node sent before it learns that is still read: acks and refusals
+    # of frames are facts and count; Redirect and Unavailable are not acted on
+    # again (the first decision stands).
+    leaving = False
 
     def __init__(self, client: CameraClient):
         self.client = client
@@ -160,7 +165,8 @@ class CameraClient:
             self._retry_later(0 if self.redirect_to is not None else None)
 
     def _drop_connection(self, why: str) -> None:
-        if self.proto is not None:
+        if self.proto is not None and not self.proto.leaving:
+            self.proto.leaving = True
             self.log.info("camera {camera_id} leaving node: {why}", camera_id=self.camera_id, why=why)
             self.proto.transport.abortConnection()
 
@@ -172,7 +178,7 @@ class CameraClient:
 
     def pump(self) -> None:
         """Send unacknowledged frames in seq order, up to the window."""
-        if self.proto is None:
+        if self.proto is None or self.proto.leaving:
             return
         room = self.window - len(self.in_flight)
         if room <= 0:
@@ -218,6 +224,8 @@ class CameraClient:
         self.pump()
 
     def on_redirect(self, proto, redirect) -> None:
+        if proto.leaving:
+            return
         try:
             self.redirect_to = parse_address(redirect.address, "redirect")
         except Exception:
@@ -225,6 +233,11 @@ class CameraClient:
         self._drop_connection(f"redirected to node {redirect.leader_id} at {redirect.address}")
 
     def on_unavailable(self, proto, unavailable) -> None:
+        # A node without a leader answers every frame in flight with Unavailable,
+        # often all in one read: that is one failed attempt, not one per frame
+        # (each used to take another backoff step, to the 5 s cap at once).
+        if proto.leaving:
+            return
         delay = max(unavailable.retry_after_ms / 1000.0, self.backoff.next())
         self._drop_connection(f"node unavailable ({unavailable.reason}); retrying in {delay:.2f}s")
         if self._reconnect_call is None and self.running:

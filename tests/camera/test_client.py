@@ -138,3 +138,50 @@ def test_refused_frame_is_dropped_and_others_continue(tmp_path):
     assert [f.seq for f in box.pending()] == [2, 3]
     assert [e.submit_frame.seq for e in sent(net.proto)[1:]] == [1, 2, 3]
     assert box.counter("dropped") == 1
+
+
+def unavailable_burst(count):
+    """What a node without a leader sends for ``count`` frames in flight: one read, one Unavailable each."""
+    one = frame_envelope(pb.Envelope(unavailable=pb.Unavailable(retry_after_ms=300, reason="no leader known")))
+    return one * count
+
+
+def leaving_logged(events):
+    return [e for e in events if "leaving node" in (e.get("log_format") or "")]
+
+
+def test_a_burst_of_unavailable_is_one_failed_attempt(tmp_path):
+    # A rolling restart on a loaded machine left every camera silent for 5 s: each
+    # Unavailable of the burst took a backoff step, so the next refused connection
+    # waited at the 5 s cap.
+    client, clock, net, box, events = make(tmp_path)
+    client.start()
+    net.proto.dataReceived(unavailable_burst(30))
+    assert len(leaving_logged(events)) == 1
+    assert client.backoff.attempt == 1
+    net.proto.connectionLost(Failure(ConnectionRefusedError()))
+    net.refuse = set(NODES)
+    clock.advance(0.3)  # the node's hint
+    assert len(net.attempts) == 2
+    net.refuse = set()
+    clock.advance(0.1)  # the second backoff step is at most 0.1 s
+    assert len(net.attempts) == 3 and client.proto is net.proto
+    assert [e.submit_frame.seq for e in sent(net.proto)[1:]] == [1, 2]
+
+
+def test_after_a_redirect_what_else_the_node_sent_is_not_acted_on(tmp_path):
+    client, clock, net, box, events = make(tmp_path)
+    client.start()
+    first = net.proto
+    first.dataReceived(
+        frame_envelope(pb.Envelope(redirect=pb.Redirect(leader_id=3, address="127.0.0.1:3")))
+        + unavailable_burst(2)
+        + frame_envelope(pb.Envelope(frame_ack=pb.FrameAck(camera_id=7, seq=1, index=5, free=9)))
+    )
+    assert [f.seq for f in box.pending()] == [2, 3]  # the ack still counts
+    assert [e.submit_frame.seq for e in sent(first)[1:]] == [1, 2]  # nothing more sent on the old connection
+    assert len(leaving_logged(events)) == 1 and client.backoff.attempt == 0
+    first.connectionLost(Failure(ConnectionRefusedError()))
+    clock.advance(0)  # straight to the named node, without the Unavailable's 0.3 s
+    assert net.attempts[-1][0] == Address("127.0.0.1", 3)
+    assert [e.submit_frame.seq for e in sent(net.proto)[1:]] == [2, 3]
