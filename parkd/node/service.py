@@ -69,6 +69,7 @@ class NodeService(service.Service):
         self.retention = None
         self.summary = None
         self.snapshots = None
+        self._handed_over_to = None  # the voter a stopping leader handed over to
 
     @fail_on_config_error
     def startService(self) -> None:
@@ -194,7 +195,9 @@ class NodeService(service.Service):
             return defer.succeed(None)
         done = defer.Deferred()
 
-        def finish(*_):
+        def finish(result=None):
+            if result is not None and result.succeeded:
+                self._handed_over_to = result.target
             if not done.called:
                 done.callback(None)
 
@@ -208,8 +211,14 @@ class NodeService(service.Service):
         return done.addBoth(lambda r: timeout.cancel() if timeout.active() else None)
 
     def _redirect_cameras(self) -> None:
-        """Point connected cameras at the leader before closing, so they need not search."""
+        """Point connected cameras at the leader before closing, so they need not search.
+
+        A leader that handed over learns that it did from the target's election:
+        it knows the new term but no leader of it yet, so it names the target.
+        """
         leader = self.core.leader_id
+        if leader is None:
+            leader = self._handed_over_to
         book = getattr(self, "membership", None)
         member = book.address(leader) if book and leader is not None and leader != self.core.id else None
         if member is not None:

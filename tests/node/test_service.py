@@ -1,0 +1,103 @@
+"""The node service's planned stop (SIGTERM) on a MemoryReactorClock: no sockets, no sleeps."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+from parkd.config import load_config
+from parkd.launcher import write_config
+from parkd.node.service import NodeService
+from parkd.proto import parkd_pb2 as pb
+from parkd.raft import messages as m
+from parkd.raft.core import Role
+from parkd.tap import NodeSettings
+from parkd.wire import frame_envelope, raft_to_envelope, split_envelopes
+
+ME, PEERS = 2, (1, 3)
+
+
+class Node:
+    """Node 2 of a 3-node config; the test plays its peers and a camera."""
+
+    def __init__(self, tmp_path):
+        path = write_config(str(tmp_path / "parkd.toml"), nodes=3, lots={"north": 100},
+                            election_timeout_ms=500, heartbeat_ms=50)  # fmt: skip
+        self.config = load_config(path)
+        me = self.config.member(ME)
+        listen = {f"listen_{kind}": f"tcp:{getattr(me, kind).port}:interface=127.0.0.1"
+                  for kind in ("raft", "client", "http")}  # fmt: skip
+        self.reactor = MemoryReactorClock()
+        self.service = NodeService(NodeSettings(ME, self.config, str(tmp_path / "node-2"), **listen), self.reactor)
+        self.service.startService()
+        self.raft_port, self.client_port, _ = (server[1] for server in self.reactor.tcpServers)
+        self.peer = self.connect(self.raft_port)
+        self.camera = self.connect(self.client_port)
+        self.camera.dataReceived(frame_envelope(pb.Envelope(hello=pb.Hello(camera_id=7, lot="north"))))
+        self.core = self.service.core
+
+    def connect(self, factory):
+        proto = factory.buildProtocol(None)
+        proto.makeConnection(StringTransport())
+        return proto
+
+    def run(self, seconds: float = 0.0) -> None:
+        self.reactor.advance(0)
+        for _ in range(round(seconds / 0.05)):
+            self.reactor.advance(0.05)
+
+    def deliver(self, message) -> None:
+        self.peer.dataReceived(frame_envelope(raft_to_envelope(message)))
+        self.run()
+
+    def elect(self) -> None:
+        for _ in range(60):
+            if self.core.role is not Role.FOLLOWER:
+                break
+            self.run(0.05)
+        for peer in PEERS:
+            self.deliver(m.VoteResponse(self.core.term + 1, peer, ME, True, True))  # pre-vote
+        for peer in PEERS:
+            self.deliver(m.VoteResponse(self.core.term, peer, ME, True))
+        assert self.core.role is Role.LEADER
+        self.acknowledge()
+
+    def acknowledge(self) -> None:
+        for peer in PEERS:
+            self.deliver(m.AppendResponse(self.core.term, peer, ME, True, self.core.last_index))
+
+    def camera_received(self) -> list[pb.Envelope]:
+        return split_envelopes(self.camera.transport.value())
+
+
+def test_a_stopping_leader_sends_its_cameras_to_the_node_it_handed_over_to(tmp_path):
+    # The handover ends when the target's election reaches this node: it then
+    # knows the new term but not yet a leader of it.  The cameras used to be
+    # closed without a Redirect (they searched with backoff, maybe trying this
+    # very node again); the target is where the leader will be.
+    node = Node(tmp_path)
+    node.elect()
+    stopped = []
+    node.service.stopService().addBoth(stopped.append)
+    node.run()
+    target = node.core.transferee
+    assert target in PEERS and not stopped
+    node.deliver(m.VoteRequest(node.core.term + 1, target, ME, node.core.last_index, node.core.term, transfer=True))
+    node.run(0.1)
+    assert stopped == [None]
+    redirects = [e.redirect for e in node.camera_received() if e.HasField("redirect")]
+    assert [(r.leader_id, r.address) for r in redirects] == [(target, str(node.config.member(target).client))]
+    assert node.camera.transport.disconnecting
+
+
+def test_a_stopping_follower_sends_its_cameras_to_the_leader(tmp_path):
+    node = Node(tmp_path)
+    node.deliver(m.AppendEntries(1, 3, ME, 0, 0, (), 0))
+    assert node.core.leader_id == 3
+    stopped = []
+    node.service.stopService().addBoth(stopped.append)
+    node.run(0.1)
+    assert stopped == [None]
+    redirects = [e.redirect for e in node.camera_received() if e.HasField("redirect")]
+    assert [(r.leader_id, r.address) for r in redirects] == [(3, str(node.config.member(3).client))]
