@@ -32,11 +32,11 @@ demo: $(VENV)/.installed
 proto: $(VENV)/.installed-test
 	$(BIN)/protoc -Iproto --python_out=parkd/proto proto/parkd.proto
 
-# Long runs, not part of `make test`: the Raft simulation over 20,000 seeds, then 50
+# Long runs, not part of `make test`: the Raft simulation over 5,000 seeds each, then 50
 # two-minute fault schedules on real clusters (summary table in run/soak-summary.md).
 soak: $(VENV)/.installed-test
-	$(BIN)/python -m parkd.raft.sim --seeds 20000 --steps 2000 --nodes 3
-	$(BIN)/python -m parkd.raft.sim --seeds 20000 --steps 2000 --nodes 5
+	$(BIN)/python -m parkd.raft.sim --seeds 5000 --steps 2000 --nodes 3
+	$(BIN)/python -m parkd.raft.sim --seeds 5000 --steps 2000 --nodes 5
 	mkdir -p run
 	$(BIN)/python -m parkd.chaos.nemesis --seeds 50 --duration 120 --summary run/soak-summary.md
 
