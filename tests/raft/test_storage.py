@@ -10,18 +10,6 @@ from parkd.raft.storage import MemoryStorage, SqliteStorage
 from parkd.raft.types import Entry, EntryKind, HardState, PersistedState, SnapshotMeta
 
 
-@pytest.fixture(params=["memory", "sqlite-memory", "sqlite-file"])
-def storage(request, tmp_path):
-    if request.param == "memory":
-        s = MemoryStorage()
-    elif request.param == "sqlite-memory":
-        s = SqliteStorage.open("sqlite://")
-    else:
-        s = SqliteStorage.open(str(tmp_path / "node.db"))
-    yield s
-    s.close()
-
-
 def entries(first: int, last: int, term: int) -> list[Entry]:
     return [Entry(i, term, EntryKind.NORMAL, f"{term}/{i}".encode()) for i in range(first, last + 1)]
 

@@ -6,29 +6,15 @@ import pytest
 import sqlalchemy as sa
 
 from parkd.raft.storage import (
-    MemoryStorage,
     SqliteStorage,
     StorageError,
     install_snapshot_in,
     open_engine,
 )
-from parkd.raft.types import Entry, EntryKind, HardState, PersistedState, SnapshotMeta
+from parkd.raft.types import HardState, PersistedState, SnapshotMeta
+from test_storage import entries  # the `storage` fixture is in conftest.py
 
 
-@pytest.fixture(params=["memory", "sqlite-memory", "sqlite-file"])
-def storage(request, tmp_path):
-    if request.param == "memory":
-        s = MemoryStorage()
-    elif request.param == "sqlite-memory":
-        s = SqliteStorage.open("sqlite://")
-    else:
-        s = SqliteStorage.open(str(tmp_path / "node.db"))
-    yield s
-    s.close()
-
-
-def entries(first: int, last: int, term: int) -> list[Entry]:
-    return [Entry(i, term, EntryKind.NORMAL, f"{term}/{i}".encode()) for i in range(first, last + 1)]
 
 
 META = SnapshotMeta(index=20, term=3, voters=(1, 2, 3), learners=(4,))
