@@ -28,18 +28,6 @@ from parkd.raft.types import Entry, EntryKind, HardState
 LOTS = {"north": 100, "south": 60}
 
 
-@pytest.fixture
-def engine():
-    engine = open_engine("sqlite://")
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def state(engine):
-    return ParkingState(engine, LOTS)
-
-
 def frame(index: int, camera_id: int, seq: int, free: int, lot: str = "north", at: float | None = None):
     """A committed frame entry, captured at 1000 + seq unless ``at`` says otherwise."""
     captured_at = 1_000.0 + seq if at is None else at

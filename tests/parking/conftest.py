@@ -1,0 +1,20 @@
+"""Fixtures shared by the parking tests: a state machine on an in-memory database."""
+
+import pytest
+
+from parkd.parking.state import ParkingState
+from parkd.raft.storage import open_engine
+
+LOTS = {"north": 100, "south": 60}
+
+
+@pytest.fixture
+def engine():
+    engine = open_engine("sqlite://")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def state(engine):
+    return ParkingState(engine, LOTS)
