@@ -217,31 +217,31 @@ def when(seconds: float | None, now: float) -> str:
 # ------------------------------------------------------------------ commands
 
 
-def cmd_lots(args, cluster: Cluster, out) -> int:
-    doc = cluster.read("/api/v1/lots")
+def show(args, doc: dict, out, headers: list[str], rows) -> int:
+    """``doc`` as JSON with --json, else as a table of ``rows(doc, now)``."""
     if args.json:
         print(json.dumps(doc, indent=2), file=out)
-        return EXIT_OK
-    now = time.time()
-    rows = [
-        [lot["id"], lot["free"], lot["capacity"], lot["cameras"], when(lot["updated_at"], now)] for lot in doc["lots"]
-    ]
-    print(table(["LOT", "FREE", "CAPACITY", "CAMERAS", "UPDATED"], rows), file=out)
+    else:
+        print(table(headers, rows(doc, time.time())), file=out)
     return EXIT_OK
+
+
+def cmd_lots(args, cluster: Cluster, out) -> int:
+    def rows(doc, now):
+        return [[x["id"], x["free"], x["capacity"], x["cameras"], when(x["updated_at"], now)] for x in doc["lots"]]
+
+    return show(args, cluster.read("/api/v1/lots"), out, ["LOT", "FREE", "CAPACITY", "CAMERAS", "UPDATED"], rows)
 
 
 def cmd_cameras(args, cluster: Cluster, out) -> int:
-    doc = cluster.read("/api/v1/cameras")
-    if args.json:
-        print(json.dumps(doc, indent=2), file=out)
-        return EXIT_OK
-    now = time.time()
-    rows = [
-        [c["camera_id"], c["lot"], c["free"], c["last_seq"], when(c["last_seen"], now), c["status"]]
-        for c in doc["cameras"]
-    ]
-    print(table(["CAMERA", "LOT", "FREE", "LAST SEQ", "LAST SEEN", "STATUS"], rows), file=out)
-    return EXIT_OK
+    def rows(doc, now):
+        return [
+            [c["camera_id"], c["lot"], c["free"], c["last_seq"], when(c["last_seen"], now), c["status"]]
+            for c in doc["cameras"]
+        ]
+
+    headers = ["CAMERA", "LOT", "FREE", "LAST SEQ", "LAST SEEN", "STATUS"]
+    return show(args, cluster.read("/api/v1/cameras"), out, headers, rows)
 
 
 def status_document(views: dict[str, dict | NodeError]) -> dict:
