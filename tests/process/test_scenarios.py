@@ -48,6 +48,9 @@ def test_2_leader_failure(make_cluster):
     cluster = start(make_cluster)
     leader, failover = kill_leader_and_time_failover(cluster)
     print(f"\nfailover: kill -9 of leader {leader} -> first new ack in {failover * 1000:.0f} ms")
+    # The survivors noticed the dead leader's sockets close, not only its silence.
+    survivors = [n for n in cluster.nodes if n != leader]
+    assert any(f"lost the connection to leader {leader}" in cluster.nodes[n].log_text() for n in survivors)
     before = len(cluster.acked())
     cluster.wait_acks(30, since=before)
     for camera in cluster.cameras.values():
