@@ -26,12 +26,14 @@ from parkd.parking.snapshot import CompactionPolicy, read_snapshot_meta
 from parkd.parking.codec import CodecError
 from parkd.parking.state import Outcome, ParkingState
 from parkd.raft.core import CoreConfig, NotLeader, RaftCore, Role
-from parkd.raft.messages import InstallSnapshot, SnapshotResponse
+from parkd.raft.messages import InstallSnapshot, Propose, SnapshotResponse
 from parkd.raft.storage import SqliteStorage, StorageError, open_engine
 
 
 RETENTION_INTERVAL_S = 600.0  # how often the leader proposes a history trim
 SUMMARY_INTERVAL_S = 10.0  # how often the text log sums up the frames applied
+HELD_FORWARDS_LIMIT = 10_000  # frame results kept for a leader this node cannot reach yet
+FORWARD_BATCH = 1000  # results per Propose when they go out
 
 
 def open_data_dir(path: str) -> str:
@@ -70,6 +72,9 @@ class NodeService(service.Service):
         self.summary = None
         self.snapshots = None
         self._handed_over_to = None  # the voter a stopping leader handed over to
+        self.forwards = None
+        self._held_for: int | None = None  # the leader the held frame results are for
+        self._held: list[bytes] = []
 
     @fail_on_config_error
     def startService(self) -> None:
@@ -115,6 +120,8 @@ class NodeService(service.Service):
         self._summarised = FRAME_EVENTS.emitted
         self.summary = LoopingCall(self._summary)
         self.summary.clock = self.reactor
+        self.forwards = LoopingCall(self._send_held_forwards)
+        self.forwards.clock = self.reactor
         self.client_port = ClientPortFactory(self.reactor, size, self.intake)
         self.ports = [
             listen_now(self.reactor, s.listen_raft, RaftPortFactory(self.reactor, size, self._deliver), "raft port"),
@@ -127,6 +134,7 @@ class NodeService(service.Service):
         self.driver.start()
         self.retention.start(RETENTION_INTERVAL_S, now=False)
         self.summary.start(SUMMARY_INTERVAL_S, now=False)
+        self.forwards.start(config.cluster.heartbeat_ms / 1000.0, now=False)
         self.log.info(
             "node {node_id} started: raft={raft} client={client} http={http} data={data_dir}; "
             "term {term}, {entries} log entries, applied {applied}",
@@ -135,8 +143,44 @@ class NodeService(service.Service):
         )  # fmt: skip
 
     def _send(self, message) -> None:
-        if not self.snapshots.intercept(message):
+        if self.snapshots.intercept(message):
+            return
+        if type(message) is Propose:
+            self._forward(message)
+        else:
             self.peers.send(message)
+
+    def _forward(self, message: Propose) -> None:
+        """Frame results for the leader, held while this node has no connection to it.
+
+        The link would drop them and nothing proposes them again while the leader
+        stays the same (FrameIntake does on a leader change): the camera would wait
+        out its ack timeout while its later frames, forwarded once the link is up,
+        overtook them.  That happens whenever a node starts before the leader
+        listens, or its link to the leader is reconnecting.
+        """
+        if self._held_for != message.dst:
+            self._held, self._held_for = [], message.dst  # the old leader's: see FrameIntake.leader_changed
+        if not self._held and self.peers.connected(message.dst):
+            self.peers.send(message)
+            return
+        self._held.extend(message.data)  # behind the held ones, in order
+        del self._held[:-HELD_FORWARDS_LIMIT]  # the oldest: their cameras time out and re-send
+        self._send_held_forwards()
+
+    def _send_held_forwards(self) -> None:
+        """The held results go out once the link to their leader is up (checked every heartbeat)."""
+        if not self._held:
+            return
+        if self.core.leader_id != self._held_for:
+            self._held = []  # another leader: FrameIntake.leader_changed proposed them again
+            return
+        if not self.peers.connected(self._held_for):
+            return
+        held, self._held = self._held, []
+        for start in range(0, len(held), FORWARD_BATCH):
+            batch = tuple(held[start : start + FORWARD_BATCH])
+            self.peers.send(Propose(self.core.term, self.core.id, self._held_for, batch))
 
     def _deliver(self, message) -> None:
         """Raft port input: snapshot chunks and their answers are the node's business."""
@@ -227,7 +271,7 @@ class NodeService(service.Service):
     def _close(self):
         if self.driver is not None:
             self._redirect_cameras()
-        for loop in (self.retention, self.summary):
+        for loop in (self.retention, self.summary, self.forwards):
             if loop is not None and loop.running:
                 loop.stop()
         if self.snapshots is not None:
