@@ -1,6 +1,8 @@
 """The Ready loop: persist -> send -> apply -> advance, on the reactor.
 
-(A leader's appends go out before its own write: see ``Ready.early``.)
+A leader's appends go out before its own write (``Ready.early``): the write
+waits one reactor turn, since Twisted puts data on a socket only when the
+reactor next polls it, so that followers write the entries while the leader does.
 
 Inputs (ticks, peer messages, proposals) only *schedule* processing for the end
 of the current reactor turn, so everything the core produced in one turn is
@@ -59,6 +61,7 @@ class RaftDriver:
         self.commit_seconds: list[float] = []  # recent persist durations, for metrics
         self._loop: LoopingCall | None = None
         self._scheduled = None
+        self._written_next: Ready | None = None  # a leader's Ready whose appends are leaving
         self._failed = False
 
     def start(self) -> None:
@@ -124,32 +127,48 @@ class RaftDriver:
             self.on_fatal()
 
     def _process(self) -> None:
+        if self._written_next is not None:
+            ready, self._written_next = self._written_next, None
+            if not self._finish(ready):
+                return
         while not self._failed and self.core.has_ready():
             ready = self.core.ready()
             for message in ready.messages[: ready.early]:  # a leader's appends (§10.2.1)
                 self.send(message)
-            if not self._persist(ready):
+            if ready.early and ready.entries:
+                # Twisted writes to a socket when the reactor next polls it: give it
+                # that turn, so the followers write these entries while we do.
+                self._written_next = ready
+                self._schedule()
                 return
-            if ready.entries:
-                for listener in self.entries_listeners:
-                    listener(ready.entries)
-            if ready.membership is not None:
-                for listener in self.membership_listeners:
-                    listener(ready.membership)
-            for message in ready.messages[ready.early :]:
-                self.send(message)
-            if ready.committed_entries:
-                self.apply(ready.committed_entries)
-                for listener in self.applied_listeners:
-                    listener(ready.committed_entries[-1].index)
-            if ready.soft_state is not None:
-                self._soft_state_changed(ready.soft_state)
-            for read_state in ready.read_states:
-                for listener in self.read_state_listeners:
-                    listener(read_state)
-            if ready.transfer is not None:
-                self._transfer_ended(ready.transfer)
-            self.core.advance(ready)
+            if not self._finish(ready):
+                return
+
+    def _finish(self, ready: Ready) -> bool:
+        """Persist, send, apply and advance ``ready``; False if the node failed."""
+        if not self._persist(ready):
+            return False
+        if ready.entries:
+            for listener in self.entries_listeners:
+                listener(ready.entries)
+        if ready.membership is not None:
+            for listener in self.membership_listeners:
+                listener(ready.membership)
+        for message in ready.messages[ready.early :]:
+            self.send(message)
+        if ready.committed_entries:
+            self.apply(ready.committed_entries)
+            for listener in self.applied_listeners:
+                listener(ready.committed_entries[-1].index)
+        if ready.soft_state is not None:
+            self._soft_state_changed(ready.soft_state)
+        for read_state in ready.read_states:
+            for listener in self.read_state_listeners:
+                listener(read_state)
+        if ready.transfer is not None:
+            self._transfer_ended(ready.transfer)
+        self.core.advance(ready)
+        return True
 
     def _persist(self, ready: Ready) -> bool:
         if ready.hard_state is None and not ready.entries:

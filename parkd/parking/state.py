@@ -41,7 +41,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from parkd.parking.codec import CodecError, FrameResult, decode, decode_retention, is_retention
 from parkd.parking.retention import TrimResult, trim_in
-from parkd.raft.storage import ensure_schema, storage_errors, unsynced_transaction
+from parkd.raft.storage import DriverStatement, ensure_schema, storage_errors, unsynced_transaction
 from parkd.raft.types import Entry, EntryKind
 
 PARKING_SCHEMA_VERSION = 1
@@ -85,16 +85,28 @@ _applied = sa.Table(
     sa.Column("last_applied", sa.Integer, nullable=False),
 )
 
-_upsert_camera = sqlite_insert(_cameras)
-_upsert_camera = _upsert_camera.on_conflict_do_update(
-    index_elements=[_cameras.c.camera_id],
-    set_={c: _upsert_camera.excluded[c] for c in ("last_seq", "free", "last_seen")},
+# The per-frame statements of apply(), compiled once (see DriverStatement).
+_upsert_camera = sqlite_insert(_cameras).values(
+    {c: sa.bindparam(c) for c in ("camera_id", "lot", "last_seq", "free", "last_seen")}
 )
-_update_lot = (
+_set_camera = DriverStatement(
+    _upsert_camera.on_conflict_do_update(
+        index_elements=[_cameras.c.camera_id],
+        set_={c: _upsert_camera.excluded[c] for c in ("last_seq", "free", "last_seen")},
+    )
+)
+_set_lot = DriverStatement(
     _lots.update()
     .where(_lots.c.id == sa.bindparam("lot"))
     .values(free=sa.bindparam("new_free"), updated_at=sa.bindparam("new_updated_at"))
 )
+_insert_frames = DriverStatement(_frames.insert())
+_get_last_applied = DriverStatement(sa.select(_applied.c.last_applied))
+_set_last_applied = DriverStatement(_applied.update().values(last_applied=sa.bindparam("last")))
+assert _insert_frames.names == ("camera_id", "seq", "free", "captured_at", "log_index")
+assert _set_camera.names == ("camera_id", "lot", "last_seq", "free", "last_seen")
+assert _set_lot.names == ("new_free", "new_updated_at", "lot")
+assert _get_last_applied.names == () and _set_last_applied.names == ("last",)
 
 
 class Outcome(enum.Enum):
@@ -287,7 +299,7 @@ class ParkingState:
         NOOP); what it trimmed is in :attr:`trims` until the next call.
         """
         with storage_errors("applying committed entries"), unsynced_transaction(self._engine) as conn:
-            last = conn.scalar(sa.select(_applied.c.last_applied))
+            (last,) = _get_last_applied.execute(conn).fetchone()
             todo = [e for e in entries if e.index > last]
             if not todo:
                 return []
@@ -302,7 +314,7 @@ class ParkingState:
                 batch = _Batch(self._capacity, conn, segment)
                 batch.write(conn)
                 results.extend(batch.results)
-            conn.execute(_applied.update().values(last_applied=todo[-1].index))
+            _set_last_applied.execute(conn, (todo[-1].index,))
         self.trims = trims
         return results
 
@@ -398,6 +410,11 @@ def _receipts(conn: sa.Connection, keys: Sequence[tuple[int, int]]) -> dict[tupl
     return found
 
 
+_LOAD_CAMERAS_SQL = (
+    "SELECT camera_id, lot, last_seq, free, last_seen, trimmed_seq FROM cameras WHERE camera_id IN ({})"
+)
+
+
 class _Batch:
     """One apply call: decides every entry in memory, then writes each table once."""
 
@@ -414,19 +431,18 @@ class _Batch:
         frames = [f for _, f in decoded if isinstance(f, FrameResult)]
         self._cameras = self._load_cameras(conn, sorted({f.camera_id for f in frames}))
         self._receipts = _receipts(conn, self._history_candidates(frames))
-        self._new_frames: list[dict] = []
+        self._new_frames: list[tuple] = []  # rows for _insert_frames
         self._advanced: dict[int, _Camera] = {}  # camera_id -> row to upsert
-        self._lots: dict[str, dict] = {}  # lot -> its new free / updated_at
+        self._lots: dict[str, tuple] = {}  # lot -> its row for _set_lot
         for index, frame in decoded:
             self.results.append(self._decide(index, frame))
 
     @staticmethod
     def _load_cameras(conn: sa.Connection, ids: Sequence[int]) -> dict[int, _Camera]:
-        c = _cameras.c
         found = {}
         for chunk in _chunks(ids):
-            query = sa.select(c.camera_id, c.lot, c.last_seq, c.free, c.last_seen, c.trimmed_seq)
-            for camera_id, *row in conn.execute(query.where(c.camera_id.in_(chunk))):
+            sql = _LOAD_CAMERAS_SQL.format(", ".join("?" * len(chunk)))
+            for camera_id, *row in conn.connection.dbapi_connection.execute(sql, chunk):
                 found[camera_id] = _Camera(*row)
         return found
 
@@ -472,33 +488,20 @@ class _Batch:
 
     def _record(self, index: int, frame: FrameResult, camera: _Camera | None) -> None:
         self._receipts[frame.camera_id, frame.seq] = Receipt(frame.camera_id, frame.seq, index, frame.free)
-        self._new_frames.append(
-            {
-                "camera_id": frame.camera_id,
-                "seq": frame.seq,
-                "free": frame.free,
-                "captured_at": frame.captured_at,
-                "log_index": index,
-            }
-        )
+        self._new_frames.append((frame.camera_id, frame.seq, frame.free, frame.captured_at, index))
         if camera is None:
             camera = self._cameras[frame.camera_id] = _Camera(frame.lot, 0, frame.free, frame.captured_at)
         if frame.seq <= camera.last_seq:
             return  # a late frame: history only
         camera.last_seq, camera.free, camera.last_seen = frame.seq, frame.free, frame.captured_at
         self._advanced[frame.camera_id] = camera
-        self._lots[frame.lot] = {
-            "lot": frame.lot, "new_free": frame.free, "new_updated_at": frame.captured_at
-        }
+        self._lots[frame.lot] = (frame.free, frame.captured_at, frame.lot)
 
     def write(self, conn: sa.Connection) -> None:
         if self._new_frames:
-            conn.execute(_frames.insert(), self._new_frames)
+            _insert_frames.executemany(conn, self._new_frames)
         if self._advanced:
-            rows = [
-                {"camera_id": i, "lot": c.lot, "last_seq": c.last_seq, "free": c.free, "last_seen": c.last_seen}
-                for i, c in self._advanced.items()
-            ]
-            conn.execute(_upsert_camera, rows)
+            rows = [(i, c.lot, c.last_seq, c.free, c.last_seen) for i, c in self._advanced.items()]
+            _set_camera.executemany(conn, rows)
         if self._lots:
-            conn.execute(_update_lot, list(self._lots.values()))
+            _set_lot.executemany(conn, list(self._lots.values()))

@@ -6,7 +6,6 @@ import math
 import sqlite3
 
 import pytest
-import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -176,14 +175,16 @@ def test_failure_mid_apply_writes_nothing(state, engine):
     before = dump(engine)
     batch = [frame(2, 7, 2, 6), frame(3, 8, 1, 7, lot="south")]
 
-    def fail_on_last_applied(conn, cursor, statement, parameters, context, executemany):
-        if statement.startswith("UPDATE applied"):
-            raise sqlite3.OperationalError("disk I/O error")  # after frames, cameras, lots
+    def refuse_last_applied(action, table, *_):
+        # SQLite itself fails the last statement, after frames, cameras and lots were written.
+        return sqlite3.SQLITE_DENY if action == sqlite3.SQLITE_UPDATE and table == "applied" else sqlite3.SQLITE_OK
 
-    sa.event.listen(engine, "before_cursor_execute", fail_on_last_applied)
-    with pytest.raises(StorageError, match="disk I/O error"):
+    with engine.connect() as conn:
+        raw = conn.connection.dbapi_connection
+    raw.set_authorizer(refuse_last_applied)
+    with pytest.raises(StorageError, match="not authorized"):
         state.apply(batch)
-    sa.event.remove(engine, "before_cursor_execute", fail_on_last_applied)
+    raw.set_authorizer(None)
     assert dump(engine) == before
     assert state.apply(batch) == [applied(2, 7, 2, 6), applied(3, 8, 1, 7, "south")]
 

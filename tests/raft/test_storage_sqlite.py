@@ -57,10 +57,13 @@ def _child(path: str, exit_at: int) -> None:
     saving = [1]  # the step whose save is under way
     if exit_at:
 
-        @sa.event.listens_for(engine, "before_cursor_execute")
-        def _die(conn, cursor, statement, parameters, context, executemany):
-            if executemany and saving[0] == exit_at:
+        def _die(statement: str) -> None:
+            if statement.startswith("INSERT INTO entries") and saving[0] == exit_at:
                 os._exit(3)  # after this step's DELETE, before its rows and COMMIT
+
+        @sa.event.listens_for(engine, "connect")
+        def _trace(dbapi_connection, _record):
+            dbapi_connection.set_trace_callback(_die)  # SQLite's own trace: every path to it
 
     def report(n: int) -> None:
         os.write(1, f"{n}\n".encode())
@@ -196,7 +199,7 @@ def test_failure_inside_a_save_rolls_everything_back(tmp_path):
         )
     with pytest.raises(StorageError, match="disk on fire") as raised:
         storage.save(HardState(2, 2), [Entry(2, 2, data=b"ok"), Entry(3, 2, data=b"boom")])
-    assert isinstance(raised.value.__cause__, sa.exc.DBAPIError)
+    assert isinstance(raised.value.__cause__, sqlite3.Error)  # the driver's own error, chained
     assert storage.load() == before
     storage.save(HardState(2, 2), [Entry(2, 2, data=b"fine")])
     assert storage.load().entries == (Entry(1, 1, data=b"ok"), Entry(2, 2, data=b"fine"))
