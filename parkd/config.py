@@ -31,9 +31,13 @@ class Address:
         return f"{self.host}:{self.port}"
 
     def endpoint(self) -> str:
-        """The Twisted listening endpoint that binds exactly this address."""
+        """The Twisted listening endpoint that binds exactly this address.
+
+        With a listen backlog of 1024 rather than Twisted's 50: after a node
+        fails, thousands of cameras reconnect to the others at once.
+        """
         interface = self.host.replace(":", "\\:")  # endpoint strings escape colons
-        return f"tcp:{self.port}:interface={interface}"
+        return f"tcp:{self.port}:interface={interface}:backlog=1024"
 
 
 @dataclass(frozen=True)

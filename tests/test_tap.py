@@ -16,7 +16,7 @@ def test_node_defaults_bind_the_advertised_addresses(cluster_config):
     path, config = cluster_config
     settings = parse(NodeOptions, ["--config", path, "--id", "2"]).settings
     assert settings.node_id == 2
-    assert settings.listen_raft == f"tcp:{config.member(2).raft.port}:interface=127.0.0.1"
+    assert settings.listen_raft == f"tcp:{config.member(2).raft.port}:interface=127.0.0.1:backlog=1024"
     assert settings.data_dir == "parkd-data/node-2"
 
 
