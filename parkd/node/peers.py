@@ -7,6 +7,7 @@ rather than queued: one bad peer never holds up the others or grows memory.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 
 from twisted.application import service
@@ -20,6 +21,10 @@ from zope.interface import implementer
 from parkd.config import Member
 from parkd.raft.messages import Message
 from parkd.wire import RAFT_PORT, EnvelopeFactory, EnvelopeProtocol, raft_to_envelope
+
+
+def _small_jitter() -> float:
+    return random.uniform(0, 0.05)
 
 
 @implementer(IPushProducer)
@@ -143,7 +148,10 @@ class PeerService(service.MultiService):
         client = ClientService(
             endpoint,
             factory,
-            retryPolicy=backoffPolicy(initialDelay=0.05, maxDelay=1.0, factor=2.0),
+            # Twisted's default jitter adds up to a whole second to every retry: a
+            # restarted peer then stayed unreachable from here for up to 2 s, long
+            # enough for a handover to it to end in an election.
+            retryPolicy=backoffPolicy(initialDelay=0.05, maxDelay=0.5, factor=2.0, jitter=_small_jitter),
             clock=self.reactor,
         )
         client.setName(f"peer-{member.id}")
