@@ -67,6 +67,9 @@ def main(argv=None) -> int:
         for i, lot in enumerate(config.lots, start=1)
     ]
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    # Explicitly: a process started from a shell's background job inherits SIGINT
+    # ignored, and Python then installs no KeyboardInterrupt handler of its own.
+    signal.signal(signal.SIGINT, _raise_interrupt)
     try:
         for daemon in nodes + cameras:
             daemon.start()
