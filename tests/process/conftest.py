@@ -35,6 +35,9 @@ def initial_config(path: str, out: str, members: int) -> str:
     return out
 
 
+CAMERAS = {1: "north", 2: "south", 3: "east"}  # camera id -> lot, one per lot
+
+
 class Cluster:
     """``nodes`` initial members; ``joiners`` more nodes that start with ``--join`` (ids after them).
 
@@ -73,6 +76,13 @@ class Cluster:
             self.nodes[node_id].start()
         for node_id in ids or self.initial:
             wait_listening(self.config, node_id, self.nodes[node_id])
+
+    def start_all(self, cameras=None):
+        """Every founding node, then a camera per lot (``CAMERAS`` unless given)."""
+        self.start_nodes()
+        for camera_id, lot in (cameras or CAMERAS).items():
+            self.add_camera(camera_id, lot)
+        return self
 
     def restart_node(self, node_id):
         self.nodes[node_id].start()

@@ -9,15 +9,9 @@ same result.
 import signal
 import time
 
-CAMERAS = {1: "north", 2: "south", 3: "east"}
-
 
 def start(make_cluster, **kwargs):
-    cluster = make_cluster(**kwargs)
-    cluster.start_nodes()
-    for camera_id, lot in CAMERAS.items():
-        cluster.add_camera(camera_id, lot)
-    return cluster
+    return make_cluster(**kwargs).start_all()
 
 
 def test_1_stability(make_cluster):
@@ -30,7 +24,7 @@ def test_1_stability(make_cluster):
     for camera in cluster.cameras.values():
         camera.stop()
     acked, tables = cluster.check_exactly_once()
-    assert {camera for camera, _ in acked} == set(CAMERAS)
+    assert {camera for camera, _ in acked} == set(cluster.cameras)
 
 
 def kill_leader_and_time_failover(cluster):
@@ -129,9 +123,7 @@ def test_whole_cluster_stopped_and_restarted_loses_nothing(make_cluster):
     codes = cluster.stop_all()
     assert set(codes.values()) == {-signal.SIGTERM}
     acked_before = cluster.acked()
-    cluster.start_nodes()
-    for camera_id, lot in CAMERAS.items():
-        cluster.add_camera(camera_id, lot)
+    cluster.start_all()
     cluster.leader()
     cluster.wait_acks(20, since=len(acked_before))
     for camera in cluster.cameras.values():

@@ -11,16 +11,11 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-CAMERAS = {1: "north", 2: "south", 3: "east"}
 SMALL_SNAPSHOTS = ("--snapshot-entries", "60", "--snapshot-margin", "10")
 
 
 def start(make_cluster, **kwargs):
-    cluster = make_cluster(**kwargs)
-    cluster.start_nodes()
-    for camera_id, lot in CAMERAS.items():
-        cluster.add_camera(camera_id, lot)
-    return cluster
+    return make_cluster(**kwargs).start_all()
 
 
 def test_follower_behind_the_compacted_log_catches_up_by_snapshot(make_cluster):
