@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from parkd.proto import parkd_pb2 as pb
+from parkd.wire import split_envelopes
 
 # ------------------------------------------------------------------ settings
 
@@ -97,15 +98,8 @@ def frame(envelope: pb.Envelope) -> bytes:
 
 
 def envelopes_in(data: bytes) -> list[pb.Envelope]:
-    """Parse what a protocol wrote to its StringTransport."""
-    out = []
-    while data:
-        (length,) = struct.unpack("!I", data[:4])
-        envelope = pb.Envelope()
-        envelope.ParseFromString(data[4 : 4 + length])
-        out.append(envelope)
-        data = data[4 + length :]
-    return out
+    """Parse what a protocol wrote (parkd.wire.split_envelopes)."""
+    return split_envelopes(data)
 
 
 def feed(proto, data: bytes, cuts: list[int]) -> None:

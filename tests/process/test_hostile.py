@@ -23,7 +23,7 @@ from parkd.chaos import checker
 from parkd.proto import parkd_pb2 as pb
 from parkd.raft import messages as m
 from parkd.raft.types import Entry, EntryKind
-from parkd.wire import raft_to_envelope
+from parkd.wire import raft_to_envelope, split_envelopes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fuzz"))
 from fuzzkit import CLIENT_KINDS, RAFT_KINDS, frame, framed, random_envelope  # noqa: E402  (tests/fuzz)
@@ -53,14 +53,8 @@ def exchange(address, data: bytes, wait: float = 1.0) -> tuple[bytes, bool]:
 
 
 def envelopes_in(data: bytes) -> list[pb.Envelope]:
-    out = []
-    while len(data) >= 4:
-        (length,) = struct.unpack("!I", data[:4])
-        envelope = pb.Envelope()
-        envelope.ParseFromString(data[4 : 4 + length])
-        out.append(envelope)
-        data = data[4 + length :]
-    return out
+    """Parse what a protocol wrote (parkd.wire.split_envelopes)."""
+    return split_envelopes(data)
 
 
 def raft(message) -> bytes:
