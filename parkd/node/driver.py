@@ -1,30 +1,152 @@
-"""The Ready loop: persist -> send -> apply -> advance, on the reactor.
+"""The only door into the Raft core: inputs, the Ready loop, and the node's event stream.
 
-A leader's appends go out before its own write (``Ready.early``): the write
-waits one reactor turn, since Twisted puts data on a socket only when the
-reactor next polls it, so that followers write the entries while the leader does.
+Every input (ticks, peer messages, proposals, membership changes, reads,
+transfers, and the node's local events: a lost connection, a snapshot sent,
+taken or received) goes through :class:`RaftDriver`, which calls the core and
+schedules the Ready loop for the end of the reactor turn.  Everything the core
+produced in one turn is then handled in the order ``Ready`` prescribes
+(``parkd/raft/core.py``): early messages, snapshot install, one storage
+transaction (group commit), messages, apply, advance.
 
-Inputs (ticks, peer messages, proposals) only *schedule* processing for the end
-of the current reactor turn, so everything the core produced in one turn is
-persisted in one SQLite transaction (group commit) before any message of it is
-sent.
+A leader's appends go out before its own write (``Ready.early_messages``): the
+write waits one reactor turn, since Twisted puts data on a socket only when
+the reactor next polls it, so that followers write the entries while the
+leader does (dissertation §10.2.1).  A received snapshot is installed by the
+node's installer, off the reactor; the loop waits for it.
+
+Observers subscribe to one typed stream of :data:`DriverEvent` values
+(:meth:`RaftDriver.subscribe`); collaborators read the core's state through
+the driver's read-only properties.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
+from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from parkd.raft.core import RaftCore, ReadState, Ready, Role, SoftState, TransferResult
-from parkd.raft.messages import Message
-from parkd.raft.storage import StorageError
-from parkd.raft.types import Entry, Membership
+from parkd.raft.storage import StorageError  # moves to parkd.db
+from parkd.raft.confchange import ConfChange
+from parkd.raft.core import RaftCore, ReadState, Ready, Role, TransferResult
+from parkd.raft.messages import Message, PeerUnreachable, SnapshotStatus, SnapshotTaken
+from parkd.raft.progress import Progress
+from parkd.raft.types import Entry, HardState, Membership, SnapshotMeta
 
 # After a long reactor stall, replay at most this many ticks at once.
 MAX_CATCH_UP_TICKS = 100
+
+
+# -- what the driver needs ---------------------------------------------------------
+
+
+class Storage(Protocol):
+    """Raft's durable state (``parkd.raft.storage.SqliteStorage``)."""
+
+    def save(self, hard_state: HardState | None, entries: tuple[Entry, ...], *, sync: bool) -> None: ...
+
+    def compact(self, upto_index: int, meta: SnapshotMeta) -> None: ...
+
+
+class StateMachine(Protocol):
+    """Applies committed entries and installs received snapshots (durably)."""
+
+    def apply(self, entries: tuple[Entry, ...]) -> list[Any]:
+        """Apply ``entries`` in order; the results go out in :class:`EntriesApplied`."""
+
+    def install(self, meta: SnapshotMeta) -> defer.Deferred:
+        """Replace the state and the Raft log by the received snapshot ``meta`` durably.
+
+        May run off the reactor; the Ready loop waits for the Deferred.
+        """
+
+
+# -- the event stream ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderChanged:
+    """This node's role or the leader it knows changed (``leader_id`` None: none known)."""
+
+    role: Role
+    leader_id: int | None
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
+class EntriesPersisted:
+    """New log entries are durable; this Ready's messages are about to go out."""
+
+    entries: tuple[Entry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipChanged:
+    """The configuration in effect changed (on append, §4.1); connect to new members now."""
+
+    membership: Membership
+
+
+@dataclass(frozen=True, slots=True)
+class EntriesApplied:
+    """Committed entries were applied; ``results`` are the state machine's, in order."""
+
+    entries: tuple[Entry, ...]
+    results: list[Any]
+    applied_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotInstalled:
+    """A received snapshot replaced the state machine and the log (applied index = its index)."""
+
+    meta: SnapshotMeta
+
+
+@dataclass(frozen=True, slots=True)
+class LogCompacted:
+    """Storage dropped the log up to ``upto`` and recorded the snapshot ``meta``."""
+
+    meta: SnapshotMeta
+    upto: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadIndexReady:
+    """A linearizable read may be served once ``index`` is applied (0: retry it)."""
+
+    read: ReadState
+
+
+@dataclass(frozen=True, slots=True)
+class TransferEnded:
+    """A leadership transfer this node started ended (see ``TransferResult``)."""
+
+    result: TransferResult
+
+
+@dataclass(frozen=True, slots=True)
+class Persisted:
+    """One storage transaction of the Ready loop took ``seconds``."""
+
+    seconds: float
+
+
+DriverEvent = (
+    LeaderChanged
+    | EntriesPersisted
+    | MembershipChanged
+    | EntriesApplied
+    | SnapshotInstalled
+    | LogCompacted
+    | ReadIndexReady
+    | TransferEnded
+    | Persisted
+)
 
 
 class RaftDriver:
@@ -33,35 +155,24 @@ class RaftDriver:
     def __init__(
         self,
         core: RaftCore,
-        storage,
+        storage: Storage,
         send: Callable[[Message], None],
-        apply: Callable[[tuple[Entry, ...]], None],
+        state_machine: StateMachine,
         clock,
         tick_seconds: float,
         on_fatal: Callable[[], None],
     ):
-        self.core = core
+        self._core = core
         self.storage = storage
         self.send = send
-        self.apply = apply
+        self.state_machine = state_machine
         self.clock = clock
         self.tick_seconds = tick_seconds
         self.on_fatal = on_fatal
-        self.soft_state_listeners: list[Callable[[SoftState], None]] = []
-        self.read_state_listeners: list[Callable[[ReadState], None]] = []
-        # Called with the last applied index after each batch is applied.
-        self.applied_listeners: list[Callable[[int], None]] = []
-        # Called with each persisted batch of entries, before messages are sent
-        # (CONFIG entries carry new members' addresses) and with a changed
-        # Membership, before the messages that may go to new members.
-        self.entries_listeners: list[Callable[[tuple[Entry, ...]], None]] = []
-        self.membership_listeners: list[Callable[[Membership], None]] = []
-        # Called with the TransferResult when a leadership transfer ends.
-        self.transfer_listeners: list[Callable[[TransferResult], None]] = []
-        self.commit_seconds: list[float] = []  # recent persist durations, for metrics
+        self._observers: list[tuple[tuple[type, ...], Callable[[Any], None]]] = []
         self._loop: LoopingCall | None = None
         self._scheduled = None
-        self._written_next: Ready | None = None  # a leader's Ready whose appends are leaving
+        self._waiting: Ready | None = None  # a Ready whose appends are leaving, or being installed
         self._failed = False
 
     def start(self) -> None:
@@ -76,36 +187,116 @@ class RaftDriver:
             self._scheduled.cancel()
         self._scheduled = None
 
+    # ------------------------------------------------------------ events
+
+    def subscribe(self, observer: Callable[[Any], None], *kinds: type) -> None:
+        """Call ``observer(event)`` for every event of one of ``kinds``, in publishing order."""
+        self._observers.append((kinds, observer))
+
+    def _publish(self, event) -> None:
+        for kinds, observer in self._observers:
+            if isinstance(event, kinds):
+                observer(event)
+
+    # ------------------------------------------------------------ read-only view of the core
+
+    @property
+    def node_id(self) -> int:
+        return self._core.id
+
+    @property
+    def role(self) -> Role:
+        return self._core.role
+
+    @property
+    def term(self) -> int:
+        return self._core.term
+
+    @property
+    def leader_id(self) -> int | None:
+        return self._core.leader_id
+
+    @property
+    def commit_index(self) -> int:
+        return self._core.commit_index
+
+    @property
+    def applied_index(self) -> int:
+        return self._core.applied_index
+
+    @property
+    def last_index(self) -> int:
+        return self._core.last_index
+
+    @property
+    def membership(self) -> Membership:
+        return self._core.membership
+
+    @property
+    def match_indexes(self) -> dict[int, int]:
+        return self._core.match_indexes
+
+    @property
+    def progress(self) -> dict[int, Progress]:
+        """Leader only: replication state per peer (read it, do not change it)."""
+        return self._core.progress if self._core.role is Role.LEADER else {}
+
+    @property
+    def snapshot(self) -> SnapshotMeta:
+        return self._core.snapshot
+
+    def config_at(self, index: int) -> Membership:
+        return self._core.config_at(index)
+
+    def term_at(self, index: int) -> int | None:
+        return self._core.log.term_at(index)
+
     # ------------------------------------------------------------ inputs
 
     def _ticks(self, count: int) -> None:
         for _ in range(min(count, MAX_CATCH_UP_TICKS)):
-            self.core.tick()
+            self._core.tick()
         self.process()
 
     def step(self, message: Message) -> None:
-        self.core.step(message)
+        self._core.step(message)
         self._schedule()
 
     def propose(self, data: bytes) -> None:
         """Propose (or forward) ``data``; raises NotLeader if no leader is known."""
-        self.core.propose(data)
+        self._core.propose(data)
         self._schedule()
+
+    def propose_conf_change(self, change: ConfChange) -> int:
+        """Append a membership change (leader only); its index.  See RaftCore."""
+        index = self._core.propose_conf_change(change)
+        self._schedule()
+        return index
 
     def read_index(self, ctx: int) -> None:
-        self.core.read_index(ctx)
+        self._core.read_index(ctx)
         self._schedule()
+
+    def transfer_leadership(self, target: int | None = None) -> int:
+        """Start handing leadership to ``target`` (or the best voter); see RaftCore."""
+        target = self._core.transfer_leadership(target)
+        self._schedule()
+        return target
 
     def peer_unreachable(self, peer_id: int) -> None:
-        """The connection to ``peer_id`` broke (see RaftCore.peer_unreachable)."""
-        if self.core.leader_id == peer_id and self.core.role is Role.FOLLOWER:
+        """The connection to ``peer_id`` broke (a hint: see ``PeerUnreachable``)."""
+        if self._core.leader_id == peer_id and self._core.role is Role.FOLLOWER:
             self.log.info("lost the connection to leader {peer_id}", peer_id=peer_id)
-        self.core.peer_unreachable(peer_id)
-        self._schedule()
+        self.step(PeerUnreachable(peer_id))
 
-    def kick(self) -> None:
-        """Process whatever the core has for us at the end of this reactor turn."""
-        self._schedule()
+    def snapshot_status(self, peer_id: int, success: bool) -> None:
+        """The snapshot transport delivered (or gave up sending) the snapshot to ``peer_id``."""
+        self.step(SnapshotStatus(peer_id, success))
+
+    def snapshot_taken(self, meta: SnapshotMeta, upto: int) -> bool:
+        """The node wrote a snapshot at ``meta``; True if the core adopted it (§7)."""
+        self.step(SnapshotTaken(meta, upto))
+        return self._core.snapshot == meta
 
     def _schedule(self) -> None:
         if self._scheduled is None and not self._failed:
@@ -118,106 +309,134 @@ class RaftDriver:
         try:
             self._process()
         except Exception:
-            # A bug, never input (the ports refuse what the core cannot take).  A
-            # Ready left half done would stop Raft for good while the process lived
-            # on, serving stale reads: stop the node instead, loudly.
-            self._failed = True
-            self.stop()
-            self.log.failure("Raft driver failed, stopping node {node_id}", node_id=self.core.id)
-            self.on_fatal()
+            self._crashed()
+
+    def _crashed(self) -> None:
+        # A bug, never input (the ports refuse what the core cannot take).  A
+        # Ready left half done would stop Raft for good while the process lived
+        # on, serving stale reads: stop the node instead, loudly.
+        self._failed = True
+        self.stop()
+        self.log.failure("Raft driver failed, stopping node {node_id}", node_id=self._core.id)
+        self.on_fatal()
 
     def _process(self) -> None:
-        if self._written_next is not None:
-            ready, self._written_next = self._written_next, None
+        if self._waiting is not None:
+            if self._waiting.snapshot is not None:
+                return  # the installer's Deferred continues the loop
+            ready, self._waiting = self._waiting, None
             if not self._finish(ready):
                 return
-        while not self._failed and self.core.has_ready():
-            ready = self.core.ready()
-            for message in ready.messages[: ready.early]:  # a leader's appends (§10.2.1)
+        while not self._failed and self._core.has_ready():
+            ready = self._core.ready()
+            for message in ready.early_messages:  # a leader's appends (§10.2.1)
                 self.send(message)
-            if ready.early and ready.entries:
+            if ready.snapshot is not None:
+                self._install(ready)
+                return
+            if ready.early_messages and ready.entries:
                 # Twisted writes to a socket when the reactor next polls it: give it
                 # that turn, so the followers write these entries while we do.
-                self._written_next = ready
+                self._waiting = ready
                 self._schedule()
                 return
             if not self._finish(ready):
                 return
+
+    def _install(self, ready: Ready) -> None:
+        self._waiting = ready
+        meta = ready.snapshot
+        self.log.info("installing snapshot {index} (term {term})", index=meta.index, term=meta.term)
+        installing = defer.maybeDeferred(self.state_machine.install, meta)
+
+        def installed(_):
+            self._waiting = None
+            if self._failed:
+                return
+            self._publish(SnapshotInstalled(meta))
+            try:
+                if self._finish(ready):
+                    self._schedule()
+            except Exception:
+                self._crashed()
+
+        def failed(failure):
+            self._fatal(failure.value)
+
+        installing.addCallbacks(installed, failed)
 
     def _finish(self, ready: Ready) -> bool:
         """Persist, send, apply and advance ``ready``; False if the node failed."""
         if not self._persist(ready):
             return False
         if ready.entries:
-            for listener in self.entries_listeners:
-                listener(ready.entries)
+            self._publish(EntriesPersisted(ready.entries))
         if ready.membership is not None:
-            for listener in self.membership_listeners:
-                listener(ready.membership)
-        for message in ready.messages[ready.early :]:
+            self._publish(MembershipChanged(ready.membership))
+        for message in ready.messages:
             self.send(message)
         if ready.committed_entries:
-            self.apply(ready.committed_entries)
-            for listener in self.applied_listeners:
-                listener(ready.committed_entries[-1].index)
+            try:
+                results = self.state_machine.apply(ready.committed_entries)
+            except StorageError as e:
+                self._fatal(e)
+                return False
+            self._publish(EntriesApplied(ready.committed_entries, results, ready.committed_entries[-1].index))
         if ready.soft_state is not None:
             self._soft_state_changed(ready.soft_state)
         for read_state in ready.read_states:
-            for listener in self.read_state_listeners:
-                listener(read_state)
+            self._publish(ReadIndexReady(read_state))
         if ready.transfer is not None:
             self._transfer_ended(ready.transfer)
-        self.core.advance(ready)
+        self._core.advance(ready)
+        if ready.compaction is not None:
+            self._publish(LogCompacted(ready.compaction.meta, ready.compaction.upto))
         return True
 
     def _persist(self, ready: Ready) -> bool:
-        if ready.hard_state is None and not ready.entries:
+        compaction = ready.compaction
+        if ready.hard_state is None and not ready.entries and compaction is None:
             return True
         started = time.perf_counter()
         try:
-            self.storage.save(ready.hard_state, ready.entries)
+            if ready.hard_state is not None or ready.entries:
+                self.storage.save(ready.hard_state, ready.entries, sync=ready.must_sync)
+            if compaction is not None:
+                self.storage.compact(compaction.upto, compaction.meta)
         except StorageError as e:
             self._fatal(e)
             return False
-        self.commit_seconds.append(time.perf_counter() - started)
-        del self.commit_seconds[:-1000]
+        self._publish(Persisted(time.perf_counter() - started))
         return True
 
-    def _soft_state_changed(self, soft: SoftState) -> None:
+    def _soft_state_changed(self, soft) -> None:
+        core = self._core
         if soft.role is Role.LEADER:
             self.log.info(
                 "node {node_id} became leader for term {term}",
                 parkd_event="leader_elected",
-                node_id=self.core.id,
-                term=self.core.term,
-                leader_id=self.core.id,
+                node_id=core.id,
+                term=core.term,
+                leader_id=core.id,
             )
-        for listener in self.soft_state_listeners:
-            listener(soft)
-
-    def transfer_leadership(self, target: int | None = None) -> int:
-        """Start handing leadership to ``target`` (or the best voter); see RaftCore."""
-        target = self.core.transfer_leadership(target)
-        self._schedule()
-        return target
+        self._publish(LeaderChanged(soft.role, soft.leader_id, core.term))
 
     def _transfer_ended(self, result: TransferResult) -> None:
         if result.succeeded:
             self.log.info(
                 "node {node_id} handed leadership to {target} in term {term}",
                 parkd_event="leadership_transferred",
-                node_id=self.core.id,
+                node_id=self._core.id,
                 target=result.target,
-                term=self.core.term,
+                term=self._core.term,
             )
         else:
             self.log.warn("leadership transfer to {target} abandoned", target=result.target)
-        for listener in self.transfer_listeners:
-            listener(result)
+        self._publish(TransferEnded(result))
 
     def _fatal(self, error: Exception) -> None:
         """A storage error stops the node: never continue on an unknown disk state."""
         self._failed = True
         self.stop()
-        self.log.critical("storage failed, stopping node {node_id}: {error}", node_id=self.core.id, error=error)
+        self.log.critical("storage failed, stopping node {node_id}: {error}", node_id=self._core.id, error=error)
         self.on_fatal()

@@ -6,20 +6,52 @@ to the leader.  The camera is acknowledged once the entry is committed *and*
 applied on this node (CONTRACT §5).  Retries are safe: the state machine
 applies each ``(camera_id, seq)`` once and answers duplicates with the original
 result.
+
+The intake follows the driver's events (applied entries, a new leader, an
+installed snapshot), writes the per-frame ``frame_applied`` events, and tells
+an :class:`IntakeObserver` (the node's metrics) what it proposed and how long
+each ack took.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
+from typing import Protocol
 
 from twisted.logger import Logger
 
+from parkd.events import FRAME_EVENTS
+from parkd.node.driver import EntriesApplied, LeaderChanged, SnapshotInstalled
 from parkd.parking import codec
 from parkd.parking.state import FrameRejected, Outcome
 from parkd.proto import parkd_pb2 as pb
 from parkd.raft.core import NotLeader
 
 NO_LEADER_RETRY_MS = 300
+MAX_TIMED_ACKS = 100_000  # frames in flight whose arrival time is remembered
+
+
+class IntakeObserver(Protocol):
+    def frame_proposed(self, accepted: bool) -> None:
+        """A frame result was proposed (or forwarded), or refused for want of a leader."""
+
+    def frame_acked(self, seconds: float) -> None:
+        """A waiting camera was acked ``seconds`` after its frame arrived."""
+
+    def frames_applied(self, results) -> None:
+        """Entries were applied: their results (applied, duplicate, rejected)."""
+
+
+class _NoObserver:
+    def frame_proposed(self, accepted: bool) -> None:
+        pass
+
+    def frame_acked(self, seconds: float) -> None:
+        pass
+
+    def frames_applied(self, results) -> None:
+        pass
 
 
 class FrameIntake:
@@ -27,12 +59,26 @@ class FrameIntake:
 
     log = Logger()
 
-    def __init__(self, propose, state, analyzer, lots: dict[str, int]):
-        self.propose = propose
+    def __init__(
+        self,
+        driver,
+        state,
+        analyzer,
+        lots: dict[str, int],
+        clock,
+        observer: IntakeObserver | None = None,
+    ):
+        self.propose: Callable[[bytes], None] = driver.propose
         self.state = state
         self.analyzer = analyzer
         self.lots = lots
+        self.clock = clock
+        self.observer = observer or _NoObserver()
+        driver.subscribe(self._applied, EntriesApplied)
+        driver.subscribe(self._leader_changed, LeaderChanged)
+        driver.subscribe(self._snapshot_installed, SnapshotInstalled)
         self.waiting: dict[tuple[int, int], set] = defaultdict(set)
+        self._arrived: dict[tuple[int, int], float] = {}  # when each waiting frame arrived
         self.cameras = 0  # connected cameras (for metrics)
         # camera_id -> (lot, highest applied seq) on this node, read from the
         # database in one query at the first frame (a query per camera cost
@@ -50,8 +96,8 @@ class FrameIntake:
             self._applied_cameras = {view.camera_id: (view.lot, view.last_seq) for view in self.state.cameras()}
         return self._applied_cameras.get(camera_id, (None, 0))
 
-    def forget_applied_state(self) -> None:
-        """The state was replaced wholesale (a snapshot was installed)."""
+    def _snapshot_installed(self, _event: SnapshotInstalled) -> None:
+        """The state was replaced wholesale: read the applied cameras again when needed."""
         self._applied_cameras = None
 
     def check_hello(self, hello) -> tuple[int, str] | None:
@@ -80,21 +126,25 @@ class FrameIntake:
             return
         free = self.analyzer.free_spaces(frame.payload, capacity)
         data = codec.encode(codec.FrameResult(frame.camera_id, frame.lot, frame.seq, frame.captured_at, free))
+        key = (frame.camera_id, frame.seq)
         try:
             self.propose(data)
         except NotLeader:
+            self.observer.frame_proposed(False)
             conn.send_envelope(
                 pb.Envelope(unavailable=pb.Unavailable(retry_after_ms=NO_LEADER_RETRY_MS, reason="no leader known"))
             )
             return
-        key = (frame.camera_id, frame.seq)
+        self.observer.frame_proposed(True)
+        if key not in self._arrived and len(self._arrived) < MAX_TIMED_ACKS:
+            self._arrived[key] = self.clock.seconds()
         self.waiting[key].add(conn)
         self._proposed[key] = data
         conn.waiting_for.add(key)
 
-    def leader_changed(self, soft_state) -> None:
+    def _leader_changed(self, event: LeaderChanged) -> None:
         """A new leader is known: propose the waiting frames again (see ``_proposed``)."""
-        if soft_state.leader_id is None:
+        if event.leader_id is None:
             return
         for data in list(self._proposed.values()):
             try:
@@ -113,15 +163,29 @@ class FrameIntake:
             return pb.Error.LOT_MISMATCH, f"camera {frame.camera_id} said lot {conn.lot!r}, frame says {frame.lot!r}"
         return None
 
-    def applied(self, results) -> None:
-        """Tell waiting cameras about frames this node just applied."""
+    def _applied(self, event: EntriesApplied) -> None:
+        """Log the frames this node just applied and tell the cameras waiting for them."""
+        results = event.results
+        for r in results:
+            if r.outcome is Outcome.APPLIED:
+                FRAME_EVENTS.emit(
+                    "parkd.node", "applied frame {seq} of camera {camera_id} at {index}: {free} free",
+                    parkd_event="frame_applied",
+                    camera_id=r.camera_id, seq=r.seq, index=r.index, free=r.free, lot=r.lot,
+                )  # fmt: skip
+        self.observer.frames_applied(results)
+        now = self.clock.seconds()
         cameras = self._applied_cameras
         for result in results:
             if cameras is not None and result.outcome is Outcome.APPLIED:
                 known = cameras.get(result.camera_id, (None, 0))
                 cameras[result.camera_id] = (result.lot, max(known[1], result.seq))
-            self._proposed.pop((result.camera_id, result.seq), None)
-            waiters = self.waiting.pop((result.camera_id, result.seq), ())
+            key = (result.camera_id, result.seq)
+            self._proposed.pop(key, None)
+            arrived = self._arrived.pop(key, None)
+            waiters = self.waiting.pop(key, ())
+            if waiters and arrived is not None and result.outcome is not Outcome.REJECTED:
+                self.observer.frame_acked(max(0.0, now - arrived))
             for conn in waiters:
                 conn.waiting_for.discard((result.camera_id, result.seq))
                 if result.outcome is Outcome.REJECTED:
@@ -137,4 +201,5 @@ class FrameIntake:
                 if not waiters:
                     del self.waiting[key]
                     self._proposed.pop(key, None)
+                    self._arrived.pop(key, None)
         conn.waiting_for.clear()

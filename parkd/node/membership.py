@@ -27,11 +27,17 @@ This module adds what the core leaves to the node:
   when the change has committed (or the new leader is known) and fail with
   :class:`NotLeader` (ask the leader it names), :class:`ChangeRefused` (a
   reason for the operator), :class:`ChangeTimeout` or :class:`ChangeLost`.
+  Deadlines are ``Deferred.addTimeout``.
+
+It follows the driver's event stream (entries persisted and applied, the
+configuration in effect, the leader, transfers, an installed snapshot) and
+changes the core only through the driver.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from twisted.internet import defer
@@ -39,9 +45,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from parkd.config import ConfigError, Member, parse_address, parse_int
+from parkd.node.driver import EntriesApplied, EntriesPersisted, LeaderChanged, MembershipChanged, TransferEnded
 from parkd.raft import confchange
 from parkd.raft.confchange import ConfChange, ConfChangeOp
-from parkd.raft.core import ConfChangeRefused, NotLeader, Role, SoftState, TransferResult
+from parkd.raft.core import ConfChangeRefused, NotLeader, Role
 from parkd.raft.types import Entry, EntryKind, Membership
 
 COMMIT_TIMEOUT = 10.0  # seconds for a change to commit
@@ -112,26 +119,30 @@ def member_context(member: Member) -> bytes:
 
 
 @dataclass(eq=False)
-class _Waiter:
-    """A Deferred waiting for the entry at ``index`` (of ``term``) to be applied,
-    or (``index`` 0) for a committed configuration that satisfies ``until``."""
+class _IndexWait:
+    """Fires once the entry at ``index`` is applied: with its configuration if of ``term``."""
 
     deferred: defer.Deferred
-    index: int = 0
-    term: int = 0
-    until: object = None  # Membership -> bool, for configuration waits
-    failing: object = None  # Membership -> str | None: a reason to give up
-    timer: object = None
-    done: bool = False
+    index: int
+    term: int
+
+
+@dataclass(eq=False)
+class _ConfigWait:
+    """Fires once a committed configuration satisfies ``until``; fails once ``failing`` names a reason."""
+
+    deferred: defer.Deferred
+    until: Callable[[Membership], bool]
+    failing: Callable[[Membership], str | None] | None = None
 
 
 @dataclass(eq=False)
 class _TransferWait:
+    """Fires with ``target`` once it is known as the leader (a transfer from this leader)."""
+
     deferred: defer.Deferred
     target: int
     handed_over: bool = False
-    timer: object = None
-    done: bool = False
 
 
 @dataclass
@@ -151,34 +162,32 @@ class _Book:
 class MembershipManager:
     """The node's view of membership (address book, links, events) and its admin operations.
 
-    ``core``/``driver``: the node's RaftCore and RaftDriver (listeners are
-    registered here); ``peers``: a PeerService; ``file_members``: the config
+    ``driver``: the node's RaftDriver (the core's state, its inputs and event
+    stream); ``peers``: a PeerService (or None); ``file_members``: the config
     file's members; ``entries``: the persisted log (``PersistedState.entries``)
-    whose CONFIG entries are read for addresses.  Call :meth:`committed` with
-    every batch of applied entries.
+    whose CONFIG entries are read for addresses.
     """
 
     log = Logger()
 
-    def __init__(self, node_id: int, core, driver, peers, file_members=(), clock=None, entries=()):
-        self.node_id = node_id
-        self.core = core
+    def __init__(self, driver, peers, file_members=(), clock=None, entries=()):
+        self.node_id = driver.node_id
         self.driver = driver
         self.peers = peers
         self.clock = clock if clock is not None else driver.clock
         self._book = _Book()
-        self._waiters: list[_Waiter] = []
+        self._index_waits: list[_IndexWait] = []
+        self._config_waits: list[_ConfigWait] = []
         self._transfers: list[_TransferWait] = []
         self._removed_announced = False
         for member in file_members:
             self._book.put(member, 0)
         self._read_entries(entries)
-        if peers is not None and getattr(peers, "resolve", None) is None:
-            peers.resolve = self.address
-        driver.entries_listeners.append(self.entries_persisted)
-        driver.membership_listeners.append(self.membership_changed)
-        driver.transfer_listeners.append(self._transfer_ended)
-        driver.soft_state_listeners.append(self._soft_state_changed)
+        driver.subscribe(self._entries_persisted, EntriesPersisted)
+        driver.subscribe(self._membership_changed, MembershipChanged)
+        driver.subscribe(self._committed, EntriesApplied)
+        driver.subscribe(self._transfer_ended, TransferEnded)
+        driver.subscribe(self._leader_changed, LeaderChanged)
         self._sync_links()
 
     # -- the address book
@@ -193,8 +202,8 @@ class MembershipManager:
         ``{"id", "raft", "client", "http", "match_index", "membership"}``, where
         ``membership`` is "voter" or "learner" and addresses are None if unknown.
         """
-        membership = self.core.membership
-        matches = self.core.match_indexes
+        membership = self.driver.membership
+        matches = self.driver.match_indexes
         out = []
         for node_id in sorted({*membership.voters, *membership.learners}):
             member = self.address(node_id)
@@ -251,14 +260,14 @@ class MembershipManager:
             self.log.warn("CONFIG entry {index} unreadable: {error}", index=entry.index, error=str(e))
             return None
 
-    # -- driver listeners
+    # -- driver events
 
-    def entries_persisted(self, entries) -> None:
+    def _entries_persisted(self, event: EntriesPersisted) -> None:
         """New entries are durable (before this Ready's messages go out): learn addresses."""
-        if self._read_entries(entries):
+        if self._read_entries(event.entries):
             self._sync_links()
 
-    def membership_changed(self, membership: Membership) -> None:
+    def _membership_changed(self, _event: MembershipChanged) -> None:
         """The configuration in effect changed (on append): connect to new members now."""
         self._sync_links()
 
@@ -266,7 +275,7 @@ class MembershipManager:
         """One link per member; members that left lose theirs once their removal committed."""
         if self.peers is None:
             return
-        membership = self.core.membership
+        membership = self.driver.membership
         wanted = {*membership.voters, *membership.learners} - {self.node_id}
         for node_id in sorted(wanted):
             member = self.address(node_id)
@@ -274,23 +283,23 @@ class MembershipManager:
                 self.log.warn("no address known for member {peer_id}", peer_id=node_id)
                 continue
             self.peers.add_peer(member)
-        if membership.index <= self.core.commit_index and wanted:
+        if membership.index <= self.driver.commit_index and wanted:
             for node_id in [p for p in self.peers.links if p not in wanted]:
                 self.peers.remove_peer(node_id)
 
-    def committed(self, entries) -> None:
+    def _committed(self, event: EntriesApplied) -> None:
         """Entries were applied: log membership events, settle waiting operations."""
         config_seen = False
-        for entry in entries:
+        for entry in event.entries:
             resulting = None
             if entry.kind is EntryKind.CONFIG:
                 config_seen = True
                 resulting = self._config_applied(entry)
-            for waiter in [w for w in self._waiters if w.index == entry.index]:
-                if entry.term == waiter.term and resulting is not None:
-                    self._resolve(waiter, resulting)
+            for wait in [w for w in self._index_waits if w.index == entry.index]:
+                if entry.term == wait.term and resulting is not None:
+                    wait.deferred.callback(resulting)
                 else:
-                    self._reject(waiter, ChangeLost(
+                    wait.deferred.errback(ChangeLost(
                         f"leadership changed before the change at index {entry.index} committed; "
                         "it was not made, try again"))  # fmt: skip
         if config_seen:
@@ -329,13 +338,11 @@ class MembershipManager:
                 self.log.warn("node {node_id} was removed from the cluster: it no longer votes or receives the "
                               "log; stop it (its data directory can be deleted)", node_id=self.node_id)  # fmt: skip
         resulting = Membership(tuple(change.voters), tuple(change.learners), entry.index)
-        for waiter in [w for w in self._waiters if w.until is not None]:
-            if waiter.until(resulting):
-                self._resolve(waiter, resulting)
-            elif waiter.failing is not None:
-                reason = waiter.failing(resulting)
-                if reason:
-                    self._reject(waiter, ChangeRefused(reason))
+        for wait in list(self._config_waits):
+            if wait.until(resulting):
+                wait.deferred.callback(resulting)
+            elif wait.failing is not None and (reason := wait.failing(resulting)):
+                wait.deferred.errback(ChangeRefused(reason))
         return resulting
 
     # -- operations
@@ -395,13 +402,13 @@ class MembershipManager:
         Fires with the new leader's id once this node knows it; fails with
         ChangeRefused if the transfer was abandoned or another node won.
         """
-        core = self.core
-        if core.role is not Role.LEADER:
-            return defer.fail(NotLeader(core.leader_id))
+        driver = self.driver
+        if driver.role is not Role.LEADER:
+            return defer.fail(NotLeader(driver.leader_id))
         if target == self.node_id:
             return defer.succeed(self.node_id)
-        if target is not None and target not in core.membership.voters:
-            what = "a learner" if target in core.membership.learners else "not a member"
+        if target is not None and target not in driver.membership.voters:
+            what = "a learner" if target in driver.membership.learners else "not a member"
             return defer.fail(ChangeRefused(f"node {target} is {what}; leadership can only go to a voter"))
         try:
             target = self.driver.transfer_leadership(target)
@@ -410,27 +417,24 @@ class MembershipManager:
         except ValueError as e:
             return defer.fail(ChangeRefused(str(e)))
         wait = _TransferWait(defer.Deferred(), target)
-        wait.timer = self.clock.callLater(
-            timeout, self._finish_transfer, wait,
-            ChangeTimeout(f"leadership did not reach node {target} within {timeout:g} s"),
-        )  # fmt: skip
         self._transfers.append(wait)
-        return wait.deferred
+        return self._deadline(
+            wait.deferred, timeout, self._transfers, wait,
+            f"leadership did not reach node {target} within {timeout:g} s",
+        )  # fmt: skip
 
     # -- operation helpers
 
     def _propose(self, change: ConfChange) -> int:
         try:
-            index = self.core.propose_conf_change(change)
+            return self.driver.propose_conf_change(change)
         except ConfChangeRefused as e:
             raise ChangeRefused(e.reason) from None
-        self.driver.kick()  # persist and send at the end of this reactor turn
-        return index
 
     def _check_addresses(self, member: Member) -> None:
-        membership = self.core.membership
-        if self.core.role is not Role.LEADER:
-            raise NotLeader(self.core.leader_id)
+        membership = self.driver.membership
+        if self.driver.role is not Role.LEADER:
+            raise NotLeader(self.driver.leader_id)
         if member.id in membership:
             raise ChangeRefused(f"node {member.id} is already a member")
         for other in sorted({*membership.voters, *membership.learners}):
@@ -442,10 +446,10 @@ class MembershipManager:
                     raise ChangeRefused(f"{kind} address {getattr(member, kind)} is node {other}'s")
 
     def _check_removal(self, node_id: int) -> None:
-        core = self.core
-        if core.role is not Role.LEADER:
-            raise NotLeader(core.leader_id)
-        membership = core.membership
+        driver = self.driver
+        if driver.role is not Role.LEADER:
+            raise NotLeader(driver.leader_id)
+        membership = driver.membership
         if node_id not in membership:
             known = ", ".join(str(i) for i in sorted({*membership.voters, *membership.learners}))
             raise ChangeRefused(f"node {node_id} is not a member (members: {known})")
@@ -463,71 +467,47 @@ class MembershipManager:
             )
 
     def _wait_index(self, index: int, timeout: float, what: str) -> defer.Deferred:
-        waiter = _Waiter(defer.Deferred(), index=index, term=self.core.term)
-        waiter.timer = self.clock.callLater(
-            timeout, self._reject, waiter,
-            ChangeTimeout(f"{what} (index {index}) did not commit within {timeout:g} s; it may still commit "
-                          "(see parkctl status)"),
-        )  # fmt: skip
-        self._waiters.append(waiter)
-        return waiter.deferred
+        wait = _IndexWait(defer.Deferred(), index, self.driver.term)
+        self._index_waits.append(wait)
+        message = f"{what} (index {index}) did not commit within {timeout:g} s; it may still commit (see parkctl status)"
+        return self._deadline(wait.deferred, timeout, self._index_waits, wait, message)
 
     def _wait_config(self, until, timeout: float, message: str, failing=None) -> defer.Deferred:
-        waiter = _Waiter(defer.Deferred(), until=until, failing=failing)
-        waiter.timer = self.clock.callLater(timeout, self._reject, waiter, ChangeTimeout(message))
-        self._waiters.append(waiter)
-        return waiter.deferred
+        wait = _ConfigWait(defer.Deferred(), until, failing)
+        self._config_waits.append(wait)
+        return self._deadline(wait.deferred, timeout, self._config_waits, wait, message)
 
-    def _close(self, waiter: _Waiter) -> bool:
-        if waiter.done:
-            return False
-        waiter.done = True
-        if waiter in self._waiters:
-            self._waiters.remove(waiter)
-        if waiter.timer is not None and waiter.timer.active():
-            waiter.timer.cancel()
-        return True
+    def _deadline(self, deferred: defer.Deferred, timeout: float, waits: list, wait, message: str) -> defer.Deferred:
+        """``deferred`` fails with ChangeTimeout(message) after ``timeout``; ``wait`` leaves ``waits`` once fired."""
+        deferred.addTimeout(timeout, self.clock, onTimeoutCancel=lambda _, __: Failure(ChangeTimeout(message)))
 
-    def _resolve(self, waiter: _Waiter, membership: Membership) -> None:
-        if self._close(waiter):
-            waiter.deferred.callback(membership)
+        def done(result):
+            waits.remove(wait)
+            return result
 
-    def _reject(self, waiter: _Waiter, error: Exception) -> None:
-        if self._close(waiter):
-            waiter.deferred.errback(Failure(error))
+        return deferred.addBoth(done)
 
-    def _transfer_ended(self, result: TransferResult) -> None:
+    def _transfer_ended(self, event: TransferEnded) -> None:
+        result = event.result
         for wait in [w for w in self._transfers if w.target == result.target and not w.handed_over]:
             if result.succeeded:
                 wait.handed_over = True
-                if self.core.leader_id == wait.target:
-                    self._finish_transfer(wait, None)
+                if self.driver.leader_id == wait.target:
+                    wait.deferred.callback(wait.target)
             else:
-                self._finish_transfer(wait, ChangeRefused(
+                wait.deferred.errback(ChangeRefused(
                     f"leadership transfer to node {result.target} was abandoned (it did not catch up and win "
                     "within an election timeout, or another election intervened)"))  # fmt: skip
 
-    def _soft_state_changed(self, soft: SoftState) -> None:
-        if soft.leader_id is None:
+    def _leader_changed(self, event: LeaderChanged) -> None:
+        if event.leader_id is None:
             return
         for wait in list(self._transfers):
-            if soft.leader_id == wait.target:
-                self._finish_transfer(wait, None)
-            elif soft.leader_id != self.node_id:
-                self._finish_transfer(wait, ChangeRefused(
-                    f"node {soft.leader_id} became leader instead of node {wait.target}"))  # fmt: skip
-
-    def _finish_transfer(self, wait: _TransferWait, error: Exception | None) -> None:
-        if wait.done:
-            return
-        wait.done = True
-        self._transfers.remove(wait)
-        if wait.timer is not None and wait.timer.active():
-            wait.timer.cancel()
-        if error is None:
-            wait.deferred.callback(wait.target)
-        else:
-            wait.deferred.errback(Failure(error))
+            if event.leader_id == wait.target:
+                wait.deferred.callback(wait.target)
+            elif event.leader_id != self.node_id:
+                wait.deferred.errback(ChangeRefused(
+                    f"node {event.leader_id} became leader instead of node {wait.target}"))  # fmt: skip
 
 
 def _ids(ids) -> str:

@@ -3,6 +3,14 @@
 Raft messages are one-way and the core re-sends what is lost, so a message for
 a peer that is down, or whose socket buffer is full (a slow peer), is dropped
 rather than queued: one bad peer never holds up the others or grows memory.
+
+Frame results forwarded to the leader (``Propose``) are the exception: nothing
+proposes them again while the leader stays the same (the node's FrameIntake
+does on a leader change), so a camera would wait out its ack timeout while its
+later frames, forwarded once the link is up, overtook them.  They are held
+(bounded) while the link to their leader is down or full, and sent in order
+once it can take them; a Propose for another node means the leader changed,
+and the held ones are dropped.
 """
 
 from __future__ import annotations
@@ -19,8 +27,10 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from parkd.config import Member
-from parkd.raft.messages import Message
+from parkd.raft.messages import Message, Propose
 from parkd.wire import RAFT_PORT, EnvelopeFactory, EnvelopeProtocol, raft_to_envelope
+
+HELD_PROPOSALS_LIMIT = 10_000  # frame results kept for a leader this node cannot reach yet
 
 
 def _small_jitter() -> float:
@@ -53,6 +63,7 @@ class PeerConnection(EnvelopeProtocol):
 
     def resumeProducing(self) -> None:
         self.writable = True
+        self.factory.link.writable_again(self)
 
     def stopProducing(self) -> None:
         self.writable = False
@@ -69,10 +80,17 @@ class PeerLink:
         self.proto: PeerConnection | None = None
         self.sent = 0
         self.dropped = 0
+        self.held: list[Propose] = []  # forwarded frame results waiting for the link
+        self._held_count = 0
 
     def connected(self, proto: PeerConnection) -> None:
         self.proto = proto
         self.log.info("connected to peer {peer_id} at {address}", peer_id=self.member.id, address=str(self.member.raft))
+        self._send_held()
+
+    def writable_again(self, proto: PeerConnection) -> None:
+        if self.proto is proto:
+            self._send_held()
 
     def disconnected(self, proto: PeerConnection) -> None:
         if self.proto is proto:
@@ -87,6 +105,25 @@ class PeerLink:
             return
         proto.sendEncoded(data)
         self.sent += 1
+
+    def forward(self, message: Propose) -> None:
+        """Send ``message`` now if the link takes it, else hold it (the oldest go past the limit)."""
+        if not self.held and self.proto is not None and self.proto.writable:
+            self.send(raft_to_envelope(message).SerializeToString())
+            return
+        self.held.append(message)
+        self._held_count += len(message.data)
+        while self._held_count > HELD_PROPOSALS_LIMIT and len(self.held) > 1:
+            self._held_count -= len(self.held.pop(0).data)  # their cameras time out and re-send
+
+    def drop_held(self) -> None:
+        self.held, self._held_count = [], 0
+
+    def _send_held(self) -> None:
+        while self.held and self.proto is not None and self.proto.writable:
+            message = self.held.pop(0)
+            self._held_count -= len(message.data)
+            self.send(raft_to_envelope(message).SerializeToString())
 
 
 class PeerService(service.MultiService):
@@ -189,4 +226,10 @@ class PeerService(service.MultiService):
                 self.unroutable += 1
                 return
             link = self.add_peer(member)
-        link.send(raft_to_envelope(message).SerializeToString())
+        if type(message) is Propose:
+            for other in self.links.values():
+                if other is not link and other.held:
+                    other.drop_held()  # for an old leader: the intake proposes them again
+            link.forward(message)
+        else:
+            link.send(raft_to_envelope(message).SerializeToString())

@@ -1,9 +1,13 @@
 """RaftCore: the Raft algorithm as a deterministic state machine (no I/O).
 
-Inputs are :meth:`RaftCore.tick`, :meth:`RaftCore.step`, :meth:`RaftCore.propose`
-and :meth:`RaftCore.read_index`; everything they produce is collected into a
-:class:`Ready` that the driver persists, then sends, then applies, and finally
-acknowledges with :meth:`RaftCore.advance` (the shape of etcd-io/raft's RawNode).
+Inputs are :meth:`RaftCore.tick`, :meth:`RaftCore.step` (peer messages, and the
+node's local events: a broken connection, a snapshot sent or given up, a snapshot
+taken), :meth:`RaftCore.propose`, :meth:`RaftCore.propose_conf_change`,
+:meth:`RaftCore.read_index` and :meth:`RaftCore.transfer_leadership`; everything
+they produce is collected into a :class:`Ready` that the driver persists, then
+sends, then applies, and finally acknowledges with :meth:`RaftCore.advance` (the
+shape of etcd-io/raft's RawNode).  In the daemon only ``parkd/node/driver.py``
+calls them.
 Time is counted in ticks and randomness comes from an injected ``random.Random``,
 so a run is reproducible from its seed.
 
@@ -15,14 +19,16 @@ durable).
 Division of labour with the node (``parkd/node``):
 
 - Snapshots: the node owns snapshot *data*; the core only knows positions.  After
-  applying, the node may take a snapshot at ``applied_index`` (membership from
-  :meth:`RaftCore.config_at`, term from ``core.log.term_at``), compact its storage,
-  and call :meth:`RaftCore.compact`.  A leader that needs to send one emits an
-  ``InstallSnapshot`` with empty data ("send the snapshot at last_index"); the
-  node's transport streams its latest snapshot file in chunks and calls
-  :meth:`RaftCore.report_snapshot` when done.  On the receiving side the node asks
-  :meth:`RaftCore.offer_snapshot`, installs durably if told to, then calls
-  :meth:`RaftCore.restore`.
+  applying, the node may write a snapshot at or below ``applied_index``
+  (membership from :meth:`RaftCore.config_at`, term from ``core.log.term_at``) and
+  step :class:`SnapshotTaken`; the core forgets its log up to the margin and the
+  next Ready's ``compaction`` tells storage to do the same.  A leader that needs to
+  send one emits an ``InstallSnapshot`` with empty data ("send the snapshot at
+  last_index"); the node's transport streams its latest snapshot file in chunks
+  and steps :class:`SnapshotStatus` when delivered or given up.  On the receiving
+  side the transport steps the arrived snapshot as an ``InstallSnapshot`` with
+  ``done``; the core answers the leader itself or restarts its log after it and
+  asks the node, in ``Ready.snapshot``, to install it durably.
 - Membership: :meth:`RaftCore.propose_conf_change` on the leader appends a CONFIG
   entry (``parkd.raft.confchange``); a configuration takes effect on append
   (``Ready.membership`` reports it) and CONFIG entries also reach the node in
@@ -44,12 +50,17 @@ from parkd.raft.log import RaftLog
 from parkd.raft.messages import (
     AppendEntries,
     AppendResponse,
+    LOCAL_EVENTS,
     InstallSnapshot,
+    LocalEvent,
     Message,
+    PeerUnreachable,
     Propose,
     ReadIndexRequest,
     ReadIndexResponse,
     SnapshotResponse,
+    SnapshotStatus,
+    SnapshotTaken,
     TimeoutNow,
     VoteRequest,
     VoteResponse,
@@ -138,20 +149,25 @@ class TransferResult:
 class Ready:
     """Work for the driver, to be done in this order, then ``advance(ready)``.
 
-    1. Persist ``hard_state`` (if not None) and ``entries`` in one transaction:
-       storage deletes its entries with index >= ``entries[0].index``, then appends.
-       A ``hard_state`` that differs from the previous one only in ``commit`` need
-       not be fsynced: the commit index is volatile state (Figure 2), relearnt from
-       the leader after a restart.
-    2. Send ``messages`` (only after step 1 is durable).  When ``membership`` is
-       set, connect to new members first: the configuration already took effect
-       (CONFIG entries in ``entries`` carry the new members' addresses).
-       The first ``early`` messages are a leader's appends: they may go out
-       before step 1, so followers write the entries while the leader does
+    0. ``early_messages`` (a leader's appends) may be sent at once, before the
+       persist, so followers write the entries while the leader does
        (dissertation §10.2.1).  The leader counts itself toward a commit only up
-       to what it has persisted, and the core sets ``early`` only when its term
+       to what it has persisted; the core puts messages here only when its term
        and vote are already durable and the configuration did not change.
-    3. Apply ``committed_entries`` in order; serve ``read_states`` once applied.
+    1. Install ``snapshot`` (if set) durably: the state machine's and the Raft
+       storage's halves in one transaction (§7).  The core already restarted its
+       log after it.
+    2. Persist ``hard_state`` (if not None) and ``entries`` in one transaction:
+       storage deletes its entries with index >= ``entries[0].index``, then
+       appends; with ``must_sync`` the transaction is fsynced (new entries, term
+       or vote), without it only the commit index moved, which is volatile state
+       (Figure 2), relearnt from the leader after a restart.  Then record
+       ``compaction`` (drop entries up to ``upto``, remember the snapshot).
+    3. Send ``messages``, only now that steps 1-2 are durable.  When
+       ``membership`` is set, connect to new members first: the configuration
+       already took effect (CONFIG entries in ``entries`` carry the new
+       members' addresses).
+    4. Apply ``committed_entries`` in order; serve ``read_states`` once applied.
     """
 
     hard_state: HardState | None
@@ -162,7 +178,10 @@ class Ready:
     read_states: tuple[ReadState, ...]
     membership: Membership | None = None  # the configuration now in effect, if it changed
     transfer: TransferResult | None = None  # a leadership transfer ended
-    early: int = 0  # messages[:early] may be sent before the persist (step 2)
+    early_messages: tuple[Message, ...] = ()  # may leave before the persist (step 0)
+    must_sync: bool = False  # the persist of step 2 must be fsynced
+    snapshot: SnapshotMeta | None = None  # a received snapshot to install (step 1)
+    compaction: SnapshotTaken | None = None  # a snapshot the node took: compact storage (step 2)
 
 
 class NotLeader(Exception):
@@ -180,6 +199,8 @@ class ConfChangeRefused(Exception):
         super().__init__(reason)
         self.reason = reason
 
+
+_LOCAL = frozenset(LOCAL_EVENTS)
 
 # Messages that carry no authority: a higher term in one of these from a node
 # outside the configuration is ignored, so a removed server cannot depose the
@@ -262,6 +283,14 @@ class RaftCore:
         self._reads_before_commit: list[tuple[int, int]] = []
         self._msgs: list[Message] = []
         self._read_states: list[ReadState] = []
+        # Proposals for the leader (of the term) in _forward_to, sent in one Propose per Ready.
+        self._forwards: list[bytes] = []
+        self._forward_to: tuple[int, int] = (0, 0)
+        # A received snapshot the log was restarted after, for the next Ready; then
+        # the one that Ready is installing, until advance().
+        self._pending_snapshot: SnapshotMeta | None = None
+        self._installing: SnapshotMeta | None = None
+        self._compaction: SnapshotTaken | None = None
         self._set_membership(self._configs[-1])
         self._prev_hard = hs
         self._prev_soft = SoftState(Role.FOLLOWER, None)
@@ -278,6 +307,9 @@ class RaftCore:
             Propose: self._on_propose,
             ReadIndexRequest: self._on_read_index_request,
             ReadIndexResponse: self._on_read_index_response,
+            PeerUnreachable: self._on_peer_unreachable,
+            SnapshotStatus: self._on_snapshot_status,
+            SnapshotTaken: self._on_snapshot_taken,
         }
 
     # -- read-only view -------------------------------------------------------
@@ -389,24 +421,6 @@ class RaftCore:
         if self._election_elapsed >= self._timeout and self._is_voter:
             self._campaign(pre_vote=self._cfg.pre_vote)
 
-    def peer_unreachable(self, peer: int) -> None:
-        """The node's connection to ``peer`` broke: a hint, possibly wrong or late.
-
-        When ``peer`` is the leader this follower follows, the follower stops
-        counting on it: its lease ends here (so another node's pre-vote is
-        granted) and the follower campaigns within a few ticks rather than a
-        whole election timeout.  A leader killed outright is noticed at once this
-        way (the operating system closes its sockets), which is most of the
-        failover time otherwise.  Safety never depends on it, and a wrong hint is
-        harmless: the campaign starts with a pre-vote (§9.6), which followers
-        still hearing from the leader refuse, so no term is disrupted.
-        """
-        if self._role is not Role.FOLLOWER or peer != self._leader or not self._is_voter:
-            return
-        self._leader = None
-        soon = self._rng.randint(1, max(2, self._cfg.election_ticks // 3))
-        self._election_elapsed = max(self._election_elapsed, self._timeout - soon)
-
     def propose(self, data: bytes) -> None:
         """Append ``data`` (leader) or forward it to the leader (follower)."""
         self.propose_batch([data])
@@ -424,7 +438,10 @@ class RaftCore:
                 raise NotLeader(self._transferee)
             self._append(datas, EntryKind.NORMAL)
         elif self._leader is not None:
-            self._send(Propose(self._term, self._id, self._leader, tuple(datas)))
+            if self._forward_to != (self._term, self._leader):
+                self._flush_forwards()
+                self._forward_to = (self._term, self._leader)
+            self._forwards.extend(datas)  # one Propose per Ready: see _flush_forwards
         else:
             raise NotLeader(None)
 
@@ -484,11 +501,18 @@ class RaftCore:
             self._dirty.add(target)
         return target
 
-    def step(self, m: Message) -> None:
-        """Handle a message from a peer: terms first (§5.1), then by type and role."""
+    def step(self, m: Message | LocalEvent) -> None:
+        """Handle a message from a peer: terms first (§5.1), then by type and role.
+
+        The node's own events (:data:`parkd.raft.messages.LOCAL_EVENTS`) carry no
+        term and go straight to their handler.
+        """
         handler = self._handlers.get(type(m))
         if handler is None:
             raise TypeError(f"unsupported message {type(m).__name__}")
+        if type(m) in _LOCAL:
+            handler(m)
+            return
         if m.term > self._term:
             if not self._accept_higher_term(m):
                 return
@@ -497,115 +521,63 @@ class RaftCore:
                 return
         handler(m)
 
-    # -- snapshots (Raft §7): positions only, the node owns the data -------------
+    # -- local events ----------------------------------------------------------------
 
-    def compact(self, upto_index: int, snapshot: SnapshotMeta) -> None:
-        """The node took ``snapshot`` (at or below applied); forget entries <= ``upto_index``.
+    def _on_peer_unreachable(self, m: PeerUnreachable) -> None:
+        """The node's connection to ``m.peer`` broke: a hint, possibly wrong or late.
 
-        ``upto_index <= snapshot.index``: the entries in between are a trailing
-        margin for lagging followers.  ``snapshot.voters``/``learners`` must be
-        ``config_at(snapshot.index)``.  The core remembers ``snapshot`` as the one
-        to send to followers that need entries it no longer has.  (The node
-        compacts its storage itself, with the same arguments.)
+        When the peer is the leader this follower follows, the follower stops
+        counting on it: its lease ends here (so another node's pre-vote is
+        granted) and the follower campaigns within a few ticks rather than a
+        whole election timeout.  A leader killed outright is noticed at once this
+        way (the operating system closes its sockets), which is most of the
+        failover time otherwise.  Safety never depends on it, and a wrong hint is
+        harmless: the campaign starts with a pre-vote (§9.6), which followers
+        still hearing from the leader refuse, so no term is disrupted.
         """
-        index = snapshot.index
-        if index > self._applied:
-            raise ValueError(f"snapshot at {index} is past the applied index {self._applied}")
-        if upto_index > index:
-            raise ValueError(f"cannot discard up to {upto_index}, past the snapshot at {index}")
-        if index < self._snapshot.index:
-            raise ValueError(f"snapshot at {index} is older than the one at {self._snapshot.index}")
-        if self._log.term_at(index) != snapshot.term:
-            raise ValueError(f"snapshot term {snapshot.term} is not the log's at {index}")
-        config = self.config_at(index)
-        if (config.voters, config.learners) != (tuple(snapshot.voters), tuple(snapshot.learners)):
-            raise ValueError(f"snapshot membership is not the configuration at {index}: {config}")
-        self._snapshot = snapshot
-        later = [c for c in self._configs if c.index > index]
-        self._configs = [Membership(config.voters, config.learners, index), *later]
-        self._log.compact(upto_index)
+        if self._role is not Role.FOLLOWER or m.peer != self._leader or not self._is_voter:
+            return
+        self._leader = None
+        soon = self._rng.randint(1, max(2, self._cfg.election_ticks // 3))
+        self._election_elapsed = max(self._election_elapsed, self._timeout - soon)
 
-    def offer_snapshot(self, meta: SnapshotMeta) -> bool:
-        """A snapshot has arrived in full: should the node install it?
+    def _on_snapshot_status(self, m: SnapshotStatus) -> None:
+        """Leader: the node delivered (or gave up sending) its snapshot to ``m.peer`` (§7).
 
-        False: drop it.  Either it is not newer than this node's commit index, or
-        the log already holds its last entry (§7: the commit index moves up to
-        it and the entries after it are kept).  The core then answers the leader
-        itself.  True: install it durably (state machine and a storage reset, in
-        one transaction), then call :meth:`restore`.  Meanwhile (an install may
-        run on a worker thread) the core may take ticks and messages, but the
-        driver must not process a Ready: nothing may be applied or persisted.
-        """
-        self._check_between_readies()
-        if self._role is Role.LEADER:
-            return False
-        log = self._log
-        if meta.index <= log.committed:
-            self._answer_leader(log.committed)
-            return False
-        if log.term_at(meta.index) == meta.term:
-            log.committed = meta.index
-            self._answer_leader(meta.index)
-            return False
-        return True
-
-    def restore(self, meta: SnapshotMeta) -> bool:
-        """The node installed the snapshot ``meta`` durably; restart the log after it (§7).
-
-        Applied (and commit, if lower) move to ``meta.index``, the membership
-        becomes the snapshot's, and the term rises to ``meta.term`` if lower (as
-        storage's install does).  The entries after the snapshot are kept if the
-        log holds its last entry (§7; they are handed to storage again in the next
-        Ready, since the install emptied the stored log), else the log is dropped.
-        The leader learns ``meta.index`` in the next Ready.
-
-        Returns False, changing nothing, when the snapshot must not be installed:
-        not past the applied index, or not past the commit index while the log
-        does not hold its last entry.  :meth:`offer_snapshot` said so before; the
-        core may take ticks and messages while the node installs, but no Ready
-        may be processed between the two calls.
-        """
-        self._check_between_readies()
-        log = self._log
-        holds_it = log.term_at(meta.index) == meta.term
-        if meta.index <= self._applied or not (
-            holds_it or (meta.index > log.committed and self._role is not Role.LEADER)
-        ):
-            return False
-        if not meta.voters:
-            raise ValueError("a snapshot must name its voters")
-        if meta.term > self._term:
-            self._become_follower(meta.term, None)
-        elif self._role is not Role.FOLLOWER and not holds_it:
-            self._become_follower(self._term, None)  # a campaign's configuration is gone
-        kept = log.restore(meta.index, meta.term)
-        self._applied = meta.index
-        self._snapshot = meta
-        base = Membership(tuple(meta.voters), tuple(meta.learners), meta.index)
-        later = [c for c in self._configs if c.index > meta.index] if kept else []
-        self._configs = [base, *later]
-        self._set_membership(self._configs[-1])
-        self._answer_leader(meta.index)
-        return True
-
-    def report_snapshot(self, peer: int, success: bool) -> None:
-        """Leader: the node finished (True) or gave up (False) sending ``peer`` the snapshot.
-
-        After a success the leader probes right after the snapshot; after a
+        After a delivery the leader probes right after the snapshot; after a
         failure it probes from the follower's match at the next heartbeat, which
         asks for a snapshot again if still needed.
         """
         if self._role is not Role.LEADER:
             return
-        pr = self._progress.get(peer)
+        pr = self._progress.get(m.peer)
         if pr is None or pr.state is not ProgressState.SNAPSHOT:
             return
-        pr.snapshot_ended(success)
-        self._dirty.add(peer)
+        pr.snapshot_ended(m.success)
+        self._dirty.add(m.peer)
 
-    def _check_between_readies(self) -> None:
-        if self._outstanding is not None:
-            raise RuntimeError("advance() the outstanding Ready first")
+    def _on_snapshot_taken(self, m: SnapshotTaken) -> None:
+        """The node wrote a snapshot: forget the log up to ``m.upto`` (§7).
+
+        Ignored (the node sees ``snapshot`` unchanged and drops its file) when it
+        is no longer usable: not newer than the snapshot this core has (one was
+        installed meanwhile), or its term or membership is not the log's at its
+        index.  Storage learns it in the next Ready's ``compaction``.
+        """
+        meta, upto = m.meta, m.upto
+        index = meta.index
+        if not self._snapshot.index < index <= self._applied or upto > index:
+            return
+        if self._log.term_at(index) != meta.term:
+            return
+        config = self.config_at(index)
+        if (config.voters, config.learners) != (tuple(meta.voters), tuple(meta.learners)):
+            return
+        self._snapshot = meta
+        later = [c for c in self._configs if c.index > index]
+        self._configs = [Membership(config.voters, config.learners, index), *later]
+        self._log.compact(upto)
+        self._compaction = m
 
     def _answer_leader(self, match: int) -> None:
         if self._leader is not None and self._leader != self._id:
@@ -622,9 +594,11 @@ class RaftCore:
         if self._outstanding is not None:
             return False
         self._flush_appends()
+        self._flush_forwards()
         hard, soft, log = self._prev_hard, self._prev_soft, self._log
         return bool(
             self._msgs
+            or self._compaction is not None
             or self._read_states
             or log.has_unsent()
             or log.committed > self._applied
@@ -639,30 +613,38 @@ class RaftCore:
         if self._outstanding is not None:
             raise RuntimeError("advance() the previous Ready first")
         self._flush_appends()
+        self._flush_forwards()
         hard, soft = self._hard_state(), self._soft_state()
         membership = self._membership
-        messages, early = tuple(self._msgs), 0
+        messages, early = tuple(self._msgs), ()
         durable = (hard.term, hard.vote) == (self._prev_hard.term, self._prev_hard.vote)
-        # With a new configuration, the node connects to new members first (step 2).
+        # With a new configuration, the node connects to new members first (step 3).
         if self._role is Role.LEADER and durable and membership is self._prev_membership:
-            appends = tuple(m for m in messages if type(m) is AppendEntries)
-            if appends:
-                messages = appends + tuple(m for m in messages if type(m) is not AppendEntries)
-                early = len(appends)
+            early = tuple(m for m in messages if type(m) is AppendEntries)
+            if early:
+                messages = tuple(m for m in messages if type(m) is not AppendEntries)
+        entries = self._log.take_unsent()
+        snapshot, self._pending_snapshot = self._pending_snapshot, None
+        applied = snapshot.index if snapshot is not None else self._applied
         rd = Ready(
             hard_state=hard if hard != self._prev_hard else None,
-            entries=self._log.take_unsent(),
+            entries=entries,
             messages=messages,
-            committed_entries=self._log.slice(self._applied + 1, self._log.committed + 1),
+            committed_entries=self._log.slice(applied + 1, self._log.committed + 1),
             soft_state=soft if soft != self._prev_soft else None,
             read_states=tuple(self._read_states),
             membership=membership if membership is not self._prev_membership else None,
             transfer=self._transfer_result,
-            early=early,
+            early_messages=early,
+            must_sync=bool(entries) or not durable,
+            snapshot=snapshot,
+            compaction=self._compaction,
         )
         self._prev_hard, self._prev_soft = hard, soft
         self._prev_membership = membership
         self._transfer_result = None
+        self._installing = snapshot
+        self._compaction = None
         self._msgs.clear()
         self._read_states.clear()
         self._outstanding = rd
@@ -673,6 +655,9 @@ class RaftCore:
         if rd is not self._outstanding:
             raise RuntimeError("advance() takes the Ready last returned by ready()")
         self._outstanding = None
+        if rd.snapshot is not None:
+            self._applied = max(self._applied, rd.snapshot.index)
+            self._installing = None
         if rd.committed_entries:
             self._applied = rd.committed_entries[-1].index
         if rd.entries:
@@ -1021,15 +1006,42 @@ class RaftCore:
         )
 
     def _on_install_snapshot(self, m: InstallSnapshot) -> None:
-        """Contact from the leader (its term counts, §5.1); the data is the node's.
+        """§7: a snapshot from the leader (its term counts, §5.1).
 
-        The node's transport handles snapshot chunks itself and installs through
-        :meth:`offer_snapshot` / :meth:`restore`; passing chunks here only keeps
-        this follower from timing out while a long transfer runs.
+        A chunk still in transit (not ``done``) is only contact from the leader.
+        A whole snapshot either is not needed (not newer than the commit index,
+        or the log holds its last entry: the commit index moves up to it and the
+        entries after it are kept), and the core answers the leader at once, or
+        it replaces the log: the core restarts its log after it now and the next
+        Ready asks the node to install it durably, with the answer to the leader
+        sent only after that.  One install at a time: a second snapshot while one
+        is being installed is dropped (the leader sends it again).
         """
         if self._role is not Role.FOLLOWER or self._leader != m.src:
             self._become_follower(self._term, m.src)
         self._election_elapsed = 0
+        if not m.done:
+            return
+        log = self._log
+        if m.last_index <= log.committed:
+            self._answer_leader(log.committed)
+            return
+        if self._log_holds(m.last_index, m.last_term):
+            log.committed = m.last_index
+            self._answer_leader(m.last_index)
+            return
+        if self._pending_snapshot is not None or self._installing is not None or not m.voters:
+            return
+        meta = SnapshotMeta(m.last_index, m.last_term, tuple(m.voters), tuple(m.learners))
+        log.restore(meta.index, meta.term)
+        self._snapshot = self._pending_snapshot = meta
+        self._configs = [Membership(meta.voters, meta.learners, meta.index)]
+        self._set_membership(self._configs[0])
+        self._answer_leader(meta.index)
+
+    def _log_holds(self, index: int, term: int) -> bool:
+        """§5.3 log matching: an entry's index and term identify it and all before it."""
+        return self._log.term_at(index) == term
 
     def _on_snapshot_response(self, m: SnapshotResponse) -> None:
         """Chunk acknowledgements belong to the node's transport; only the term counts."""
@@ -1111,6 +1123,19 @@ class RaftCore:
                 self._send_appends(peer, pr, self._must_send)
         self._dirty.clear()
         self._must_send = False
+
+    def _flush_forwards(self) -> None:
+        """Forward this Ready's proposals to the leader in as few Propose messages as fit."""
+        if not self._forwards:
+            return
+        datas, self._forwards = self._forwards, []
+        (term, leader), limit, start, size = self._forward_to, self._cfg.max_bytes_per_msg, 0, 0
+        for n, data in enumerate(datas):
+            if size and size + len(data) > limit:
+                self._send(Propose(term, self._id, leader, tuple(datas[start:n])))
+                start, size = n, 0
+            size += len(data)
+        self._send(Propose(term, self._id, leader, tuple(datas[start:])))
 
     def _send_appends(self, peer: int, pr: Progress, must_send: bool) -> None:
         """Stream the entries ``peer`` lacks, as far as its state allows.

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from parkd.raft import confchange
-from parkd.raft.types import Entry, EntryKind
+from parkd.raft.types import Entry, EntryKind, SnapshotMeta
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +79,14 @@ class AppendResponse:
 
 @dataclass(frozen=True, slots=True)
 class InstallSnapshot:
-    """One chunk of a snapshot (§7); used from step 5 on."""
+    """A snapshot for ``dst`` (§7).
+
+    From a leader's core (``data`` empty, ``done`` False) it asks the node's
+    transport to send its latest snapshot at ``last_index``.  On the wire it is one
+    chunk of that file at ``offset``.  Stepped into the receiving core with
+    ``done`` set it means "the whole snapshot has arrived": the core decides
+    whether to install it (``Ready.snapshot``).
+    """
 
     term: int
     src: int
@@ -95,7 +102,11 @@ class InstallSnapshot:
 
 @dataclass(frozen=True, slots=True)
 class SnapshotResponse:
-    """Acknowledges snapshot bytes up to ``next_offset`` (resume point)."""
+    """The transport's chunk acknowledgement: bytes up to ``next_offset`` arrived.
+
+    Flow control between the two nodes' snapshot transports; the sender's
+    transport reports the outcome to its core as a :class:`SnapshotStatus`.
+    """
 
     term: int
     src: int
@@ -144,6 +155,39 @@ class ReadIndexResponse:
     ctx: int
     index: int
 
+
+# -- local events: stepped into the core by its own node, never sent --------------
+
+
+@dataclass(frozen=True, slots=True)
+class PeerUnreachable:
+    """The node's connection to ``peer`` broke (a hint; see RaftCore docs)."""
+
+    peer: int
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotStatus:
+    """The node's transport finished (``success``) or gave up sending its snapshot to ``peer``."""
+
+    peer: int
+    success: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotTaken:
+    """The node wrote a snapshot of its state machine at ``meta``; drop the log up to ``upto``.
+
+    ``upto <= meta.index`` (the entries in between are a margin for lagging
+    followers); ``meta``'s membership must be the configuration at ``meta.index``.
+    """
+
+    meta: SnapshotMeta
+    upto: int
+
+
+LocalEvent = PeerUnreachable | SnapshotStatus | SnapshotTaken
+LOCAL_EVENTS = (PeerUnreachable, SnapshotStatus, SnapshotTaken)
 
 Message = (
     VoteRequest

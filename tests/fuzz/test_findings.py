@@ -22,7 +22,7 @@ from parkd.proto import parkd_pb2 as pb
 from parkd.raft import confchange
 from parkd.raft import messages as m
 from parkd.raft.core import CoreConfig, RaftCore
-from parkd.raft.sim import Simulation
+from parkd.raft.testing import Simulation
 from parkd.raft.storage import SqliteStorage, open_engine
 from parkd.raft.types import Entry, EntryKind
 from parkd.wire import check_raft_message, raft_to_envelope

@@ -1,13 +1,14 @@
 """Client requests: proposals and forwarding, NotLeader, and linearizable reads
 through ReadIndex (dissertation §6.4)."""
 
+import dataclasses
 import random
 
 import pytest
 
 from parkd.raft.core import CoreConfig, NotLeader, RaftCore, ReadState, Role
-from parkd.raft.messages import AppendEntries, AppendResponse, Propose, ReadIndexRequest
-from parkd.raft.sim import Cluster, drain
+from parkd.raft.messages import AppendEntries, AppendResponse, PeerUnreachable, Propose, ReadIndexRequest
+from parkd.raft.testing import Cluster, drain
 from parkd.raft.types import PersistedState
 
 T = 10
@@ -29,7 +30,7 @@ def test_leader_appends_a_proposal_in_its_term():
     leader.propose(b"frame")
     rd = leader.ready()
     assert [(e.index, e.term, e.data) for e in rd.entries] == [(2, 1, b"frame")]
-    assert {m.dst for m in rd.messages if type(m) is AppendEntries} == {2, 3}
+    assert {m.dst for m in rd.early_messages if type(m) is AppendEntries} == {2, 3}
 
 
 def test_follower_forwards_proposals_to_the_leader():
@@ -42,12 +43,46 @@ def test_follower_forwards_proposals_to_the_leader():
     assert [e.data for e in cluster.storage[3].applied] == [b"", b"a", b"b"]
 
 
+def test_a_followers_proposals_of_one_ready_travel_in_one_propose():
+    """One message per Ready, not per frame (the node proposes frame by frame)."""
+    cluster = Cluster((1, 2, 3), CFG)
+    cluster.elect(1)
+    follower = cluster.core(2)
+    for data in (b"a", b"b", b"c"):
+        follower.propose(data)
+    cluster.take_ready(2)
+    assert cluster.pending[2].messages == (Propose(1, 2, 1, (b"a", b"b", b"c")),)
+
+
+def test_a_followers_forwards_are_split_at_the_message_size_limit():
+    cfg = dataclasses.replace(CFG, max_bytes_per_msg=10)
+    cluster = Cluster((1, 2, 3), cfg)
+    cluster.elect(1)
+    follower = cluster.core(2)
+    for data in (b"aaaa", b"bbbb", b"cccc", b"d" * 20):
+        follower.propose(data)
+    cluster.take_ready(2)
+    assert [m.data for m in cluster.pending[2].messages] == [(b"aaaa", b"bbbb"), (b"cccc",), (b"d" * 20,)]
+
+
+def test_forwards_go_to_the_leader_they_were_proposed_to():
+    """A proposal is for the leader known when it was made; the node re-proposes
+    what waits when another leader is known (a Propose carries no retry)."""
+    cluster = Cluster((1, 2, 3), CFG)
+    cluster.elect(1)
+    follower = cluster.core(2)
+    follower.propose(b"a")
+    follower.step(PeerUnreachable(1))  # the connection to the leader broke: leader unknown
+    cluster.take_ready(2)
+    assert cluster.pending[2].messages == (Propose(1, 2, 1, (b"a",)),)
+
+
 def test_proposal_batch_travels_in_one_append_per_follower():
     cluster = Cluster((1, 2, 3), CFG)
     leader = cluster.elect(1)
     for i in range(10):
         leader.propose(b"%d" % i)  # one reactor turn's proposals
-    sent = [m for m in leader.ready().messages if type(m) is AppendEntries]
+    sent = [m for m in leader.ready().early_messages if type(m) is AppendEntries]
     assert [len(m.entries) for m in sent] == [10, 10]
 
 
@@ -98,7 +133,7 @@ def test_6_4_leader_read_waits_for_a_heartbeat_round_from_a_majority():
     leader.read_index(42)
     rd = drain(leader)
     assert rd.read_states == ()
-    rounds = {m.dst: m.read_ctx for m in rd.messages if type(m) is AppendEntries}
+    rounds = {m.dst: m.read_ctx for m in (*rd.early_messages, *rd.messages) if type(m) is AppendEntries}
     assert set(rounds) == {2, 3} and len(set(rounds.values())) == 1
     ctx = rounds[2]
     leader.step(AppendResponse(1, 2, 1, True, 2, read_ctx=ctx - 1))  # an older round

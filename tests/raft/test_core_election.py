@@ -7,8 +7,8 @@ import pytest
 
 from parkd.raft.confchange import ConfChange, ConfChangeOp
 from parkd.raft.core import CoreConfig, NotLeader, RaftCore, Role, TransferResult
-from parkd.raft.messages import AppendEntries, AppendResponse, TimeoutNow, VoteRequest, VoteResponse
-from parkd.raft.sim import Cluster, drain, entries_with_terms
+from parkd.raft.messages import AppendEntries, AppendResponse, PeerUnreachable, TimeoutNow, VoteRequest, VoteResponse
+from parkd.raft.testing import Cluster, drain, entries_with_terms
 from parkd.raft.types import EntryKind, HardState, PersistedState
 
 T = 10
@@ -301,7 +301,7 @@ def test_losing_the_leaders_connection_starts_a_campaign_within_a_third_of_the_t
         core = make_core(terms=[1], term=1, seed=seed)
         core.step(AppendEntries(1, 2, 1, 1, 1, (), 0))
         drain(core)
-        core.peer_unreachable(2)
+        core.step(PeerUnreachable(2))
         assert core.leader_id is None
         ticks = 0
         while core.role is Role.FOLLOWER:
@@ -315,7 +315,7 @@ def test_after_losing_the_leader_a_follower_grants_pre_votes_at_once():
     core = make_core(terms=[1], term=1)
     core.step(AppendEntries(1, 2, 1, 1, 1, (), 0))
     drain(core)
-    core.peer_unreachable(2)
+    core.step(PeerUnreachable(2))
     core.step(vote_request(2, 3, 1, 1, pre_vote=True))
     assert sent(drain(core), VoteResponse) == [VoteResponse(2, 1, 3, granted=True, pre_vote=True)]
 
@@ -324,7 +324,7 @@ def test_losing_a_peer_that_is_not_the_leader_changes_nothing():
     core = make_core(terms=[1], term=1)
     core.step(AppendEntries(1, 2, 1, 1, 1, (), 0))
     drain(core)
-    core.peer_unreachable(3)
+    core.step(PeerUnreachable(3))
     assert core.leader_id == 2 and not core.has_ready()
     for _ in range(T - 1):
         core.tick()
@@ -336,7 +336,7 @@ def test_a_wrong_hint_does_not_disturb_a_healthy_leader():
     node 3, which still hears from the leader (§9.6), and no term moves."""
     cluster = Cluster((1, 2, 3), CFG)
     leader = cluster.elect(1)
-    cluster.core(2).peer_unreachable(1)
+    cluster.unreachable(2, 1)
     for _ in range(T):
         cluster.tick()
         cluster.stabilize()
@@ -354,7 +354,7 @@ def test_a_killed_leader_is_mostly_replaced_within_a_third_of_the_timeout_when_i
         cluster.elect(1)
         cluster.crash(1)
         for i in (2, 3):
-            cluster.core(i).peer_unreachable(1)
+            cluster.unreachable(i, 1)
         for _ in range(T // 3):
             cluster.tick(2, 3)
             cluster.stabilize()

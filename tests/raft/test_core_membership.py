@@ -15,7 +15,7 @@ from parkd.raft import confchange
 from parkd.raft.confchange import ConfChange, ConfChangeDecodeError, ConfChangeOp
 from parkd.raft.core import ConfChangeRefused, CoreConfig, NotLeader, RaftCore, Role
 from parkd.raft.messages import AppendEntries, AppendResponse, TimeoutNow, VoteRequest
-from parkd.raft.sim import Cluster, drain, entries_with_terms
+from parkd.raft.testing import Cluster, drain, entries_with_terms
 from parkd.raft.types import Entry, EntryKind, HardState, Membership, PersistedState, SnapshotMeta
 
 T = 10

@@ -7,7 +7,7 @@ import pytest
 
 from parkd.raft.core import CoreConfig, RaftCore, Role
 from parkd.raft.messages import AppendEntries, AppendResponse, VoteResponse
-from parkd.raft.sim import Cluster, SafetyViolation, drain, entries_with_terms
+from parkd.raft.testing import Cluster, SafetyViolation, drain, entries_with_terms
 from parkd.raft.types import Entry, EntryKind, HardState, PersistedState
 
 CFG = CoreConfig(election_ticks=10, heartbeat_ticks=2)
@@ -33,7 +33,7 @@ def make_leader(terms=(), term=0, config=CFG) -> RaftCore:
 
 
 def appends(rd, dst=None):
-    return [m for m in rd.messages if type(m) is AppendEntries and dst in (None, m.dst)]
+    return [m for m in (*rd.early_messages, *rd.messages) if type(m) is AppendEntries and dst in (None, m.dst)]
 
 
 def append(prev_index, prev_term, terms, commit=0, term=3):
@@ -277,10 +277,22 @@ def test_10_2_1_a_leaders_appends_may_go_out_before_its_own_write():
     leader.propose(b"x")
     rd = leader.ready()
     assert [e.data for e in rd.entries] == [b"x"]
-    early = rd.messages[: rd.early]
+    early = rd.early_messages
     assert {m.dst for m in early} == {2, 3} and all(type(m) is AppendEntries for m in early)
     assert all(m.entries[-1].data == b"x" for m in early)
-    assert AppendEntries not in {type(m) for m in rd.messages[rd.early :]}
+    assert AppendEntries not in {type(m) for m in rd.messages}
+    assert rd.must_sync  # the entries are fsynced, whatever left early
+
+
+def test_10_2_1_a_save_that_only_moves_the_commit_index_need_not_be_synced():
+    """Figure 2: the commit index is volatile; term, vote and entries are not."""
+    leader = make_leader()
+    leader.propose(b"x")
+    assert drain(leader).must_sync
+    for peer in (2, 3):
+        leader.step(AppendResponse(1, peer, 1, True, match_index=2))
+    rd = drain(leader)
+    assert rd.hard_state.commit == 2 and not rd.entries and not rd.must_sync
 
 
 def test_10_2_1_nothing_goes_early_before_the_term_and_vote_are_durable():
@@ -294,14 +306,14 @@ def test_10_2_1_nothing_goes_early_before_the_term_and_vote_are_durable():
     core.step(VoteResponse(1, 2, 1, granted=True))
     rd = core.ready()
     assert core.role is Role.LEADER and rd.hard_state.term == 1
-    assert appends(rd) and rd.early == 0
+    assert appends(rd) and rd.early_messages == () and rd.must_sync
 
 
 def test_10_2_1_a_follower_answers_only_after_its_write():
     core = make_core(term=3)
     core.step(append(0, 0, [3]))
     rd = core.ready()
-    assert rd.entries and rd.messages and rd.early == 0
+    assert rd.entries and rd.messages and rd.early_messages == () and rd.must_sync
 
 
 # -- Ready / advance and restarts -------------------------------------------------------

@@ -1,9 +1,11 @@
 """Snapshots and log compaction (Raft §7): the core knows positions, the node owns data.
 
-The node snapshots its state machine and calls ``compact``; a leader that lacks
-the entries a follower needs emits one InstallSnapshot "send it" message and
-waits (SNAPSHOT progress); the follower's node asks ``offer_snapshot``, installs,
-then calls ``restore``.  ``Cluster`` plays the node's part (see parkd.raft.sim).
+The node snapshots its state machine and steps ``SnapshotTaken``; a leader that
+lacks the entries a follower needs emits one InstallSnapshot "send it" message and
+waits (SNAPSHOT progress) for its transport's ``SnapshotStatus``; the follower's
+transport steps the arrived snapshot (``done``) and the core either answers the
+leader or asks the node to install it (``Ready.snapshot``).  ``Cluster`` plays the
+node's part with the driver's calls (see parkd.raft.testing).
 """
 
 import random
@@ -16,9 +18,11 @@ from parkd.raft.messages import (
     AppendResponse,
     InstallSnapshot,
     SnapshotResponse,
+    SnapshotStatus,
+    SnapshotTaken,
 )
 from parkd.raft.progress import ProgressState
-from parkd.raft.sim import Cluster, drain, entries_with_terms
+from parkd.raft.testing import Cluster, drain, entries_with_terms
 from parkd.raft.types import Entry, HardState, Membership, PersistedState, SnapshotMeta
 
 T = 10
@@ -26,13 +30,28 @@ CFG = CoreConfig(election_ticks=T, heartbeat_ticks=2)
 
 
 def sent(rd, kind):
-    return [m for m in rd.messages if type(m) is kind]
+    return [m for m in (*rd.early_messages, *rd.messages) if type(m) is kind]
 
 
 def run(cluster, ticks, *ids):
     for _ in range(ticks):
         cluster.tick(*ids)
         cluster.stabilize()
+
+
+def run_taking(cluster, ticks):
+    """Tick the leader and deliver, taking Readies but leaving a snapshot install pending."""
+    for _ in range(ticks):
+        cluster.tick(1)
+        for _ in range(50):
+            for i in cluster.ids:
+                cluster.take_ready(i)
+                pending = cluster.pending.get(i)
+                if pending is not None and pending.snapshot is None:
+                    cluster.persist(i)
+            if not cluster.network:
+                break
+            cluster.deliver()
 
 
 def propose(cluster, leader, n, prefix=b"x"):
@@ -73,12 +92,12 @@ def follower_core(terms, commit=0, term=None, snapshot=SnapshotMeta(), applied=N
 # -- compaction -------------------------------------------------------------------------
 
 
-def test_7_compact_forgets_entries_but_keeps_a_trailing_margin():
+def test_7_a_snapshot_taken_forgets_entries_but_keeps_a_trailing_margin():
     cluster = Cluster((1, 2, 3), CFG)
     leader = cluster.elect(1)
     propose(cluster, leader, 9)  # indexes 2..10
     meta = SnapshotMeta(8, 1, (1, 2, 3), ())
-    leader.compact(5, meta)
+    leader.step(SnapshotTaken(meta, 5))
     log = leader.log
     assert (log.first_index, log.last_index, log.term_at(5), log.term_at(4)) == (6, 10, 1, None)
     assert [e.index for e in log.slice(1, 11)] == [6, 7, 8, 9, 10]
@@ -86,6 +105,9 @@ def test_7_compact_forgets_entries_but_keeps_a_trailing_margin():
     assert leader.config_at(8) == Membership((1, 2, 3), (), 8)
     with pytest.raises(ValueError):
         leader.config_at(7)  # before the latest snapshot: no longer known
+    rd = drain(leader)
+    assert rd.compaction == SnapshotTaken(meta, 5)  # storage compacts the same way
+    assert drain(leader).compaction is None if leader.has_ready() else True
 
 
 @pytest.mark.parametrize(
@@ -97,15 +119,19 @@ def test_7_compact_forgets_entries_but_keeps_a_trailing_margin():
         (5, SnapshotMeta(8, 1, (1, 2))),  # not the configuration there
     ],
 )
-def test_7_compact_refuses_inconsistent_requests(upto, meta):
+def test_7_an_inconsistent_snapshot_taken_is_ignored(upto, meta):
+    """The core keeps its log and snapshot; the node sees ``snapshot`` unchanged."""
     cluster = Cluster((1, 2, 3), CFG)
     leader = cluster.elect(1)
     propose(cluster, leader, 9)
-    with pytest.raises(ValueError):
-        leader.compact(upto, meta)
-    leader.compact(8, SnapshotMeta(9, 1, (1, 2, 3)))
-    with pytest.raises(ValueError):
-        leader.compact(5, SnapshotMeta(8, 1, (1, 2, 3)))  # older than the one it has
+    leader.step(SnapshotTaken(meta, upto))
+    assert leader.snapshot == SnapshotMeta() and leader.log.first_index == 1
+    assert not leader.has_ready()
+    good = SnapshotMeta(9, 1, (1, 2, 3))
+    leader.step(SnapshotTaken(good, 8))
+    assert leader.snapshot == good
+    leader.step(SnapshotTaken(SnapshotMeta(8, 1, (1, 2, 3)), 5))  # older than the one it has
+    assert leader.snapshot == good and drain(leader).compaction == SnapshotTaken(good, 8)
 
 
 def test_7_follower_within_the_margin_catches_up_from_the_log():
@@ -161,7 +187,7 @@ def test_7_snapshot_brings_a_lagging_follower_back_and_the_log_continues():
 def test_7_failed_transfer_is_retried_after_a_heartbeat():
     cluster, leader = lagging_cluster()
     ask_for_snapshot(cluster, leader)  # and the transfer is lost
-    leader.report_snapshot(3, success=False)
+    leader.step(SnapshotStatus(3, success=False))
     assert leader.progress[3].state is ProgressState.PROBE
     assert not sent(drain(leader), InstallSnapshot)  # not in a tight loop
     run(cluster, CFG.heartbeat_ticks, 1)
@@ -187,11 +213,18 @@ def test_7_unreported_transfer_times_out():
 def test_7_report_of_success_probes_right_after_the_snapshot():
     cluster, leader = lagging_cluster()
     ask_for_snapshot(cluster, leader)
-    leader.report_snapshot(3, success=True)
+    leader.step(SnapshotStatus(3, success=True))
     probe = sent(drain(leader), AppendEntries)
     assert [(m.dst, m.prev_log_index) for m in probe] == [(3, 7)]
-    leader.report_snapshot(3, success=True)  # a second report changes nothing
+    leader.step(SnapshotStatus(3, success=True))  # a second report changes nothing
     assert leader.progress[3].state is ProgressState.PROBE
+
+
+def test_7_a_snapshot_status_on_a_follower_is_ignored():
+    core = follower_core([1, 1], commit=2, term=1)
+    drain(core)
+    core.step(SnapshotStatus(3, success=True))
+    assert not core.has_ready()
 
 
 def test_7_the_snapshot_asked_for_is_the_latest_the_leader_has():
@@ -205,106 +238,118 @@ def test_7_the_snapshot_asked_for_is_the_latest_the_leader_has():
 # -- the follower's side ----------------------------------------------------------------
 
 
-def test_7_offer_refuses_a_snapshot_not_past_the_commit_index():
+def arrive(core, meta, term, leader=2):
+    """The node's transport steps a whole snapshot from ``leader`` into ``core``."""
+    core.step(InstallSnapshot(term, leader, core.id, meta.index, meta.term, 0, b"", True, meta.voters, meta.learners))
+
+
+def test_7_a_snapshot_not_past_the_commit_index_is_answered_not_installed():
     core = follower_core([1, 1, 1, 1], commit=4, term=1)
     core.step(AppendEntries(1, 2, 1, 4, 1, (), 4))
     drain(core)
-    assert core.offer_snapshot(SnapshotMeta(3, 1, (1, 2, 3))) is False
-    assert sent(drain(core), AppendResponse) == [AppendResponse(1, 1, 2, True, match_index=4)]
+    arrive(core, SnapshotMeta(3, 1, (1, 2, 3)), term=1)
+    rd = drain(core)
+    assert rd.snapshot is None
+    assert sent(rd, AppendResponse) == [AppendResponse(1, 1, 2, True, match_index=4)]
 
 
-def test_7_offer_refuses_a_snapshot_whose_last_entry_the_log_holds():
+def test_7_a_snapshot_whose_last_entry_the_log_holds_is_answered_not_installed():
     """§7: "If existing log entry has same index and term as snapshot's last included
     entry, retain log entries following it": nothing to install, commit moves up."""
     core = follower_core([1, 1, 2, 2, 2], commit=1, term=2)
     core.step(AppendEntries(2, 2, 1, 5, 2, (), 1))
     drain(core)
-    assert core.offer_snapshot(SnapshotMeta(4, 2, (1, 2, 3))) is False
+    arrive(core, SnapshotMeta(4, 2, (1, 2, 3)), term=2)
     rd = drain(core)
+    assert rd.snapshot is None
     assert sent(rd, AppendResponse) == [AppendResponse(2, 1, 2, True, match_index=4)]
     assert [e.index for e in rd.committed_entries] == [2, 3, 4]
     assert core.last_index == 5
 
 
-def test_7_restore_replaces_the_log_and_answers_the_leader():
+def test_7_a_snapshot_with_another_term_at_its_index_replaces_the_log():
+    """The log reaching the snapshot's index is not enough: its entry there must be of
+    the snapshot's term (§5.3 log matching), else the log is discarded."""
+    core = follower_core([1, 1, 1, 1], commit=2, term=2)
+    arrive(core, SnapshotMeta(4, 2, (1, 2, 3)), term=2)
+    rd = drain(core)
+    assert rd.snapshot == SnapshotMeta(4, 2, (1, 2, 3))
+    assert (core.log.first_index, core.last_index, core.applied_index) == (5, 4, 4)
+
+
+def test_7_a_needed_snapshot_replaces_the_log_and_is_answered_after_the_install():
     core = follower_core([1, 1, 3], commit=1, term=4)  # index 3 conflicts with the snapshot
     core.step(AppendEntries(4, 2, 1, 9, 4, (), 9))  # the leader probes; the log is too short
     drain(core)
     meta = SnapshotMeta(8, 2, (1, 2, 3, 4), (5,))
-    assert core.offer_snapshot(meta) is True
-    assert core.restore(meta) is True
-    assert (core.log.first_index, core.last_index, core.commit_index, core.applied_index) == (
-        9, 8, 8, 8)
+    arrive(core, meta, term=4)
+    assert (core.log.first_index, core.last_index, core.commit_index) == (9, 8, 8)
     assert core.membership == Membership((1, 2, 3, 4), (5,), 8)
-    rd = drain(core)
+    rd = core.ready()
+    assert rd.snapshot == meta and rd.must_sync is False and rd.early_messages == ()
     assert rd.hard_state == HardState(4, 0, 8)
     assert rd.entries == () and rd.committed_entries == ()
     assert rd.membership == Membership((1, 2, 3, 4), (5,), 8)
-    assert sent(rd, AppendResponse) == [AppendResponse(4, 1, 2, True, match_index=8)]
+    assert sent(rd, AppendResponse) == [AppendResponse(4, 1, 2, True, match_index=8)]  # after step 1
+    assert core.applied_index == 1  # not until the install is done
+    core.advance(rd)
+    assert core.applied_index == 8
     core.step(AppendEntries(4, 2, 1, 8, 2, tuple(entries_with_terms([4], 9)), 9))
     rd = drain(core)
     assert [e.index for e in rd.committed_entries] == [9]
 
 
-def test_7_restore_keeps_a_matching_suffix_and_hands_it_to_storage_again():
-    core = follower_core([1, 1, 2, 2, 2], commit=1, term=2)
-    meta = SnapshotMeta(3, 2, (1, 2, 3))
-    assert core.restore(meta) is True  # the node installed it anyway
-    assert (core.log.first_index, core.last_index, core.applied_index) == (4, 5, 3)
-    rd = drain(core)
-    assert [e.index for e in rd.entries] == [4, 5]  # storage's install emptied its log
-
-
-def test_7_restore_adopts_the_snapshot_term_if_higher():
+def test_7_a_snapshot_from_a_newer_term_makes_a_follower_of_that_term():
     core = follower_core([1], commit=1, term=1)
-    assert core.restore(SnapshotMeta(6, 3, (1, 2, 3)))
-    assert (core.term, core.vote) == (3, 0)
+    arrive(core, SnapshotMeta(6, 3, (1, 2, 3)), term=3)
+    assert (core.term, core.vote, core.leader_id) == (3, 0, 2)
+    assert drain(core).snapshot == SnapshotMeta(6, 3, (1, 2, 3))
 
 
-def test_7_restore_refuses_what_would_move_the_state_machine_back():
+def test_7_one_install_at_a_time():
     core = follower_core([1, 1, 1], commit=3, term=1, applied=2)
-    assert core.restore(SnapshotMeta(2, 1, (1, 2, 3))) is False  # applied already
-    assert core.restore(SnapshotMeta(4, 1, (1, 2, 3))) is True  # past the commit index
-    assert core.restore(SnapshotMeta(4, 1, (1, 2, 3))) is False
+    arrive(core, SnapshotMeta(4, 1, (1, 2, 3)), term=1)
+    rd = core.ready()
+    assert rd.snapshot == SnapshotMeta(4, 1, (1, 2, 3))
+    arrive(core, SnapshotMeta(9, 1, (1, 2, 3)), term=1)  # while the node installs: dropped
+    core.advance(rd)
     assert (core.last_index, core.applied_index) == (4, 4)
-    leader = Cluster((1, 2, 3), CFG).elect(1)
-    assert leader.restore(SnapshotMeta(5, 1, (1, 2, 3))) is False  # a leader's log has all
+    assert drain(core).snapshot is None if core.has_ready() else True
 
 
-def test_7_restore_below_the_commit_index_only_with_its_entry():
-    """Commit may have moved while the node installed; what the log does not hold
-    there cannot be restored without losing committed entries."""
-    core = follower_core([1, 1, 1, 2], commit=4, term=2, applied=1)
-    assert core.restore(SnapshotMeta(3, 2, (1, 2, 3))) is False  # the log's entry 3 is of term 1
-    assert core.restore(SnapshotMeta(3, 1, (1, 2, 3))) is True
-    assert (core.log.first_index, core.last_index, core.commit_index) == (4, 4, 4)
-
-
-def test_7_restore_only_between_readies():
+def test_7_a_snapshot_arriving_during_a_ready_is_installed_by_the_next_one():
+    """Commit may move and entries be persisted while a snapshot arrives: the Ready
+    under way finishes (applying only what it holds), the next installs."""
     core = follower_core([1], term=1)
     core.step(AppendEntries(1, 2, 1, 1, 1, tuple(entries_with_terms([1], 2)), 2))
     rd = core.ready()
+    assert [e.index for e in rd.committed_entries] == [1, 2]
     meta = SnapshotMeta(5, 1, (1, 2, 3))
-    with pytest.raises(RuntimeError):
-        core.offer_snapshot(meta)
-    with pytest.raises(RuntimeError):
-        core.restore(meta)
+    arrive(core, meta, term=1)
     core.advance(rd)
-    assert core.restore(meta)
+    assert core.applied_index == 2
+    rd = core.ready()
+    assert rd.snapshot == meta and rd.committed_entries == ()
+    core.advance(rd)
+    assert (core.applied_index, core.commit_index, core.log.first_index) == (5, 5, 6)
 
 
 def test_7_install_takes_ticks_and_messages_in_between():
-    """While the node installs (maybe on a worker thread) the core may run on, as long as
-    no Ready is processed: restore still starts the log after the snapshot."""
+    """While the node installs (on a worker thread) the core runs on: the log already
+    starts after the snapshot, so appends after it are taken, and answered only
+    after their own write, which comes after the install."""
     core = follower_core([1, 1], commit=1, term=1)
     meta = SnapshotMeta(6, 1, (1, 2, 3))
-    assert core.offer_snapshot(meta)
+    arrive(core, meta, term=1)
+    installing = core.ready()
+    assert installing.snapshot == meta
     core.tick()
-    core.step(AppendEntries(1, 2, 1, 6, 1, tuple(entries_with_terms([1], 7)), 7))  # refused
-    assert core.restore(meta)
+    core.step(AppendEntries(1, 2, 1, 6, 1, tuple(entries_with_terms([1], 7)), 7))
+    assert not core.has_ready()  # nothing until the install is done
+    core.advance(installing)
     rd = drain(core)
-    assert [type(m) for m in rd.messages] == [AppendResponse, AppendResponse]
-    assert rd.messages[-1] == AppendResponse(1, 1, 2, True, match_index=6)
+    assert [e.index for e in rd.entries] == [7] and [e.index for e in rd.committed_entries] == [7]
+    assert rd.messages == (AppendResponse(1, 1, 2, True, match_index=7),)
 
 
 def test_7_appends_below_the_snapshot_are_answered_with_the_commit_index():
@@ -356,6 +401,24 @@ def test_7_restart_from_snapshot_and_log_recovers_exactly(margin):
     assert core.log.slice(core.log.first_index, 99) == before.log.slice(core.log.first_index, 99)
     assert not core.has_ready()  # nothing to re-apply
     propose(cluster, leader, 1, b"again")
+    assert cluster.storage[2].applied == cluster.storage[1].applied
+
+
+def test_7_a_crash_during_an_install_leaves_the_old_state_and_the_leader_sends_again():
+    cluster, leader = lagging_cluster()
+    cluster.heal()
+    for _ in range(10 * CFG.heartbeat_ticks):
+        if 3 in cluster.pending and cluster.pending[3].snapshot is not None:
+            break
+        run_taking(cluster, 1)
+    assert cluster.pending[3].snapshot == leader.snapshot  # node 3 is installing it
+    before = list(cluster.storage[3].applied)
+    cluster.crash(3)
+    assert cluster.storage[3].applied == before and cluster.storage[3].snapshot == SnapshotMeta()
+    cluster.restart(3)
+    run(cluster, 4 * CFG.heartbeat_ticks, 1)
+    assert cluster.snapshots_installed == 1
+    assert cluster.storage[3].applied == cluster.storage[1].applied
     assert cluster.storage[2].applied == cluster.storage[1].applied
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from parkd.raft import sim
+from parkd.raft import testing as sim
 from parkd.raft.core import RaftCore, Role
 from parkd.raft.messages import VoteResponse
 
@@ -18,6 +18,26 @@ def test_core_keeps_every_safety_property_and_stays_live(nodes):
     assert sum(r.conf_changes for r in passed) > 300
     assert sum(r.snapshots for r in passed) > 300
     assert sum(r.transfers for r in passed) > 100
+    # Every kind of fault took effect often (300 seeds: each kind well over 2,000).
+    for kind, count in sim.simulation.fault_totals(passed).items():
+        assert count > 1500, (kind, count)
+
+
+class FaultlessSimulation(sim.Simulation):
+    """The simulation with every fault made a no-op: the bounds above must notice."""
+
+    def _drop(self):
+        return None
+
+    _duplicate = _partition = _crash = _lose_connection = _drop
+
+
+def test_a_run_without_faults_fails_the_fault_bounds():
+    passed = [FaultlessSimulation(seed, 3).run(2000) for seed in range(20)]
+    assert all(r.ok for r in passed)
+    assert sim.simulation.fault_totals(passed) == dict.fromkeys(sim.FAULTS, 0)
+    real, _ = sim.run_seeds(20, 2000, 3)
+    assert all(count > 100 for count in sim.simulation.fault_totals(real).values())
 
 
 def test_default_run_changes_membership_installs_snapshots_and_transfers():
@@ -94,12 +114,8 @@ class RemovedServersCampaign(RaftCore):
 class TrustsSnapshotIndexWithoutTerm(RaftCore):
     """Planted bug: a log reaching a snapshot's index is taken to hold its entry (§7)."""
 
-    def offer_snapshot(self, meta):
-        log = self._log
-        if self._role is not Role.LEADER and log.committed < meta.index <= log.last_index:
-            log.committed = meta.index
-            return False
-        return super().offer_snapshot(meta)
+    def _log_holds(self, index, term):
+        return index <= self._log.last_index
 
 
 @pytest.mark.parametrize(
@@ -132,3 +148,6 @@ def test_main_prints_one_summary_line(capsys):
     assert sim.main(["--seeds", "3", "--steps", "300", "--nodes", "5", "--seed-start", "10"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 1 and out[0].startswith("ok: seeds=3 (from 10) steps=300 nodes=5")
+    faults = out[0].split(" faults: ")[1].split()
+    assert [f.split("=")[0] for f in faults] == list(sim.FAULTS)
+    assert all(int(f.split("=")[1]) > 0 for f in faults)
