@@ -938,18 +938,24 @@ class RaftCore:
     def _on_vote_request(self, m: VoteRequest) -> None:
         """§5.2/§5.4.1: one vote per term, only for a log at least as up to date.
 
-        A pre-vote (§9.6) changes nothing here; it is refused while a leader is
-        alive, so a rejoining (or removed) node cannot start elections against a
-        healthy one.  Votes do not depend on this node's configuration (§4.1).
+        A pre-vote (§9.6) is granted exactly when the real vote would be, as
+        long as no leader is alive, and changes nothing here.  For a later term
+        the vote is free (that term has no vote and no leader yet); for this
+        node's own term (it moved on while the pre-candidate did not) it is
+        free only as a real vote is: this vote cast for the candidate already,
+        or none cast and no leader known.  Refused while a leader is alive, so
+        a rejoining (or removed) node cannot start elections against a healthy
+        one.  Votes do not depend on this node's configuration (§4.1).
         """
         log_ok = self._candidate_log_ok(m)
+        can_vote = self._vote == m.src or (self._vote == 0 and self._leader is None)
         if m.pre_vote:
-            granted = m.term > self._term and not self._leader_alive() and log_ok
+            would_vote = m.term > self._term or can_vote  # m.term < ours never gets here
+            granted = would_vote and log_ok and not self._leader_alive()
             self._send(
                 VoteResponse(m.term if granted else self._term, self._id, m.src, granted, True)
             )
             return
-        can_vote = self._vote == m.src or (self._vote == 0 and self._leader is None)
         granted = can_vote and log_ok
         if granted:
             self._vote = m.src

@@ -250,6 +250,51 @@ def test_9_6_pre_vote_refused_while_a_leader_was_heard_within_the_timeout():
     assert sent(drain(core), VoteResponse)[-1].granted is True
 
 
+@pytest.mark.parametrize(
+    "vote, leader, candidate_last, granted",
+    [
+        (0, None, (1, 1), True),  # no vote cast in term 5 and no leader known
+        (2, None, (1, 1), True),  # the vote of term 5 went to this candidate already
+        (3, None, (1, 1), False),  # ... to another candidate
+        (0, 3, (1, 1), False),  # a leader of term 5 is known (and alive)
+        (0, None, (0, 0), False),  # the candidate's log is behind (§5.4.1)
+    ],
+)
+def test_9_6_pre_vote_for_the_voters_own_term_is_answered_as_the_vote_would_be(
+    vote, leader, candidate_last, granted
+):
+    """A pre-candidate asks for its term + 1, which a voter may hold already (it
+    moved on, say by refusing a candidate with a stale log).  The pre-vote is then
+    answered as the real vote of that term would be (etcd-io/raft Step, MsgPreVote)."""
+    core = make_core(terms=[1], term=5, vote=vote)
+    if leader:
+        core.step(AppendEntries(5, leader, 1, 1, 1, (), 0))
+    drain(core)
+    core.step(vote_request(5, 2, *candidate_last, pre_vote=True))
+    rd = drain(core)
+    assert sent(rd, VoteResponse) == [VoteResponse(5, 1, 2, granted, pre_vote=True)]
+    assert rd.hard_state is None and (core.term, core.vote) == (5, vote)
+    core.step(vote_request(5, 2, *candidate_last))
+    assert sent(drain(core), VoteResponse) == [VoteResponse(5, 1, 2, granted)]
+
+
+def test_9_6_pre_candidate_one_term_behind_is_elected_in_the_voters_term():
+    """Node 2 is at term 5 without a vote; node 1, at 4, pre-votes for 5.  The grant
+    names term 5, which is node 1's term + 1, so node 1 campaigns and wins in term 5
+    at once (before, the refusal sent it to follow term 5 and wait out a timeout)."""
+    cluster = Cluster((1, 2, 3), CFG)
+    cluster.load(1, [1], term=4)
+    cluster.load(2, [1], term=5)
+    cluster.crash(3)
+    core = cluster.core(1)
+    while core.role is Role.FOLLOWER:
+        core.tick()
+    assert core.role is Role.PRE_CANDIDATE
+    cluster.stabilize()
+    assert (core.role, core.term) == (Role.LEADER, 5)
+    assert cluster.core(2).leader_id == 1
+
+
 def test_9_6_pre_vote_majority_starts_the_real_election():
     core = make_core(terms=[1], term=1)
     while core.role is Role.FOLLOWER:
