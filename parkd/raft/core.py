@@ -126,12 +126,14 @@ class TransferResult:
     """How a leadership transfer this node started ended (dissertation §3.10).
 
     ``succeeded``: this leader stepped down for ``target``'s election.  Otherwise
-    the attempt was abandoned (an election timeout passed, leadership was lost to
-    someone else, or another transfer replaced it).
+    the attempt was abandoned: ``cancelled`` when the operator asked for it
+    (``transfer_leadership(<leader's own id>)``), else an election timeout
+    passed, leadership was lost to someone else, or another transfer replaced it.
     """
 
     target: int
     succeeded: bool
+    cancelled: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -460,29 +462,58 @@ class RaftCore:
     def transfer_leadership(self, target: int | None = None) -> int:
         """§3.10: bring a voter up to date, then tell it to campaign at once.
 
-        Without ``target`` the most up-to-date other voter is chosen.  Returns
-        the target.  Proposals are refused meanwhile (NotLeader(target)); the
-        attempt is abandoned after one election timeout.  The outcome comes back
-        in ``Ready.transfer``.
+        Returns the target, or this leader's own id when leadership stays here.
+        Without ``target``: the pending transfer's target, else the most
+        up-to-date other voter.  ValueError when ``target`` is no other voter.
+
+        The target is sent to at once (in the next Ready): TimeoutNow if its log
+        matches ours, else appends, even while its replication is paused (as a
+        heartbeat would).  Proposals are refused meanwhile (NotLeader(target)).
+        The attempt is abandoned one election timeout after it first started:
+        asking again for the same target sends to it again but does not extend
+        that.  Another target replaces it (reported abandoned; the new one gets
+        its own timeout).
+
+        ``target`` = this leader's id cancels a pending transfer, reported as
+        ``TransferResult(old_target, succeeded=False, cancelled=True)``; with none
+        pending it changes nothing and reports nothing.  A TimeoutNow already
+        sent cannot be recalled: the old target may still campaign, and then
+        wins as any candidate would.
+
+        The outcome comes back once in ``Ready.transfer``.
         """
         if self._role is not Role.LEADER:
             raise NotLeader(self._leader)
+        if target == self._id:
+            if self._transferee is not None:
+                self._end_transfer(cancelled=True)
+            return self._id
+        if target is None:
+            target = self._transferee
         if target is None:
             if not self._voter_peers:
                 raise ValueError("no other voter to hand leadership to")
             target = max(self._voter_peers, key=lambda p: (self._progress[p].match, -p))
         elif target not in self._voter_peers:
             raise ValueError(f"{target} is not another voter")
-        if self._transferee is not None and self._transferee != target:
-            self._end_transfer()
-        self._transferee = target
-        self._transfer_elapsed = 0
-        self._transfer_handed_over = False
-        if self._progress[target].match == self._log.last_index:
+        if self._transferee != target:
+            if self._transferee is not None:
+                self._end_transfer()
+            self._transferee = target
+            self._transfer_elapsed = 0
+            self._transfer_handed_over = False
+        self._send_to_transferee()
+        return target
+
+    def _send_to_transferee(self) -> None:
+        """§3.10: TimeoutNow to a caught-up target, else what it lacks, now."""
+        target = self._transferee
+        pr = self._progress[target]
+        if pr.match == self._log.last_index:
             self._send(TimeoutNow(self._term, self._id, target))
         else:
-            self._dirty.add(target)
-        return target
+            pr.on_heartbeat()  # a probe already sent may go again
+            self._send_appends(target, pr, must_send=True)
 
     def step(self, m: Message) -> None:
         """Handle a message from a peer: terms first (§5.1), then by type and role."""
@@ -873,8 +904,10 @@ class RaftCore:
         self._dirty.clear()
         self._must_send = False
 
-    def _end_transfer(self) -> None:
-        self._transfer_result = TransferResult(self._transferee, self._transfer_handed_over)
+    def _end_transfer(self, cancelled: bool = False) -> None:
+        self._transfer_result = TransferResult(
+            self._transferee, self._transfer_handed_over, cancelled
+        )
         self._transferee = None
         self._transfer_handed_over = False
 
