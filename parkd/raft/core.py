@@ -725,27 +725,33 @@ class RaftCore:
 
     def _set_membership(self, membership: Membership) -> None:
         """Make ``membership`` the configuration in effect (on append, §4.1)."""
-        self._membership = membership
         voters = membership.voters
+        leading = self._role is Role.LEADER
+        joined = frozenset(voters) - self._voter_set - {self._id} if leading else frozenset()
+        self._membership = membership
         self._voter_set = frozenset(voters)
         self._members = frozenset(voters) | frozenset(membership.learners)
         self._is_voter = self._id in self._voter_set
         self._voter_peers = tuple(v for v in voters if v != self._id)
         self._quorum = len(voters) // 2 + 1
-        if self._role is Role.LEADER:
-            self._sync_progress()
+        if leading:
+            self._sync_progress(joined)
 
-    def _sync_progress(self) -> None:
+    def _sync_progress(self, new_voters: frozenset[int] = frozenset()) -> None:
         """Leader: track every member; forget non-members once that is committed.
 
         A member being removed keeps its progress until the change commits, so it
-        hears of the commit and its node can shut down.
+        hears of the commit and its node can shut down.  ``new_voters`` start the
+        check-quorum window as active (§6.2): they could not answer as voters
+        in the part of it that is over.
         """
         next_index = self._log.last_index + 1
         for peer in self._members:
             if peer != self._id and peer not in self._progress:
                 self._progress[peer] = Progress(next_index, self._cfg.max_inflight_msgs)
                 self._dirty.add(peer)
+        for peer in new_voters:
+            self._progress[peer].recent_active = True
         if self._membership.index <= self._log.committed:
             for peer in [p for p in self._progress if p not in self._members]:
                 self._send_append(peer, self._progress.pop(peer), ())
