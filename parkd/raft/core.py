@@ -137,12 +137,14 @@ class TransferResult:
     """How a leadership transfer this node started ended (dissertation §3.10).
 
     ``succeeded``: this leader stepped down for ``target``'s election.  Otherwise
-    the attempt was abandoned (an election timeout passed, leadership was lost to
-    someone else, or another transfer replaced it).
+    the attempt was abandoned: ``cancelled`` when the operator asked for it
+    (``transfer_leadership(<leader's own id>)``), else an election timeout
+    passed, leadership was lost to someone else, or another transfer replaced it.
     """
 
     target: int
     succeeded: bool
+    cancelled: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -477,29 +479,58 @@ class RaftCore:
     def transfer_leadership(self, target: int | None = None) -> int:
         """§3.10: bring a voter up to date, then tell it to campaign at once.
 
-        Without ``target`` the most up-to-date other voter is chosen.  Returns
-        the target.  Proposals are refused meanwhile (NotLeader(target)); the
-        attempt is abandoned after one election timeout.  The outcome comes back
-        in ``Ready.transfer``.
+        Returns the target, or this leader's own id when leadership stays here.
+        Without ``target``: the pending transfer's target, else the most
+        up-to-date other voter.  ValueError when ``target`` is no other voter.
+
+        The target is sent to at once (in the next Ready): TimeoutNow if its log
+        matches ours, else appends, even while its replication is paused (as a
+        heartbeat would).  Proposals are refused meanwhile (NotLeader(target)).
+        The attempt is abandoned one election timeout after it first started:
+        asking again for the same target sends to it again but does not extend
+        that.  Another target replaces it (reported abandoned; the new one gets
+        its own timeout).
+
+        ``target`` = this leader's id cancels a pending transfer, reported as
+        ``TransferResult(old_target, succeeded=False, cancelled=True)``; with none
+        pending it changes nothing and reports nothing.  A TimeoutNow already
+        sent cannot be recalled: the old target may still campaign, and then
+        wins as any candidate would.
+
+        The outcome comes back once in ``Ready.transfer``.
         """
         if self._role is not Role.LEADER:
             raise NotLeader(self._leader)
+        if target == self._id:
+            if self._transferee is not None:
+                self._end_transfer(cancelled=True)
+            return self._id
+        if target is None:
+            target = self._transferee
         if target is None:
             if not self._voter_peers:
                 raise ValueError("no other voter to hand leadership to")
             target = max(self._voter_peers, key=lambda p: (self._progress[p].match, -p))
         elif target not in self._voter_peers:
             raise ValueError(f"{target} is not another voter")
-        if self._transferee is not None and self._transferee != target:
-            self._end_transfer()
-        self._transferee = target
-        self._transfer_elapsed = 0
-        self._transfer_handed_over = False
-        if self._progress[target].match == self._log.last_index:
+        if self._transferee != target:
+            if self._transferee is not None:
+                self._end_transfer()
+            self._transferee = target
+            self._transfer_elapsed = 0
+            self._transfer_handed_over = False
+        self._send_to_transferee()
+        return target
+
+    def _send_to_transferee(self) -> None:
+        """§3.10: TimeoutNow to a caught-up target, else what it lacks, now."""
+        target = self._transferee
+        pr = self._progress[target]
+        if pr.match == self._log.last_index:
             self._send(TimeoutNow(self._term, self._id, target))
         else:
-            self._dirty.add(target)
-        return target
+            pr.on_heartbeat()  # a probe already sent may go again
+            self._send_appends(target, pr, must_send=True)
 
     def step(self, m: Message | LocalEvent) -> None:
         """Handle a message from a peer: terms first (§5.1), then by type and role.
@@ -679,27 +710,33 @@ class RaftCore:
 
     def _set_membership(self, membership: Membership) -> None:
         """Make ``membership`` the configuration in effect (on append, §4.1)."""
-        self._membership = membership
         voters = membership.voters
+        leading = self._role is Role.LEADER
+        joined = frozenset(voters) - self._voter_set - {self._id} if leading else frozenset()
+        self._membership = membership
         self._voter_set = frozenset(voters)
         self._members = frozenset(voters) | frozenset(membership.learners)
         self._is_voter = self._id in self._voter_set
         self._voter_peers = tuple(v for v in voters if v != self._id)
         self._quorum = len(voters) // 2 + 1
-        if self._role is Role.LEADER:
-            self._sync_progress()
+        if leading:
+            self._sync_progress(joined)
 
-    def _sync_progress(self) -> None:
+    def _sync_progress(self, new_voters: frozenset[int] = frozenset()) -> None:
         """Leader: track every member; forget non-members once that is committed.
 
         A member being removed keeps its progress until the change commits, so it
-        hears of the commit and its node can shut down.
+        hears of the commit and its node can shut down.  ``new_voters`` start the
+        check-quorum window as active (§6.2): they could not answer as voters
+        in the part of it that is over.
         """
         next_index = self._log.last_index + 1
         for peer in self._members:
             if peer != self._id and peer not in self._progress:
                 self._progress[peer] = Progress(next_index, self._cfg.max_inflight_msgs)
                 self._dirty.add(peer)
+        for peer in new_voters:
+            self._progress[peer].recent_active = True
         if self._membership.index <= self._log.committed:
             for peer in [p for p in self._progress if p not in self._members]:
                 self._send_append(peer, self._progress.pop(peer), ())
@@ -858,8 +895,10 @@ class RaftCore:
         self._dirty.clear()
         self._must_send = False
 
-    def _end_transfer(self) -> None:
-        self._transfer_result = TransferResult(self._transferee, self._transfer_handed_over)
+    def _end_transfer(self, cancelled: bool = False) -> None:
+        self._transfer_result = TransferResult(
+            self._transferee, self._transfer_handed_over, cancelled
+        )
         self._transferee = None
         self._transfer_handed_over = False
 
@@ -923,18 +962,24 @@ class RaftCore:
     def _on_vote_request(self, m: VoteRequest) -> None:
         """§5.2/§5.4.1: one vote per term, only for a log at least as up to date.
 
-        A pre-vote (§9.6) changes nothing here; it is refused while a leader is
-        alive, so a rejoining (or removed) node cannot start elections against a
-        healthy one.  Votes do not depend on this node's configuration (§4.1).
+        A pre-vote (§9.6) is granted exactly when the real vote would be, as
+        long as no leader is alive, and changes nothing here.  For a later term
+        the vote is free (that term has no vote and no leader yet); for this
+        node's own term (it moved on while the pre-candidate did not) it is
+        free only as a real vote is: this vote cast for the candidate already,
+        or none cast and no leader known.  Refused while a leader is alive, so
+        a rejoining (or removed) node cannot start elections against a healthy
+        one.  Votes do not depend on this node's configuration (§4.1).
         """
         log_ok = self._candidate_log_ok(m)
+        can_vote = self._vote == m.src or (self._vote == 0 and self._leader is None)
         if m.pre_vote:
-            granted = m.term > self._term and not self._leader_alive() and log_ok
+            would_vote = m.term > self._term or can_vote  # m.term < ours never gets here
+            granted = would_vote and log_ok and not self._leader_alive()
             self._send(
                 VoteResponse(m.term if granted else self._term, self._id, m.src, granted, True)
             )
             return
-        can_vote = self._vote == m.src or (self._vote == 0 and self._leader is None)
         granted = can_vote and log_ok
         if granted:
             self._vote = m.src

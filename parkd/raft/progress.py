@@ -46,7 +46,7 @@ class Progress:
         self.probe_sent = False
         self.inflight: deque[int] = deque()  # last index of each unacknowledged message
         self.max_inflight = max_inflight
-        self.recent_active = False  # heard from within this election timeout (§6.2)
+        self.recent_active = False  # heard from in this check-quorum window (§6.2)
         self.read_ack = 0  # highest read round this follower has echoed (§6.4)
         self.pending_snapshot = 0  # SNAPSHOT: the index of the snapshot asked for
         self.snapshot_elapsed = 0  # SNAPSHOT: ticks since it was asked for

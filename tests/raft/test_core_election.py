@@ -250,6 +250,51 @@ def test_9_6_pre_vote_refused_while_a_leader_was_heard_within_the_timeout():
     assert sent(drain(core), VoteResponse)[-1].granted is True
 
 
+@pytest.mark.parametrize(
+    "vote, leader, candidate_last, granted",
+    [
+        (0, None, (1, 1), True),  # no vote cast in term 5 and no leader known
+        (2, None, (1, 1), True),  # the vote of term 5 went to this candidate already
+        (3, None, (1, 1), False),  # ... to another candidate
+        (0, 3, (1, 1), False),  # a leader of term 5 is known (and alive)
+        (0, None, (0, 0), False),  # the candidate's log is behind (§5.4.1)
+    ],
+)
+def test_9_6_pre_vote_for_the_voters_own_term_is_answered_as_the_vote_would_be(
+    vote, leader, candidate_last, granted
+):
+    """A pre-candidate asks for its term + 1, which a voter may hold already (it
+    moved on, say by refusing a candidate with a stale log).  The pre-vote is then
+    answered as the real vote of that term would be (etcd-io/raft Step, MsgPreVote)."""
+    core = make_core(terms=[1], term=5, vote=vote)
+    if leader:
+        core.step(AppendEntries(5, leader, 1, 1, 1, (), 0))
+    drain(core)
+    core.step(vote_request(5, 2, *candidate_last, pre_vote=True))
+    rd = drain(core)
+    assert sent(rd, VoteResponse) == [VoteResponse(5, 1, 2, granted, pre_vote=True)]
+    assert rd.hard_state is None and (core.term, core.vote) == (5, vote)
+    core.step(vote_request(5, 2, *candidate_last))
+    assert sent(drain(core), VoteResponse) == [VoteResponse(5, 1, 2, granted)]
+
+
+def test_9_6_pre_candidate_one_term_behind_is_elected_in_the_voters_term():
+    """Node 2 is at term 5 without a vote; node 1, at 4, pre-votes for 5.  The grant
+    names term 5, which is node 1's term + 1, so node 1 campaigns and wins in term 5
+    at once (before, the refusal sent it to follow term 5 and wait out a timeout)."""
+    cluster = Cluster((1, 2, 3), CFG)
+    cluster.load(1, [1], term=4)
+    cluster.load(2, [1], term=5)
+    cluster.crash(3)
+    core = cluster.core(1)
+    while core.role is Role.FOLLOWER:
+        core.tick()
+    assert core.role is Role.PRE_CANDIDATE
+    cluster.stabilize()
+    assert (core.role, core.term) == (Role.LEADER, 5)
+    assert cluster.core(2).leader_id == 1
+
+
 def test_9_6_pre_vote_majority_starts_the_real_election():
     core = make_core(terms=[1], term=1)
     while core.role is Role.FOLLOWER:
@@ -476,9 +521,7 @@ def test_3_10_transfer_target_catches_up_first_and_proposals_wait():
     with pytest.raises(NotLeader) as err:
         old.propose(b"refused")
     assert err.value.leader_id == 2
-    for _ in range(CFG.heartbeat_ticks):  # the next heartbeat resumes replication to 2
-        cluster.tick(1)
-        cluster.stabilize()
+    cluster.stabilize()  # no tick: the request itself sends to 2 (its append was lost)
     new = cluster.core(2)
     assert new.role is Role.LEADER
     assert [e.data for e in new.log.slice(1, new.last_index + 1)] == [b"", b"late", b""]
@@ -497,6 +540,77 @@ def test_3_10_transfer_is_abandoned_after_an_election_timeout():
     assert leader.role is Role.LEADER and leader.transferee is None
     assert drain(leader).transfer == TransferResult(2, succeeded=False)
     leader.propose(b"accepted again")
+
+
+def test_3_10_asking_again_does_not_extend_the_transfer():
+    """An operator retrying the request must not keep the leader refusing writes:
+    the attempt still ends one election timeout after it first started, and a
+    retry without a target keeps the pending one (3 is now the most up to date)."""
+    cluster = Cluster((1, 2, 3), CFG)
+    leader = cluster.elect(1)
+    cluster.isolate(2)
+    leader.propose(b"x")
+    cluster.stabilize()
+    leader.transfer_leadership(2)
+    for tick in range(T - 1):
+        cluster.tick(1, 3)
+        cluster.stabilize()
+        assert leader.transfer_leadership(2 if tick % 2 else None) == 2
+    assert leader.transferee == 2
+    leader.tick()
+    assert leader.role is Role.LEADER and leader.transferee is None
+    assert drain(leader).transfer == TransferResult(2, succeeded=False)
+    leader.propose(b"accepted again")
+
+
+@pytest.mark.parametrize("paused", ["probe sent", "inflight window full"])
+def test_3_10_transfer_sends_to_a_lagging_target_at_once(paused):
+    """The request itself sends what the target lacks, even while its replication
+    is paused, instead of leaving it to the next heartbeat: no tick happens here."""
+    cluster = Cluster((1, 2, 3), CoreConfig(election_ticks=T, heartbeat_ticks=2,
+                                            max_inflight_msgs=2))
+    if paused == "probe sent":
+        cluster.isolate(2)  # the new leader's first probe to 2 is lost
+        leader = cluster.elect(1)
+    else:
+        leader = cluster.elect(1)
+        cluster.isolate(2)
+    for n in range(2):  # two appends to 2, both lost
+        leader.propose(b"%d" % n)
+        cluster.stabilize()
+    pr = leader.progress[2]
+    assert pr.is_paused() and pr.match < leader.last_index
+    cluster.heal()
+    leader.transfer_leadership(2)
+    cluster.stabilize()
+    assert cluster.core(2).role is Role.LEADER and leader.role is Role.FOLLOWER
+
+
+def test_3_10_the_leaders_own_id_cancels_a_pending_transfer():
+    cluster = Cluster((1, 2, 3), CFG)
+    leader = cluster.elect(1)
+    cluster.isolate(2)
+    leader.propose(b"x")
+    cluster.stabilize()
+    leader.transfer_leadership(2)
+    assert leader.transfer_leadership(1) == 1  # the leader stays
+    assert leader.transferee is None
+    assert drain(leader).transfer == TransferResult(2, succeeded=False, cancelled=True)
+    leader.propose(b"accepted again")
+    cluster.heal()
+    for _ in range(2 * T):
+        cluster.tick()
+        cluster.stabilize()
+    assert (leader.role, leader.term) == (Role.LEADER, 1)
+    assert cluster.core(2).commit_index == leader.last_index
+
+
+def test_3_10_the_leaders_own_id_with_no_transfer_pending_changes_nothing():
+    cluster = Cluster((1, 2, 3), CFG)
+    leader = cluster.elect(1)
+    assert leader.transfer_leadership(1) == 1
+    assert leader.transferee is None and not leader.has_ready()
+    leader.propose(b"accepted")
 
 
 def test_3_10_a_new_transfer_replaces_the_pending_one():

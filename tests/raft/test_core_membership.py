@@ -248,6 +248,24 @@ def test_4_2_1_joining_node_stays_passive_until_it_is_in_a_configuration():
     assert cluster.leader() is not None and cluster.leader().id != 1
 
 
+def test_6_2_a_promoted_learner_starts_the_check_quorum_window_as_active():
+    """§6.2 with §4.2.1: a voter promoted late in a check-quorum window could not yet
+    answer as a voter, so it counts as active for that window (etcd-io/raft
+    TestAddNodeCheckQuorum); silent for the whole next window, it counts as silent."""
+    cluster = Cluster((1,), MANUAL)
+    leader = cluster.elect(1)
+    run(cluster, T - 1, 1)
+    cluster.add_node(2)
+    cluster.isolate(2)  # its answers are still on their way
+    change(cluster, leader, ADD, 2)
+    change(cluster, leader, PROMOTE, 2)
+    assert leader.voters == (1, 2)
+    run(cluster, 1, 1)  # the window ends
+    assert leader.role is Role.LEADER
+    run(cluster, T, 1)
+    assert leader.role is Role.FOLLOWER
+
+
 def test_4_2_1_single_node_grows_to_two_voters():
     cluster = Cluster((1,), CFG)
     leader = cluster.elect(1)
