@@ -209,9 +209,22 @@ def makeService(options: Options, reactor=None) -> service.IService:
         from twisted.internet import reactor
     settings = options.subOptions.settings
     if options.subCommand == "node":
-        from parkd.node.service import build_node_service
-
         return build_node_service(settings, reactor)
     from parkd.camera.service import build_camera_service
 
     return build_camera_service(settings, reactor)
+
+
+def build_node_service(settings: NodeSettings, reactor) -> service.MultiService:
+    """The JSON log, the node, then its HTTP port (stopped in reverse order)."""
+    from parkd.daemon import JsonLogService, OrderedServices
+    from parkd.http.site import HttpService
+    from parkd.node.service import NodeService
+
+    top = OrderedServices()
+    if settings.log_json:
+        JsonLogService(settings.log_json).setServiceParent(top)
+    node = NodeService(settings, reactor)
+    node.setServiceParent(top)
+    HttpService(node, settings.listen_http).setServiceParent(top)
+    return top

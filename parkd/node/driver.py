@@ -386,8 +386,8 @@ class RaftDriver:
             self._soft_state_changed(ready.soft_state)
         for read_state in ready.read_states:
             self._publish(ReadIndexReady(read_state))
-        if ready.transfer is not None:
-            self._transfer_ended(ready.transfer)
+        for result in ready.transfers:
+            self._transfer_ended(result)
         self._core.advance(ready)
         if ready.compaction is not None:
             self._publish(LogCompacted(ready.compaction.meta, ready.compaction.upto))

@@ -66,14 +66,13 @@ class FrameIntake:
         analyzer,
         lots: dict[str, int],
         clock,
-        observer: IntakeObserver | None = None,
     ):
         self.propose: Callable[[bytes], None] = driver.propose
         self.state = state
         self.analyzer = analyzer
         self.lots = lots
         self.clock = clock
-        self.observer = observer or _NoObserver()
+        self.observer: IntakeObserver = _NoObserver()
         driver.subscribe(self._applied, EntriesApplied)
         driver.subscribe(self._leader_changed, LeaderChanged)
         driver.subscribe(self._snapshot_installed, SnapshotInstalled)
@@ -90,6 +89,10 @@ class FrameIntake:
         # changes, since a proposal in flight to a leader that stepped down (or
         # refused it while handing over) is lost; duplicates apply once anyway.
         self._proposed: dict[tuple[int, int], bytes] = {}
+
+    def observe(self, observer: IntakeObserver) -> None:
+        """Tell ``observer`` (the node's metrics) what the intake proposes, acks and applies."""
+        self.observer = observer
 
     def _camera(self, camera_id: int) -> tuple[str | None, int]:
         if self._applied_cameras is None:

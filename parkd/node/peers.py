@@ -146,6 +146,7 @@ class PeerService(service.MultiService):
         reactor,
         max_message_bytes: int,
         resolve: Callable[[int], Member | None] | None = None,
+        on_lost: Callable[[int], None] | None = None,
     ):
         super().__init__()
         self.node_id = node_id
@@ -157,7 +158,7 @@ class PeerService(service.MultiService):
         self.unroutable = 0  # messages for nodes whose address nobody knows
         # Called with a peer's id when an established connection to it breaks
         # (the driver tells the core: a killed leader is noticed at once).
-        self.lost_listeners: list[Callable[[int], None]] = []
+        self.on_lost = on_lost
         self.set_peers(members)
 
     # -- membership
@@ -208,9 +209,8 @@ class PeerService(service.MultiService):
 
     def _lost(self, link: PeerLink) -> None:
         peer_id = link.member.id
-        if self.links.get(peer_id) is link:  # not a link we closed ourselves
-            for listener in self.lost_listeners:
-                listener(peer_id)
+        if self.links.get(peer_id) is link and self.on_lost is not None:  # not a link we closed ourselves
+            self.on_lost(peer_id)
 
     def connected(self, peer_id: int) -> bool:
         link = self.links.get(peer_id)

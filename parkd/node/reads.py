@@ -6,8 +6,8 @@ waits for the matching answer (index 0 means leadership was lost: ask again,
 a few times), then waits until this node has applied that index.  Local state
 then reflects every write acknowledged before the read started.  It fails with
 :class:`ReadUnavailable` when no leader is known or nothing arrives within the
-timeout (``Deferred.addTimeout``); cancelling the Deferred (the client went
-away) drops the read.
+timeout (``Deferred.addTimeout``; ``ReadUnavailable.outcome`` says which, for
+metrics); cancelling the Deferred (the client went away) drops the read.
 """
 
 from __future__ import annotations
@@ -53,7 +53,6 @@ class ReadIndexSource(Protocol):
 
 @dataclass(eq=False)
 class _PendingRead:
-    started: float
     deferred: defer.Deferred | None = None
     ctx: int = 0
     attempts: int = 0
@@ -63,26 +62,14 @@ class _PendingRead:
 
 
 class ReadBarrier:
-    """Deferreds that fire once local state may answer a linearizable read.
+    """Deferreds that fire once local state may answer a linearizable read."""
 
-    ``on_done(outcome, seconds)`` is told how each read ended: ``ok``,
-    ``no_leader``, ``timeout`` or ``cancelled``.
-    """
-
-    def __init__(
-        self,
-        driver: ReadIndexSource,
-        clock,
-        timeout: float = READ_TIMEOUT,
-        attempts: int = READ_ATTEMPTS,
-        on_done: Callable[[str, float], None] | None = None,
-    ):
+    def __init__(self, driver: ReadIndexSource, clock, timeout: float = READ_TIMEOUT, attempts: int = READ_ATTEMPTS):
         self.driver = driver
         self.clock = clock
         self.applied = driver.applied_index
         self.timeout = timeout
         self.attempts = attempts
-        self.on_done = on_done or (lambda outcome, seconds: None)
         # Contexts travel to the leader and back; start at a random point so a
         # late answer to a previous incarnation's request cannot match ours.
         self._contexts = itertools.count(random.SystemRandom().getrandbits(48) + 1)
@@ -97,10 +84,9 @@ class ReadBarrier:
 
     def read(self) -> defer.Deferred:
         """Fires with the read index once local state reflects every write acked before."""
-        read = _PendingRead(self.clock.seconds())
+        read = _PendingRead()
         read.deferred = defer.Deferred(lambda _: self._forget(read))
         read.deferred.addTimeout(self.timeout, self.clock, onTimeoutCancel=lambda _, __: self._timed_out(read))
-        read.deferred.addBoth(self._record, read)
         self._ask(read)
         return read.deferred
 
@@ -153,13 +139,3 @@ class ReadBarrier:
         else:
             message = f"no leader confirmed the read within {self.timeout:g} s; try again shortly"
         return Failure(ReadUnavailable(message, "timeout"))
-
-    def _record(self, result, read: _PendingRead):
-        if not isinstance(result, Failure):
-            outcome = "ok"
-        elif result.check(ReadUnavailable):
-            outcome = result.value.outcome
-        else:
-            outcome = "cancelled"
-        self.on_done(outcome, self.clock.seconds() - read.started)
-        return result

@@ -1,39 +1,56 @@
-"""The node daemon's service tree (``twistd parkd node``)."""
+"""The node daemon's service (``twistd parkd node``): builds a node from small parts.
+
+:class:`NodeService` opens the data dir's database (:func:`open_store`), then
+builds, each with only what it needs:
+
+- the **driver** (``driver.py``), the only door into the Raft core;
+- the **peer links** (``peers.py``) and the node's routing of Raft messages:
+  snapshot transfers to the snapshot manager, everything else to the driver;
+- **membership** (``membership.py``): address book, links, admin operations;
+- the **frame intake** (``frames.py``) behind the client port (``ports.py``);
+- **snapshots** (``snapshots.py``): taking, sending, receiving, installing;
+- **linearizable reads** (``reads.py``);
+- two timers: the leader's retention proposal and the text log's frame summary.
+
+It owns start and stop order: SIGTERM makes a leader hand over first, points
+the cameras at the new leader, then closes the listeners and the database.  The
+HTTP port is wired from these parts by the process layer (``parkd/http/site.py``).
+"""
 
 from __future__ import annotations
 
 import os
 import random
+from dataclasses import dataclass
 
+import sqlalchemy as sa
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from parkd.config import ConfigError
+from parkd.daemon import fail_on_config_error, listen_now, raise_file_limit
+from parkd.db import StorageError, open_engine
 from parkd.events import FRAME_EVENTS
-from parkd.daemon import JsonLogService, OrderedServices, fail_on_config_error, listen_now, raise_file_limit
 from parkd.node.driver import RaftDriver
 from parkd.node.frames import FrameIntake
-from parkd.node.http import build_site
 from parkd.node.membership import MembershipManager
 from parkd.node.peers import PeerService
 from parkd.node.ports import ClientPortFactory, RaftPortFactory
-from parkd.node.snapshots import SnapshotManager
+from parkd.node.reads import ReadBarrier
+from parkd.node.snapshots import CompactionPolicy, SnapshotManager
 from parkd.parking.analyzer import HashAnalyzer
-from parkd.parking.retention import ensure_retention_index, retention_entry
-from parkd.parking.snapshot import CompactionPolicy, read_snapshot_meta
 from parkd.parking.codec import CodecError
-from parkd.parking.state import Outcome, ParkingState
+from parkd.parking.retention import ensure_retention_index, retention_entry
+from parkd.parking.state import ParkingState
 from parkd.raft.core import CoreConfig, NotLeader, RaftCore, Role
-from parkd.raft.messages import InstallSnapshot, Propose, SnapshotResponse
-from parkd.raft.storage import SqliteStorage, StorageError, open_engine
-
+from parkd.raft.messages import InstallSnapshot, SnapshotResponse
+from parkd.raft.storage import SqliteStorage
+from parkd.raft.types import PersistedState, SnapshotMeta
 
 RETENTION_INTERVAL_S = 600.0  # how often the leader proposes a history trim
 SUMMARY_INTERVAL_S = 10.0  # how often the text log sums up the frames applied
-HELD_FORWARDS_LIMIT = 10_000  # frame results kept for a leader this node cannot reach yet
-FORWARD_BATCH = 1000  # results per Propose when they go out
 
 
 def open_data_dir(path: str) -> str:
@@ -56,140 +73,165 @@ def core_config(cluster) -> CoreConfig:
     )
 
 
+@dataclass
+class Store:
+    """A data dir's database: the Raft storage and the parking state share one file."""
+
+    db_path: str
+    engine: sa.Engine
+    storage: SqliteStorage
+    state: ParkingState
+    persisted: PersistedState
+    applied: int
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def open_store(data_dir: str, lots: dict[str, int]) -> Store:
+    """Open (or create) ``data_dir/node.db``; ConfigError naming the file if it cannot be used."""
+    path = os.path.join(open_data_dir(data_dir), "node.db")
+    engine = None
+    try:
+        engine = open_engine(path)
+        storage = SqliteStorage(engine)
+        state = ParkingState(engine, lots)
+        ensure_retention_index(engine)
+        return Store(path, engine, storage, state, storage.load(), state.last_applied())
+    except StorageError as e:
+        if engine is not None:
+            engine.dispose()
+        raise ConfigError(f"--data-dir: cannot open database {path!r}: {e}") from None
+
+
+class _StateMachine:
+    """The driver's state machine: the parking state applies, the snapshot manager installs."""
+
+    def __init__(self, state: ParkingState, install):
+        self.state = state
+        self._install = install
+
+    def apply(self, entries):
+        try:
+            return self.state.apply(entries)
+        except CodecError as e:  # a committed entry no node can read: never skip it silently
+            raise StorageError(f"committed entry cannot be decoded: {e}") from e
+
+    def install(self, meta: SnapshotMeta) -> defer.Deferred:
+        return self._install(meta)
+
+
 class NodeService(service.Service):
-    """Opens the database, the Raft core and the three listeners; closes them on stop."""
+    """Opens the database and the node's parts and its raft and client ports; closes them on stop."""
 
     log = Logger()
 
     def __init__(self, settings, reactor):
         self.settings = settings
         self.reactor = reactor
+        self.store: Store | None = None
+        self.driver: RaftDriver | None = None
         self.ports = []
-        self.engine = None
-        self.peers = None
-        self.driver = None
-        self.retention = None
-        self.summary = None
-        self.snapshots = None
-        self._handed_over_to = None  # the voter a stopping leader handed over to
-        self.forwards = None
-        self._held_for: int | None = None  # the leader the held frame results are for
-        self._held: list[bytes] = []
+        self._loops: list[LoopingCall] = []
+        self._handed_over_to: int | None = None  # the voter a stopping leader handed over to
 
     @fail_on_config_error
     def startService(self) -> None:
         s = self.settings
         config = s.config
         raise_file_limit()
-        path = self.db_path = os.path.join(open_data_dir(s.data_dir), "node.db")
-        try:
-            self.engine = open_engine(path)
-            self.storage = SqliteStorage(self.engine)
-            self.state = ParkingState(self.engine, {lot.id: lot.capacity for lot in config.lots})
-            ensure_retention_index(self.engine)
-            persisted = self.storage.load()
-            applied = self.state.last_applied()
-        except StorageError as e:
-            raise ConfigError(f"--data-dir: cannot open database {path!r}: {e}") from None
-        voters = () if s.join else tuple(m.id for m in config.members)  # --join: wait to be added
-        self.core = RaftCore(s.node_id, voters, persisted, random.Random(), core_config(config.cluster), applied=applied)
+        lots = {lot.id: lot.capacity for lot in config.lots}
+        self.store = store = open_store(s.data_dir, lots)
+        self.driver = self._build_driver(store)
+        self.peers = PeerService(
+            s.node_id, (), self.reactor, config.cluster.max_message_bytes,
+            resolve=lambda node_id: self.membership.address(node_id), on_lost=self.driver.peer_unreachable,
+        )  # fmt: skip
+        self.membership = self._build_membership(store)
+        self.snapshots = self._build_snapshots(store)
+        self.intake = FrameIntake(self.driver, store.state, HashAnalyzer(), lots, self.reactor)
+        self.reads = ReadBarrier(self.driver, self.reactor)
+        self._loops = [
+            self._every(RETENTION_INTERVAL_S, self._propose_retention),
+            self._every(SUMMARY_INTERVAL_S, self._summary),
+        ]
         size = config.cluster.max_message_bytes
-        self.peers = PeerService(s.node_id, (), self.reactor, size)  # links: MembershipManager
-        self.driver = RaftDriver(
-            self.core,
-            self.storage,
-            self._send,
-            self._apply,
-            self.reactor,
-            config.cluster.heartbeat_ms / 1000.0,
-            on_fatal=self._fatal,
-        )
-        self.peers.lost_listeners.append(self.driver.peer_unreachable)
-        self.membership = MembershipManager(
-            s.node_id, self.core, self.driver, self.peers, config.members, self.reactor, persisted.entries
-        )
-        self.intake = FrameIntake(self.driver.propose, self.state, HashAnalyzer(), {l.id: l.capacity for l in config.lots})
-        self.driver.soft_state_listeners.append(self.intake.leader_changed)
-        policy = CompactionPolicy(max_entries=config.cluster.snapshot_entries, margin=config.cluster.snapshot_margin)
-        self.snapshots = SnapshotManager(self, policy, os.path.join(s.data_dir, "snapshots"))
-        self.driver.applied_listeners.append(self.snapshots.applied)
-        if self.snapshots.latest is not None:  # members added through a log compacted since
-            self.membership.restore_members(read_snapshot_meta(self.snapshots.latest.path).members)
-        self.retention = LoopingCall(self._propose_retention)
-        self.retention.clock = self.reactor
-        self._summarised = FRAME_EVENTS.emitted
-        self.summary = LoopingCall(self._summary)
-        self.summary.clock = self.reactor
-        self.forwards = LoopingCall(self._send_held_forwards)
-        self.forwards.clock = self.reactor
         self.client_port = ClientPortFactory(self.reactor, size, self.intake)
         self.ports = [
             listen_now(self.reactor, s.listen_raft, RaftPortFactory(self.reactor, size, self._deliver), "raft port"),
             listen_now(self.reactor, s.listen_client, self.client_port, "client port"),
-            listen_now(self.reactor, s.listen_http, build_site(self), "http port"),
         ]
         service.Service.startService(self)
         self.snapshots.start()
         self.peers.startService()
         self.driver.start()
-        self.retention.start(RETENTION_INTERVAL_S, now=False)
-        self.summary.start(SUMMARY_INTERVAL_S, now=False)
-        self.forwards.start(config.cluster.heartbeat_ms / 1000.0, now=False)
+        for loop, interval in self._loops:
+            loop.start(interval, now=False)
+        self._summarised = FRAME_EVENTS.emitted
+        persisted = store.persisted
         self.log.info(
-            "node {node_id} started: raft={raft} client={client} http={http} data={data_dir}; "
+            "node {node_id} started: raft={raft} client={client} data={data_dir}; "
             "term {term}, {entries} log entries, applied {applied}",
-            node_id=s.node_id, raft=s.listen_raft, client=s.listen_client, http=s.listen_http,
-            data_dir=s.data_dir, term=persisted.hard_state.term, entries=len(persisted.entries), applied=applied,
+            node_id=s.node_id, raft=s.listen_raft, client=s.listen_client, data_dir=s.data_dir,
+            term=persisted.hard_state.term, entries=len(persisted.entries), applied=store.applied,
         )  # fmt: skip
 
+    # ------------------------------------------------------------ building
+
+    def _build_driver(self, store: Store) -> RaftDriver:
+        s = self.settings
+        voters = () if s.join else tuple(m.id for m in s.config.members)  # --join: wait to be added
+        core = RaftCore(
+            s.node_id, voters, store.persisted, random.Random(), core_config(s.config.cluster), applied=store.applied
+        )
+        state_machine = _StateMachine(store.state, lambda meta: self.snapshots.install(meta))
+        return RaftDriver(
+            core, store.storage, self._send, state_machine, self.reactor,
+            s.config.cluster.heartbeat_ms / 1000.0, on_fatal=self._fatal,
+        )  # fmt: skip
+
+    def _build_membership(self, store: Store) -> MembershipManager:
+        return MembershipManager(
+            self.driver, self.peers, self.settings.config.members, self.reactor, store.persisted.entries
+        )
+
+    def _build_snapshots(self, store: Store) -> SnapshotManager:
+        cluster = self.settings.config.cluster
+        return SnapshotManager(
+            self.driver,
+            store,
+            self.membership,
+            self.peers.send,
+            self.reactor,
+            CompactionPolicy(max_entries=cluster.snapshot_entries, margin=cluster.snapshot_margin),
+            os.path.join(self.settings.data_dir, "snapshots"),
+        )
+
+    def _every(self, interval: float, function) -> tuple[LoopingCall, float]:
+        loop = LoopingCall(function)
+        loop.clock = self.reactor
+        return loop, interval
+
+    # ------------------------------------------------------------ routing Raft messages
+
     def _send(self, message) -> None:
-        if self.snapshots.intercept(message):
-            return
-        if type(message) is Propose:
-            self._forward(message)
+        """The driver's messages: a snapshot request is for the snapshot sender, the rest go out."""
+        if type(message) is InstallSnapshot:
+            self.snapshots.send(message)
         else:
             self.peers.send(message)
-
-    def _forward(self, message: Propose) -> None:
-        """Frame results for the leader, held while this node has no connection to it.
-
-        The link would drop them and nothing proposes them again while the leader
-        stays the same (FrameIntake does on a leader change): the camera would wait
-        out its ack timeout while its later frames, forwarded once the link is up,
-        overtook them.  That happens whenever a node starts before the leader
-        listens, or its link to the leader is reconnecting.
-        """
-        if self._held_for != message.dst:
-            self._held, self._held_for = [], message.dst  # the old leader's: see FrameIntake.leader_changed
-        if not self._held and self.peers.connected(message.dst):
-            self.peers.send(message)
-            return
-        self._held.extend(message.data)  # behind the held ones, in order
-        del self._held[:-HELD_FORWARDS_LIMIT]  # the oldest: their cameras time out and re-send
-        self._send_held_forwards()
-
-    def _send_held_forwards(self) -> None:
-        """The held results go out once the link to their leader is up (checked every heartbeat)."""
-        if not self._held:
-            return
-        if self.core.leader_id != self._held_for:
-            self._held = []  # another leader: FrameIntake.leader_changed proposed them again
-            return
-        if not self.peers.connected(self._held_for):
-            return
-        held, self._held = self._held, []
-        for start in range(0, len(held), FORWARD_BATCH):
-            batch = tuple(held[start : start + FORWARD_BATCH])
-            self.peers.send(Propose(self.core.term, self.core.id, self._held_for, batch))
 
     def _deliver(self, message) -> None:
-        """Raft port input: snapshot chunks and their answers are the node's business."""
-        if isinstance(message, SnapshotResponse):
-            self.snapshots.on_response(message)
-        elif isinstance(message, InstallSnapshot):
+        """Raft port input: snapshot chunks and their answers are the snapshot transport's."""
+        kind = type(message)
+        if kind is InstallSnapshot:
             self.snapshots.on_chunk(message)
+        elif kind is SnapshotResponse:
+            self.snapshots.on_response(message)
         else:
             self.driver.step(message)
+
+    # ------------------------------------------------------------ timers
 
     def _summary(self) -> None:
         """The text log's view of the per-frame events (which go to the JSON log only)."""
@@ -197,36 +239,22 @@ class NodeService(service.Service):
         if applied:
             self._summarised = FRAME_EVENTS.emitted
             self.log.info("applied {count} frames in the last {seconds:.0f}s; last applied index {index}",
-                          count=applied, seconds=SUMMARY_INTERVAL_S, index=self.core.applied_index)  # fmt: skip
+                          count=applied, seconds=SUMMARY_INTERVAL_S, index=self.driver.applied_index)  # fmt: skip
 
     def _propose_retention(self) -> None:
         """Leader: trim frame history older than the window, at one log position on every node."""
-        if self.core.role is Role.LEADER:
+        if self.driver.role is Role.LEADER:
             cutoff = self.reactor.seconds() - self.settings.config.cluster.history_hours * 3600
             try:
                 self.driver.propose(retention_entry(cutoff))
             except NotLeader:
                 pass
 
-    def _apply(self, entries) -> None:
-        try:
-            results = self.state.apply(entries)
-        except (StorageError, CodecError) as e:
-            self.driver._fatal(e)
-            return
-        for r in results:
-            if r.outcome is Outcome.APPLIED:
-                FRAME_EVENTS.emit(
-                    "parkd.node", "applied frame {seq} of camera {camera_id} at {index}: {free} free",
-                    parkd_event="frame_applied",
-                    camera_id=r.camera_id, seq=r.seq, index=r.index, free=r.free, lot=r.lot,
-                )  # fmt: skip
-        self.intake.applied(results)
-        self.membership.committed(entries)
-
     def _fatal(self) -> None:
         self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 70)
         self.reactor.stop()
+
+    # ------------------------------------------------------------ stopping
 
     def stopService(self):
         """SIGTERM: a leader first hands leadership to an up-to-date voter (CONTRACT §2)."""
@@ -235,66 +263,48 @@ class NodeService(service.Service):
         return handover.addBoth(lambda _: self._close())
 
     def _hand_over(self) -> defer.Deferred:
-        if self.core.role is not Role.LEADER or len(self.core.voters) < 2:
+        driver = self.driver
+        if driver.role is not Role.LEADER or len(driver.membership.voters) < 2:
             return defer.succeed(None)
-        done = defer.Deferred()
+        self.log.info("stopping: handing leadership to the most up-to-date voter")
+        timeout = 2 * self.settings.config.cluster.election_timeout_ms / 1000
+        handover = self.membership.transfer_leader(None, timeout=timeout)
 
-        def finish(result=None):
-            if result is not None and result.succeeded:
-                self._handed_over_to = result.target
-            if not done.called:
-                done.callback(None)
+        def done(target):
+            self._handed_over_to = target
 
-        self.driver.transfer_listeners.append(finish)
-        try:
-            target = self.driver.transfer_leadership()
-        except (NotLeader, ValueError):
-            return defer.succeed(None)
-        self.log.info("stopping: handing leadership to node {target}", target=target)
-        timeout = self.reactor.callLater(2 * self.settings.config.cluster.election_timeout_ms / 1000, finish)
-        return done.addBoth(lambda r: timeout.cancel() if timeout.active() else None)
+        def failed(failure):
+            self.log.warn("stopping without handing over: {reason}", reason=failure.getErrorMessage())
+
+        return handover.addCallbacks(done, failed)
 
     def _redirect_cameras(self) -> None:
-        """Point connected cameras at the leader before closing, so they need not search.
-
-        A leader that handed over learns that it did from the target's election:
-        it knows the new term but no leader of it yet, so it names the target.
-        """
-        leader = self.core.leader_id
+        """Point connected cameras at the leader before closing, so they need not search."""
+        leader = self.driver.leader_id
         if leader is None:
             leader = self._handed_over_to
-        book = getattr(self, "membership", None)
-        member = book.address(leader) if book and leader is not None and leader != self.core.id else None
+        member = self.membership.address(leader) if leader is not None and leader != self.driver.node_id else None
         if member is not None:
             self.client_port.redirect_all(leader, str(member.client))
 
     def _close(self):
         if self.driver is not None:
             self._redirect_cameras()
-        for loop in (self.retention, self.summary, self.forwards):
-            if loop is not None and loop.running:
+        for loop, _ in self._loops:
+            if loop.running:
                 loop.stop()
-        if self.snapshots is not None:
-            self.snapshots.stop()
         if self.driver is not None:
+            self.snapshots.stop()
             self.driver.stop()
         stopping = [defer.maybeDeferred(port.stopListening) for port in self.ports]
-        if self.peers is not None:
+        if self.driver is not None:
             stopping.append(defer.maybeDeferred(self.peers.stopService))
         self.ports = []
 
         def closed(_):
-            if self.engine is not None:
-                self.engine.dispose()
-                self.engine = None
+            if self.store is not None:
+                self.store.close()
+                self.store = None
             self.log.info("node {node_id} stopped: listeners and database closed", node_id=self.settings.node_id)
 
         return defer.gatherResults(stopping).addCallback(closed)
-
-
-def build_node_service(settings, reactor) -> service.MultiService:
-    top = OrderedServices()
-    if settings.log_json:
-        JsonLogService(settings.log_json).setServiceParent(top)
-    NodeService(settings, reactor).setServiceParent(top)
-    return top

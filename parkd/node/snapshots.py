@@ -1,17 +1,26 @@
-"""Snapshots on a node: take them, compact the log, send and install them (Raft §7).
+"""Snapshots on a node (Raft §7): when to take one, taking, the transport, installing.
 
-- Taking: once the applied log passes the policy's threshold, the parking state
-  is copied to a snapshot file on a dedicated thread (a read transaction on its
-  own connection, so the reactor keeps applying meanwhile); back on the reactor
-  the core and the storage forget the log up to a trailing margin.
-- Sending: the core asks for a snapshot with an empty ``InstallSnapshot``; this
-  module streams the file in chunks well below the wire limit, one chunk per
-  ``SnapshotResponse``, resuming where the follower's answer says, and reports
-  the outcome to the core (a silent follower is given up after a timeout; the
-  core asks again later and the transfer resumes).
-- Receiving: chunks go to a resumable ``SnapshotReceiver``; a complete, verified
-  file is installed (parking tables and Raft storage in one transaction) and
-  the core restarts its log after it.
+- **When**: :class:`CompactionPolicy`, checked after each applied batch.
+- **Taking**: the parking state is pinned on the reactor thread (a read
+  transaction on its own connection), where the driver also says the term and
+  configuration at the pinned index; the copy runs on a dedicated thread, so the
+  reactor keeps applying; back on the reactor the driver steps ``SnapshotTaken``
+  and the core and storage forget the log up to a trailing margin.  A file is
+  deleted once a newer one is recorded and no transfer reads it.
+- **Sending**: the core asks for a snapshot with an empty ``InstallSnapshot``;
+  this transport streams the file in chunks well below the wire limit, one chunk
+  per ``SnapshotResponse``, resuming where the follower's answer says, and
+  reports the outcome through the driver (``SnapshotStatus``); a silent follower
+  is given up after a timeout, and the core asks again later.
+- **Receiving**: chunks go to a resumable ``SnapshotReceiver``; a complete,
+  verified file is stepped into the core as a whole ``InstallSnapshot``.  If the
+  core wants it installed, the driver calls :meth:`SnapshotManager.install`: the
+  parking tables and the Raft log are replaced in one transaction, on the
+  snapshot thread.
+
+The file format is ``parkd/parking/snapshot.py``; the chunk stream and the
+receiver are ``parkd/node/snapshot_stream.py``.  The simulation's stand-in for
+this transport makes the same driver calls (``parkd/raft/testing/cluster.py``).
 """
 
 from __future__ import annotations
@@ -19,52 +28,91 @@ from __future__ import annotations
 import glob
 import itertools
 import os
+from dataclasses import dataclass
 
+from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from parkd.parking.snapshot import (
-    CHUNK_SIZE,
-    CompactionPolicy,
-    SnapshotError,
-    SnapshotInfo,
-    SnapshotReceiver,
-    StaleMembership,
-    install_snapshot,
-    read_chunk,
-    read_snapshot_meta,
-    transfer_size,
-    write_snapshot,
-)
+from parkd.node.driver import EntriesApplied, LogCompacted
+from parkd.node.snapshot_stream import CHUNK_SIZE, SnapshotReceiver, read_chunk, transfer_size
+from parkd.parking.snapshot import SnapshotError, SnapshotInfo, pin_state, read_snapshot_meta, restore_snapshot
 from parkd.raft.messages import InstallSnapshot, SnapshotResponse
+from parkd.raft.storage import install_snapshot_in
+from parkd.raft.types import SnapshotMeta
 
 SEND_TIMEOUT = 5.0  # seconds without an answer before a transfer is given up
 
 
-class _Transfer:
-    def __init__(self, info: SnapshotInfo, term: int):
-        self.info = info
-        self.term = term
-        self.total = transfer_size(info.path)
-        self.timeout = None
+@dataclass(frozen=True, slots=True)
+class CompactionPolicy:
+    """When to snapshot and how much log to keep.
+
+    Snapshot once the log holds more than ``max_entries`` entries or ``max_bytes`` of
+    entry data beyond the last snapshot; then keep the ``margin`` entries up to the
+    snapshot index (and all after it), so a follower a little behind still gets
+    AppendEntries instead of a whole snapshot.  A frame result is ~30 bytes, so the
+    byte bound only matters for other entries.
+    """
+
+    max_entries: int = 100_000
+    max_bytes: int = 64 << 20
+    margin: int = 10_000
+
+    def __post_init__(self) -> None:
+        if self.max_entries < 1 or self.max_bytes < 1 or self.margin < 0:
+            raise ValueError(f"bad compaction policy {self}")
+
+    def should_snapshot(self, entries_since: int, bytes_since: int) -> bool:
+        return entries_since > self.max_entries or bytes_since > self.max_bytes
+
+    def compact_upto(self, snapshot_index: int) -> int:
+        return max(0, snapshot_index - self.margin)
+
+
+@dataclass(eq=False)
+class _Sending:
+    info: SnapshotInfo
+    term: int
+    total: int
+    timeout: object = None
 
 
 class SnapshotManager:
+    """Takes, sends, receives and installs the node's snapshots.
+
+    ``driver``: the RaftDriver (core state, inputs, events); ``store``: the data
+    dir's database (``db_path``, ``engine``, ``storage``); ``membership``: the
+    address book that travels with a snapshot; ``send``: puts a Raft message on
+    the wire.
+    """
+
     log = Logger()
 
-    def __init__(self, node, policy: CompactionPolicy, directory: str, chunk_size: int = CHUNK_SIZE):
-        self.node = node
+    def __init__(self, driver, store, membership, send, clock, policy: CompactionPolicy, directory: str,
+                 chunk_size: int = CHUNK_SIZE):  # fmt: skip
+        self.driver = driver
+        self.store = store
+        self.membership = membership
+        self.send_message = send
+        self.clock = clock
         self.policy = policy
         self.directory = directory
         self.chunk_size = chunk_size
         os.makedirs(directory, exist_ok=True)
         self.receiver = SnapshotReceiver(os.path.join(directory, "incoming"))
         self.latest: SnapshotInfo | None = self._find_latest()
-        self.sending: dict[int, _Transfer] = {}
+        self.sending: dict[int, _Sending] = {}
+        self.received: dict[tuple[int, int], str] = {}  # (index, term) -> a complete, verified file
         self.taking = False
+        self._recorded = self.latest  # the file storage records (others go once superseded)
         self._names = itertools.count()
         self._pool = ThreadPool(1, 1, name="parkd-snapshot")
+        if self.latest is not None:  # members added through a log compacted since
+            membership.restore_members(read_snapshot_meta(self.latest.path).members)
+        driver.subscribe(self._applied, EntriesApplied)
+        driver.subscribe(self._compacted, LogCompacted)
 
     def start(self) -> None:
         self._pool.start()
@@ -78,7 +126,7 @@ class SnapshotManager:
 
     def _find_latest(self) -> SnapshotInfo | None:
         """The file of the snapshot the storage recorded, after a restart."""
-        want = self.node.core.snapshot
+        want = self.driver.snapshot
         if want.index == 0:
             return None
         for path in glob.glob(os.path.join(self.directory, "**", "*.db"), recursive=True):
@@ -87,45 +135,46 @@ class SnapshotManager:
             except SnapshotError:
                 continue
             if (meta.index, meta.term) == (want.index, want.term):
-                return SnapshotInfo(path, meta.index, os.path.getsize(path), 0.0, meta.term, meta.voters, meta.learners)
+                return _info(path, meta)
         self.log.warn("snapshot {index} recorded but its file is missing; will take a new one", index=want.index)
         return None
 
     # ------------------------------------------------------------ taking
 
-    def applied(self, applied_index: int) -> None:
+    def _applied(self, event: EntriesApplied) -> None:
         """After each applied batch: snapshot when the log has grown enough."""
-        core = self.node.core
-        behind = applied_index - core.snapshot.index
+        behind = event.applied_index - self.driver.snapshot.index
         if not self.taking and self.policy.should_snapshot(behind, 0):
             self.take()
 
-    def take(self):
-        core = self.node.core
+    def take(self) -> defer.Deferred:
+        """Pin the state here, copy it on the snapshot thread; fires with the SnapshotInfo or None."""
         self.taking = True
-        config = core.config_at(core.applied_index)
-        members = self.node.membership.members_for_snapshot() if hasattr(self.node, "membership") else ()
-        path = os.path.join(self.directory, f"snapshot-{core.applied_index}-{next(self._names)}.db")
+        try:
+            pinned = pin_state(self.store.db_path)
+        except SnapshotError as e:
+            self.taking = False
+            self.log.error("cannot take a snapshot: {error}", error=str(e))
+            return defer.succeed(None)
+        index = pinned.index
+        config = self.driver.config_at(index)
+        path = os.path.join(self.directory, f"snapshot-{index}-{next(self._names)}.db")
         d = deferToThreadPool(
-            self.node.reactor, self._pool, write_snapshot, self.node.db_path, path, config, members=members
-        )
+            self.clock, self._pool, pinned.write, path,
+            term=self.driver.term_at(index), voters=config.voters, learners=config.learners,
+            config_index=config.index, members=self.membership.members_for_snapshot(),
+        )  # fmt: skip
         return d.addCallbacks(self._taken, self._take_failed)
 
     def _taken(self, info: SnapshotInfo) -> SnapshotInfo | None:
         self.taking = False
-        core = self.node.core
         meta = info.meta
         upto = self.policy.compact_upto(meta.index)
-        try:
-            core.compact(upto, meta)
-        except ValueError as e:  # e.g. a snapshot was installed meanwhile
-            self.log.info("snapshot at {index} not used: {reason}", index=meta.index, reason=e)
+        if not self.driver.snapshot_taken(meta, upto):  # e.g. a snapshot was installed meanwhile
+            self.log.info("snapshot at {index} not used: the core has a newer one", index=meta.index)
             _remove(info.path)
             return None
-        self.node.storage.compact(upto, meta)
-        previous, self.latest = self.latest, info
-        if previous is not None and not any(t.info is previous for t in self.sending.values()):
-            _remove(previous.path)
+        self.latest = info
         self.log.info(
             "snapshot taken at {index} (term {term}): {size} bytes in {seconds:.2f}s; log kept after {upto}",
             parkd_event="snapshot_taken", index=meta.index, term=meta.term,
@@ -135,52 +184,57 @@ class SnapshotManager:
 
     def _take_failed(self, failure) -> None:
         self.taking = False
-        if failure.check(StaleMembership):
-            self.log.info("snapshot skipped: membership changed while it was taken")
-        else:
-            self.log.failure("taking a snapshot failed", failure)
+        self.log.failure("taking a snapshot failed", failure)
+
+    def _compacted(self, event: LogCompacted) -> None:
+        """Storage recorded the snapshot the latest file holds: the one before may go."""
+        if self.latest is not None and self.latest.meta == event.meta:
+            self._replace_recorded(self.latest)
+
+    def _replace_recorded(self, info: SnapshotInfo) -> None:
+        previous, self._recorded = self._recorded, info
+        if previous is not None and previous.path != info.path and not self._is_sending(previous):
+            _remove(previous.path)
+
+    def _is_sending(self, info: SnapshotInfo) -> bool:
+        return any(t.info is info for t in self.sending.values())
 
     # ------------------------------------------------------------ sending
 
-    def intercept(self, message) -> bool:
-        """True if ``message`` is the core's request to send a snapshot (handled here)."""
-        if not isinstance(message, InstallSnapshot) or message.data or message.offset:
-            return False
-        peer = message.dst
+    def send(self, request: InstallSnapshot) -> None:
+        """The core asks for our latest snapshot to go to ``request.dst``."""
+        peer = request.dst
         if peer in self.sending:
-            return True
+            return
         info = self.latest
-        if info is None or info.index != message.last_index:
-            self.log.warn("no file for snapshot {index} asked for by the core", index=message.last_index)
-            self.node.core.report_snapshot(peer, False)
-            return True
-        self.sending[peer] = _Transfer(info, message.term)
+        if info is None or info.index != request.last_index:
+            self.log.warn("no file for snapshot {index} asked for by the core", index=request.last_index)
+            self.driver.snapshot_status(peer, False)
+            return
+        self.sending[peer] = _Sending(info, request.term, transfer_size(info.path))
         self.log.info("sending snapshot {index} ({size} bytes) to node {peer}",
                       index=info.index, size=info.size_bytes, peer=peer)  # fmt: skip
         self._send_chunk(peer, 0)
-        return True
 
     def _send_chunk(self, peer: int, offset: int) -> None:
         transfer = self.sending[peer]
         info = transfer.info
         data = read_chunk(info.path, offset, self.chunk_size)
-        core = self.node.core
-        self.node.peers.send(
+        self.send_message(
             InstallSnapshot(
-                transfer.term, core.id, peer, info.index, info.term, offset, data,
+                transfer.term, self.driver.node_id, peer, info.index, info.term, offset, data,
                 offset + len(data) >= transfer.total, tuple(info.voters), tuple(info.learners),
             )
         )  # fmt: skip
         if transfer.timeout is not None and transfer.timeout.active():
             transfer.timeout.cancel()
-        transfer.timeout = self.node.reactor.callLater(SEND_TIMEOUT, self._give_up, peer)
+        transfer.timeout = self.clock.callLater(SEND_TIMEOUT, self._give_up, peer)
 
     def _give_up(self, peer: int) -> None:
         transfer = self.sending.pop(peer, None)
         if transfer is not None:
             self.log.info("snapshot transfer to node {peer} stalled; the core will ask again", peer=peer)
-            self.node.core.report_snapshot(peer, False)
-            self.node.driver.kick()
+            self.driver.snapshot_status(peer, False)
 
     def on_response(self, m: SnapshotResponse) -> None:
         transfer = self.sending.get(m.src)
@@ -191,48 +245,55 @@ class SnapshotManager:
             if transfer.timeout is not None and transfer.timeout.active():
                 transfer.timeout.cancel()
             self.log.info("snapshot {index} delivered to node {peer}", index=m.last_index, peer=m.src)
-            self.node.core.report_snapshot(m.src, True)
-            self.node.driver.kick()
+            self.driver.snapshot_status(m.src, True)
         else:
             self._send_chunk(m.src, m.next_offset)
 
     # ------------------------------------------------------------ receiving
 
     def on_chunk(self, m: InstallSnapshot) -> None:
-        core = self.node.core
-        if m.term < core.term:
+        driver = self.driver
+        if m.term < driver.term:
             return  # from a deposed leader
         received = self.receiver.accept(m.last_index, m.last_term, m.offset, m.data, m.done)
-        done = False
+        self.send_message(
+            SnapshotResponse(driver.term, driver.node_id, m.src, m.last_index, received.next_offset, received.done)
+        )
         if received.done and received.path:
-            done = self._install(received.path)
-        self.node.peers.send(
-            SnapshotResponse(core.term, core.id, m.src, m.last_index, received.next_offset, done)
-        )
+            meta = read_snapshot_meta(received.path).meta
+            self.received[meta.index, meta.term] = received.path
+            driver.step(
+                InstallSnapshot(m.term, m.src, driver.node_id, meta.index, meta.term, received.next_offset, b"",
+                                True, meta.voters, meta.learners)
+            )  # fmt: skip
 
-    def _install(self, path: str) -> bool:
-        node = self.node
-        contents = read_snapshot_meta(path)
-        meta = contents.meta
-        if not node.core.offer_snapshot(meta):
-            node.driver.kick()
-            return True  # nothing to install: the core answered the leader itself
-        install_snapshot(node.engine, path, node.storage)
-        if not node.core.restore(meta):
-            raise AssertionError(f"core refused snapshot {meta} after offering it")
-        node.intake.forget_applied_state()
-        if hasattr(node, "membership"):
-            node.membership.restore_members(contents.members)
-        previous, self.latest = self.latest, SnapshotInfo(
-            path, meta.index, os.path.getsize(path), 0.0, meta.term, meta.voters, meta.learners
-        )
-        if previous is not None and previous.path != path:
-            _remove(previous.path)
-        self.log.info("installed snapshot {index} (term {term}) from the leader", index=meta.index, term=meta.term)
-        for listener in node.driver.applied_listeners:
-            listener(meta.index)
-        node.driver.kick()
-        return True
+    def install(self, meta: SnapshotMeta) -> defer.Deferred:
+        """Replace the parking tables and the Raft log by the received snapshot ``meta``.
+
+        One transaction on the snapshot thread (a million frames take seconds);
+        the driver waits for the Deferred before it processes anything else.
+        """
+        path = self.received.pop((meta.index, meta.term))
+        store = self.store
+
+        def in_thread():
+            return restore_snapshot(store.engine, path, lambda conn: install_snapshot_in(conn, meta))
+
+        def installed(contents):
+            store.storage.refresh()
+            self.membership.restore_members(contents.members)
+            unrecorded = self.latest if self.latest is not self._recorded else None
+            self.latest = _info(path, meta)
+            self._replace_recorded(self.latest)
+            if unrecorded is not None and not self._is_sending(unrecorded):
+                _remove(unrecorded.path)  # taken, but superseded by this one before storage recorded it
+            self.log.info("installed snapshot {index} (term {term}) from the leader", index=meta.index, term=meta.term)
+
+        return deferToThreadPool(self.clock, self._pool, in_thread).addCallback(installed)
+
+
+def _info(path: str, meta: SnapshotMeta) -> SnapshotInfo:
+    return SnapshotInfo(path, meta.index, os.path.getsize(path), 0.0, meta.term, meta.voters, meta.learners)
 
 
 def _remove(path: str) -> None:

@@ -213,6 +213,25 @@ class CameraView:
 
 
 @dataclass(frozen=True, slots=True)
+class HistoryPoint:
+    at: float
+    free: int
+
+
+_HISTORY_FIRST = """
+SELECT MIN(f.captured_at) FROM frames AS f JOIN cameras AS c ON c.camera_id = f.camera_id
+WHERE c.lot = :lot AND f.captured_at >= :start AND f.captured_at <= :end
+"""
+_HISTORY = """
+SELECT MIN(CAST((f.captured_at - :start) / :step AS INTEGER), :last) AS bucket, f.captured_at, f.free,
+       MAX(f.log_index)
+FROM frames AS f JOIN cameras AS c ON c.camera_id = f.camera_id
+WHERE c.lot = :lot AND f.captured_at >= :start AND f.captured_at <= :end
+GROUP BY bucket ORDER BY bucket
+"""
+
+
+@dataclass(frozen=True, slots=True)
 class FrameView:
     seq: int
     free: int
@@ -361,6 +380,25 @@ class ParkingState:
         )
         with storage_errors("reading frames"), self._engine.connect() as conn:
             return [FrameView(*row) for row in conn.execute(query)]
+
+    def history(self, lot: str, start: float, end: float, points: int) -> tuple[float | None, list[HistoryPoint]]:
+        """The lot's free spaces over [start, end] in at most ``points`` equal steps.
+
+        The steps divide the part of the window that has frames (from the first
+        frame in it to ``end``), so a young cluster still gets a detailed trend.
+        A lot's value is the newest judgement (in log order) of any of its cameras,
+        so each step reports its frame with the highest log index (SQLite takes the
+        bare columns from the MAX row).  Steps without a frame are left out.
+        Returns (the first frame's time or None, the points).
+        """
+        with storage_errors("reading a lot's history"), self._engine.connect() as conn:
+            first = conn.scalar(sa.text(_HISTORY_FIRST), {"lot": lot, "start": start, "end": end})
+            if first is None:
+                return None, []
+            step = max((end - first) / points, 1e-6)
+            params = {"lot": lot, "start": first, "end": end, "step": step, "last": points - 1}
+            rows = conn.execute(sa.text(_HISTORY), params)
+            return first, [HistoryPoint(at, free) for _, at, free, _ in rows]
 
     def lookup(self, camera_id: int, seq: int) -> Receipt | None:
         """The receipt of an applied frame (to ack a re-sent one at once), else None."""

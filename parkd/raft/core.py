@@ -34,7 +34,7 @@ Division of labour with the node (``parkd/node``):
   (``Ready.membership`` reports it) and CONFIG entries also reach the node in
   ``committed_entries``.  Learners are promoted by the leader itself.
 - Leadership transfer: :meth:`RaftCore.transfer_leadership`; the outcome comes
-  back once in ``Ready.transfer``.
+  back once in ``Ready.transfers``.
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ class Ready:
     soft_state: SoftState | None  # None when unchanged since the previous Ready
     read_states: tuple[ReadState, ...]
     membership: Membership | None = None  # the configuration now in effect, if it changed
-    transfer: TransferResult | None = None  # a leadership transfer ended
+    transfers: tuple[TransferResult, ...] = ()  # leadership transfers that ended
     early_messages: tuple[Message, ...] = ()  # may leave before the persist (step 0)
     must_sync: bool = False  # the persist of step 2 must be fsynced
     snapshot: SnapshotMeta | None = None  # a received snapshot to install (step 1)
@@ -275,7 +275,7 @@ class RaftCore:
         self._transferee: int | None = None
         self._transfer_elapsed = 0
         self._transfer_handed_over = False
-        self._transfer_result: TransferResult | None = None
+        self._transfer_results: list[TransferResult] = []
         # Reads are confirmed by rounds echoed in AppendEntries.read_ctx; a read takes
         # a fresh round unless no message has carried the current one yet.  Round 0
         # counts as used: every follower "echoes" it by default.
@@ -497,7 +497,7 @@ class RaftCore:
         sent cannot be recalled: the old target may still campaign, and then
         wins as any candidate would.
 
-        The outcome comes back once in ``Ready.transfer``.
+        The outcome comes back once in ``Ready.transfers``.
         """
         if self._role is not Role.LEADER:
             raise NotLeader(self._leader)
@@ -636,7 +636,7 @@ class RaftCore:
             or (self._term, self._vote, log.committed) != (hard.term, hard.vote, hard.commit)
             or (self._role, self._leader) != (soft.role, soft.leader_id)
             or self._membership is not self._prev_membership
-            or self._transfer_result is not None
+            or self._transfer_results
         )
 
     def ready(self) -> Ready:
@@ -665,7 +665,7 @@ class RaftCore:
             soft_state=soft if soft != self._prev_soft else None,
             read_states=tuple(self._read_states),
             membership=membership if membership is not self._prev_membership else None,
-            transfer=self._transfer_result,
+            transfers=tuple(self._transfer_results),
             early_messages=early,
             must_sync=bool(entries) or not durable,
             snapshot=snapshot,
@@ -673,7 +673,7 @@ class RaftCore:
         )
         self._prev_hard, self._prev_soft = hard, soft
         self._prev_membership = membership
-        self._transfer_result = None
+        self._transfer_results.clear()
         self._installing = snapshot
         self._compaction = None
         self._msgs.clear()
@@ -896,9 +896,7 @@ class RaftCore:
         self._must_send = False
 
     def _end_transfer(self, cancelled: bool = False) -> None:
-        self._transfer_result = TransferResult(
-            self._transferee, self._transfer_handed_over, cancelled
-        )
+        self._transfer_results.append(TransferResult(self._transferee, self._transfer_handed_over, cancelled))
         self._transferee = None
         self._transfer_handed_over = False
 
@@ -1080,6 +1078,7 @@ class RaftCore:
         meta = SnapshotMeta(m.last_index, m.last_term, tuple(m.voters), tuple(m.learners))
         log.restore(meta.index, meta.term)
         self._snapshot = self._pending_snapshot = meta
+        self._compaction = None  # a snapshot the node took but storage has not recorded: superseded
         self._configs = [Membership(meta.voters, meta.learners, meta.index)]
         self._set_membership(self._configs[0])
         self._answer_leader(meta.index)

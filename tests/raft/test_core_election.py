@@ -482,7 +482,7 @@ def test_3_10_the_outcome_is_reported_once_for_the_node_to_log():
     for _ in range(5):
         for i in (1, 2, 3):
             if cluster.take_ready(i):
-                outcomes.append(cluster.pending[i].transfer)
+                outcomes.extend(cluster.pending[i].transfers)
                 cluster.persist(i)
         while cluster.network:
             cluster.deliver()
@@ -538,7 +538,7 @@ def test_3_10_transfer_is_abandoned_after_an_election_timeout():
     assert leader.transferee == 2
     leader.tick()
     assert leader.role is Role.LEADER and leader.transferee is None
-    assert drain(leader).transfer == TransferResult(2, succeeded=False)
+    assert drain(leader).transfers == (TransferResult(2, succeeded=False),)
     leader.propose(b"accepted again")
 
 
@@ -559,7 +559,7 @@ def test_3_10_asking_again_does_not_extend_the_transfer():
     assert leader.transferee == 2
     leader.tick()
     assert leader.role is Role.LEADER and leader.transferee is None
-    assert drain(leader).transfer == TransferResult(2, succeeded=False)
+    assert drain(leader).transfers == (TransferResult(2, succeeded=False),)
     leader.propose(b"accepted again")
 
 
@@ -586,6 +586,23 @@ def test_3_10_transfer_sends_to_a_lagging_target_at_once(paused):
     assert cluster.core(2).role is Role.LEADER and leader.role is Role.FOLLOWER
 
 
+def test_3_10_every_transfer_outcome_of_a_ready_is_reported():
+    """Replacing a transfer and cancelling the next before a Ready: both outcomes come back."""
+    cluster = Cluster((1, 2, 3), CFG)
+    leader = cluster.elect(1)
+    cluster.isolate(2)
+    cluster.isolate(3)
+    leader.propose(b"x")
+    drain(leader)
+    leader.transfer_leadership(2)
+    leader.transfer_leadership(3)
+    leader.transfer_leadership(1)
+    assert drain(leader).transfers == (
+        TransferResult(2, succeeded=False),
+        TransferResult(3, succeeded=False, cancelled=True),
+    )
+
+
 def test_3_10_the_leaders_own_id_cancels_a_pending_transfer():
     cluster = Cluster((1, 2, 3), CFG)
     leader = cluster.elect(1)
@@ -595,7 +612,7 @@ def test_3_10_the_leaders_own_id_cancels_a_pending_transfer():
     leader.transfer_leadership(2)
     assert leader.transfer_leadership(1) == 1  # the leader stays
     assert leader.transferee is None
-    assert drain(leader).transfer == TransferResult(2, succeeded=False, cancelled=True)
+    assert drain(leader).transfers == (TransferResult(2, succeeded=False, cancelled=True),)
     leader.propose(b"accepted again")
     cluster.heal()
     for _ in range(2 * T):
@@ -622,7 +639,7 @@ def test_3_10_a_new_transfer_replaces_the_pending_one():
     leader.transfer_leadership(2)
     leader.transfer_leadership(3)
     assert leader.transferee == 3
-    assert drain(leader).transfer == TransferResult(2, succeeded=False)
+    assert drain(leader).transfers == (TransferResult(2, succeeded=False),)
 
 
 def test_3_10_transfer_only_from_a_leader():

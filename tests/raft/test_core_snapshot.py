@@ -441,3 +441,16 @@ def test_7_restart_with_only_a_snapshot():
     assert (core.last_index, core.log.last_term, core.voters) == (5, 2, (1, 2, 3))
     assert core.log.slice(1, 6) == ()
     assert core.log.term_at(5) == 2 and Entry(6, 3) not in core.log.slice(1, 9)
+
+
+def test_7_a_snapshot_received_supersedes_one_taken_but_not_yet_recorded():
+    """Storage must not record the older snapshot after installing the newer one
+    (found by the simulation, seed 117: a restart then found a log that did not
+    reach its commit index)."""
+    core = follower_core([1, 1, 1, 1], commit=4, term=1)
+    drain(core)
+    core.step(SnapshotTaken(SnapshotMeta(4, 1, (1, 2, 3)), 4))
+    arrive(core, SnapshotMeta(9, 2, (1, 2, 3)), term=2)
+    rd = drain(core)
+    assert rd.snapshot == SnapshotMeta(9, 2, (1, 2, 3)) and rd.compaction is None
+    assert core.snapshot == SnapshotMeta(9, 2, (1, 2, 3))

@@ -171,21 +171,17 @@ def synchronous_modes(engine, action) -> list[str]:
     return [s for s in statements if "synchronous" in s]
 
 
-def test_entries_term_and_vote_are_fsynced_a_new_commit_index_is_not(tmp_path):
-    """The commit index is volatile (Figure 2): a save that only moves it skips the
-    fsync.  Entries and a new term or vote never do."""
+def test_a_save_is_fsynced_exactly_when_the_ready_says_so(tmp_path):
+    """The core says it (``Ready.must_sync``): the commit index is volatile (Figure 2),
+    so a save that only moves it skips the fsync; storage does not second-guess."""
     engine = open_engine(str(tmp_path / "raft.db"))
     storage = SqliteStorage(engine)
-    assert synchronous_modes(engine, lambda: storage.save(HardState(1, 1, 0), [Entry(1, 1)])) == []
-    assert synchronous_modes(engine, lambda: storage.save(HardState(1, 1, 1), [])) == [
+    assert synchronous_modes(engine, lambda: storage.save(HardState(1, 1, 0), [Entry(1, 1)], sync=True)) == []
+    assert synchronous_modes(engine, lambda: storage.save(HardState(1, 1, 1), [], sync=False)) == [
         "PRAGMA synchronous=NORMAL", "PRAGMA synchronous=FULL"
     ]
-    assert synchronous_modes(engine, lambda: storage.save(HardState(2, 0, 1), [])) == []
-    assert synchronous_modes(engine, lambda: storage.save(HardState(2, 3, 1), [])) == []
-    assert synchronous_modes(engine, lambda: storage.save(HardState(2, 3, 1), [Entry(2, 2)])) == []
-    storage.close()
-    engine.dispose()
-    assert SqliteStorage.open(str(tmp_path / "raft.db")).load().hard_state == HardState(2, 3, 1)
+    assert synchronous_modes(engine, lambda: storage.save(HardState(2, 0, 1), [], sync=True)) == []
+    assert storage.load().hard_state == HardState(2, 0, 1)
 
 
 def test_failure_inside_a_save_rolls_everything_back(tmp_path):

@@ -276,8 +276,7 @@ class Cluster:
         for rs in rd.read_states:
             checker.read_served(i, rs)
             self.read_states[i].append(rs)
-        if rd.transfer is not None and rd.transfer.succeeded:
-            self.transfers += 1
+        self.transfers += sum(result.succeeded for result in rd.transfers)
         self.core(i).advance(rd)
         if removed:  # the node layer shuts a removed node down
             self.crash(i)

@@ -282,7 +282,8 @@ class Simulation:
         leader = self.cluster.leader()
         if leader is None:
             return None
-        target = self.rng.choice([None, *[i for i in leader.voters if i != leader.id]])
+        # None: the best voter; the leader's own id cancels a pending transfer.
+        target = self.rng.choice([None, leader.id, *[i for i in leader.voters if i != leader.id]])
         try:
             target = leader.transfer_leadership(target)
         except ValueError:

@@ -2,13 +2,13 @@
 
 Two kinds:
 
-* Gauges read at scrape time from the node (:class:`NodeCollector`): role, term,
-  leader, commit / applied / last log index, per-peer match index, replication
-  lag and link state, connected cameras, each lot's free spaces.
+* Gauges read at scrape time (:class:`NodeCollector`): role, term, leader,
+  commit / applied / last log index, per-peer match index, replication lag and
+  link state, connected cameras, each lot's free spaces.
 * Counters and histograms fed as things happen (:class:`NodeMetrics`): leader
-  changes (driver soft-state listener), proposals, frames applied per lot and
-  the camera ack latency (around the node's FrameIntake), SQLite commit
-  durations (the driver's ``commit_seconds``), HTTP reads.
+  changes and SQLite commit durations from the driver's event stream;
+  proposals, frames applied per lot and the camera ack latency as the node's
+  FrameIntake observer; HTTP reads from the API resource.
 
 All names start with ``parkd_``; the README lists them.
 """
@@ -18,33 +18,24 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from parkd.http.errors import JsonResource, not_found
+from parkd.node.driver import LeaderChanged, Persisted
 from parkd.parking.state import Outcome
-from parkd.raft.core import NotLeader, Role
+from parkd.raft.core import Role
+from parkd.raft.progress import ProgressState
 
 # Latencies on loopback are milliseconds; a leader change takes a second or two.
 ACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 COMMIT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 READ_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
-MAX_TRACKED_ACKS = 100_000  # frames in flight whose proposal time is remembered
-
-
-class _ObservedList(list):
-    """A list that also feeds a histogram with every value appended."""
-
-    def __init__(self, values, observe):
-        super().__init__(values)
-        self._observe = observe
-
-    def append(self, value) -> None:
-        self._observe(value)
-        super().append(value)
 
 
 class NodeMetrics:
-    """The metrics of ``node`` (a NodeService or a double with its attributes)."""
+    """The metrics of one node: ``driver`` (Raft status and events), ``state``
+    (ParkingState), ``peers`` (the PeerService's links), ``intake`` (FrameIntake,
+    which this observes), ``lot_ids``."""
 
-    def __init__(self, node, registry: CollectorRegistry | None = None):
-        self.node = node
+    def __init__(self, driver, state, peers, intake, lot_ids, registry: CollectorRegistry | None = None):
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=False)
         r = self.registry
         self.leader_changes = Counter(
@@ -88,64 +79,36 @@ class NodeMetrics:
         )
         for outcome in ("accepted", "no_leader"):
             self.proposals.labels(outcome)
-        for lot in node.settings.config.lots:
-            self.frames_applied.labels(lot.id)
+        for lot in lot_ids:
+            self.frames_applied.labels(lot)
         self._last_leader: tuple[int | None, int] | None = None
-        self._proposed_at: dict[tuple[int, int], float] = {}
-        self.collector = NodeCollector(node)
-        r.register(self.collector)
-        self._install(node)
+        r.register(NodeCollector(driver, state, peers, intake))
+        driver.subscribe(self._leader_changed, LeaderChanged)
+        driver.subscribe(self._persisted, Persisted)
+        intake.observe(self)
 
-    # -- feeding
+    # -- driver events
 
-    def _install(self, node) -> None:
-        driver = node.driver
-        driver.soft_state_listeners.append(self.soft_state)
-        driver.commit_seconds = _ObservedList(driver.commit_seconds, self.commit_duration.observe)
-        intake = getattr(node, "intake", None)
-        if intake is None:
+    def _leader_changed(self, event: LeaderChanged) -> None:
+        if event.leader_id is None:
             return
-        # FrameIntake has no hooks of its own: wrap the three calls that matter.
-        submit, propose, applied = intake.submit, intake.propose, intake.applied
-        clock = node.reactor
-
-        def timed_submit(conn, frame):
-            key = (frame.camera_id, frame.seq)
-            fresh = key not in self._proposed_at
-            if fresh:
-                if len(self._proposed_at) >= MAX_TRACKED_ACKS:  # forget frames nobody waits for
-                    self._proposed_at = {k: t for k, t in self._proposed_at.items() if k in intake.waiting}
-                if len(self._proposed_at) < MAX_TRACKED_ACKS:
-                    self._proposed_at[key] = clock.seconds()
-            submit(conn, frame)
-            if fresh and key not in intake.waiting:  # answered at once: nothing to time
-                self._proposed_at.pop(key, None)
-
-        def counted_propose(data):
-            try:
-                propose(data)
-            except NotLeader:
-                self.proposals.labels("no_leader").inc()
-                raise
-            self.proposals.labels("accepted").inc()
-
-        def counted_applied(results):
-            self.applied(results, acked={k for k in ((r.camera_id, r.seq) for r in results) if intake.waiting.get(k)})
-            applied(results)
-
-        intake.submit, intake.propose, intake.applied = timed_submit, counted_propose, counted_applied
-
-    def soft_state(self, soft) -> None:
-        if soft.leader_id is None:
-            return
-        seen = (soft.leader_id, self.node.core.term)
+        seen = (event.leader_id, event.term)
         if seen != self._last_leader:
             self._last_leader = seen
             self.leader_changes.inc()
 
-    def applied(self, results, acked=frozenset()) -> None:
-        """Count applied frames; time the acks of those in ``acked`` (someone waits for them)."""
-        now = self.node.reactor.seconds()
+    def _persisted(self, event: Persisted) -> None:
+        self.commit_duration.observe(event.seconds)
+
+    # -- the FrameIntake's observer
+
+    def frame_proposed(self, accepted: bool) -> None:
+        self.proposals.labels("accepted" if accepted else "no_leader").inc()
+
+    def frame_acked(self, seconds: float) -> None:
+        self.ack_latency.observe(seconds)
+
+    def frames_applied(self, results) -> None:
         for r in results:
             if r.outcome is Outcome.APPLIED:
                 self.frames_applied.labels(r.lot).inc()
@@ -153,30 +116,44 @@ class NodeMetrics:
                 self.frames_duplicate.labels(r.lot).inc()
             else:
                 self.frames_rejected.labels(r.rejection.value if r.rejection else "undecodable").inc()
-            key = (r.camera_id, r.seq)
-            started = self._proposed_at.pop(key, None)
-            if started is not None and key in acked and r.outcome is not Outcome.REJECTED:
-                self.ack_latency.observe(max(0.0, now - started))
+
+    # -- the API's reads
 
     def read(self, consistency: str, outcome: str, seconds: float) -> None:
         self.reads.labels(consistency, outcome).inc()
         if consistency == "linearizable" and outcome == "ok":
             self.read_duration.observe(seconds)
 
-    def read_linearizable(self, outcome: str, seconds: float) -> None:
-        self.read("linearizable", outcome, seconds)
+
+class MetricsResource(JsonResource):
+    """``/metrics``: the node's registry in Prometheus text format, rendered in the reactor thread."""
+
+    def __init__(self, metrics: NodeMetrics):
+        super().__init__()
+        self.metrics = metrics
+
+    def render_GET(self, request):
+        from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+        if request.postpath not in ([], [b""]):
+            return not_found(request)
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+        request.setHeader(b"cache-control", b"no-store")
+        return generate_latest(self.metrics.registry)
 
 
 class NodeCollector:
     """Gauges computed from the node's current state at every scrape."""
 
-    def __init__(self, node):
-        self.node = node
+    def __init__(self, driver, state, peers, intake):
+        self.driver = driver
+        self.state = state
+        self.peers = peers
+        self.intake = intake
 
     def collect(self):
-        node = self.node
-        core = node.core
-        yield GaugeMetricFamily("parkd_node_id", "This node's id", value=core.id)
+        core = self.driver
+        yield GaugeMetricFamily("parkd_node_id", "This node's id", value=core.node_id)
         role = GaugeMetricFamily("parkd_role", "1 for this node's current Raft role", labels=["role"])
         for r in Role:
             role.add_metric([r.value], 1 if core.role is r else 0)
@@ -189,18 +166,17 @@ class NodeCollector:
         )
         yield GaugeMetricFamily("parkd_commit_index", "Highest log index known committed", value=core.commit_index)
         yield GaugeMetricFamily(
-            "parkd_applied_index", "Highest log index applied to the parking state", value=node.state.last_applied()
+            "parkd_applied_index", "Highest log index applied to the parking state", value=self.state.last_applied()
         )
         yield GaugeMetricFamily(
             "parkd_last_log_index", "Index of the last entry in this node's log", value=core.last_index
         )
         yield from self._peers(core)
-        intake = getattr(node, "intake", None)
-        cameras = getattr(intake, "cameras", 0)
+        cameras = self.intake.cameras
         yield GaugeMetricFamily("parkd_connected_cameras", "Cameras connected to this node's client port", cameras)
         free = GaugeMetricFamily("parkd_lot_free", "Free spaces per lot (NaN until a camera reported)", labels=["lot"])
         capacity = GaugeMetricFamily("parkd_lot_capacity", "Spaces per lot", labels=["lot"])
-        for lot in node.state.lots():
+        for lot in self.state.lots():
             free.add_metric([lot.id], float("nan") if lot.free is None else lot.free)
             capacity.add_metric([lot.id], lot.capacity)
         yield free
@@ -218,8 +194,8 @@ class NodeCollector:
             lag.add_metric([str(peer)], max(0, core.last_index - index))
         yield match
         yield lag
-        # Replication progress: the core's own bookkeeping (leader only), read defensively.
-        progress = getattr(core, "_progress", None) if core.role is Role.LEADER else None
+        # Replication progress: the core's own bookkeeping (leader only).
+        progress = core.progress
         next_index = GaugeMetricFamily(
             "parkd_peer_next_index", "Leader only: next log index to send to each peer", labels=["peer"]
         )
@@ -231,19 +207,15 @@ class NodeCollector:
             "Leader only: 1 for each peer's replication state (probe, replicate, snapshot)",
             labels=["peer", "state"],
         )
-        for peer, pr in sorted((progress or {}).items()):
-            if getattr(pr, "next", None) is not None:
-                next_index.add_metric([str(peer)], pr.next)
-            if getattr(pr, "inflight", None) is not None:
-                inflight.add_metric([str(peer)], len(pr.inflight))
-            current = getattr(pr, "state", None)
-            if current is not None:
-                for option in type(current):
-                    state.add_metric([str(peer), str(option.value)], int(option is current))
+        for peer, pr in sorted(progress.items()):
+            next_index.add_metric([str(peer)], pr.next)
+            inflight.add_metric([str(peer)], len(pr.inflight))
+            for option in ProgressState:
+                state.add_metric([str(peer), str(option.value)], int(option is pr.state))
         yield next_index
         yield inflight
         yield state
-        links = getattr(self.node.peers, "links", {}) if self.node.peers is not None else {}
+        links = self.peers.links
         connected = GaugeMetricFamily("parkd_peer_connected", "1 while the connection to a peer is up", labels=["peer"])
         sent = CounterMetricFamily("parkd_peer_messages_sent", "Raft messages sent to each peer", labels=["peer"])
         dropped = CounterMetricFamily(

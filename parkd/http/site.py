@@ -1,0 +1,120 @@
+"""The HTTP port of a node: the resource tree, the dashboard's files, and the listener.
+
+    /                the dashboard (static files in parkd/web/, package data)
+    /static/<file>   its other files
+    /api/...         the read API (api.py) and, under /api/v1/admin/, the admin API (admin.py)
+    /metrics         Prometheus text format (metrics.py)
+
+:func:`build_site` takes the node's narrow parts; :class:`HttpService` (the
+process layer's wiring, see ``parkd/tap.py``) builds it from a started
+``NodeService`` and listens.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources as importlib_resources
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.web import resource, server
+
+from parkd.daemon import fail_on_config_error, listen_now
+from parkd.http.admin import Admin
+from parkd.http.api import Api, ApiResource
+from parkd.http.errors import JsonResource, NotFound, not_found
+from parkd.http.metrics import MetricsResource, NodeMetrics
+
+CONTENT_TYPES = {
+    ".html": b"text/html; charset=utf-8",
+    ".css": b"text/css; charset=utf-8",
+    ".js": b"text/javascript; charset=utf-8",
+    ".svg": b"image/svg+xml",
+    ".png": b"image/png",
+    ".ico": b"image/x-icon",
+}
+
+
+class WebFiles(JsonResource):
+    """The dashboard's files (``parkd/web/``, package data): only the files there, by name."""
+
+    def __init__(self, directory: str, name: str | None = None):
+        super().__init__()
+        self.directory = directory
+        self.fixed = name  # serve this one file whatever the path (the page at /)
+
+    def render_GET(self, request):
+        if self.fixed is not None:
+            name = self.fixed
+        elif len(request.postpath) == 1:
+            name = request.postpath[0].decode("utf-8", errors="replace")
+        else:
+            name = ""
+        kind = CONTENT_TYPES.get(os.path.splitext(name)[1])
+        if kind is None or name not in set(os.listdir(self.directory)):
+            return not_found(request)
+        with open(os.path.join(self.directory, name), "rb") as f:
+            body = f.read()
+        request.setHeader(b"content-type", kind)
+        request.setHeader(b"cache-control", b"no-cache")
+        return body
+
+
+class Root(resource.Resource):
+    """``/`` is the dashboard; ``/api``, ``/metrics``, ``/static`` the rest; anything else 404."""
+
+    def __init__(self, web_dir: str):
+        super().__init__()
+        self.index = WebFiles(web_dir, "index.html")
+
+    def getChild(self, path, request):
+        if path == b"" and request.postpath == []:
+            return self.index
+        return NotFound()
+
+
+def web_dir() -> str:
+    return str(importlib_resources.files("parkd") / "web")
+
+
+def build_site(*, clock, state, driver, membership, reads, metrics: NodeMetrics, lot_ids, camera_interval) -> server.Site:
+    """The HTTP port over a node's parts: ``state`` (ParkingState), ``driver`` (Raft
+    status), ``membership`` (members and admin operations), ``reads`` (ReadBarrier)."""
+    api = Api(state, driver, membership.members, clock, tuple(lot_ids), camera_interval)
+    directory = web_dir()
+    root = Root(directory)
+    root.putChild(b"api", ApiResource(api, reads, Admin(membership, driver), metrics.read))
+    root.putChild(b"metrics", MetricsResource(metrics))
+    root.putChild(b"static", WebFiles(directory))
+    site = server.Site(root, reactor=clock)
+    site.noisy = False
+    return site
+
+
+class HttpService(service.Service):
+    """Listens on ``node``'s HTTP port once the node has started (stops first)."""
+
+    def __init__(self, node, listen: str):
+        self.node = node
+        self.listen = listen
+        self.port = None
+        self.metrics: NodeMetrics | None = None
+
+    @fail_on_config_error
+    def startService(self) -> None:
+        node = self.node
+        config = node.settings.config
+        lot_ids = [lot.id for lot in config.lots]
+        state = node.store.state
+        self.metrics = NodeMetrics(node.driver, state, node.peers, node.intake, lot_ids)
+        site = build_site(
+            clock=node.reactor, state=state, driver=node.driver, membership=node.membership, reads=node.reads,
+            metrics=self.metrics, lot_ids=lot_ids, camera_interval=config.camera.interval,
+        )  # fmt: skip
+        self.port = listen_now(node.reactor, self.listen, site, "http port")
+        super().startService()
+
+    def stopService(self):
+        super().stopService()
+        port, self.port = self.port, None
+        return defer.maybeDeferred(port.stopListening) if port is not None else defer.succeed(None)
