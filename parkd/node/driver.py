@@ -18,9 +18,9 @@ from collections.abc import Callable
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from parkd.db import StorageError
 from parkd.raft.core import RaftCore, ReadState, Ready, Role, SoftState, TransferResult
 from parkd.raft.messages import Message
-from parkd.raft.storage import StorageError
 from parkd.raft.types import Entry, Membership
 
 # After a long reactor stall, replay at most this many ticks at once.

@@ -11,6 +11,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from parkd.config import ConfigError
+from parkd.db import StorageError, open_engine
 from parkd.events import FRAME_EVENTS
 from parkd.daemon import JsonLogService, OrderedServices, fail_on_config_error, listen_now, raise_file_limit
 from parkd.node.driver import RaftDriver
@@ -27,7 +28,7 @@ from parkd.parking.codec import CodecError
 from parkd.parking.state import Outcome, ParkingState
 from parkd.raft.core import CoreConfig, NotLeader, RaftCore, Role
 from parkd.raft.messages import InstallSnapshot, Propose, SnapshotResponse
-from parkd.raft.storage import SqliteStorage, StorageError, open_engine
+from parkd.raft.storage import SqliteStorage
 
 
 RETENTION_INTERVAL_S = 600.0  # how often the leader proposes a history trim
