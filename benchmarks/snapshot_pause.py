@@ -28,11 +28,12 @@ import tempfile
 import threading
 import time
 
+from parkd.db import open_engine
 from parkd.parking import snapshot
 from parkd.parking.codec import FrameResult, encode
 from parkd.parking.retention import ensure_retention_index, trim_history
 from parkd.parking.state import ParkingState
-from parkd.raft.storage import SqliteStorage, open_engine
+from parkd.raft.storage import SqliteStorage
 from parkd.raft.types import Entry, EntryKind, HardState
 
 LOTS = {"north": 100, "south": 100}

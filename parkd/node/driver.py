@@ -30,7 +30,7 @@ from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from parkd.raft.storage import StorageError  # moves to parkd.db
+from parkd.db import StorageError
 from parkd.raft.confchange import ConfChange
 from parkd.raft.core import RaftCore, ReadState, Ready, Role, TransferResult
 from parkd.raft.messages import Message, PeerUnreachable, SnapshotStatus, SnapshotTaken

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from parkd.db import storage_errors
 from parkd.parking.codec import Retention, encode_retention
-from parkd.raft.storage import storage_errors
 
 DEFAULT_WINDOW_S = 24 * 3600.0
 DEFAULT_INTERVAL_S = 600.0

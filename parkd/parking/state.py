@@ -39,9 +39,9 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from parkd.db import DriverStatement, ensure_schema, storage_errors, unsynced_transaction
 from parkd.parking.codec import CodecError, FrameResult, decode, decode_retention, is_retention
 from parkd.parking.retention import TrimResult, trim_in
-from parkd.raft.storage import DriverStatement, ensure_schema, storage_errors, unsynced_transaction
 from parkd.raft.types import Entry, EntryKind
 
 PARKING_SCHEMA_VERSION = 1

@@ -1,9 +1,9 @@
 """Durable Raft state: hard state, log entries and snapshot position (DESIGN layer 2).
 
-SQLAlchemy Core on SQLite in WAL mode with ``synchronous=FULL``: ``NORMAL`` can lose
-the last commits on power loss, which for Raft means a forgotten vote.  The node keeps
-this log and the parking tables in one file, so :func:`open_engine` builds the one
-Engine both share, and :func:`ensure_schema` versions each component's tables.
+SQLAlchemy Core on SQLite in WAL mode with ``synchronous=FULL`` (the Engine and the
+transactions come from :mod:`parkd.db`): ``NORMAL`` can lose the last commits on power
+loss, which for Raft means a forgotten vote.  The node keeps this log and the parking
+tables in one file and one Engine.
 
 The core only reads storage (at start-up, through :meth:`load`); the node writes it,
 one :meth:`save` per Ready, before any message of that Ready is sent.  Every failure
@@ -13,105 +13,24 @@ it cannot trust.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from parkd.db import (
+    DriverStatement,
+    StorageError,
+    ensure_schema,
+    open_engine,
+    storage_errors,
+    unsynced_transaction,
+)
 from parkd.raft.types import Entry, EntryKind, HardState, PersistedState, SnapshotMeta
 
 RAFT_SCHEMA_VERSION = 1
-
-
-class StorageError(Exception):
-    """Persistent state could not be read or written; the cause is chained."""
-
-
-@contextlib.contextmanager
-def storage_errors(what: str) -> Iterator[None]:
-    """Re-raise any database failure during ``what`` as :class:`StorageError`."""
-    try:
-        yield
-    except (sa.exc.SQLAlchemyError, sqlite3.Error) as exc:
-        raise StorageError(f"{what} failed: {exc}") from exc
-
-
-def open_engine(path_or_url: str) -> sa.Engine:
-    """An Engine on one SQLite file (or URL) with the durability the log needs.
-
-    Also takes transaction control from the ``sqlite3`` module, which by default
-    starts transactions only at the first write (SQLAlchemy's documented recipe):
-    reads inside ``engine.begin()`` then belong to the same transaction as the
-    writes that follow them.
-    """
-    url = path_or_url if "://" in path_or_url else f"sqlite:///{path_or_url}"
-    engine = sa.create_engine(url)
-
-    @sa.event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection, _record) -> None:
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
-        cursor.close()
-
-    @sa.event.listens_for(engine, "begin")
-    def _on_begin(conn) -> None:
-        conn.exec_driver_sql("BEGIN")
-
-    return engine
-
-
-@contextlib.contextmanager
-def unsynced_transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
-    """A transaction whose commit is not fsynced (``synchronous=NORMAL`` in WAL mode).
-
-    For writes a crash may undo without harm, as long as it undoes only the
-    newest ones: the WAL is written in order, so a crash loses a suffix of the
-    commits, and any later FULL commit fsyncs the WAL with these in it.  Used to
-    apply committed entries (they are applied again from the durable log after a
-    restart) and to record a new commit index (volatile state in Raft, Figure 2:
-    a restarted node relearns it from the leader).  Each saves one fsync on the
-    path to every ack.
-    """
-    with engine.connect() as conn:
-        raw = conn.connection.dbapi_connection  # outside SQLAlchemy's transaction: a pragma
-        raw.execute("PRAGMA synchronous=NORMAL")  # cannot change inside one
-        try:
-            with conn.begin():
-                yield conn
-        finally:
-            raw.execute("PRAGMA synchronous=FULL")
-
-
-_versions = sa.Table(
-    "schema_version",
-    sa.MetaData(),
-    sa.Column("component", sa.Text, primary_key=True),
-    sa.Column("version", sa.Integer, nullable=False),
-)
-
-
-def ensure_schema(conn: sa.Connection, metadata: sa.MetaData, component: str, version: int) -> None:
-    """Create ``metadata``'s missing tables and check ``component``'s schema version.
-
-    One row per component (not ``PRAGMA user_version``) because several components
-    share the file.  A mismatch raises :class:`StorageError`: there are no
-    upgraders yet, and running on an unknown layout would corrupt it.
-    """
-    _versions.create(conn, checkfirst=True)
-    metadata.create_all(conn)
-    found = conn.scalar(sa.select(_versions.c.version).where(_versions.c.component == component))
-    if found is None:
-        conn.execute(_versions.insert().values(component=component, version=version))
-    elif found != version:
-        raise StorageError(f"{component} schema version {found} in the database, expected {version}")
-
 
 _meta = sa.MetaData()
 _hard_state = sa.Table(
@@ -140,29 +59,6 @@ _snapshot = sa.Table(
     sa.Column("learners", sa.Text, nullable=False),
 )
 # The append hot path binds plain tuples at the driver level, in this column order.
-class DriverStatement:
-    """A Core statement compiled once for SQLite and run on the DBAPI connection.
-
-    For the per-frame paths (saving the log, applying entries): SQLAlchemy's
-    execution (cache key, compiled-statement lookup, result setup) costs several
-    times what SQLite itself does for a one-row statement, ~80 us a statement
-    (measured with cProfile on ``ParkingState.apply``).  Parameters are tuples in
-    ``names`` order.  It runs inside the caller's transaction: the DBAPI
-    connection is the one SQLAlchemy began it on.
-    """
-
-    def __init__(self, statement) -> None:
-        compiled = statement.compile(dialect=sqlite_dialect())
-        self.sql = str(compiled)
-        self.names = tuple(compiled.positiontup)
-
-    def execute(self, conn: sa.Connection, params: tuple = ()) -> sqlite3.Cursor:
-        return conn.connection.dbapi_connection.execute(self.sql, params)
-
-    def executemany(self, conn: sa.Connection, rows: Sequence[tuple]) -> None:
-        conn.connection.dbapi_connection.executemany(self.sql, rows)
-
-
 _insert_entries = DriverStatement(_entries.insert())
 assert _insert_entries.names == ("index", "term", "kind", "data")
 _truncate_from = _entries.delete().where(_entries.c["index"] >= sa.bindparam("first"))

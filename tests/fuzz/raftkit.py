@@ -23,13 +23,14 @@ import math
 import random
 import struct
 
+from parkd.db import open_engine
 from parkd.parking import codec
 from parkd.parking.retention import retention_entry
 from parkd.parking.state import ParkingState
 from parkd.raft import confchange
 from parkd.raft import messages as m
 from parkd.raft.core import CoreConfig, NotLeader, RaftCore, Role
-from parkd.raft.storage import MemoryStorage, open_engine
+from parkd.raft.storage import MemoryStorage
 from parkd.raft.types import Entry, EntryKind
 from parkd.wire import raft_to_envelope
 

@@ -13,6 +13,7 @@ from twisted.internet.testing import StringTransport
 
 from fuzzkit import captured_logs, envelopes_in, frame
 from parkd.config import DEFAULT_MAX_MESSAGE_BYTES
+from parkd.db import open_engine
 from parkd.node.driver import RaftDriver
 from parkd.node.frames import FrameIntake
 from parkd.node.ports import ClientPortFactory, RaftPortFactory
@@ -23,7 +24,7 @@ from parkd.raft import confchange
 from parkd.raft import messages as m
 from parkd.raft.core import CoreConfig, RaftCore
 from parkd.raft.testing import Simulation
-from parkd.raft.storage import SqliteStorage, open_engine
+from parkd.raft.storage import SqliteStorage
 from parkd.raft.types import Entry, EntryKind
 from parkd.wire import check_raft_message, raft_to_envelope
 

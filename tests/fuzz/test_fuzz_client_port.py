@@ -37,6 +37,7 @@ from fuzzkit import (
     texts,
     u64,
 )
+from parkd.db import open_engine
 from parkd.node.frames import FrameIntake
 from parkd.node.ports import ClientPortFactory
 from parkd.parking import codec
@@ -44,7 +45,6 @@ from parkd.parking.analyzer import HashAnalyzer
 from parkd.parking.state import FrameRejected, ParkingState
 from parkd.proto import parkd_pb2 as pb
 from parkd.raft.core import NotLeader
-from parkd.raft.storage import open_engine
 from parkd.raft.types import Entry
 
 LOTS = {"north": 100, "south": 60, "": 5}  # an empty lot id is legal in the config format

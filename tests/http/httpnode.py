@@ -15,6 +15,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
 from parkd.config import CameraSettings, Config, Lot, parse_address, Member
+from parkd.db import open_engine
 from parkd.node.frames import FrameIntake
 from parkd.node.http import build_site
 from parkd.node.membership import MembershipManager
@@ -22,7 +23,6 @@ from parkd.parking.analyzer import HashAnalyzer
 from parkd.parking.codec import FrameResult, encode
 from parkd.parking.state import ParkingState
 from parkd.raft.core import NotLeader, Role
-from parkd.raft.storage import open_engine
 from parkd.raft.types import Entry, EntryKind, Membership, SnapshotMeta
 
 LOTS = {"north": 100, "south": 60}

@@ -4,10 +4,11 @@ import random
 
 from twisted.internet.task import Clock
 
+from parkd.db import StorageError
 from parkd.node.driver import RaftDriver
 from parkd.raft.core import CoreConfig, NotLeader, RaftCore, Role
 from parkd.raft.messages import AppendEntries, AppendResponse, VoteRequest, VoteResponse
-from parkd.raft.storage import MemoryStorage, StorageError
+from parkd.raft.storage import MemoryStorage
 from parkd.raft.types import EntryKind
 
 TICK = 0.05

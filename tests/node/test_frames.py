@@ -4,6 +4,7 @@
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
+from parkd.db import open_engine
 from parkd.node.frames import FrameIntake
 from parkd.node.ports import ClientPortFactory
 from parkd.parking.analyzer import HashAnalyzer
@@ -12,7 +13,6 @@ from parkd.parking.state import ParkingState
 from parkd.proto import parkd_pb2 as pb
 from parkd.wire import frame_envelope, split_envelopes
 from parkd.raft.core import NotLeader
-from parkd.raft.storage import open_engine
 from parkd.raft.types import Entry
 
 LOTS = {"north": 100, "south": 60}

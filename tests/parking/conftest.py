@@ -2,8 +2,8 @@
 
 import pytest
 
+from parkd.db import open_engine
 from parkd.parking.state import ParkingState
-from parkd.raft.storage import open_engine
 
 LOTS = {"north": 100, "south": 60}
 

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from parkd.db import StorageError, open_engine
 from parkd.parking.codec import FrameResult, encode
 from parkd.parking.state import (
     ApplyResult,
@@ -21,7 +22,7 @@ from parkd.parking.state import (
     Receipt,
     Rejection,
 )
-from parkd.raft.storage import SqliteStorage, StorageError, open_engine
+from parkd.raft.storage import SqliteStorage
 from parkd.raft.types import Entry, EntryKind, HardState
 
 LOTS = {"north": 100, "south": 60}

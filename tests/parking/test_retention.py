@@ -9,6 +9,7 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
+from parkd.db import open_engine
 from parkd.parking.codec import (
     CodecError,
     FrameResult,
@@ -27,7 +28,6 @@ from parkd.parking.retention import (
     trim_history,
 )
 from parkd.parking.state import ApplyResult, Outcome, ParkingState, Receipt
-from parkd.raft.storage import open_engine
 from parkd.raft.types import Entry, EntryKind
 
 LOTS = {"north": 100, "south": 60}

@@ -5,12 +5,8 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from parkd.raft.storage import (
-    SqliteStorage,
-    StorageError,
-    install_snapshot_in,
-    open_engine,
-)
+from parkd.db import StorageError, open_engine
+from parkd.raft.storage import SqliteStorage, install_snapshot_in
 from parkd.raft.types import HardState, PersistedState, SnapshotMeta
 from test_storage import entries  # the `storage` fixture is in conftest.py
 

@@ -17,7 +17,8 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from parkd.raft.storage import MemoryStorage, SqliteStorage, StorageError, ensure_schema, open_engine
+from parkd.db import StorageError, ensure_schema, open_engine
+from parkd.raft.storage import MemoryStorage, SqliteStorage
 from parkd.raft.types import Entry, EntryKind, HardState, PersistedState, SnapshotMeta
 
 DEADLINE_S = 60  # a bound on every wait for the child, never a pause
@@ -150,14 +151,6 @@ def test_reopen_returns_exactly_what_was_committed(tmp_path):
     with pytest.raises(ValueError):  # the reopened storage knows where the log ends
         reopened.save(None, [Entry(before.entries[-1].index + 2, 9)])
     reopened.close()
-
-
-def test_pragmas_make_the_log_durable(tmp_path):
-    engine = open_engine(str(tmp_path / "node.db"))
-    with engine.connect() as conn:
-        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
-    engine.dispose()
 
 
 def synchronous_modes(engine, action) -> list[str]:

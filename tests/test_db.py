@@ -1,0 +1,140 @@
+"""parkd.db: the shared engine's durability and the schema versions with their upgraders."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from parkd.db import StorageError, ensure_schema, open_engine, schema_version
+
+
+def test_pragmas_make_the_log_durable(tmp_path):
+    engine = open_engine(str(tmp_path / "node.db"))
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+    engine.dispose()
+
+
+# -- schema versions and upgraders -------------------------------------------------------------
+#
+# "notes" is a made-up component: version 1 has notes(id, text); version 2 adds a
+# column computed from the old rows; version 3 adds a table of its own.
+
+
+def notes_v1() -> sa.MetaData:
+    meta = sa.MetaData()
+    sa.Table("notes", meta, sa.Column("id", sa.Integer, primary_key=True), sa.Column("text", sa.Text))
+    return meta
+
+
+def notes_v2() -> sa.MetaData:
+    meta = sa.MetaData()
+    sa.Table(
+        "notes",
+        meta,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("text", sa.Text),
+        sa.Column("length", sa.Integer, nullable=False, server_default="0"),
+    )
+    return meta
+
+
+def notes_v3() -> sa.MetaData:
+    meta = notes_v2()
+    sa.Table("tags", meta, sa.Column("note", sa.Integer, primary_key=True), sa.Column("tag", sa.Text))
+    return meta
+
+
+def add_length(conn: sa.Connection) -> None:
+    """Upgrade 1 -> 2."""
+    conn.exec_driver_sql("ALTER TABLE notes ADD COLUMN length INTEGER NOT NULL DEFAULT 0")
+    conn.exec_driver_sql("UPDATE notes SET length = length(text)")
+
+
+@pytest.fixture
+def v1_database(tmp_path):
+    """A file made by the version-1 code: its tables, two rows, version 1 recorded."""
+    path = str(tmp_path / "node.db")
+    engine = open_engine(path)
+    with engine.begin() as conn:
+        ensure_schema(conn, notes_v1(), "notes", 1)
+        conn.exec_driver_sql("INSERT INTO notes (id, text) VALUES (1, 'abc'), (2, 'hello')")
+    engine.dispose()
+    engine = open_engine(path)  # reopened, as by the next version of the code
+    yield engine
+    engine.dispose()
+
+
+def contents(engine: sa.Engine) -> tuple:
+    with engine.connect() as conn:
+        tables = sorted(sa.inspect(conn).get_table_names())
+        notes = conn.exec_driver_sql("SELECT * FROM notes ORDER BY id").all()
+        return tables, notes, schema_version(conn, "notes")
+
+
+def test_a_new_database_gets_the_tables_at_the_current_version(tmp_path):
+    engine = open_engine(str(tmp_path / "node.db"))
+    called = []
+    with engine.begin() as conn:
+        assert schema_version(conn, "notes") is None
+        ensure_schema(conn, notes_v2(), "notes", 2, {1: called.append})
+    assert called == []  # nothing to upgrade
+    assert contents(engine) == (["notes", "schema_version"], [], 2)
+    engine.dispose()
+
+
+def test_a_v1_table_is_migrated_to_v2_keeping_its_rows(v1_database):
+    with v1_database.begin() as conn:
+        ensure_schema(conn, notes_v2(), "notes", 2, {1: add_length})
+    assert contents(v1_database) == (["notes", "schema_version"], [(1, "abc", 3), (2, "hello", 5)], 2)
+    with v1_database.begin() as conn:  # opened again at version 2: nothing runs
+        ensure_schema(conn, notes_v2(), "notes", 2, {1: pytest.fail})
+
+
+def test_upgraders_run_in_order_and_new_tables_are_created_after_them(v1_database):
+    ran = []
+
+    def tag_long_notes(conn):
+        """Upgrade 2 -> 3: sees the column of 1 -> 2; its table is not there yet."""
+        ran.append(2)
+        assert "tags" not in sa.inspect(conn).get_table_names()
+        assert conn.exec_driver_sql("SELECT id FROM notes WHERE length > 3").all() == [(2,)]
+
+    with v1_database.begin() as conn:
+        upgraders = {2: tag_long_notes, 1: lambda c: ran.append(1) or add_length(c)}  # given out of order
+        ensure_schema(conn, notes_v3(), "notes", 3, upgraders)
+    assert ran == [1, 2]
+    assert contents(v1_database) == (["notes", "schema_version", "tags"], [(1, "abc", 3), (2, "hello", 5)], 3)
+
+
+def test_a_failed_upgrade_leaves_the_database_at_its_old_version(v1_database):
+    before = contents(v1_database)
+
+    def half_done(conn):
+        conn.exec_driver_sql("CREATE TABLE tags (note INTEGER PRIMARY KEY, tag TEXT)")
+        raise RuntimeError("upgrade interrupted")
+
+    with pytest.raises(RuntimeError, match="interrupted"), v1_database.begin() as conn:
+        ensure_schema(conn, notes_v3(), "notes", 3, {1: add_length, 2: half_done})
+    assert contents(v1_database) == before  # step 1's column and step 2's table rolled back too
+
+
+def test_a_missing_upgrader_is_a_clear_error_and_changes_nothing(v1_database):
+    before = contents(v1_database)
+    message = "notes schema version 1 in the database, expected 3: no upgrade from version 2"
+    with pytest.raises(StorageError, match=message), v1_database.begin() as conn:
+        ensure_schema(conn, notes_v3(), "notes", 3, {1: add_length})
+    with pytest.raises(StorageError, match="no upgrade from version 1"), v1_database.begin() as conn:
+        ensure_schema(conn, notes_v2(), "notes", 2)
+    assert contents(v1_database) == before
+
+
+def test_a_database_newer_than_the_code_is_refused(v1_database):
+    with v1_database.begin() as conn:
+        ensure_schema(conn, notes_v2(), "notes", 2, {1: add_length})
+    after_upgrade = contents(v1_database)
+    message = r"notes schema version 2 in the database is newer than this parkd's \(1\)"
+    with pytest.raises(StorageError, match=message), v1_database.begin() as conn:
+        ensure_schema(conn, notes_v1(), "notes", 1)
+    assert contents(v1_database) == after_upgrade
