@@ -91,7 +91,7 @@ def fetch(address: Address, path: str, timeout: float, body: dict | None = None)
     return doc
 
 
-class Cluster:
+class ClusterClient:
     """The nodes parkctl may ask, in the order given."""
 
     def __init__(self, addresses: tuple[Address, ...], timeout: float = DEFAULT_TIMEOUT):
@@ -226,14 +226,14 @@ def show(args, doc: dict, out, headers: list[str], rows) -> int:
     return EXIT_OK
 
 
-def cmd_lots(args, cluster: Cluster, out) -> int:
+def cmd_lots(args, cluster: ClusterClient, out) -> int:
     def rows(doc, now):
         return [[x["id"], x["free"], x["capacity"], x["cameras"], when(x["updated_at"], now)] for x in doc["lots"]]
 
     return show(args, cluster.read("/api/v1/lots"), out, ["LOT", "FREE", "CAPACITY", "CAMERAS", "UPDATED"], rows)
 
 
-def cmd_cameras(args, cluster: Cluster, out) -> int:
+def cmd_cameras(args, cluster: ClusterClient, out) -> int:
     def rows(doc, now):
         return [
             [c["camera_id"], c["lot"], c["free"], c["last_seq"], when(c["last_seen"], now), c["status"]]
@@ -282,7 +282,7 @@ def status_document(views: dict[str, dict | NodeError]) -> dict:
     }
 
 
-def cmd_status(args, cluster: Cluster, out) -> int:
+def cmd_status(args, cluster: ClusterClient, out) -> int:
     views = cluster.views()
     doc = status_document(views)
     if not any(n["reachable"] for n in doc["nodes"]):
@@ -317,7 +317,7 @@ def _config_line(doc: dict) -> str:
     return f"voters {_ids(doc['voters'])}; learners {_ids(doc['learners'])}"
 
 
-def cmd_add_node(args, cluster: Cluster, out) -> int:
+def cmd_add_node(args, cluster: ClusterClient, out) -> int:
     body = {"id": args.id, "raft": str(args.raft), "client": str(args.client), "http": str(args.http),
             "wait": "learner" if args.no_wait else "voter", "timeout": args.timeout}  # fmt: skip
     doc = cluster.change("/api/v1/admin/add-node", body, args.timeout)
@@ -331,7 +331,7 @@ def cmd_add_node(args, cluster: Cluster, out) -> int:
     return EXIT_OK
 
 
-def cmd_remove_node(args, cluster: Cluster, out) -> int:
+def cmd_remove_node(args, cluster: ClusterClient, out) -> int:
     doc = cluster.change("/api/v1/admin/remove-node", {"id": args.id, "timeout": args.timeout}, args.timeout)
     if args.json:
         print(json.dumps(doc, indent=2), file=out)
@@ -340,7 +340,7 @@ def cmd_remove_node(args, cluster: Cluster, out) -> int:
     return EXIT_OK
 
 
-def cmd_transfer_leader(args, cluster: Cluster, out) -> int:
+def cmd_transfer_leader(args, cluster: ClusterClient, out) -> int:
     body = {"timeout": args.timeout} if args.id is None else {"id": args.id, "timeout": args.timeout}
     doc = cluster.change("/api/v1/admin/transfer-leader", body, args.timeout)
     if args.json:
@@ -485,7 +485,7 @@ def main(argv=None, out=None, err=None, environ=None) -> int:
             args.timeout = DEFAULT_CHANGE_TIMEOUT if args.command in ADMIN_COMMANDS else DEFAULT_TIMEOUT
         if args.timeout <= 0:
             raise UsageError("--timeout must be positive")
-        cluster = Cluster(cluster_addresses(args, environ), args.timeout)
+        cluster = ClusterClient(cluster_addresses(args, environ), args.timeout)
         return COMMANDS[args.command](args, cluster, out)
     except UsageError as e:
         print(f"parkctl: {e}", file=err)

@@ -133,7 +133,7 @@ class NodeOptions(_ConfigOptions):
 
 
 @dataclass(frozen=True)
-class CameraSettings:
+class CameraDaemonSettings:
     camera_id: int
     lot: str
     config: Config
@@ -164,7 +164,7 @@ class CameraOptions(_ConfigOptions):
         ["log-json", None, None, "Also write every log event to FILE as JSON lines."],
     ]
 
-    def build(self) -> CameraSettings:
+    def build(self) -> CameraDaemonSettings:
         if self["camera-id"] is None:
             raise ConfigError("--camera-id: required")
         if not self["lot"]:
@@ -178,7 +178,7 @@ class CameraOptions(_ConfigOptions):
             cluster = tuple(m.client for m in config.members)
         if not cluster:
             raise ConfigError("--cluster: no node addresses (none given and no [[node]] in the config)")
-        return CameraSettings(
+        return CameraDaemonSettings(
             camera_id=camera_id,
             lot=self["lot"],
             config=config,

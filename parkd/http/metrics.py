@@ -102,13 +102,13 @@ class NodeMetrics:
 
     # -- the FrameIntake's observer
 
-    def frame_proposed(self, accepted: bool) -> None:
+    def proposed(self, accepted: bool) -> None:
         self.proposals.labels("accepted" if accepted else "no_leader").inc()
 
-    def frame_acked(self, seconds: float) -> None:
+    def acked(self, seconds: float) -> None:
         self.ack_latency.observe(seconds)
 
-    def frames_applied(self, results) -> None:
+    def applied(self, results) -> None:
         for r in results:
             if r.outcome is Outcome.APPLIED:
                 self.frames_applied.labels(r.lot).inc()

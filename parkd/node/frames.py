@@ -33,24 +33,24 @@ MAX_TIMED_ACKS = 100_000  # frames in flight whose arrival time is remembered
 
 
 class IntakeObserver(Protocol):
-    def frame_proposed(self, accepted: bool) -> None:
+    def proposed(self, accepted: bool) -> None:
         """A frame result was proposed (or forwarded), or refused for want of a leader."""
 
-    def frame_acked(self, seconds: float) -> None:
+    def acked(self, seconds: float) -> None:
         """A waiting camera was acked ``seconds`` after its frame arrived."""
 
-    def frames_applied(self, results) -> None:
+    def applied(self, results) -> None:
         """Entries were applied: their results (applied, duplicate, rejected)."""
 
 
 class _NoObserver:
-    def frame_proposed(self, accepted: bool) -> None:
+    def proposed(self, accepted: bool) -> None:
         pass
 
-    def frame_acked(self, seconds: float) -> None:
+    def acked(self, seconds: float) -> None:
         pass
 
-    def frames_applied(self, results) -> None:
+    def applied(self, results) -> None:
         pass
 
 
@@ -133,12 +133,12 @@ class FrameIntake:
         try:
             self.propose(data)
         except NotLeader:
-            self.observer.frame_proposed(False)
+            self.observer.proposed(False)
             conn.send_envelope(
                 pb.Envelope(unavailable=pb.Unavailable(retry_after_ms=NO_LEADER_RETRY_MS, reason="no leader known"))
             )
             return
-        self.observer.frame_proposed(True)
+        self.observer.proposed(True)
         if key not in self._arrived and len(self._arrived) < MAX_TIMED_ACKS:
             self._arrived[key] = self.clock.seconds()
         self.waiting[key].add(conn)
@@ -176,7 +176,7 @@ class FrameIntake:
                     parkd_event="frame_applied",
                     camera_id=r.camera_id, seq=r.seq, index=r.index, free=r.free, lot=r.lot,
                 )  # fmt: skip
-        self.observer.frames_applied(results)
+        self.observer.applied(results)
         now = self.clock.seconds()
         cameras = self._applied_cameras
         for result in results:
@@ -188,7 +188,7 @@ class FrameIntake:
             arrived = self._arrived.pop(key, None)
             waiters = self.waiting.pop(key, ())
             if waiters and arrived is not None and result.outcome is not Outcome.REJECTED:
-                self.observer.frame_acked(max(0.0, now - arrived))
+                self.observer.acked(max(0.0, now - arrived))
             for conn in waiters:
                 conn.waiting_for.discard((result.camera_id, result.seq))
                 if result.outcome is Outcome.REJECTED:

@@ -22,7 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fuzzkit import captured_logs, fuzz
-from parkd.node.http import READ_TIMEOUT
+from parkd.node.reads import READ_TIMEOUT
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "http"))
 from httpnode import NOW, FakeNode  # noqa: E402  (tests/http/httpnode.py)

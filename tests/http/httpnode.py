@@ -1,8 +1,9 @@
 """A node double for the HTTP port (imported by tests/http as ``httpnode``).
 
-Real ParkingState on in-memory SQLite, a scripted Raft core and driver, a
-``task.Clock``; requests go through the real twisted.web Site over a
-StringTransport (no sockets, no sleeping)."""
+Real ParkingState on in-memory SQLite, real FrameIntake, MembershipManager,
+ReadBarrier and metrics, around a scripted driver (the Raft status they read
+and the event stream they follow); a ``task.Clock``; requests go through the
+real twisted.web Site over a StringTransport (no sockets, no sleeping)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,12 @@ from twisted.internet.testing import StringTransport
 
 from parkd.config import CameraSettings, Config, Lot, parse_address, Member
 from parkd.db import open_engine
+from parkd.http.metrics import NodeMetrics
+from parkd.http.site import build_site
+from parkd.node import driver as events
 from parkd.node.frames import FrameIntake
-from parkd.node.http import build_site
 from parkd.node.membership import MembershipManager
+from parkd.node.reads import ReadBarrier
 from parkd.parking.analyzer import HashAnalyzer
 from parkd.parking.codec import FrameResult, encode
 from parkd.parking.state import ParkingState
@@ -30,46 +34,40 @@ INTERVAL = 2.0
 NOW = 10_000.0
 
 
-class FakeCore:
+class FakeDriver:
+    """The driver's read-only view, its inputs, and its event stream, scripted by the test."""
+
     def __init__(self, node_id=2):
-        self.id = node_id
+        self.node_id = node_id
         self.term = 3
         self.role = Role.FOLLOWER
         self.leader_id: int | None = 1
         self.commit_index = 0
+        self.applied_index = 0
         self.last_index = 0
         self.match_indexes: dict[int, int] = {}
-        self._progress = {}
-        self.asked: list[int] = []  # read index contexts
+        self.progress = {}
         self.membership = Membership((1, 2, 3), (), 0)
         self.snapshot = SnapshotMeta()
+        self.asked: list[int] = []  # read index contexts
+        self.proposed = []
+        self._observers = []
+
+    def subscribe(self, observer, *kinds):
+        self._observers.append((kinds, observer))
+
+    def publish(self, event):
+        for kinds, observer in self._observers:
+            if isinstance(event, kinds):
+                observer(event)
 
     def read_index(self, ctx: int) -> None:
         if self.leader_id is None:
             raise NotLeader(None)
         self.asked.append(ctx)
 
-
-class FakeDriver:
-    def __init__(self, core):
-        self.core = core
-        self.read_state_listeners = []
-        self.applied_listeners = []
-        self.soft_state_listeners = []
-        self.commit_seconds = []
-        self.proposed = []
-        self.entries_listeners = []
-        self.membership_listeners = []
-        self.transfer_listeners = []
-
-    def kick(self):
-        pass
-
-    def read_index(self, ctx):
-        self.core.read_index(ctx)
-
     def propose(self, data):
-        if self.core.leader_id is None:
+        if self.leader_id is None:
             raise NotLeader(None)
         self.proposed.append(data)
 
@@ -102,8 +100,7 @@ class FakeNode:
         self.reactor = self.clock
         self.engine = open_engine("sqlite://")
         self.state = ParkingState(self.engine, LOTS)
-        self.core = FakeCore()
-        self.driver = FakeDriver(self.core)
+        self.driver = self.core = FakeDriver()
         members = tuple(
             Member(i, parse_address(f"127.0.0.1:{7100 + i}", "raft"), parse_address(f"127.0.0.1:{7200 + i}", "c"),
                    parse_address(f"127.0.0.1:{7300 + i}", "http"))
@@ -116,10 +113,19 @@ class FakeNode:
         )
         self.settings = SimpleNamespace(config=config, node_id=2)
         self.peers = SimpleNamespace(links={1: Link(proto=object(), sent=10, dropped=1), 3: Link(sent=4, dropped=7)})
-        self.intake = FrameIntake(self.driver.propose, self.state, HashAnalyzer(), LOTS)
-        self.site = build_site(self)
-        self.membership = MembershipManager(2, self.core, self.driver, None, members, self.clock)
+        self.intake = FrameIntake(self.driver, self.state, HashAnalyzer(), LOTS, self.clock)
+        self.membership = MembershipManager(self.driver, None, members, self.clock)
+        self.reads = ReadBarrier(self.driver, self.clock)
+        self.metrics = NodeMetrics(self.driver, self.state, self.peers, self.intake, list(LOTS))
+        self.build_site()
         self.index = 0
+
+    def build_site(self):
+        """The HTTP port over this node's parts (again, after a test replaced one)."""
+        self.site = build_site(
+            clock=self.clock, state=self.state, driver=self.driver, membership=self.membership, reads=self.reads,
+            metrics=self.metrics, lot_ids=list(LOTS), camera_interval=INTERVAL,
+        )  # fmt: skip
 
     # -- the replicated state
 
@@ -136,18 +142,17 @@ class FakeNode:
             data = encode(FrameResult(camera_id, lot, seq, captured, free))
             entries.append(Entry(self.index, self.core.term, EntryKind.NORMAL, data))
         results = self.state.apply(entries)
-        self.intake.applied(results)
-        self.core.commit_index = max(self.core.commit_index, self.index)
-        self.core.last_index = max(self.core.last_index, self.index)
-        for listener in self.driver.applied_listeners:
-            listener(self.index)
+        driver = self.driver
+        driver.commit_index = max(driver.commit_index, self.index)
+        driver.last_index = max(driver.last_index, self.index)
+        driver.applied_index = self.index
+        driver.publish(events.EntriesApplied(tuple(entries), results, self.index))
         return results
 
     def read_state(self, ctx, index):
         from parkd.raft.core import ReadState
 
-        for listener in self.driver.read_state_listeners:
-            listener(ReadState(ctx, index))
+        self.driver.publish(events.ReadIndexReady(ReadState(ctx, index)))
 
     # -- HTTP
 

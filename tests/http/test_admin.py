@@ -52,6 +52,7 @@ class StubMembership:
 @pytest.fixture
 def stub(node):
     node.membership = StubMembership(node.membership)
+    node.build_site()
     return node.membership
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from parkd.node.http import DEFAULT_LIMIT, MAX_LIMIT, camera_status
+from parkd.http.api import DEFAULT_LIMIT, MAX_LIMIT, camera_status
+from parkd.node import driver as events
 from parkd.raft import confchange
 from parkd.raft.confchange import ConfChange, ConfChangeOp
 from parkd.raft.core import Role
@@ -149,7 +150,7 @@ def test_cluster_lists_the_cores_members_with_addresses_from_the_log(node):
     assert doc["members"][2]["raft"] is None  # no CONFIG entry told this node node 4's addresses
     context = b'{"id":4,"raft":"10.0.0.4:1","client":"10.0.0.4:2","http":"10.0.0.4:3"}'
     data = confchange.encode(ConfChange(ConfChangeOp.ADD_LEARNER, 4, context, (1, 2), (4,)))
-    node.membership.entries_persisted((Entry(9, 3, EntryKind.CONFIG, data),))
+    node.driver.publish(events.EntriesPersisted((Entry(9, 3, EntryKind.CONFIG, data),)))
     member = node.get("/api/v1/cluster").json()["members"][2]
     assert (member["raft"], member["client"], member["http"]) == ("10.0.0.4:1", "10.0.0.4:2", "10.0.0.4:3")
 

@@ -6,9 +6,10 @@ import math
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from parkd.node.metrics import NodeMetrics
+from parkd.http.metrics import NodeMetrics
 from parkd.proto import parkd_pb2 as pb
-from parkd.raft.core import Role, SoftState
+from parkd.node import driver as events
+from parkd.raft.core import Role
 
 
 def scrape(node) -> dict[tuple[str, tuple], float]:
@@ -86,7 +87,7 @@ def test_leader_replication_progress(node):
     probing, streaming = Progress(5, 64), Progress(9, 64)
     streaming.state = ProgressState.REPLICATE
     streaming.inflight.extend([7, 8])
-    node.core._progress = {1: streaming, 3: probing}
+    node.core.progress = {1: streaming, 3: probing}
     s = scrape(node)
     assert value(s, "parkd_peer_next_index", peer="1") == 9
     assert value(s, "parkd_peer_inflight_messages", peer="1") == 2
@@ -104,13 +105,14 @@ def test_peer_links(node):
 
 
 def test_leader_changes_count_new_leaders_and_terms(node):
-    listener = node.driver.soft_state_listeners[0]
-    listener(SoftState(Role.FOLLOWER, 1))
-    listener(SoftState(Role.FOLLOWER, None))
-    listener(SoftState(Role.PRE_CANDIDATE, None))
-    node.core.term = 4
-    listener(SoftState(Role.FOLLOWER, 3))
-    listener(SoftState(Role.FOLLOWER, 3))  # the same leader in the same term again
+    for role, leader, term in [
+        (Role.FOLLOWER, 1, 3),
+        (Role.FOLLOWER, None, 3),
+        (Role.PRE_CANDIDATE, None, 3),
+        (Role.FOLLOWER, 3, 4),
+        (Role.FOLLOWER, 3, 4),  # the same leader in the same term again
+    ]:
+        node.driver.publish(events.LeaderChanged(role, leader, term))
     assert value(scrape(node), "parkd_leader_changes_total") == 2
 
 
@@ -149,9 +151,8 @@ def test_a_frame_answered_at_once_is_not_timed(node):
 
 
 def test_sqlite_commit_durations_and_connected_cameras(node):
-    node.driver.commit_seconds.append(0.0004)
-    node.driver.commit_seconds.append(0.002)
-    del node.driver.commit_seconds[:-1]  # the driver keeps only recent values; the histogram keeps all
+    node.driver.publish(events.Persisted(0.0004))
+    node.driver.publish(events.Persisted(0.002))
     node.intake.cameras = 3
     s = scrape(node)
     assert value(s, "parkd_sqlite_commit_seconds_count") == 2
@@ -177,8 +178,8 @@ def test_http_reads_by_consistency(node):
 
 
 def test_each_node_has_its_own_registry(node):
-    other = NodeMetrics(node)
-    assert other.registry is not node.site.metrics.registry
+    other = NodeMetrics(node.driver, node.state, node.peers, node.intake, ["north"])
+    assert other.registry is not node.metrics.registry
     from prometheus_client import REGISTRY
 
     assert REGISTRY.get_sample_value("parkd_term") is None

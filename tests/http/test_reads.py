@@ -6,7 +6,7 @@ when the entries are applied, and moves a ``task.Clock`` for timeouts.
 
 from __future__ import annotations
 
-from parkd.node.http import READ_ATTEMPTS, READ_RETRY_DELAY, READ_TIMEOUT
+from parkd.node.reads import READ_ATTEMPTS, READ_RETRY_DELAY, READ_TIMEOUT
 
 
 def free_of(response, lot="north"):
@@ -50,7 +50,7 @@ def test_reads_complete_in_index_order_and_ignore_other_contexts(node):
     assert first.response().status == 200 and second.response() is None
     node.apply(7, 2, 41)
     assert second.response().json()["cameras"][0]["last_seq"] == 2
-    assert node.site.reads.pending == 0
+    assert node.reads.pending == 0
 
 
 def test_no_leader_known_is_503_with_retry_after(node):
@@ -91,7 +91,7 @@ def test_no_answer_from_the_leader_times_out_with_503(node):
     assert r.status == 503 and r.headers["retry-after"] == "1"
     assert "no leader confirmed the read within 2 s" in r.json()["error"]
     node.read_state(node.core.asked[0], 1)  # a late answer changes nothing
-    assert node.site.reads.pending == 0
+    assert node.reads.pending == 0
 
 
 def test_not_catching_up_in_time_is_503(node):
@@ -104,9 +104,9 @@ def test_not_catching_up_in_time_is_503(node):
 
 def test_a_client_that_goes_away_drops_its_read(node):
     request = node.request("/api/v1/lots")
-    assert node.site.reads.pending == 1
+    assert node.reads.pending == 1
     request.disconnect()
-    assert node.site.reads.pending == 0
+    assert node.reads.pending == 0
     assert [c for c in node.clock.getDelayedCalls() if c.func.__name__ == "_expire"] == []
     node.read_state(node.core.asked[0], 0)  # nothing is retried for it
     node.clock.advance(READ_RETRY_DELAY)
@@ -118,4 +118,4 @@ def test_a_client_that_goes_away_while_waiting_for_the_apply(node):
     node.read_state(node.core.asked[0], 1)
     request.disconnect()
     node.apply(7, 1, 40)  # nothing to write to, nothing raised
-    assert node.site.reads.pending == 0
+    assert node.reads.pending == 0

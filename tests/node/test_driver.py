@@ -1,15 +1,18 @@
-"""The Ready loop on an injected clock: persist before send, group commit, fatal storage errors."""
+"""The Ready loop on an injected clock: persist before send, group commit, fatal storage
+errors, snapshot installs, and the event stream."""
 
 import random
 
+from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from parkd.db import StorageError
+from parkd.node import driver as events
 from parkd.node.driver import RaftDriver
 from parkd.raft.core import CoreConfig, NotLeader, RaftCore, Role
-from parkd.raft.messages import AppendEntries, AppendResponse, VoteRequest, VoteResponse
+from parkd.raft.messages import AppendEntries, AppendResponse, InstallSnapshot, VoteRequest, VoteResponse
 from parkd.raft.storage import MemoryStorage
-from parkd.raft.types import EntryKind
+from parkd.raft.types import EntryKind, SnapshotMeta
 
 TICK = 0.05
 CONFIG = CoreConfig(election_ticks=4, heartbeat_ticks=1)
@@ -21,46 +24,85 @@ class RecordingStorage(MemoryStorage):
         self.log = log
         self.fail = False
 
-    def save(self, hard_state, entries):
+    def save(self, hard_state, entries, *, sync=True):
         if self.fail:
             raise StorageError("disk on fire")
-        self.log.append(("save", hard_state, tuple(entries)))
-        super().save(hard_state, entries)
+        self.log.append(("save", hard_state, tuple(entries), sync))
+        super().save(hard_state, entries, sync=sync)
+
+    def compact(self, upto_index, meta):
+        self.log.append(("compact", upto_index, meta))
+        super().compact(upto_index, meta)
+
+
+class StateMachine:
+    """Applies into a list; installs when its Deferred is fired by the test."""
+
+    def __init__(self, log):
+        self.log = log
+        self.applied = []
+        self.broken = None
+        self.installing: list[tuple[SnapshotMeta, defer.Deferred]] = []
+
+    def apply(self, entries):
+        if self.broken is not None:
+            raise self.broken
+        self.log.append(("apply", tuple(e.index for e in entries)))
+        self.applied.extend(entries)
+        return [e.index for e in entries]
+
+    def install(self, meta):
+        self.log.append(("install", meta))
+        d = defer.Deferred()
+        self.installing.append((meta, d))
+        return d
 
 
 def make(voters=(1,), node_id=1):
     log, clock, fatal = [], Clock(), []
     storage = RecordingStorage(log)
     core = RaftCore(node_id, voters, storage.load(), random.Random(1), CONFIG)
-    applied = []
+    machine = StateMachine(log)
     driver = RaftDriver(
-        core, storage, lambda m: log.append(("send", m)), applied.extend, clock, TICK, on_fatal=lambda: fatal.append(1)
+        core, storage, lambda m: log.append(("send", m)), machine, clock, TICK, on_fatal=lambda: fatal.append(1)
     )
     driver.start()
-    return driver, clock, log, storage, applied, fatal
+    return driver, clock, log, storage, machine, fatal
 
 
 def become_leader(driver, clock):
     for _ in range(20):
         clock.advance(TICK)
-        if driver.core.role is Role.LEADER:
+        if driver.role is Role.LEADER:
             return
     raise AssertionError("single node did not elect itself")
 
 
+def elect(driver, clock):
+    """Make node 1 of three the leader (its peers grant)."""
+    while driver.role is not Role.CANDIDATE:
+        clock.advance(TICK)
+        if driver.role is Role.PRE_CANDIDATE:
+            driver.step(VoteResponse(driver.term + 1, 2, 1, granted=True, pre_vote=True))
+            clock.advance(0)
+    driver.step(VoteResponse(driver.term, 2, 1, granted=True))
+    clock.advance(0)
+    assert driver.role is Role.LEADER
+
+
 def test_single_node_elects_itself_and_applies_proposals():
-    driver, clock, log, storage, applied, _ = make()
+    driver, clock, log, storage, machine, _ = make()
     become_leader(driver, clock)
     clock.advance(0)
     driver.propose(b"a")
     driver.propose(b"b")
     clock.advance(0)
-    assert [e.data for e in applied if e.kind is EntryKind.NORMAL] == [b"a", b"b"]
-    assert applied[0].kind is EntryKind.NOOP  # §5.4.2: a new leader's no-op comes first
+    assert [e.data for e in machine.applied if e.kind is EntryKind.NORMAL] == [b"a", b"b"]
+    assert machine.applied[0].kind is EntryKind.NOOP  # §5.4.2: a new leader's no-op comes first
 
 
 def test_proposals_of_one_reactor_turn_are_one_transaction():
-    driver, clock, log, storage, applied, _ = make()
+    driver, clock, log, storage, machine, _ = make()
     become_leader(driver, clock)
     clock.advance(0)
     log.clear()
@@ -73,7 +115,7 @@ def test_proposals_of_one_reactor_turn_are_one_transaction():
 
 
 def test_vote_is_persisted_before_the_response_is_sent():
-    driver, clock, log, storage, applied, _ = make(voters=(1, 2, 3))
+    driver, clock, log, storage, machine, _ = make(voters=(1, 2, 3))
     driver.step(VoteRequest(term=5, src=2, dst=1, last_log_index=0, last_log_term=0))
     clock.advance(0)
     save = next(i for i, entry in enumerate(log) if entry[0] == "save" and entry[1] and entry[1].vote == 2)
@@ -83,7 +125,7 @@ def test_vote_is_persisted_before_the_response_is_sent():
 
 
 def test_missed_ticks_are_replayed_after_a_stall():
-    driver, clock, log, storage, applied, _ = make(voters=(1, 2, 3))
+    driver, clock, log, storage, machine, _ = make(voters=(1, 2, 3))
     clock.advance(TICK * 3.5)  # one callback, three ticks counted
     # CONFIG.election_ticks=4: 3 ticks are not yet an election; 8 more certainly are.
     clock.advance(TICK * 8)
@@ -92,17 +134,10 @@ def test_missed_ticks_are_replayed_after_a_stall():
 
 def test_a_leaders_appends_are_sent_before_its_own_write():
     """Dissertation §10.2.1: followers write the entries while the leader does."""
-    driver, clock, log, storage, applied, _ = make(voters=(1, 2, 3))
-    while driver.core.role is not Role.CANDIDATE:
-        clock.advance(TICK)
-        if driver.core.role is Role.PRE_CANDIDATE:
-            driver.step(VoteResponse(driver.core.term + 1, 2, 1, granted=True, pre_vote=True))
-            clock.advance(0)
-    driver.step(VoteResponse(driver.core.term, 2, 1, granted=True))
-    clock.advance(0)
-    assert driver.core.role is Role.LEADER
+    driver, clock, log, storage, machine, _ = make(voters=(1, 2, 3))
+    elect(driver, clock)
     for peer in (2, 3):  # the no-op is replicated: both followers are pipelined
-        driver.step(AppendResponse(driver.core.term, peer, 1, True, match_index=1))
+        driver.step(AppendResponse(driver.term, peer, 1, True, match_index=1))
     clock.advance(0)
     log.clear()
     driver.propose(b"a")
@@ -114,7 +149,7 @@ def test_a_leaders_appends_are_sent_before_its_own_write():
 
 
 def test_storage_error_stops_the_node_without_sending():
-    driver, clock, log, storage, applied, fatal = make(voters=(1, 2, 3))
+    driver, clock, log, storage, machine, fatal = make(voters=(1, 2, 3))
     storage.fail = True
     driver.step(VoteRequest(term=5, src=2, dst=1, last_log_index=0, last_log_term=0))
     clock.advance(0)
@@ -127,14 +162,11 @@ def test_storage_error_stops_the_node_without_sending():
 def test_an_unexpected_error_in_the_ready_loop_stops_the_node():
     """A bug (here: the state machine raising) must not leave a Ready outstanding
     while the process lives on with Raft stopped for good."""
-    driver, clock, log, storage, applied, fatal = make()
+    driver, clock, log, storage, machine, fatal = make()
     become_leader(driver, clock)
     clock.advance(0)
 
-    def broken_apply(entries):
-        raise RuntimeError("state machine bug")
-
-    driver.apply = broken_apply
+    machine.broken = RuntimeError("state machine bug")
     driver.propose(b"a")
     clock.advance(0)
     assert fatal == [1]
@@ -151,3 +183,85 @@ def test_propose_without_leader_raises_not_leader():
         assert e.leader_id is None
     else:
         raise AssertionError("expected NotLeader")
+
+
+def test_a_save_is_fsynced_as_the_ready_says():
+    driver, clock, log, storage, machine, _ = make()
+    become_leader(driver, clock)
+    clock.advance(0)
+    log.clear()
+    driver.propose(b"a")
+    clock.advance(0)
+    saves = [entry for entry in log if entry[0] == "save"]
+    assert [(bool(entries), sync) for _, _, entries, sync in saves] == [(True, True), (False, False)]
+
+
+def test_events_follow_the_ready_in_order():
+    driver, clock, log, storage, machine, _ = make()
+    seen = []
+    driver.subscribe(seen.append, events.LeaderChanged, events.EntriesPersisted, events.EntriesApplied,
+                     events.Persisted)  # fmt: skip
+    become_leader(driver, clock)
+    clock.advance(0)
+    kinds = [type(e).__name__ for e in seen]
+    assert kinds.index("Persisted") < kinds.index("EntriesPersisted") < kinds.index("EntriesApplied")
+    leader = [e for e in seen if isinstance(e, events.LeaderChanged)]
+    assert leader[-1] == events.LeaderChanged(Role.LEADER, 1, driver.term)
+    applied = [e for e in seen if isinstance(e, events.EntriesApplied)]
+    assert applied[-1].results == [1] and applied[-1].applied_index == 1
+
+
+def test_a_received_snapshot_is_installed_before_anything_else_and_the_loop_waits():
+    """§7: the install is durable before the answer to the leader and before later entries."""
+    driver, clock, log, storage, machine, fatal = make(voters=(1, 2, 3))
+    installed = []
+    driver.subscribe(installed.append, events.SnapshotInstalled)
+    meta = SnapshotMeta(10, 2, (1, 2, 3))
+    driver.step(InstallSnapshot(2, 2, 1, 10, 2, 0, b"", True, (1, 2, 3)))
+    clock.advance(0)
+    assert [entry[0] for entry in log] == ["install"] and machine.installing[0][0] == meta
+    driver.step(AppendEntries(2, 2, 1, 10, 2, (), 10))  # the leader goes on meanwhile
+    clock.advance(TICK)
+    assert [entry[0] for entry in log] == ["install"]  # nothing saved or sent yet
+    machine.installing[0][1].callback(None)
+    clock.advance(0)
+    assert installed == [events.SnapshotInstalled(meta)]
+    first_send = next(i for i, entry in enumerate(log) if entry[0] == "send")
+    assert [entry[0] for entry in log[:first_send]] == ["install", "save"]
+    assert log[first_send][1] == AppendResponse(2, 1, 2, True, match_index=10)
+    assert driver.applied_index == 10 and fatal == []
+
+
+def test_a_failed_install_stops_the_node():
+    driver, clock, log, storage, machine, fatal = make(voters=(1, 2, 3))
+    driver.step(InstallSnapshot(2, 2, 1, 10, 2, 0, b"", True, (1, 2, 3)))
+    clock.advance(0)
+    machine.installing[0][1].errback(StorageError("disk full"))
+    assert fatal == [1]
+    assert [entry for entry in log if entry[0] == "send"] == []
+
+
+def test_a_snapshot_taken_is_compacted_in_storage_by_the_next_ready():
+    driver, clock, log, storage, machine, _ = make()
+    become_leader(driver, clock)
+    for n in range(5):
+        driver.propose(b"%d" % n)
+    clock.advance(0)
+    compacted = []
+    driver.subscribe(compacted.append, events.LogCompacted)
+    meta = SnapshotMeta(4, driver.term, (1,))
+    assert driver.snapshot_taken(meta, 3) is True
+    assert driver.snapshot_taken(SnapshotMeta(2, driver.term, (1,)), 1) is False  # older: ignored
+    clock.advance(0)
+    assert ("compact", 3, meta) in log and compacted == [events.LogCompacted(meta, 3)]
+    assert storage.load().snapshot == meta
+
+
+def test_an_apply_storage_error_stops_the_node():
+    driver, clock, log, storage, machine, fatal = make()
+    become_leader(driver, clock)
+    clock.advance(0)
+    machine.broken = StorageError("disk gone")
+    driver.propose(b"a")
+    clock.advance(0)
+    assert fatal == [1]
