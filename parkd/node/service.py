@@ -20,10 +20,10 @@ from parkd.node.http import build_site
 from parkd.node.membership import MembershipManager
 from parkd.node.peers import PeerService
 from parkd.node.ports import ClientPortFactory, RaftPortFactory
-from parkd.node.snapshots import SnapshotManager
+from parkd.node.snapshots import CompactionPolicy, SnapshotManager
 from parkd.parking.analyzer import HashAnalyzer
 from parkd.parking.retention import ensure_retention_index, retention_entry
-from parkd.parking.snapshot import CompactionPolicy, read_snapshot_meta
+from parkd.parking.snapshot import read_snapshot_meta
 from parkd.parking.codec import CodecError
 from parkd.parking.state import Outcome, ParkingState
 from parkd.raft.core import CoreConfig, NotLeader, RaftCore, Role

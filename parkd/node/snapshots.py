@@ -1,9 +1,11 @@
 """Snapshots on a node: take them, compact the log, send and install them (Raft §7).
 
+- When: :class:`CompactionPolicy` says when to snapshot and how much log to keep.
 - Taking: once the applied log passes the policy's threshold, the parking state
-  is copied to a snapshot file on a dedicated thread (a read transaction on its
-  own connection, so the reactor keeps applying meanwhile); back on the reactor
-  the core and the storage forget the log up to a trailing margin.
+  is pinned on the reactor thread (a read transaction on its own connection),
+  where the core also says the term and configuration at the pinned index; the
+  copy runs on a dedicated thread, so the reactor keeps applying meanwhile; back
+  on the reactor the core and the storage forget the log up to a trailing margin.
 - Sending: the core asks for a snapshot with an empty ``InstallSnapshot``; this
   module streams the file in chunks well below the wire limit, one chunk per
   ``SnapshotResponse``, resuming where the follower's answer says, and reports
@@ -12,6 +14,9 @@
 - Receiving: chunks go to a resumable ``SnapshotReceiver``; a complete, verified
   file is installed (parking tables and Raft storage in one transaction) and
   the core restarts its log after it.
+
+The file format is ``parkd/parking/snapshot.py``; the chunk stream and the
+receiver are ``parkd/node/snapshot_stream.py``.
 """
 
 from __future__ import annotations
@@ -19,27 +24,67 @@ from __future__ import annotations
 import glob
 import itertools
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 
+import sqlalchemy as sa
+from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from parkd.node.snapshot_stream import CHUNK_SIZE, SnapshotReceiver, read_chunk, snapshot_sha256, transfer_size
 from parkd.parking.snapshot import (
-    CHUNK_SIZE,
-    CompactionPolicy,
+    SnapshotContents,
     SnapshotError,
     SnapshotInfo,
-    SnapshotReceiver,
-    StaleMembership,
-    install_snapshot,
-    read_chunk,
+    pin_state,
     read_snapshot_meta,
-    transfer_size,
-    write_snapshot,
+    restore_snapshot,
 )
 from parkd.raft.messages import InstallSnapshot, SnapshotResponse
+from parkd.raft.storage import SqliteStorage, install_snapshot_in
 
 SEND_TIMEOUT = 5.0  # seconds without an answer before a transfer is given up
+
+
+@dataclass(frozen=True, slots=True)
+class CompactionPolicy:
+    """When to snapshot and how much log to keep (issue 6: entries and bytes, configurable).
+
+    Snapshot once the log holds more than ``max_entries`` entries or ``max_bytes`` of
+    entry data beyond the last snapshot; then ``compact(compact_upto(S), meta)`` keeps
+    the ``margin`` entries up to the snapshot index ``S`` (and all after it), so a
+    follower a little behind still gets AppendEntries instead of a whole snapshot.
+    A frame result is ~30 bytes, so the byte bound only matters for other entries.
+    """
+
+    max_entries: int = 100_000
+    max_bytes: int = 64 << 20
+    margin: int = 10_000
+
+    def __post_init__(self) -> None:
+        if self.max_entries < 1 or self.max_bytes < 1 or self.margin < 0:
+            raise ValueError(f"bad compaction policy {self}")
+
+    def should_snapshot(self, entries_since: int, bytes_since: int) -> bool:
+        return entries_since > self.max_entries or bytes_since > self.max_bytes
+
+    def compact_upto(self, snapshot_index: int) -> int:
+        return max(0, snapshot_index - self.margin)
+
+
+def install_snapshot(engine: sa.Engine, storage: SqliteStorage, path: str) -> SnapshotContents:
+    """Replace the parking tables and the Raft log by the snapshot file ``path``, in ONE transaction.
+
+    Refreshes ``storage``'s cached log position afterwards.  Errors as
+    :func:`parkd.parking.snapshot.restore_snapshot` (and ValueError for a snapshot
+    older than the stored one).
+    """
+    meta = read_snapshot_meta(path).meta
+    contents = restore_snapshot(engine, path, lambda conn: install_snapshot_in(conn, meta))
+    storage.refresh()
+    return contents
 
 
 class _Transfer:
@@ -101,15 +146,46 @@ class SnapshotManager:
             self.take()
 
     def take(self):
-        core = self.node.core
+        """Pin the applied state here, on the reactor thread; copy it on the snapshot thread."""
         self.taking = True
-        config = core.config_at(core.applied_index)
-        members = self.node.membership.members_for_snapshot() if hasattr(self.node, "membership") else ()
-        path = os.path.join(self.directory, f"snapshot-{core.applied_index}-{next(self._names)}.db")
-        d = deferToThreadPool(
-            self.node.reactor, self._pool, write_snapshot, self.node.db_path, path, config, members=members
-        )
+        try:
+            copy = self.pin()
+        except Exception:
+            return defer.fail().addErrback(self._take_failed)
+        d = deferToThreadPool(self.node.reactor, self._pool, copy)
         return d.addCallbacks(self._taken, self._take_failed)
+
+    def pin(self) -> Callable[[], SnapshotInfo]:
+        """Fix the state to snapshot and what Raft says of its index, now; returns the copy to run.
+
+        The index is the applied state's as of this reactor turn, which the core's
+        log holds (it is at or above the core's snapshot); the term and configuration
+        come from the core at that index, so the copy needs nothing from Raft.  The
+        copy also computes the file's digest for sending it (:func:`snapshot_sha256`).
+        """
+        core = self.node.core
+        pinned = pin_state(self.node.db_path)
+        try:
+            index = pinned.index
+            term = core.log.term_at(index)
+            if term is None:
+                raise SnapshotError(f"the term of index {index} is not in the log")
+            config = core.config_at(index)
+            members = self.node.membership.members_for_snapshot() if hasattr(self.node, "membership") else ()
+        except BaseException:
+            pinned.close()
+            raise
+        path = os.path.join(self.directory, f"snapshot-{index}-{next(self._names)}.db")
+
+        def copy() -> SnapshotInfo:
+            info = pinned.write(
+                path, term=term, voters=config.voters, learners=config.learners, config_index=config.index,
+                members=members,
+            )  # fmt: skip
+            snapshot_sha256(info.path)
+            return info
+
+        return copy
 
     def _taken(self, info: SnapshotInfo) -> SnapshotInfo | None:
         self.taking = False
@@ -135,10 +211,7 @@ class SnapshotManager:
 
     def _take_failed(self, failure) -> None:
         self.taking = False
-        if failure.check(StaleMembership):
-            self.log.info("snapshot skipped: membership changed while it was taken")
-        else:
-            self.log.failure("taking a snapshot failed", failure)
+        self.log.failure("taking a snapshot failed", failure)
 
     # ------------------------------------------------------------ sending
 
@@ -217,7 +290,7 @@ class SnapshotManager:
         if not node.core.offer_snapshot(meta):
             node.driver.kick()
             return True  # nothing to install: the core answered the leader itself
-        install_snapshot(node.engine, path, node.storage)
+        install_snapshot(node.engine, node.storage, path)
         if not node.core.restore(meta):
             raise AssertionError(f"core refused snapshot {meta} after offering it")
         node.intake.forget_applied_state()
