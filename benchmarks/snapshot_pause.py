@@ -5,12 +5,13 @@
 Builds a node.db like a busy node's (parking tables with N frames from 100 cameras in
 log order, the last 10k log entries, a stored snapshot below them), then per run:
 
-(a) ``write_snapshot`` in a background thread: wall time and file size;
+(a) ``pin_state`` on the main thread, then ``PinnedState.write`` in a background thread
+    (as the node does): wall time and file size;
 (b) meanwhile the MAIN thread plays reactor: it wakes every 10 ms, records how late it
     woke, and applies one new frame per wake-up (SqliteStorage.save + ParkingState.apply,
     as the node does), recording the longest such write;
-(c) ``install_snapshot`` of the file into a fresh database (a new follower) and into a
-    copy of the full one (a lagging follower: every row replaced).
+(c) ``install_snapshot`` (parkd/node/snapshots.py) of the file into a fresh database (a
+    new follower) and into a copy of the full one (a lagging follower: every row replaced).
 
 Also: a baseline of (b) without a snapshot, the same with ``batch_rows`` slices, and one
 retention trim.  Prints medians of the runs.  Not a test: it sleeps and takes a while.
@@ -29,6 +30,7 @@ import threading
 import time
 
 from parkd.db import open_engine
+from parkd.node.snapshots import install_snapshot
 from parkd.parking import snapshot
 from parkd.parking.codec import FrameResult, encode
 from parkd.parking.retention import ensure_retention_index, trim_history
@@ -103,7 +105,7 @@ def install_in_thread_run(snap: str, target: str, index: bool) -> dict:
     state = ParkingState(engine, LOTS)
     if index:
         ensure_retention_index(engine)
-    thread = threading.Thread(target=lambda: snapshot.install_snapshot(engine, snap, storage))
+    thread = threading.Thread(target=lambda: install_snapshot(engine, storage, snap))
     late = []
     due = time.perf_counter() + TICK_S
     thread.start()
@@ -156,9 +158,11 @@ class Reactor:
 def snapshot_run(db: str, out: str, n: int, rows: int | None) -> dict:
     reactor = Reactor(db, reactor_next(db))
     box: list = []
-    config, members = snapshot.SnapshotConfig((1, 2, 3)), tuple({"id": i} for i in (1, 2, 3))
+    members = tuple({"id": i} for i in (1, 2, 3))
+    pinned = snapshot.pin_state(db)  # on the "reactor", as the node does; build() wrote term 1 everywhere
+    raft = {"term": 1, "voters": (1, 2, 3), "learners": (), "config_index": 0}
     thread = threading.Thread(
-        target=lambda: box.append(snapshot.write_snapshot(db, out, config, members=members, batch_rows=rows)),
+        target=lambda: box.append(pinned.write(out, **raft, members=members, batch_rows=rows)),
         name="snapshot-writer",
     )
     thread.start()
@@ -184,7 +188,7 @@ def install_run(snap: str, target: str, fresh: bool, index: bool) -> float:
     if index:
         ensure_retention_index(engine)
     started = time.perf_counter()
-    snapshot.install_snapshot(engine, snap, storage)
+    install_snapshot(engine, storage, snap)
     seconds = time.perf_counter() - started
     engine.dispose()
     return seconds

@@ -36,7 +36,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from parkd.node.driver import EntriesApplied, LogCompacted
-from parkd.node.snapshot_stream import CHUNK_SIZE, SnapshotReceiver, read_chunk, transfer_size
+from parkd.node.snapshot_stream import CHUNK_SIZE, SnapshotReceiver, read_chunk, snapshot_sha256, transfer_size
 from parkd.parking.snapshot import SnapshotError, SnapshotInfo, pin_state, read_snapshot_meta, restore_snapshot
 from parkd.raft.messages import InstallSnapshot, SnapshotResponse
 from parkd.raft.storage import install_snapshot_in
@@ -156,15 +156,25 @@ class SnapshotManager:
             self.taking = False
             self.log.error("cannot take a snapshot: {error}", error=str(e))
             return defer.succeed(None)
-        index = pinned.index
-        config = self.driver.config_at(index)
+        try:
+            index = pinned.index
+            term = self.driver.term_at(index)
+            if term is None:
+                raise SnapshotError(f"the term of index {index} is not in the log")
+            config = self.driver.config_at(index)
+            members = self.membership.members_for_snapshot()
+        except BaseException:
+            pinned.close()
+            raise
         path = os.path.join(self.directory, f"snapshot-{index}-{next(self._names)}.db")
-        d = deferToThreadPool(
-            self.clock, self._pool, pinned.write, path,
-            term=self.driver.term_at(index), voters=config.voters, learners=config.learners,
-            config_index=config.index, members=self.membership.members_for_snapshot(),
-        )  # fmt: skip
-        return d.addCallbacks(self._taken, self._take_failed)
+
+        def copy() -> SnapshotInfo:  # on the snapshot thread
+            info = pinned.write(path, term=term, voters=config.voters, learners=config.learners,
+                                config_index=config.index, members=members)  # fmt: skip
+            snapshot_sha256(info.path)  # the transfer's trailer, computed here rather than at sending
+            return info
+
+        return deferToThreadPool(self.clock, self._pool, copy).addCallbacks(self._taken, self._take_failed)
 
     def _taken(self, info: SnapshotInfo) -> SnapshotInfo | None:
         self.taking = False

@@ -267,7 +267,7 @@ def test_a_leader_ignores_a_match_index_beyond_its_own_log():
 # ------------------------------------------------------------------ snapshots from a peer
 #
 # F6: a received snapshot was trusted once its digest matched.  A file without one
-# of the tables install_snapshot copies made it raise StorageError out of the raft
+# of the tables the install copies made it raise StorageError out of the raft
 # port's handler; one naming no voters was installed (parking tables and Raft
 # storage replaced) and then core.restore raised, leaving the core and the disk at
 # odds (the next save was refused: the Ready loop stopped); ids that are not
@@ -280,8 +280,8 @@ def crafted_snapshot(tmp_path, damage: str) -> bytes:
     import sqlite3
 
     from parkd.parking.codec import FrameResult, encode
-    from parkd.parking.snapshot import write_snapshot
-    from parkd.raft.types import HardState, Membership
+    from parkd.parking.snapshot import pin_state
+    from parkd.raft.types import HardState
 
     engine = open_engine(str(tmp_path / "leader.db"))
     storage, state = SqliteStorage(engine), ParkingState(engine, {"north": 100, "south": 60})
@@ -290,7 +290,7 @@ def crafted_snapshot(tmp_path, damage: str) -> bytes:
     state.apply(entries)
     engine.dispose()
     out = tmp_path / "snapshot.db"
-    write_snapshot(str(tmp_path / "leader.db"), str(out), Membership((1, 2, 3)))
+    pin_state(str(tmp_path / "leader.db")).write(str(out), term=1, voters=(1, 2, 3), learners=(), config_index=0)
     with sqlite3.connect(out) as db:
         db.executescript(damage)
     data = out.read_bytes()

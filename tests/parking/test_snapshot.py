@@ -1,9 +1,7 @@
-"""Snapshots of the parking state: consistent while the node writes, chunked transfer, install, restart."""
+"""The parking state's snapshot file: pinned while the node writes, exact, restorable with the Raft half."""
 
 from __future__ import annotations
 
-import hashlib
-import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -11,35 +9,27 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from parkd.db import open_engine
 from parkd.parking.codec import FrameResult, encode
 from parkd.parking.retention import retention_entry
 from parkd.parking.snapshot import (
-    DIGEST_SIZE,
-    CompactionPolicy,
-    Received,
-    SnapshotConfig,
     SnapshotContents,
     SnapshotError,
-    SnapshotReceiver,
-    StaleMembership,
-    file_sha256,
-    install_snapshot,
-    iter_chunks,
-    read_chunk,
+    SnapshotInfo,
+    pin_state,
     read_snapshot_meta,
-    snapshot_sha256,
-    transfer_size,
-    write_snapshot,
+    restore_snapshot,
 )
 from parkd.parking.state import Outcome, ParkingState
-from parkd.raft.storage import SqliteStorage, open_engine
-from parkd.raft.types import Entry, EntryKind, HardState, PersistedState, SnapshotMeta
+from parkd.raft.storage import SqliteStorage, install_snapshot_in
+from parkd.raft.types import Entry, EntryKind, HardState, Membership, PersistedState, SnapshotMeta
 
 LOTS = {"north": 100, "south": 60}
-CONFIG = SnapshotConfig(voters=(1, 2, 3), learners=(4,))
+CONFIG = Membership(voters=(1, 2, 3), learners=(4,))
 MEMBERS = tuple({"id": i, "raft": f"127.0.0.1:710{i}", "client": f"127.0.0.1:720{i}"} for i in (1, 2, 3, 4))
 WAIT_S = 30  # a bound on every wait for the writer thread, never a pause
 TABLES = ("lots", "cameras", "frames", "applied")
+FORMAT_1 = Path(__file__).parent / "data" / "snapshot-format-1.sql"
 
 
 def frame_entry(index: int, term: int = 1) -> Entry:
@@ -57,6 +47,14 @@ def history(first: int, last: int, term: int = 1) -> list[Entry]:
     return [frame_entry(i, term) for i in range(first, last + 1)]
 
 
+def write(pinned, out, *, term: int = 1, config: Membership = CONFIG, members=MEMBERS, **kwargs) -> SnapshotInfo:
+    """Step 2 with what the node's core would say about the pinned index."""
+    voters, learners = config.voters, config.learners
+    return pinned.write(
+        str(out), term=term, voters=voters, learners=learners, config_index=config.index, members=members, **kwargs
+    )
+
+
 class Node:
     """A node's database: Raft storage and parking state on one file, as parkd/node has them."""
 
@@ -70,6 +68,17 @@ class Node:
         """Persist ``entries`` as committed, then apply them (the driver's order)."""
         self.storage.save(HardState(term, 1, entries[-1].index), entries)
         self.state.apply(entries)
+
+    def snapshot(self, out, **kwargs) -> SnapshotInfo:
+        """Pin, then write at once: the state at ``last_applied``."""
+        return write(pin_state(self.path), out, **kwargs)
+
+    def install(self, path) -> SnapshotContents:
+        """Both halves in one transaction, as the node installs a snapshot from its leader."""
+        meta = read_snapshot_meta(path).meta
+        contents = restore_snapshot(self.engine, path, lambda conn: install_snapshot_in(conn, meta))
+        self.storage.refresh()
+        return contents
 
     def tables(self) -> dict[str, list[tuple]]:
         with self.engine.connect() as conn:
@@ -94,10 +103,18 @@ def follower(tmp_path):
     node.close()
 
 
-def file_tables(path: str) -> dict[str, list[tuple]]:
+def file_tables(path, tables=TABLES) -> dict[str, list[tuple]]:
     conn = sqlite3.connect(path)
     try:
-        return {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall() for t in TABLES}
+        return {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall() for t in tables}
+    finally:
+        conn.close()
+
+
+def file_schema(path) -> list[tuple]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall()
     finally:
         conn.close()
 
@@ -116,295 +133,161 @@ def reference(entries: list[Entry]) -> dict[str, list[tuple]]:
 # -- writing ----------------------------------------------------------------------------------------
 
 
-def test_a_snapshot_holds_the_state_at_last_applied(leader, tmp_path):
+def test_a_snapshot_holds_the_state_at_last_applied_and_what_the_caller_says_of_it(leader, tmp_path):
     leader.log(history(1, 60, term=2), term=2)
     out = tmp_path / "snap.db"
-    info = write_snapshot(leader.path, str(out), CONFIG, members=MEMBERS)
+    pinned = pin_state(leader.path)
+    assert pinned.index == 60
+    info = write(pinned, out, term=2, config=Membership((1, 2, 3), (4,), index=11))
     assert (info.path, info.index, info.term) == (str(out), 60, 2)
     assert (info.voters, info.learners) == ((1, 2, 3), (4,))
     assert info.meta == SnapshotMeta(60, 2, (1, 2, 3), (4,))
     assert info.size_bytes == out.stat().st_size and info.seconds > 0
-    assert info.sha256 == file_sha256(out) == snapshot_sha256(out)
     assert file_tables(str(out)) == leader.tables() == reference(history(1, 60))
-    assert read_snapshot_meta(out) == SnapshotContents(SnapshotMeta(60, 2, (1, 2, 3), (4,)), MEMBERS, 0)
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("snap", ".snap"))) == [
-        "snap.db",
-        "snap.db.sha256",
-    ]
+    assert read_snapshot_meta(out) == SnapshotContents(SnapshotMeta(60, 2, (1, 2, 3), (4,)), MEMBERS, 11)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("snap", ".snap"))) == ["snap.db"]
 
 
 def test_an_empty_state_makes_an_empty_snapshot(leader, tmp_path):
-    info = write_snapshot(leader.path, str(tmp_path / "snap.db"))
+    info = leader.snapshot(tmp_path / "snap.db", term=0, config=Membership(), members=())
     assert (info.index, info.term, info.voters) == (0, 0, ())
     assert read_snapshot_meta(info.path) == SnapshotContents(SnapshotMeta(), (), 0)
     assert file_tables(info.path)["frames"] == []
 
 
-def test_the_snapshot_is_the_state_at_its_index_while_the_main_thread_applies(leader, tmp_path):
+def test_the_snapshot_is_the_state_at_the_pinned_index_whatever_is_applied_before_the_copy(leader, tmp_path):
     leader.log(history(1, 50))
-    pinned, resume, outcome = threading.Event(), threading.Event(), []
+    pinned = pin_state(leader.path)
+    for start in range(51, 151, 10):  # the reactor goes on applying after the pin
+        leader.log(history(start, start + 9))
+    info = write(pinned, tmp_path / "s.db")
+    assert info.index == 50 and leader.state.last_applied() == 150
+    assert file_tables(info.path) == reference(history(1, 50))
+    assert read_snapshot_meta(info.path).meta.index == 50
 
-    def on_pinned(index: int) -> None:
-        pinned.set()
-        if not resume.wait(WAIT_S):
-            raise TimeoutError("the main thread never resumed the writer")
+
+def test_the_copy_on_a_worker_thread_while_the_main_thread_applies_is_exactly_the_pinned_state(leader, tmp_path):
+    leader.log(history(1, 2_000))
+    pinned = pin_state(leader.path)  # on the "reactor" thread
+    outcome, applied = [], 2_000
 
     def run() -> None:
         try:
-            outcome.append(write_snapshot(leader.path, str(tmp_path / "s.db"), CONFIG, on_pinned=on_pinned))
+            outcome.append(write(pinned, tmp_path / "snap.db", batch_rows=100))
         except BaseException as exc:
             outcome.append(exc)
 
     writer = threading.Thread(target=run)
-    writer.start()
-    try:
-        assert pinned.wait(WAIT_S)
-        # The writer's read transaction is open: the reactor thread goes on writing.
-        for start in range(51, 151, 10):
-            leader.log(history(start, start + 9))
-    finally:
-        resume.set()
-        writer.join(WAIT_S)
-    [info] = outcome
-    assert info.index == 50 and leader.state.last_applied() == 150
-    assert file_tables(info.path) == reference(history(1, 50))
-
-
-def test_a_snapshot_under_concurrent_applies_is_exact(leader, tmp_path):
-    leader.log(history(1, 2_000))
-    outcome, applied = [], 2_000
-    writer = threading.Thread(
-        target=lambda: outcome.append(write_snapshot(leader.path, str(tmp_path / "snap.db"), batch_rows=100))
-    )
     writer.start()
     while writer.is_alive() and applied < 6_000:
         leader.log(history(applied + 1, applied + 20))
         applied += 20
     writer.join(WAIT_S)
     [info] = outcome
-    assert 2_000 <= info.index <= applied
-    assert file_tables(info.path) == reference(history(1, info.index))
+    assert info.index == 2_000 < applied
+    assert file_tables(info.path) == reference(history(1, 2_000))
 
 
-def test_the_term_is_read_from_the_log_in_the_same_transaction(leader, tmp_path):
-    leader.log(history(1, 10, term=1))
-    leader.log(history(11, 12, term=3), term=3)
-    assert write_snapshot(leader.path, str(tmp_path / "a.db")).term == 3
-
-
-def test_the_term_comes_from_the_stored_snapshot_when_the_log_is_compacted(leader, tmp_path):
-    leader.log(history(1, 10, term=2), term=2)
-    leader.storage.compact(10, SnapshotMeta(10, 2, (1, 2, 3)))
-    assert leader.storage.load().entries == ()
-    assert write_snapshot(leader.path, str(tmp_path / "a.db")).term == 2
-
-
-def test_without_raft_tables_the_term_comes_from_the_callback(tmp_path):
+def test_a_database_without_raft_tables_is_snapshotted_with_the_term_given(tmp_path):
+    # The writer never reads Raft's tables: the caller's term is the one recorded.
     parking = str(tmp_path / "parking.db")
     engine = open_engine(parking)
     ParkingState(engine, LOTS).apply(history(1, 5))
     engine.dispose()
-    asked = []
-    info = write_snapshot(parking, str(tmp_path / "a.db"), term_at=lambda i: asked.append(i) or 7)
-    assert (info.index, info.term, asked) == (5, 7, [5])
-    with pytest.raises(SnapshotError, match="term of index 5"):
-        write_snapshot(parking, str(tmp_path / "b.db"))
-    assert not (tmp_path / "b.db").exists()
+    info = write(pin_state(parking), tmp_path / "a.db", term=7)
+    assert (info.index, info.term) == (5, 7)
+    assert read_snapshot_meta(info.path).meta == SnapshotMeta(5, 7, (1, 2, 3), (4,))
 
 
-def test_a_configuration_changed_since_the_one_given_is_refused(leader, tmp_path):
-    leader.log(history(1, 10))
-    leader.log([Entry(11, 1, EntryKind.CONFIG, b"add 4")])
-    leader.log(history(12, 15))
-    with pytest.raises(StaleMembership, match="changed at 11"):
-        write_snapshot(leader.path, str(tmp_path / "a.db"), SnapshotConfig((1, 2, 3), (), index=0))
-    with pytest.raises(StaleMembership, match="newer"):
-        write_snapshot(leader.path, str(tmp_path / "a.db"), SnapshotConfig((1, 2, 3), (4,), index=16))
-    info = write_snapshot(leader.path, str(tmp_path / "a.db"), SnapshotConfig((1, 2, 3), (4,), index=11))
-    assert (info.index, info.learners) == (15, (4,))
-    assert read_snapshot_meta(info.path).config_index == 11
-
-
-def test_a_callable_configuration_is_asked_for_the_snapshot_index(leader, tmp_path):
-    leader.log(history(1, 8))
-    asked = []
-    info = write_snapshot(leader.path, str(tmp_path / "a.db"), lambda i: asked.append(i) or CONFIG)
-    assert asked == [8] and info.voters == (1, 2, 3)
-
-
-def test_a_failed_write_leaves_the_previous_snapshot_and_no_temporary_file(leader, tmp_path):
+def test_a_failed_write_leaves_the_previous_snapshot_no_temporary_file_and_no_pin(leader, tmp_path):
     leader.log(history(1, 10))
     out = tmp_path / "snap.db"
-    first = write_snapshot(leader.path, str(out))
+    first = leader.snapshot(out)
     before = out.read_bytes()
     leader.log(history(11, 20))
-
-    def broken(index: int):
-        raise RuntimeError("configuration unavailable")
-
-    with pytest.raises(RuntimeError):
-        write_snapshot(leader.path, str(out), broken)
+    pinned = pin_state(leader.path)
+    with pytest.raises(TypeError):
+        write(pinned, out, members=[object()])  # not JSON: fails in the middle of the copy
     assert out.read_bytes() == before and read_snapshot_meta(out).meta.index == first.index
-    assert sorted(p.name for p in tmp_path.iterdir() if "snap" in p.name) == ["snap.db", "snap.db.sha256"]
+    assert sorted(p.name for p in tmp_path.iterdir() if "snap" in p.name) == ["snap.db"]
+    with pytest.raises(SnapshotError, match="already written or closed"):
+        write(pinned, out)
+    with pytest.raises(SnapshotError, match="term None"):
+        write(pin_state(leader.path), out, term=None)
+    assert out.read_bytes() == before
+
+
+def test_a_pin_given_up_holds_nothing(leader, tmp_path):
+    leader.log(history(1, 10))
+    with pin_state(leader.path) as pinned:
+        assert pinned.index == 10
+    with pytest.raises(SnapshotError, match="already written or closed"):
+        write(pinned, tmp_path / "a.db")
+    pinned.close()  # idempotent
+    leader.log(history(11, 12))
+    with leader.engine.connect() as conn:  # no reader is left behind the log: a full checkpoint runs
+        busy, _, _ = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").one()
+    assert busy == 0
 
 
 def test_a_database_without_parking_state_is_refused(tmp_path):
     SqliteStorage.open(str(tmp_path / "raft.db")).close()
     with pytest.raises(SnapshotError):
-        write_snapshot(str(tmp_path / "raft.db"), str(tmp_path / "a.db"))
+        pin_state(str(tmp_path / "raft.db"))
     assert not list(tmp_path.glob("*a.db*"))
 
 
 def test_a_missing_database_is_not_created(tmp_path):
     with pytest.raises(SnapshotError):
-        write_snapshot(str(tmp_path / "nothing.db"), str(tmp_path / "a.db"))
+        pin_state(str(tmp_path / "nothing.db"))
     assert list(tmp_path.iterdir()) == []
 
 
-# -- chunks and checksums ---------------------------------------------------------------------------
+# -- the format, as files on disk have it -------------------------------------------------------------
+
+
+def format_1_file(tmp_path) -> Path:
+    """The snapshot file of data/snapshot-format-1.sql, written by the code before this one."""
+    path = tmp_path / "snapshot-14.db"
+    conn = sqlite3.connect(path)
+    try:
+        conn.executescript(FORMAT_1.read_text())
+    finally:
+        conn.close()
+    return path
+
+
+def test_a_file_written_by_the_previous_code_reads_and_restores(follower, tmp_path):
+    old = format_1_file(tmp_path)
+    contents = read_snapshot_meta(old)
+    assert contents == SnapshotContents(SnapshotMeta(14, 2, (1, 2, 3), (4,)), MEMBERS, 11)
+    assert follower.install(old) == contents
+    assert follower.tables() == file_tables(old)
+    assert follower.storage.load() == PersistedState(HardState(2, 0, 14), (), contents.meta)
+    [retry] = follower.state.apply([Entry(15, 2, EntryKind.NORMAL, encode(FrameResult(1, "north", 2, 1_030.0, 1)))])
+    assert retry.outcome is Outcome.DUPLICATE  # below the trimmed seq the old file recorded
+
+
+def test_the_format_is_unchanged_a_new_file_is_the_old_one(follower, tmp_path):
+    old = format_1_file(tmp_path)
+    follower.install(old)
+    new = follower.snapshot(tmp_path / "new.db", term=2, config=Membership((1, 2, 3), (4,), index=11))
+    assert file_schema(new.path) == file_schema(old)
+    everything = (*TABLES, "snapshot_meta", "members")
+    assert file_tables(new.path, everything) == file_tables(old, everything)
+
+
+# -- restoring ------------------------------------------------------------------------------------------
 
 
 @pytest.fixture
 def snap(leader, tmp_path):
     leader.log(history(1, 300, term=2), term=2)
-    return write_snapshot(leader.path, str(tmp_path / "snap.db"), CONFIG, members=MEMBERS)
-
-
-def test_the_transfer_stream_is_the_file_then_its_digest(snap):
-    data = Path(snap.path).read_bytes()
-    stream = data + hashlib.sha256(data).digest()
-    assert transfer_size(snap.path) == len(stream) == snap.size_bytes + DIGEST_SIZE
-    for size in (7, 1000, 4096, len(stream), len(stream) + 5):
-        assert b"".join(c for _, c, _ in iter_chunks(snap.path, size)) == stream
-    chunks = list(iter_chunks(snap.path, 4096))
-    assert [done for _, _, done in chunks] == [False] * (len(chunks) - 1) + [True]
-    assert read_chunk(snap.path, len(data) - 3, 10) == stream[len(data) - 3 : len(data) + 7]  # straddles
-    assert read_chunk(snap.path, len(data) + 30, 10) == stream[-2:]
-    assert read_chunk(snap.path, len(stream), 10) == b""
-    with pytest.raises(ValueError):
-        read_chunk(snap.path, -1, 10)
-
-
-def test_a_stale_digest_file_is_recomputed(snap, leader, tmp_path):
-    other = write_snapshot(leader.path, str(tmp_path / "other.db"), CONFIG)
-    os.replace(other.path, snap.path)  # a new snapshot at the old path, digest file left behind
-    assert snapshot_sha256(snap.path) == file_sha256(snap.path) != snap.sha256
-    Path(snap.path + ".sha256").unlink()
-    assert snapshot_sha256(snap.path) == file_sha256(snap.path)
-    assert Path(snap.path + ".sha256").exists()
-
-
-# -- receiving ---------------------------------------------------------------------------------------------
-
-
-def send(receiver, path, index, term, size=4096, start=0, stop=None) -> Received:
-    """Send the transfer stream of ``path`` from ``start`` up to ``stop``; the last answer."""
-    answer = None
-    for offset, data, done in iter_chunks(path, size, start):
-        if stop is not None and offset >= stop:
-            break
-        answer = receiver.accept(index, term, offset, data, done)
-        assert answer.accepted, answer
-    return answer
-
-
-def test_a_whole_transfer_arrives_verified(snap, tmp_path):
-    receiver = SnapshotReceiver(tmp_path / "in")
-    answer = send(receiver, snap.path, 300, 2)
-    final = str(tmp_path / "in" / "snapshot-300-2.db")
-    assert answer == Received(True, transfer_size(snap.path), True, final)
-    assert Path(answer.path).read_bytes() == Path(snap.path).read_bytes()
-    assert snapshot_sha256(answer.path) == snap.sha256
-    assert read_snapshot_meta(answer.path) == read_snapshot_meta(snap.path)
-    assert receiver.expecting is None
-    names = sorted(p.name for p in (tmp_path / "in").iterdir())
-    assert names == ["snapshot-300-2.db", "snapshot-300-2.db.sha256"]
-
-
-def test_the_digest_may_be_split_across_chunks(snap, tmp_path):
-    receiver = SnapshotReceiver(tmp_path / "in", fsync=False)
-    stream = b"".join(c for _, c, _ in iter_chunks(snap.path))
-    cut = snap.size_bytes + 10
-    assert receiver.accept(300, 2, 0, stream[:cut], False).accepted
-    assert receiver.accept(300, 2, cut, stream[cut : cut + 1], False).accepted
-    assert receiver.accept(300, 2, cut + 1, stream[cut + 1 :], True).done
-
-
-def test_a_chunk_at_the_wrong_offset_is_refused_with_the_expected_one(snap, tmp_path):
-    receiver = SnapshotReceiver(tmp_path / "in")
-    first = read_chunk(snap.path, 0, 1000)
-    assert receiver.accept(300, 2, 0, first, False) == Received(True, 1000)
-    assert receiver.accept(300, 2, 2000, read_chunk(snap.path, 2000, 1000), False) == Received(
-        False, 1000, error="chunk at 2000, expected 1000"
-    )
-    assert receiver.accept(300, 2, 0, first, False).next_offset == 1000  # a resent chunk
-    assert receiver.expecting == (300, 2, 1000)
-    assert send(receiver, snap.path, 300, 2, 1000, start=1000).done
-
-
-def test_a_transfer_resumes_after_a_dropped_connection_and_a_restart(snap, tmp_path):
-    receiver = SnapshotReceiver(tmp_path / "in")
-    send(receiver, snap.path, 300, 2, 1000, stop=5000)
-    assert receiver.expecting == (300, 2, 5000)
-    restarted = SnapshotReceiver(tmp_path / "in")  # same directory, e.g. after a node restart
-    assert restarted.expecting == (300, 2, 5000)
-    refused = restarted.accept(300, 2, 0, read_chunk(snap.path, 0, 1000), False)
-    assert (refused.accepted, refused.next_offset) == (False, 5000)
-    answer = send(restarted, snap.path, 300, 2, 1000, start=5000)
-    assert answer.done and Path(answer.path).read_bytes() == Path(snap.path).read_bytes()
-
-
-def test_a_corrupted_transfer_is_refused_and_starts_over(snap, tmp_path):
-    receiver = SnapshotReceiver(tmp_path / "in")
-    chunks = list(iter_chunks(snap.path, 4096))
-    for offset, data, done in chunks:
-        if offset == 4096:
-            data = bytes([data[0] ^ 1]) + data[1:]
-        answer = receiver.accept(300, 2, offset, data, done)
-    assert (answer.accepted, answer.next_offset, answer.path) == (False, 0, None)
-    assert "checksum" in answer.error
-    assert list((tmp_path / "in").iterdir()) == [] and receiver.expecting is None
-    assert send(receiver, snap.path, 300, 2).done
-
-
-def test_an_offset_zero_chunk_of_another_snapshot_abandons_the_current_one(snap, leader, tmp_path):
-    leader.log(history(301, 310, term=3), term=3)
-    newer = write_snapshot(leader.path, str(tmp_path / "newer.db"), CONFIG)
-    receiver = SnapshotReceiver(tmp_path / "in")
-    send(receiver, snap.path, 300, 2, 1000, stop=3000)
-    refused = receiver.accept(310, 3, 1000, read_chunk(newer.path, 1000, 1000), False)
-    assert (refused.accepted, refused.next_offset) == (False, 0)
-    assert receiver.expecting == (300, 2, 3000)
-    answer = send(receiver, newer.path, 310, 3, 1000)
-    assert answer.path.endswith("snapshot-310-3.db")
-    names = sorted(p.name for p in (tmp_path / "in").iterdir())
-    assert names == ["snapshot-310-3.db", "snapshot-310-3.db.sha256"]
-
-
-def test_a_chunk_resent_after_completion_gets_the_same_answer(snap, tmp_path):
-    receiver = SnapshotReceiver(tmp_path / "in")
-    chunks = list(iter_chunks(snap.path, 4096))
-    answer = send(receiver, snap.path, 300, 2)
-    offset, data, done = chunks[-1]
-    assert receiver.accept(300, 2, offset, data, done) == answer
-
-
-def test_a_stream_claiming_another_snapshot_is_refused(snap, tmp_path):
-    receiver = SnapshotReceiver(tmp_path / "in")
-    *_, answer = (receiver.accept(299, 2, o, d, done) for o, d, done in iter_chunks(snap.path))
-    assert not answer.accepted and "not 299/2" in answer.error
-    junk = b"not a database" * 100
-    stream = junk + hashlib.sha256(junk).digest()
-    answer = receiver.accept(5, 1, 0, stream, True)
-    assert not answer.accepted and "not a snapshot" in answer.error
-    assert list((tmp_path / "in").iterdir()) == []
-
-
-# -- installing --------------------------------------------------------------------------------------------
+    return leader.snapshot(tmp_path / "snap.db", term=2)
 
 
 def test_install_gives_a_new_follower_the_leaders_state(snap, leader, follower):
-    contents = install_snapshot(follower.engine, snap.path, follower.storage)
+    contents = follower.install(snap.path)
     assert contents == SnapshotContents(SnapshotMeta(300, 2, (1, 2, 3), (4,)), MEMBERS, 0)
     assert follower.tables() == leader.tables()
     assert follower.storage.load() == PersistedState(HardState(2, 0, 300), (), contents.meta)
@@ -416,14 +299,14 @@ def test_install_gives_a_new_follower_the_leaders_state(snap, leader, follower):
 def test_install_replaces_a_lagging_followers_state_and_log(snap, leader, follower):
     follower.log(history(1, 120))
     follower.storage.save(None, [Entry(121, 1, EntryKind.NORMAL, b"uncommitted")])
-    install_snapshot(follower.engine, snap.path, follower.storage)
+    follower.install(snap.path)
     assert follower.tables() == leader.tables()
     assert follower.storage.load() == PersistedState(HardState(2, 0, 300), (), snap.meta)
 
 
 def test_after_install_the_log_continues_and_a_restart_recovers_exactly(snap, leader, tmp_path):
     follower = Node(tmp_path / "restarting.db")
-    install_snapshot(follower.engine, snap.path, follower.storage)
+    follower.install(snap.path)
     more = history(301, 340, term=2)
     follower.log(more, term=2)
     leader.log(more, term=2)
@@ -449,7 +332,7 @@ def test_install_may_run_on_a_worker_thread_while_the_main_thread_reads(snap, le
 
     def run() -> None:
         try:
-            outcome.append(install_snapshot(follower.engine, snap.path, follower.storage))
+            outcome.append(follower.install(snap.path))
         except BaseException as exc:
             outcome.append(exc)
 
@@ -467,7 +350,7 @@ def test_install_refuses_a_snapshot_behind_the_applied_state(snap, follower):
     follower.log(history(1, 310))
     before = follower.tables(), follower.storage.load()
     with pytest.raises(ValueError, match="older than the applied index 310"):
-        install_snapshot(follower.engine, snap.path, follower.storage)
+        follower.install(snap.path)
     assert (follower.tables(), follower.storage.load()) == before
     follower.log(history(311, 311))  # the connection is usable: the file was detached
 
@@ -476,10 +359,11 @@ def test_install_refuses_a_file_that_is_no_snapshot(follower, tmp_path):
     bad = tmp_path / "bad.db"
     bad.write_bytes(b"x" * 5000)
     before = follower.tables()
+    called = []
     for path in (bad, tmp_path / "missing.db", Path(follower.path)):
         with pytest.raises(SnapshotError):
-            install_snapshot(follower.engine, path, follower.storage)
-    assert follower.tables() == before
+            restore_snapshot(follower.engine, path, called.append)
+    assert follower.tables() == before and called == []
 
 
 def test_a_failure_inside_install_leaves_the_old_state(snap, follower):
@@ -493,12 +377,33 @@ def test_a_failure_inside_install_leaves_the_old_state(snap, follower):
     sa.event.listen(follower.engine, "before_cursor_execute", fail_late)
     try:
         with pytest.raises(Exception, match="disk I/O error"):
-            install_snapshot(follower.engine, snap.path, follower.storage)
+            follower.install(snap.path)
     finally:
         sa.event.remove(follower.engine, "before_cursor_execute", fail_late)
     assert (follower.tables(), follower.storage.load()) == before
-    install_snapshot(follower.engine, snap.path, follower.storage)
+    follower.install(snap.path)
     assert follower.state.last_applied() == 300
+
+
+def test_restore_runs_the_callers_half_in_its_transaction_and_is_atomic_with_it(snap, leader, follower):
+    follower.log(history(1, 50))
+    before = follower.tables(), follower.storage.load()
+    seen = []
+
+    def raft_half_then_crash(conn: sa.Connection) -> None:
+        seen.append(conn.exec_driver_sql("SELECT last_applied FROM applied").scalar())  # the new tables
+        install_snapshot_in(conn, snap.meta)  # the caller's own writes ...
+        raise RuntimeError("the caller's half failed")  # ... and then it fails
+
+    with pytest.raises(RuntimeError, match="caller's half"):
+        restore_snapshot(follower.engine, snap.path, raft_half_then_crash)
+    assert seen == [300]
+    follower.storage.refresh()
+    assert (follower.tables(), follower.storage.load()) == before  # neither half happened
+    restore_snapshot(follower.engine, snap.path, lambda conn: install_snapshot_in(conn, snap.meta))
+    follower.storage.refresh()
+    assert follower.tables() == leader.tables()
+    assert follower.storage.load() == PersistedState(HardState(2, 0, 300), (), snap.meta)
 
 
 def test_dedup_state_survives_retention_snapshot_and_install(leader, follower, tmp_path):
@@ -506,8 +411,8 @@ def test_dedup_state_survives_retention_snapshot_and_install(leader, follower, t
     leader.log([Entry(101, 1, EntryKind.NORMAL, retention_entry(1_000.0 + 10 * 20))])
     frames_left = len(leader.tables()["frames"])
     assert frames_left < 100
-    info = write_snapshot(leader.path, str(tmp_path / "snap.db"))
-    install_snapshot(follower.engine, info.path, follower.storage)
+    info = leader.snapshot(tmp_path / "snap.db")
+    follower.install(info.path)
     assert follower.tables() == leader.tables()
     retries = [Entry(101 + i, 1, EntryKind.NORMAL, frame_entry(i).data) for i in range(1, 41)]
     for node in (leader, follower):
@@ -515,16 +420,3 @@ def test_dedup_state_survives_retention_snapshot_and_install(leader, follower, t
         assert {r.outcome for r in results} == {Outcome.DUPLICATE}
         assert len(node.tables()["frames"]) == frames_left
     assert follower.tables() == leader.tables()
-
-
-# -- policy --------------------------------------------------------------------------------------------------
-
-
-def test_compaction_policy():
-    policy = CompactionPolicy(max_entries=100, max_bytes=1_000, margin=10)
-    assert not policy.should_snapshot(100, 1_000)
-    assert policy.should_snapshot(101, 0) and policy.should_snapshot(0, 1_001)
-    assert policy.compact_upto(500) == 490 and policy.compact_upto(5) == 0
-    assert CompactionPolicy().margin > 0
-    with pytest.raises(ValueError):
-        CompactionPolicy(margin=-1)
