@@ -142,6 +142,7 @@ class _TransferWait:
 
     deferred: defer.Deferred
     target: int
+    for_leader: bool = True  # False: fire once handed over (the target campaigns), not once it leads
     handed_over: bool = False
 
 
@@ -396,10 +397,14 @@ class MembershipManager:
             return defer.fail(e)
         return self._wait_index(index, timeout, f"removing node {node_id}")
 
-    def transfer_leader(self, target: int | None = None, timeout: float = TRANSFER_TIMEOUT) -> defer.Deferred:
+    def transfer_leader(
+        self, target: int | None = None, timeout: float = TRANSFER_TIMEOUT, *, wait_for_leader: bool = True
+    ) -> defer.Deferred:
         """Hand leadership to ``target`` (None: the most up-to-date voter).
 
-        Fires with the new leader's id once this node knows it; fails with
+        Fires with the new leader's id once this node knows it (or, without
+        ``wait_for_leader``, once this leader stepped down for the target's
+        election: a stopping node need not wait for the result); fails with
         ChangeRefused if the transfer was abandoned or another node won.
         """
         driver = self.driver
@@ -416,7 +421,7 @@ class MembershipManager:
             return defer.fail(e)
         except ValueError as e:
             return defer.fail(ChangeRefused(str(e)))
-        wait = _TransferWait(defer.Deferred(), target)
+        wait = _TransferWait(defer.Deferred(), target, wait_for_leader)
         self._transfers.append(wait)
         return self._deadline(
             wait.deferred, timeout, self._transfers, wait,
@@ -492,7 +497,7 @@ class MembershipManager:
         for wait in [w for w in self._transfers if w.target == result.target and not w.handed_over]:
             if result.succeeded:
                 wait.handed_over = True
-                if self.driver.leader_id == wait.target:
+                if not wait.for_leader or self.driver.leader_id == wait.target:
                     wait.deferred.callback(wait.target)
             else:
                 wait.deferred.errback(ChangeRefused(

@@ -268,7 +268,7 @@ class NodeService(service.Service):
             return defer.succeed(None)
         self.log.info("stopping: handing leadership to the most up-to-date voter")
         timeout = 2 * self.settings.config.cluster.election_timeout_ms / 1000
-        handover = self.membership.transfer_leader(None, timeout=timeout)
+        handover = self.membership.transfer_leader(None, timeout=timeout, wait_for_leader=False)
 
         def done(target):
             self._handed_over_to = target

@@ -28,6 +28,8 @@ from __future__ import annotations
 import glob
 import itertools
 import os
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from twisted.internet import defer
@@ -71,6 +73,15 @@ class CompactionPolicy:
         return max(0, snapshot_index - self.margin)
 
 
+class _SnapshotThread(ThreadPool):
+    """One worker that never keeps the process alive: an unfinished copy or install
+    is a temporary file or a rolled-back transaction, both harmless."""
+
+    @staticmethod
+    def threadFactory(*args, **kwargs) -> threading.Thread:
+        return threading.Thread(*args, daemon=True, **kwargs)
+
+
 @dataclass(eq=False)
 class _Sending:
     info: SnapshotInfo
@@ -108,7 +119,7 @@ class SnapshotManager:
         self.taking = False
         self._recorded = self.latest  # the file storage records (others go once superseded)
         self._names = itertools.count()
-        self._pool = ThreadPool(1, 1, name="parkd-snapshot")
+        self._pool = _SnapshotThread(1, 1, name="parkd-snapshot")
         if self.latest is not None:  # members added through a log compacted since
             membership.restore_members(read_snapshot_meta(self.latest.path).members)
         driver.subscribe(self._applied, EntriesApplied)
@@ -151,11 +162,22 @@ class SnapshotManager:
         """Pin the state here, copy it on the snapshot thread; fires with the SnapshotInfo or None."""
         self.taking = True
         try:
-            pinned = pin_state(self.store.db_path)
+            copy = self.pin()
         except SnapshotError as e:
             self.taking = False
             self.log.error("cannot take a snapshot: {error}", error=str(e))
             return defer.succeed(None)
+        return deferToThreadPool(self.clock, self._pool, copy).addCallbacks(self._taken, self._take_failed)
+
+    def pin(self) -> Callable[[], SnapshotInfo]:
+        """Fix the state to snapshot and what Raft says of its index, now; returns the copy to run.
+
+        The index is the applied state's as of this reactor turn, which the core's
+        log holds (it is at or above the core's snapshot); the term and
+        configuration come from the driver at that index, so the copy needs nothing
+        from Raft.  The copy also computes the file's digest for sending it.
+        """
+        pinned = pin_state(self.store.db_path)
         try:
             index = pinned.index
             term = self.driver.term_at(index)
@@ -174,7 +196,7 @@ class SnapshotManager:
             snapshot_sha256(info.path)  # the transfer's trailer, computed here rather than at sending
             return info
 
-        return deferToThreadPool(self.clock, self._pool, copy).addCallbacks(self._taken, self._take_failed)
+        return copy
 
     def _taken(self, info: SnapshotInfo) -> SnapshotInfo | None:
         self.taking = False

@@ -5,6 +5,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from parkd.db import open_engine
+from parkd.node.driver import EntriesApplied
 from parkd.node.frames import FrameIntake
 from parkd.node.ports import ClientPortFactory
 from parkd.parking.analyzer import HashAnalyzer
@@ -19,31 +20,39 @@ LOTS = {"north": 100, "south": 60}
 
 
 class Cluster:
-    """A stand-in for the Raft driver: proposals are committed when told."""
+    """A stand-in for the Raft driver: proposals are committed when told, and the
+    intake hears of them through the driver's event stream."""
 
     def __init__(self):
         self.proposed = []
         self.leader = True
         self.index = 0
+        self._observers = []
+
+    def subscribe(self, observer, *kinds):
+        self._observers.append((kinds, observer))
 
     def propose(self, data):
         if not self.leader:
             raise NotLeader(None)
         self.proposed.append(data)
 
-    def commit_all(self, state, intake):
+    def commit_all(self, state, intake=None):
         entries = []
         for data in self.proposed:
             self.index += 1
             entries.append(Entry(self.index, 1, data=data))
         self.proposed = []
-        intake.applied(state.apply(entries))
+        event = EntriesApplied(tuple(entries), state.apply(entries), self.index)
+        for kinds, observer in self._observers:
+            if isinstance(event, kinds):
+                observer(event)
 
 
 def setup():
     state = ParkingState(open_engine("sqlite://"), LOTS)
     cluster = Cluster()
-    intake = FrameIntake(cluster.propose, state, HashAnalyzer(), LOTS)
+    intake = FrameIntake(cluster, state, HashAnalyzer(), LOTS, Clock())
     factory = ClientPortFactory(Clock(), 4 << 20, intake)
     return state, cluster, intake, factory
 
@@ -173,7 +182,8 @@ def test_applied_cameras_are_read_in_one_query_and_kept_current():
         send(proto, hello=pb.Hello(camera_id=camera_id, lot="north"))
         send(proto, submit_frame=frame(1, camera_id=camera_id))
     cluster.commit_all(state, intake)
-    restarted = FrameIntake(cluster.propose, state, HashAnalyzer(), LOTS)
+    cluster._observers.clear()  # the old intake is gone with its process
+    restarted = FrameIntake(cluster, state, HashAnalyzer(), LOTS, Clock())
     queries = []
     state.camera = lambda camera_id: queries.append(camera_id)
     cameras = state.cameras

@@ -17,7 +17,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger
 
 from parkd.config import Member, parse_address
-from parkd.node.driver import RaftDriver
+from parkd.node.driver import EntriesPersisted, RaftDriver
 from parkd.node.membership import (
     ChangeLost,
     ChangeRefused,
@@ -83,15 +83,16 @@ class Node:
         self.core = RaftCore(node_id, voters, self.storage.load(), random.Random(node_id), CONFIG)
         self.peers = FakePeers(net, node_id)
         self.applied: list[Entry] = []
-        self.driver = RaftDriver(self.core, self.storage, self.peers.send, self._apply, net.clock, TICK, lambda: None)
+        self.driver = RaftDriver(self.core, self.storage, self.peers.send, self, net.clock, TICK, lambda: None)
         self.events: list[dict] = []
-        self.manager = MembershipManager(node_id, self.core, self.driver, self.peers, file_members, net.clock)
+        self.manager = MembershipManager(self.driver, self.peers, file_members, net.clock)
+        self.peers.resolve = self.manager.address  # as the node's PeerService is built
         self.manager.log = Logger(namespace="test", observer=self.events.append)
         self.driver.start()
 
-    def _apply(self, entries):
+    def apply(self, entries):  # the driver's state machine
         self.applied.extend(entries)
-        self.manager.committed(entries)
+        return [None] * len(entries)
 
     def named(self, event: str) -> list[dict]:
         return [e for e in self.events if e.get("parkd_event") == event]
@@ -185,7 +186,7 @@ def lone_manager(entries=(), file_members=None):
     net = Net()
     node = net.nodes[1]
     file_members = net.file if file_members is None else file_members
-    return MembershipManager(1, node.core, node.driver, FakePeers(net, 1), file_members, net.clock, entries)
+    return MembershipManager(node.driver, FakePeers(net, 1), file_members, net.clock, entries)
 
 
 def test_the_log_wins_over_the_config_file_whatever_the_order():
@@ -203,8 +204,9 @@ def test_the_log_wins_over_the_config_file_whatever_the_order():
 def test_persisted_config_entries_teach_addresses_promotions_keep_them():
     manager = lone_manager()
     four = member(4, host="10.0.0.4")
-    manager.entries_persisted((config_entry(6, ConfChangeOp.ADD_LEARNER, 4, member_context(four), learners=(4,)),))
-    manager.entries_persisted((config_entry(7, ConfChangeOp.PROMOTE, 4, voters=(1, 2, 3, 4)),))
+    added = config_entry(6, ConfChangeOp.ADD_LEARNER, 4, member_context(four), learners=(4,))
+    manager._entries_persisted(EntriesPersisted((added,)))
+    manager._entries_persisted(EntriesPersisted((config_entry(7, ConfChangeOp.PROMOTE, 4, voters=(1, 2, 3, 4)),)))
     assert manager.address(4) == four
 
 

@@ -35,9 +35,9 @@ def test_7_a_snapshot_records_the_term_and_configuration_of_its_pinned_index(mak
     for seq in (1, 2, 3):
         node.submit(seq)
     node.acknowledge()
-    snapshots, core = node.service.snapshots, node.core
+    snapshots, core = node.service.snapshots, node.raft
     copy = snapshots.pin()  # the reactor's half; copy() is the snapshot thread's
-    pinned_at = node.service.state.last_applied()
+    pinned_at = node.service.store.state.last_applied()
     assert pinned_at == core.applied_index > 1
 
     address = parse_address("127.0.0.1:9", "raft")

@@ -21,8 +21,7 @@ def connect(service: PeerService, peer_id: int) -> PeerConnection:
 
 def make():
     lost = []
-    service = PeerService(1, (member(1), member(2), member(3)), MemoryReactorClock(), 1 << 20)
-    service.lost_listeners.append(lost.append)
+    service = PeerService(1, (member(1), member(2), member(3)), MemoryReactorClock(), 1 << 20, on_lost=lost.append)
     return service, lost
 
 

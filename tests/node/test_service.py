@@ -33,11 +33,12 @@ class Node:
         self.reactor = MemoryReactorClock()
         self.service = NodeService(NodeSettings(ME, self.config, str(tmp_path / "node-2"), **listen), self.reactor)
         self.service.startService()
-        self.raft_port, self.client_port, _ = (server[1] for server in self.reactor.tcpServers)
+        self.raft_port, self.client_port = (server[1] for server in self.reactor.tcpServers)
         self.peer = self.connect(self.raft_port)
         self.camera = self.connect(self.client_port)
         self.camera.dataReceived(frame_envelope(pb.Envelope(hello=pb.Hello(camera_id=7, lot="north"))))
-        self.core = self.service.core
+        self.core = self.service.driver
+        self.raft = self.service.driver._core  # the core itself, for tests that read its log
 
     def connect(self, factory):
         proto = factory.buildProtocol(None)
@@ -126,7 +127,7 @@ def test_a_stopping_leader_sends_its_cameras_to_the_node_it_handed_over_to(make_
     stopped = []
     node.service.stopService().addBoth(stopped.append)
     node.run()
-    target = node.core.transferee
+    target = node.raft.transferee  # whom the core hands over to
     assert target in PEERS and not stopped
     node.deliver(m.VoteRequest(node.core.term + 1, target, ME, node.core.last_index, node.core.term, transfer=True))
     node.run(0.1)
