@@ -23,6 +23,7 @@ from twisted.web import server
 
 from parkd.config import ConfigError
 from parkd.http.errors import RETRY_AFTER, ApiError, error_response, json_response
+from parkd.node.addresses import member_from_json
 from parkd.node.membership import (
     COMMIT_TIMEOUT,
     PROMOTE_TIMEOUT,
@@ -30,7 +31,6 @@ from parkd.node.membership import (
     ChangeLost,
     ChangeRefused,
     ChangeTimeout,
-    member_from_json,
 )
 from parkd.raft.confchange import MAX_NODE_ID
 from parkd.raft.core import NotLeader

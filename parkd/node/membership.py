@@ -4,16 +4,8 @@ The Raft core decides *who* is a member (single-server changes through CONFIG
 log entries, learners promoted by the leader itself; ``parkd/raft/core.py``).
 This module adds what the core leaves to the node:
 
-- **The address book** ``{id: Member}``: it starts with the config file's
-  ``[[node]]`` tables; every CONFIG entry that adds a node carries that node's
-  addresses in its context (JSON ``{"id", "raft", "client", "http"}``), and it
-  wins over the file ("config in the log wins").  Each address is kept with the
-  log index it came from (0: the file), so a later source never loses to an
-  older one whatever order they are read in (file, snapshot, log at start-up;
-  entries as they are persisted; a snapshot installed later).  Snapshots carry
-  the book (:meth:`MembershipManager.members_for_snapshot`,
-  :meth:`MembershipManager.restore_members`) so members added through a log
-  that was compacted since are still known after a restart.
+- **The address book** (``addresses.py``): where each member listens, from the
+  config file, CONFIG entries and snapshots.
 - **Peer links**: whenever the configuration changes, the node connects to new
   voters and learners at once (before the messages of that Ready are sent) and
   closes the links of members that left once that change has committed (the
@@ -36,17 +28,16 @@ changes the core only through the driver.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from parkd.config import ConfigError, Member, parse_address, parse_int
+from parkd.config import Member
+from parkd.node.addresses import AddressBook, decode_change, member_context, member_from_json, member_json
 from parkd.node.driver import EntriesApplied, EntriesPersisted, LeaderChanged, MembershipChanged, TransferEnded
-from parkd.raft import confchange
 from parkd.raft.confchange import ConfChange, ConfChangeOp
 from parkd.raft.core import ConfChangeRefused, NotLeader, Role
 from parkd.raft.types import Entry, EntryKind, Membership
@@ -61,9 +52,6 @@ __all__ = [
     "ChangeTimeout",
     "MembershipManager",
     "NotLeader",
-    "member_context",
-    "member_from_json",
-    "member_json",
 ]
 
 
@@ -81,38 +69,6 @@ class ChangeTimeout(Exception):
 
 class ChangeLost(Exception):
     """Leadership changed before the change committed, and it was overwritten: retry."""
-
-
-# ------------------------------------------------------------------ member <-> JSON
-
-
-def member_json(member: Member) -> dict:
-    return {"id": member.id, "raft": str(member.raft), "client": str(member.client), "http": str(member.http)}
-
-
-def member_from_json(doc, what: str = "member") -> Member:
-    """A Member from ``{"id", "raft", "client", "http"}``; ConfigError naming the field."""
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{what}: expected an object with id, raft, client and http")
-    missing = [k for k in ("id", "raft", "client", "http") if k not in doc]
-    if missing:
-        raise ConfigError(f"{what}.{missing[0]}: missing")
-    node_id = doc["id"]
-    if isinstance(node_id, bool) or not isinstance(node_id, int):
-        raise ConfigError(f"{what}.id: expected a whole number, got {node_id!r}")
-    if not 0 < node_id <= confchange.MAX_NODE_ID:
-        raise ConfigError(f"{what}.id: must be in 1..{confchange.MAX_NODE_ID}, got {node_id}")
-    return Member(
-        id=parse_int(node_id, f"{what}.id"),
-        raft=parse_address(doc["raft"], f"{what}.raft"),
-        client=parse_address(doc["client"], f"{what}.client"),
-        http=parse_address(doc["http"], f"{what}.http"),
-    )
-
-
-def member_context(member: Member) -> bytes:
-    """The context of the CONFIG entry that adds ``member``: its addresses as JSON."""
-    return json.dumps(member_json(member), separators=(",", ":")).encode()
 
 
 # ------------------------------------------------------------------ waiting for outcomes
@@ -146,20 +102,6 @@ class _TransferWait:
     handed_over: bool = False
 
 
-@dataclass
-class _Book:
-    members: dict[int, Member] = field(default_factory=dict)
-    sources: dict[int, int] = field(default_factory=dict)  # id -> log index the address came from
-
-    def put(self, member: Member, source: int) -> bool:
-        if self.sources.get(member.id, -1) > source:
-            return False
-        changed = self.members.get(member.id) != member
-        self.members[member.id] = member
-        self.sources[member.id] = source
-        return changed
-
-
 class MembershipManager:
     """The node's view of membership (address book, links, events) and its admin operations.
 
@@ -176,14 +118,11 @@ class MembershipManager:
         self.driver = driver
         self.peers = peers
         self.clock = clock if clock is not None else driver.clock
-        self._book = _Book()
+        self.book = AddressBook(file_members, entries)
         self._index_waits: list[_IndexWait] = []
         self._config_waits: list[_ConfigWait] = []
         self._transfers: list[_TransferWait] = []
         self._removed_announced = False
-        for member in file_members:
-            self._book.put(member, 0)
-        self._read_entries(entries)
         driver.subscribe(self._entries_persisted, EntriesPersisted)
         driver.subscribe(self._membership_changed, MembershipChanged)
         driver.subscribe(self._committed, EntriesApplied)
@@ -195,7 +134,7 @@ class MembershipManager:
 
     def address(self, node_id: int) -> Member | None:
         """The addresses of ``node_id`` if known (the log's, else the config file's)."""
-        return self._book.members.get(node_id)
+        return self.book.get(node_id)
 
     def members(self) -> list[dict]:
         """The core's members in id order, for ``/api/v1/cluster``.
@@ -215,57 +154,19 @@ class MembershipManager:
         return out
 
     def members_for_snapshot(self) -> list[dict]:
-        """The whole address book as JSON-able dicts (with the index each address came from)."""
-        return [
-            {**member_json(member), "index": self._book.sources.get(node_id, 0)}
-            for node_id, member in sorted(self._book.members.items())
-        ]
+        """The whole address book as JSON-able dicts, for a snapshot."""
+        return self.book.to_snapshot()
 
     def restore_members(self, members) -> None:
         """Merge the address book of an installed (or loaded) snapshot."""
-        for i, doc in enumerate(members or ()):
-            try:
-                member = member_from_json(doc, f"snapshot member {i}")
-                source = doc.get("index", 0)
-                source = source if isinstance(source, int) and not isinstance(source, bool) else 0
-            except (ConfigError, AttributeError) as e:
-                self.log.warn("ignoring a snapshot member: {error}", error=str(e))
-                continue
-            self._book.put(member, source)
+        self.book.restore(members)
         self._sync_links()
-
-    def _read_entries(self, entries) -> bool:
-        changed = False
-        for entry in entries:
-            if entry.kind is not EntryKind.CONFIG:
-                continue
-            change = self._decode(entry)
-            if change is None or change.op is not ConfChangeOp.ADD_LEARNER or not change.context:
-                continue
-            try:
-                member = member_from_json(json.loads(change.context), f"CONFIG entry {entry.index}")
-            except (ValueError, ConfigError) as e:
-                self.log.warn("CONFIG entry {index}: no usable addresses ({error})", index=entry.index, error=str(e))
-                continue
-            if member.id != change.node_id:
-                self.log.warn("CONFIG entry {index}: addresses of node {other} for node {node}",
-                              index=entry.index, other=member.id, node=change.node_id)  # fmt: skip
-                continue
-            changed |= self._book.put(member, entry.index)
-        return changed
-
-    def _decode(self, entry: Entry) -> ConfChange | None:
-        try:
-            return confchange.decode(entry.data)
-        except confchange.ConfChangeDecodeError as e:
-            self.log.warn("CONFIG entry {index} unreadable: {error}", index=entry.index, error=str(e))
-            return None
 
     # -- driver events
 
     def _entries_persisted(self, event: EntriesPersisted) -> None:
         """New entries are durable (before this Ready's messages go out): learn addresses."""
-        if self._read_entries(event.entries):
+        if self.book.read_entries(event.entries):
             self._sync_links()
 
     def _membership_changed(self, _event: MembershipChanged) -> None:
@@ -308,7 +209,7 @@ class MembershipManager:
 
     def _config_applied(self, entry: Entry) -> Membership | None:
         """Log the event of a committed CONFIG entry; the configuration it made."""
-        change = self._decode(entry)
+        change = decode_change(entry)
         if change is None:
             return None
         node = change.node_id
@@ -361,7 +262,7 @@ class MembershipManager:
             return defer.fail(e)
         if timeout is None:
             timeout = PROMOTE_TIMEOUT if wait_voter else COMMIT_TIMEOUT
-        self._book.put(member, index)
+        self.book.put(member, index)
         deadline = self.clock.seconds() + timeout
         added = self._wait_index(index, timeout, f"adding node {member.id}")
         if not wait_voter:

@@ -24,8 +24,8 @@ from parkd.node.membership import (
     ChangeTimeout,
     MembershipManager,
     NotLeader,
-    member_context,
 )
+from parkd.node.addresses import member_context
 from parkd.node.peers import PeerService
 from parkd.raft import confchange
 from parkd.raft.confchange import ConfChange, ConfChangeOp
