@@ -345,6 +345,9 @@ def cmd_transfer_leader(args, cluster: ClusterClient, out) -> int:
     doc = cluster.change("/api/v1/admin/transfer-leader", body, args.timeout)
     if args.json:
         print(json.dumps(doc, indent=2), file=out)
+    elif doc.get("cancelled") is not None:
+        print(f"node {doc['leader_id']} stays the leader: the transfer to node {doc['cancelled']} is cancelled",
+              file=out)  # fmt: skip
     elif doc["previous_leader_id"] == doc["leader_id"]:
         print(f"node {doc['leader_id']} is already the leader (term {doc['term']})", file=out)
     else:

@@ -396,6 +396,9 @@ def test_transfer_leader(nodes):
     a.routes[TRANSFER] = (200, {"leader_id": 1, "previous_leader_id": 1, "term": 8})
     code, out, _ = run("--cluster", a.address, "transfer-leader", "1")
     assert out == "node 1 is already the leader (term 8)\n"
+    a.routes[TRANSFER] = (200, {"leader_id": 1, "previous_leader_id": 1, "term": 8, "cancelled": 3})
+    code, out, _ = run("--cluster", a.address, "transfer-leader", "1")
+    assert code == 0 and out == "node 1 stays the leader: the transfer to node 3 is cancelled\n"
 
 
 def test_following_leader_hints_is_bounded(nodes):

@@ -111,10 +111,15 @@ class Admin:
         fields = Fields(body, ("id", "timeout"))
         target = fields.node_id("id", required=False)
         timeout = fields.timeout(TRANSFER_TIMEOUT)
-        previous = self.status.leader_id
-        deferred = self.membership.transfer_leader(target, timeout=timeout)
         status = self.status
-        return deferred, lambda leader: {"leader_id": leader, "previous_leader_id": previous, "term": status.term}
+        previous = status.leader_id
+        cancelling = status.transferee if target == status.node_id else None  # its own id cancels (§3.10)
+        deferred = self.membership.transfer_leader(target, timeout=timeout)
+
+        def document(leader):
+            return {"leader_id": leader, "previous_leader_id": previous, "term": status.term, "cancelled": cancelling}
+
+        return deferred, document
 
     # -- documents
 

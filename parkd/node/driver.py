@@ -245,6 +245,11 @@ class RaftDriver:
     def snapshot(self) -> SnapshotMeta:
         return self._core.snapshot
 
+    @property
+    def transferee(self) -> int | None:
+        """Leader only: the voter a pending leadership transfer goes to."""
+        return self._core.transferee
+
     def config_at(self, index: int) -> Membership:
         return self._core.config_at(index)
 
@@ -430,6 +435,8 @@ class RaftDriver:
                 target=result.target,
                 term=self._core.term,
             )
+        elif result.cancelled:
+            self.log.info("leadership transfer to {target} cancelled", target=result.target)
         else:
             self.log.warn("leadership transfer to {target} abandoned", target=result.target)
         self._publish(TransferEnded(result))

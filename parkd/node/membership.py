@@ -306,12 +306,16 @@ class MembershipManager:
         Fires with the new leader's id once this node knows it (or, without
         ``wait_for_leader``, once this leader stepped down for the target's
         election: a stopping node need not wait for the result); fails with
-        ChangeRefused if the transfer was abandoned or another node won.
+        ChangeRefused if the transfer was abandoned or cancelled, or another
+        node won.  This leader's own id cancels a pending transfer (§3.10) and
+        fires at once with that id: the leader stays.
         """
         driver = self.driver
         if driver.role is not Role.LEADER:
             return defer.fail(NotLeader(driver.leader_id))
         if target == self.node_id:
+            if driver.transferee is not None:
+                driver.transfer_leadership(self.node_id)
             return defer.succeed(self.node_id)
         if target is not None and target not in driver.membership.voters:
             what = "a learner" if target in driver.membership.learners else "not a member"
@@ -400,6 +404,8 @@ class MembershipManager:
                 wait.handed_over = True
                 if not wait.for_leader or self.driver.leader_id == wait.target:
                     wait.deferred.callback(wait.target)
+            elif result.cancelled:
+                wait.deferred.errback(ChangeRefused(f"leadership transfer to node {result.target} was cancelled"))
             else:
                 wait.deferred.errback(ChangeRefused(
                     f"leadership transfer to node {result.target} was abandoned (it did not catch up and win "

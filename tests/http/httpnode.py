@@ -49,6 +49,7 @@ class FakeDriver:
         self.progress = {}
         self.membership = Membership((1, 2, 3), (), 0)
         self.snapshot = SnapshotMeta()
+        self.transferee: int | None = None
         self.asked: list[int] = []  # read index contexts
         self.proposed = []
         self._observers = []

@@ -117,8 +117,15 @@ def test_remove_node_and_transfer_answers(node, stub):
     moving = node.post(TRANSFER, {"id": 3})
     node.core.term = 4  # the new leader's term, as known when the answer is written
     stub.pending[1].callback(3)
-    assert answer(moving) == (200, {"leader_id": 3, "previous_leader_id": 2, "term": 4})
+    assert answer(moving) == (200, {"leader_id": 3, "previous_leader_id": 2, "term": 4, "cancelled": None})
     assert stub.calls[1] == ("transfer", 3, 10.0)
+
+
+def test_3_10_a_transfer_to_the_leader_itself_says_what_it_cancelled(node, stub):
+    node.core.leader_id, node.core.transferee = 2, 3  # node 2 leads and hands over to 3
+    request = node.post(TRANSFER, {"id": 2})
+    stub.pending[0].callback(2)
+    assert answer(request) == (200, {"leader_id": 2, "previous_leader_id": 2, "term": 3, "cancelled": 3})
 
 
 @pytest.mark.parametrize(

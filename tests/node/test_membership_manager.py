@@ -454,6 +454,24 @@ def test_transfer_to_a_node_that_is_down_is_abandoned():
     assert leader.core.role is Role.LEADER
 
 
+def test_3_10_the_leaders_own_id_cancels_a_pending_transfer():
+    net = Net()
+    leader = net.leader()
+    net.run(0.2)
+    target = next(i for i in net.nodes if i != leader.id)
+    net.down.add(target)
+    leader.driver.propose(b"x")  # the target is behind: the transfer stays pending
+    pending = leader.manager.transfer_leader(target)
+    net.run(0.1)
+    assert leader.driver.transferee == target
+    assert result_of(leader.manager.transfer_leader(leader.id)) == leader.id  # the leader stays
+    net.run(0.1)
+    error = failure_of(pending, ChangeRefused)
+    assert error.reason == f"leadership transfer to node {target} was cancelled"
+    assert leader.driver.transferee is None and leader.core.role is Role.LEADER
+    leader.driver.propose(b"accepted again")  # no NotLeader(target): writes are taken again
+
+
 def test_single_voter_cannot_transfer():
     net = Net(voters=(1,))
     leader = net.leader()
