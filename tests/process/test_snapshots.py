@@ -11,7 +11,8 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-SMALL_SNAPSHOTS = ("--snapshot-entries", "60", "--snapshot-margin", "10")
+SNAPSHOT_ENTRIES = 60
+SMALL_SNAPSHOTS = ("--snapshot-entries", str(SNAPSHOT_ENTRIES), "--snapshot-margin", "10")
 
 
 def start(make_cluster, **kwargs):
@@ -47,7 +48,7 @@ def commit_a_log_tail(cluster, frames=10, slack=10, rounds=3):
     """With the cameras stopped: camera 1 sends ``frames`` frames that every node
     commits and applies above its latest snapshot, without taking another.
 
-    A node snapshots once its log holds more than 60 entries beyond its last
+    A node snapshots once its log holds more than SNAPSHOT_ENTRIES beyond its last
     snapshot; when a node is too close to that, camera 1 first runs until every
     node took one more snapshot.
     """
@@ -58,7 +59,7 @@ def commit_a_log_tail(cluster, frames=10, slack=10, rounds=3):
         camera = cluster.cameras[1]
         since = len(cluster.acked())
         camera.start()
-        if behind + frames + slack <= 60:
+        if behind + frames + slack <= SNAPSHOT_ENTRIES:
             cluster.wait_acks(frames, since=since)
             camera.stop()
             return snapshots
