@@ -26,3 +26,4 @@ def pytest_collection_modifyitems(items):
 
 
 os.environ.setdefault("PYTHONUNBUFFERED", "1")
+

@@ -130,9 +130,9 @@ def _one_leader_per_term(ev: Evidence) -> list[str]:
 def _current_values(ev: Evidence) -> list[str]:
     """A camera's current value is that of its highest applied seq, never below an acked one."""
     out = []
-    highest_acked = defaultdict(int)
+    highest_acked: dict[int, int] = {}
     for camera_id, seq in ev.acked:
-        highest_acked[camera_id] = max(highest_acked[camera_id], seq)
+        highest_acked[camera_id] = max(highest_acked.get(camera_id, 0), seq)
     for node_id, cameras in ev.cameras.items():
         frames = ev.frames[node_id]
         for camera_id, (last_seq, free) in cameras.items():
@@ -141,7 +141,7 @@ def _current_values(ev: Evidence) -> list[str]:
                 out.append(f"node {node_id}: camera {camera_id} current seq {last_seq}, highest applied {top}")
             elif frames[camera_id, top][1] != free:
                 out.append(f"node {node_id}: camera {camera_id} shows {free}, its seq {top} gave {frames[camera_id, top][1]}")
-            if last_seq < highest_acked[camera_id]:
+            if last_seq < highest_acked.get(camera_id, 0):
                 out.append(f"node {node_id}: camera {camera_id} at seq {last_seq} below acked {highest_acked[camera_id]}")
         for camera_id in highest_acked:
             if camera_id not in cameras:

@@ -126,9 +126,10 @@ class NodeService(service.Service):
 
     log = Logger()
 
-    def __init__(self, settings, reactor):
+    def __init__(self, settings, reactor, snapshot_thread=None):
         self.settings = settings
         self.reactor = reactor
+        self._snapshot_thread = snapshot_thread  # tests on a fake reactor run snapshot work inline
         self.store: Store | None = None
         self.driver: RaftDriver | None = None
         self.ports = []
@@ -205,6 +206,7 @@ class NodeService(service.Service):
             self.reactor,
             CompactionPolicy(max_entries=cluster.snapshot_entries, margin=cluster.snapshot_margin),
             os.path.join(self.settings.data_dir, "snapshots"),
+            thread=self._snapshot_thread,
         )
 
     def _every(self, interval: float, function) -> tuple[LoopingCall, float]:

@@ -73,13 +73,24 @@ class CompactionPolicy:
         return max(0, snapshot_index - self.margin)
 
 
-class _SnapshotThread(ThreadPool):
-    """One worker that never keeps the process alive: an unfinished copy or install
-    is a temporary file or a rolled-back transaction, both harmless."""
+class SnapshotThread(ThreadPool):
+    """The one worker that copies and installs snapshots, off the reactor.
+
+    It never keeps the process alive: an unfinished copy or install is a
+    temporary file or a rolled-back transaction, both harmless.
+    """
 
     @staticmethod
     def threadFactory(*args, **kwargs) -> threading.Thread:
         return threading.Thread(*args, daemon=True, **kwargs)
+
+    def __init__(self, clock):
+        super().__init__(1, 1, name="parkd-snapshot")
+        self.clock = clock
+
+    def run(self, function, *args, **kwargs) -> defer.Deferred:
+        """``function(*args, **kwargs)`` on the worker; its result on the reactor."""
+        return deferToThreadPool(self.clock, self, function, *args, **kwargs)
 
 
 @dataclass(eq=False)
@@ -96,13 +107,14 @@ class SnapshotManager:
     ``driver``: the RaftDriver (core state, inputs, events); ``store``: the data
     dir's database (``db_path``, ``engine``, ``storage``); ``membership``: the
     address book that travels with a snapshot; ``send``: puts a Raft message on
-    the wire.
+    the wire; ``thread``: where copies and installs run (a :class:`SnapshotThread`
+    by default; tests on a fake reactor pass one that runs them at once).
     """
 
     log = Logger()
 
     def __init__(self, driver, store, membership, send, clock, policy: CompactionPolicy, directory: str,
-                 chunk_size: int = CHUNK_SIZE):  # fmt: skip
+                 chunk_size: int = CHUNK_SIZE, thread=None):  # fmt: skip
         self.driver = driver
         self.store = store
         self.membership = membership
@@ -119,21 +131,21 @@ class SnapshotManager:
         self.taking = False
         self._recorded = self.latest  # the file storage records (others go once superseded)
         self._names = itertools.count()
-        self._pool = _SnapshotThread(1, 1, name="parkd-snapshot")
+        self._thread = thread if thread is not None else SnapshotThread(clock)
         if self.latest is not None:  # members added through a log compacted since
             membership.restore_members(read_snapshot_meta(self.latest.path).members)
         driver.subscribe(self._applied, EntriesApplied)
         driver.subscribe(self._compacted, LogCompacted)
 
     def start(self) -> None:
-        self._pool.start()
+        self._thread.start()
 
     def stop(self) -> None:
         for transfer in self.sending.values():
             if transfer.timeout is not None and transfer.timeout.active():
                 transfer.timeout.cancel()
         self.sending.clear()
-        self._pool.stop()
+        self._thread.stop()
 
     def _find_latest(self) -> SnapshotInfo | None:
         """The file of the snapshot the storage recorded, after a restart."""
@@ -167,7 +179,7 @@ class SnapshotManager:
             self.taking = False
             self.log.error("cannot take a snapshot: {error}", error=str(e))
             return defer.succeed(None)
-        return deferToThreadPool(self.clock, self._pool, copy).addCallbacks(self._taken, self._take_failed)
+        return self._thread.run(copy).addCallbacks(self._taken, self._take_failed)
 
     def pin(self) -> Callable[[], SnapshotInfo]:
         """Fix the state to snapshot and what Raft says of its index, now; returns the copy to run.
@@ -321,7 +333,7 @@ class SnapshotManager:
                 _remove(unrecorded.path)  # taken, but superseded by this one before storage recorded it
             self.log.info("installed snapshot {index} (term {term}) from the leader", index=meta.index, term=meta.term)
 
-        return deferToThreadPool(self.clock, self._pool, in_thread).addCallback(installed)
+        return self._thread.run(in_thread).addCallback(installed)
 
 
 def _info(path: str, meta: SnapshotMeta) -> SnapshotInfo:

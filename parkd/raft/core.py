@@ -70,6 +70,12 @@ from parkd.raft.progress import Progress, ProgressState
 from parkd.raft.types import Entry, EntryKind, HardState, Membership, PersistedState, SnapshotMeta
 
 
+# The highest term a node takes from a message.  Nothing legitimate comes near it;
+# a node must persist a term it adopts (SQLite stores signed 64-bit integers) and
+# count up from it when it campaigns (the wire carries unsigned 64-bit integers).
+MAX_TERM = 1 << 62
+
+
 class Role(enum.Enum):
     FOLLOWER = "follower"
     PRE_CANDIDATE = "pre_candidate"
@@ -536,13 +542,17 @@ class RaftCore:
         """Handle a message from a peer: terms first (§5.1), then by type and role.
 
         The node's own events (:data:`parkd.raft.messages.LOCAL_EVENTS`) carry no
-        term and go straight to their handler.
+        term and go straight to their handler.  What no correct peer sends is
+        dropped unread: a sender id below 1 (0 means "no vote" in the hard state,
+        so a vote for it would not count, §5.2) and a term beyond :data:`MAX_TERM`.
         """
         handler = self._handlers.get(type(m))
         if handler is None:
             raise TypeError(f"unsupported message {type(m).__name__}")
         if type(m) in _LOCAL:
             handler(m)
+            return
+        if m.src < 1 or m.term > MAX_TERM:
             return
         if m.term > self._term:
             if not self._accept_higher_term(m):

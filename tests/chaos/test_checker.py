@@ -1,4 +1,8 @@
-"""The checker finds every kind of violation it promises to (planted in synthetic evidence)."""
+"""The checker finds every kind of violation it promises to (planted in synthetic evidence).
+
+One test per violation message of :func:`parkd.chaos.checker.check`; each plants
+exactly that fault in otherwise good evidence and expects exactly that message.
+"""
 
 from parkd.chaos.checker import Evidence, check
 
@@ -18,43 +22,89 @@ def test_clean_run_has_no_violations():
     assert check(good()) == []
 
 
+def test_conflicting_acks():
+    ev = good()
+    ev.conflicting_acks.append("(1, 1) acked as (3, 10) and as (8, 10)")
+    assert check(ev) == ["(1, 1) acked as (3, 10) and as (8, 10)"]
+
+
 def test_acked_frame_missing_on_a_node():
     ev = good()
     del ev.frames[2][1, 1]
-    assert any("acked frames never applied" in p for p in check(ev))
+    assert check(ev) == ["node 2: 1 acked frames never applied, e.g. [(1, 1)]"]
 
 
 def test_acked_result_differs_from_applied():
     ev = good()
-    ev.frames[2][1, 2] = (4, 99)
-    assert any("acked result differs" in p for p in check(ev))
+    for node in (1, 2):  # the same on both nodes, and the current value follows it
+        ev.frames[node][1, 2] = (4, 99)
+        ev.cameras[node][1] = (2, 99)
+    assert check(ev) == [
+        "node 1: acked result differs from applied (key, acked, applied): [((1, 2), (4, 11), (4, 99))]",
+        "node 2: acked result differs from applied (key, acked, applied): [((1, 2), (4, 11), (4, 99))]",
+    ]
 
 
 def test_frame_applied_twice():
     ev = good()
     ev.applied_events[1].append({"camera_id": 1, "seq": 1, "index": 9})
-    assert any("applied twice" in p for p in check(ev))
+    assert check(ev) == ["node 1: (1, 1) applied twice, at 3 and 9"]
+
+
+def test_two_frames_share_a_log_index():
+    ev = good()
+    for node in (1, 2):  # the same on both nodes: their histories agree
+        ev.frames[node][2, 1] = (4, 7)  # camera 2's frame at index 4, where (1, 2) is
+    assert check(ev) == ["node 1: two frames share a log index", "node 2: two frames share a log index"]
 
 
 def test_histories_differ_at_an_index():
     ev = good()
-    ev.frames[2][2, 1] = (4, 7)  # another frame at index 4 on node 2
-    assert any("differ at index 4" in p or "share a log index" in p for p in check(ev))
+    del ev.frames[2][2, 1]
+    ev.frames[2][3, 1] = (5, 7)  # node 2 applied camera 3's frame at index 5, node 1 camera 2's
+    ev.cameras[2] = {1: (2, 11), 3: (1, 7)}
+    assert check(ev) == ["nodes 1 and 2 differ at index 5: ((2, 1), 7) vs ((3, 1), 7)"]
 
 
 def test_two_leaders_in_one_term():
     ev = good()
     ev.leaders.append({"term": 2, "leader_id": 3})
-    assert "term 2: leaders [2, 3]" in check(ev)
+    assert check(ev) == ["term 2: leaders [2, 3]"]
 
 
 def test_current_value_not_the_highest_seq():
     ev = good()
-    ev.cameras[1][1] = (1, 10)
-    assert any("current seq 1, highest applied 2" in p for p in check(ev))
+    ev.cameras[1][2] = (2, 7)  # camera 2 (never acked) claims a seq nobody applied
+    assert check(ev) == ["node 1: camera 2 current seq 2, highest applied 1"]
 
 
-def test_conflicting_acks():
+def test_current_value_not_that_of_the_highest_seq():
     ev = good()
-    ev.conflicting_acks.append("(1, 1) acked as (3, 10) and as (8, 10)")
-    assert check(ev) == ["(1, 1) acked as (3, 10) and as (8, 10)"]
+    ev.cameras[1][1] = (2, 99)
+    assert check(ev) == ["node 1: camera 1 shows 99, its seq 2 gave 11"]
+
+
+def test_current_value_below_an_acked_seq():
+    """Never alone: an acked seq that was applied is at most the highest applied, so a
+    current seq below it is also not the highest applied one."""
+    ev = good()
+    ev.cameras[1][1] = (1, 10)
+    assert check(ev) == [
+        "node 1: camera 1 current seq 1, highest applied 2",
+        "node 1: camera 1 at seq 1 below acked 2",
+    ]
+
+
+def test_an_acked_camera_unknown_on_a_node():
+    ev = good()
+    del ev.cameras[2][1]
+    assert check(ev) == ["node 2: acked camera 1 unknown"]
+
+
+def test_a_camera_never_acked_may_be_unknown_to_a_node():
+    """Only acked cameras must be known everywhere (a node may not have applied a
+    camera's first frame yet); the checker used to count every camera it had seen."""
+    ev = good()
+    del ev.frames[2][2, 1]
+    del ev.cameras[2][2]
+    assert check(ev) == []

@@ -14,7 +14,9 @@ apply, advance) and checks on the way what the real node relies on:
   never changes its vote within a term, and votes granted name one candidate).
 
 Snapshot chunks and their answers go where ``NodeService._deliver`` sends them
-(recorded here), everything else to ``core.step``.
+(recorded here), everything else to ``core.step``; a snapshot the core asks to
+install (stepped by a test as a whole ``InstallSnapshot``) replaces the
+storage's log and the state machine's position, as the node's installer does.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class Node:
         self.applied: dict[int, tuple[int, EntryKind, bytes]] = {}  # index -> (term, kind, data)
         self.granted: dict[int, set[int]] = {}  # term -> candidates this node voted for
         self.read_states: list = []
+        self.snapshot_index = 0  # the latest snapshot installed
         self.delivered = 0
         self._last = (0, 0, 0)  # term, vote, commit
 
@@ -97,14 +100,16 @@ class Node:
             for value in _ints(rd.hard_state) + [i for e in rd.entries for i in (e.index, e.term)]:
                 if not 0 <= value <= SQLITE_MAX:
                     raise InvariantBroken(f"would persist {value}, beyond SQLite's integers: {rd.hard_state}")
-            self.storage.save(rd.hard_state, rd.entries)  # raises on a hole in the log
-            for message in rd.messages:
+            if rd.snapshot is not None:
+                self._install(rd.snapshot)
+            self.storage.save(rd.hard_state, rd.entries, sync=rd.must_sync)  # raises on a hole in the log
+            for message in (*rd.early_messages, *rd.messages):
                 raft_to_envelope(message).SerializeToString()  # raises if not encodable
                 if isinstance(message, m.VoteResponse) and message.granted and not message.pre_vote:
                     self.granted.setdefault(message.term, set()).add(message.dst)
                 if isinstance(message, m.InstallSnapshot) and not message.data:
-                    # SnapshotManager.intercept: no snapshot file here, so the transfer fails at once.
-                    core.report_snapshot(message.dst, False)
+                    # SnapshotManager.send: no snapshot file here, so the transfer fails at once.
+                    core.step(m.SnapshotStatus(message.dst, False))
                 self.sent.append(message)
             if rd.committed_entries:
                 self._apply(rd.committed_entries)
@@ -112,8 +117,18 @@ class Node:
             core.advance(rd)
         self.check()
 
+    def _install(self, meta) -> None:
+        """The node's installer: storage and the state machine start after the snapshot."""
+        if meta.index <= max(self.applied, default=0) or meta.index <= self.snapshot_index:
+            raise InvariantBroken(f"snapshot {meta} installed over applied state")
+        self.storage.install_snapshot(meta)
+        self.snapshot_index = meta.index
+        self.state = ParkingState(open_engine("sqlite://"), LOTS)
+        with self.state.engine.begin() as conn:
+            conn.exec_driver_sql("UPDATE applied SET last_applied = ?", (meta.index,))
+
     def _apply(self, entries) -> None:
-        expected = max(self.applied, default=self.core.snapshot.index) + 1
+        expected = max(max(self.applied, default=0), self.snapshot_index) + 1
         for e in entries:
             if e.index != expected:
                 raise InvariantBroken(f"applied {e.index} after {expected - 1}")

@@ -6,6 +6,7 @@ Each test names the finding; the fuzzers in this directory found them first.
 from __future__ import annotations
 
 import random
+from types import SimpleNamespace
 
 import pytest
 from twisted.internet.task import Clock
@@ -27,13 +28,14 @@ from parkd.raft.testing import Simulation
 from parkd.raft.storage import SqliteStorage
 from parkd.raft.types import Entry, EntryKind
 from parkd.wire import check_raft_message, raft_to_envelope
+from doubles import Proposals
 
 LOTS = {"north": 100}
 
 
 def client_port(max_length=DEFAULT_MAX_MESSAGE_BYTES):
     state = ParkingState(open_engine("sqlite://"), LOTS)
-    intake = FrameIntake(lambda data: None, state, HashAnalyzer(), LOTS)
+    intake = FrameIntake(Proposals(), state, HashAnalyzer(), LOTS, Clock())
     return ClientPortFactory(Clock(), max_length, intake)
 
 
@@ -91,7 +93,8 @@ class RaftNode:
         self.core = RaftCore(2, (1, 2, 3), self.storage.load(), random.Random(0), CoreConfig(election_ticks=10))
         self.clock = Clock()
         self.sent = []
-        self.driver = RaftDriver(self.core, self.storage, self.sent.append, lambda entries: None, self.clock, 0.1,
+        machine = SimpleNamespace(apply=lambda entries: [None] * len(entries))  # a state machine that keeps nothing
+        self.driver = RaftDriver(self.core, self.storage, self.sent.append, machine, self.clock, 0.1,
                                  on_fatal=lambda: None)  # fmt: skip
         self.driver.start()
         self.factory = RaftPortFactory(self.clock, DEFAULT_MAX_MESSAGE_BYTES, self.driver.step)
@@ -319,7 +322,7 @@ def test_a_crafted_snapshot_from_a_peer_is_refused_and_changes_nothing(tmp_path,
             node.honest_peer.dataReceived(frame(raft_to_envelope(m.InstallSnapshot(1, 1, 2, 5, 1, 0, stream, True))))
             node.run(0.5)
         assert logs.errors() == []
-        assert node.service.state.last_applied() == 0 and node.core.applied_index == 0
+        assert node.service.store.state.last_applied() == 0 and node.core.applied_index == 0
         assert node.core.voters == (1, 2, 3)
         assert not node.service.driver._failed
         assert node.elect()  # still a working member
@@ -335,6 +338,6 @@ def test_the_same_snapshot_undamaged_is_installed(tmp_path):
     try:
         node.honest_peer.dataReceived(frame(raft_to_envelope(m.InstallSnapshot(1, 1, 2, 5, 1, 0, stream, True))))
         node.run(0.5)
-        assert node.service.state.last_applied() == 5 and node.core.applied_index == 5
+        assert node.service.store.state.last_applied() == 5 and node.core.applied_index == 5
     finally:
         node.stop()

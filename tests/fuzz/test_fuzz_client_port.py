@@ -44,8 +44,7 @@ from parkd.parking import codec
 from parkd.parking.analyzer import HashAnalyzer
 from parkd.parking.state import FrameRejected, ParkingState
 from parkd.proto import parkd_pb2 as pb
-from parkd.raft.core import NotLeader
-from parkd.raft.types import Entry
+from doubles import Proposals
 
 LOTS = {"north": 100, "south": 60, "": 5}  # an empty lot id is legal in the config format
 MAX_LENGTH = 4096
@@ -53,36 +52,12 @@ MAX_PAYLOAD = 600
 HONEST = 7
 
 
-class Proposals:
-    """The driver's stand-in: records proposals, refuses them while there is no leader."""
-
-    def __init__(self):
-        self.leader = True
-        self.pending: list[bytes] = []
-        self.all: list[bytes] = []
-        self.index = 0
-
-    def propose(self, data: bytes) -> None:
-        if not self.leader:
-            raise NotLeader(None)
-        self.pending.append(data)
-        self.all.append(data)
-
-    def commit(self, state, intake) -> None:
-        entries = []
-        for data in self.pending:
-            self.index += 1
-            entries.append(Entry(self.index, 1, data=data))
-        self.pending = []
-        intake.applied(state.apply(entries))
-
-
 class Harness:
     def __init__(self):
         self.state = ParkingState(open_engine("sqlite://"), LOTS, max_payload=MAX_PAYLOAD)
         self.proposals = Proposals()
-        self.intake = FrameIntake(self.proposals.propose, self.state, HashAnalyzer(), LOTS)
         self.clock = Clock()
+        self.intake = FrameIntake(self.proposals, self.state, HashAnalyzer(), LOTS, self.clock)
         self.factory = ClientPortFactory(self.clock, MAX_LENGTH, self.intake)
 
     def connect(self):
@@ -195,20 +170,20 @@ def test_hostile_cameras_cannot_crash_the_port_propose_garbage_or_starve_an_hone
                     for start in range(0, len(data), chunk):
                         proto.dataReceived(data[start : start + chunk])
             elif step[0] == "commit":
-                h.proposals.commit(h.state, h.intake)
+                h.proposals.commit(h.state)
             elif step[0] == "leader":
                 h.proposals.leader = step[1]
             elif step[0] == "leader_changed":
-                h.intake.leader_changed(type("Soft", (), {"leader_id": 1})())
+                h.proposals.new_leader(1)
             elif step[0] == "lose":
                 h.lose(hostile[step[1]])
             for proto in hostile:
                 h.received(proto)
         # The honest camera is still served: its frames are acked once committed.
         h.proposals.leader = True
-        h.intake.leader_changed(type("Soft", (), {"leader_id": 1})())  # re-proposes seq 1 if refused before
+        h.proposals.new_leader(1)  # re-proposes seq 1 if refused before
         honest.dataReceived(frame(honest_frame(2)))
-        h.proposals.commit(h.state, h.intake)
+        h.proposals.commit(h.state)
         got = acks(h.received(honest))
         assert sorted(got) == [1, 2], h.received(honest)
         assert not honest.transport.disconnecting and not honest.rejected

@@ -29,6 +29,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from fuzzkit import CLIENT_KINDS, RAFT_KINDS, captured_logs, envelopes, envelopes_in, frame, fuzz, hostile_stream
 from parkd.config import load_config
 from parkd.launcher import write_config
+from doubles import InlineThread
 from parkd.node.service import NodeService
 from parkd.proto import parkd_pb2 as pb
 from parkd.raft import messages as m
@@ -59,9 +60,10 @@ class Node:
         listen = {f"listen_{kind}": f"tcp:{getattr(me, kind).port}:interface=127.0.0.1"
                   for kind in ("raft", "client", "http")}  # fmt: skip
         self.reactor = MemoryReactorClock()
-        self.service = NodeService(NodeSettings(ME, config, os.path.join(self.dir, "node-2"), **listen), self.reactor)
+        settings = NodeSettings(ME, config, os.path.join(self.dir, "node-2"), **listen)
+        self.service = NodeService(settings, self.reactor, snapshot_thread=InlineThread())
         self.service.startService()
-        self.raft_port, self.client_port, _ = (server[1] for server in self.reactor.tcpServers)
+        self.raft_port, self.client_port = (server[1] for server in self.reactor.tcpServers)
         self.honest_peer = self.connect(self.raft_port)
         self.camera = self.connect(self.client_port)
         self.camera.dataReceived(frame(pb.Envelope(hello=pb.Hello(camera_id=CAMERA, lot="north"))))
@@ -70,7 +72,7 @@ class Node:
 
     @property
     def core(self):
-        return self.service.core
+        return self.service.driver._core  # the core itself: the fuzzer checks its invariants
 
     def connect(self, factory):
         proto = factory.buildProtocol(None)
@@ -178,7 +180,7 @@ def test_a_whole_node_survives_hostile_peers_and_cameras_and_serves_the_honest_o
                 event("term space used up by a hostile peer" if node.core.term >= MAX_WIRE_INT else "not elected")
             assert not node.camera.rejected and not node.honest_peer.rejected
             assert logs.errors() == []
-        for camera in node.service.state.cameras():
+        for camera in node.service.store.state.cameras():
             assert camera.lot in LOTS and 0 <= camera.free <= LOTS[camera.lot] and math.isfinite(camera.last_seen)
     finally:
         node.stop()

@@ -1,4 +1,5 @@
 import pytest
+from twisted.logger import LogLevel, globalLogPublisher
 
 from httpnode import FakeNode
 
@@ -8,6 +9,21 @@ def node():
     node = FakeNode()
     yield node
     node.engine.dispose()
+
+
+@pytest.fixture
+def logged_errors():
+    """The error and critical twisted.logger events published during the test
+    (``log.failure`` logs at critical)."""
+    errors = []
+
+    def observe(event):
+        if event.get("log_level", LogLevel.info) >= LogLevel.error:
+            errors.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    yield errors
+    globalLogPublisher.removeObserver(observe)
 
 
 def process_harness():

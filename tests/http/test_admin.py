@@ -146,16 +146,34 @@ def test_failures_map_to_statuses(node, stub, error, status, message):
     assert got == status and message in doc["error"]
 
 
-def test_an_unexpected_failure_is_a_500_and_logged(node, stub):
+def test_an_unexpected_failure_is_a_500_and_logged(node, stub, logged_errors):
     request = node.post(REMOVE, {"id": 3})
     stub.pending[0].errback(RuntimeError("boom"))
     assert answer(request) == (500, {"error": "internal error; see the node's log"})
+    [event] = logged_errors
+    assert event["log_format"] == "admin {operation} failed" and event["operation"] == "remove-node"
+    assert event["log_failure"].check(RuntimeError) and str(event["log_failure"].value) == "boom"
 
 
-def test_the_client_going_away_is_harmless(node, stub):
+def outcome(deferred):
+    """What a fired Deferred's callback chain ended with (a Failure if a callback raised)."""
+    results = []
+    deferred.addBoth(results.append)
+    [result] = results
+    return result
+
+
+@pytest.mark.parametrize(
+    "fire",
+    [lambda d: d.callback(Membership((1, 2), (), 20)), lambda d: d.errback(ChangeTimeout("did not commit"))],
+    ids=["done", "failed"],
+)
+def test_the_client_going_away_is_harmless(node, stub, logged_errors, fire):
     request = node.post(REMOVE, {"id": 3})
     request.disconnect()
-    stub.pending[0].callback(Membership((1, 2), (), 20))  # nothing to write to: no error
+    fire(stub.pending[0])  # nothing to write to: nothing is written, nothing raises
+    assert outcome(stub.pending[0]) is None
+    assert logged_errors == [] and request.transport.value() == b""
 
 
 # ------------------------------------------------------------------ bad requests

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import re
+
 import pytest
 
 from parkd.http.api import DEFAULT_LIMIT, MAX_LIMIT, camera_status
+from parkd.http.site import web_dir
 from parkd.node import driver as events
 from parkd.raft import confchange
 from parkd.raft.confchange import ConfChange, ConfChangeOp
@@ -232,9 +236,69 @@ def test_dashboard_page_and_assets(node):
     page = node.get("/")
     assert page.status == 200 and page.headers["content-type"].startswith("text/html")
     assert b"/static/dashboard.js" in page.body and b"/static/dashboard.css" in page.body
-    assert b"http://" not in page.body.replace(b'href="http', b"")  # nothing from a CDN
     js = node.get("/static/dashboard.js")
     assert js.status == 200 and js.headers["content-type"].startswith("text/javascript")
     assert b"/api/v1/lots" in js.body
     css = node.get("/static/dashboard.css")
     assert css.status == 200 and css.headers["content-type"].startswith("text/css")
+
+
+# Where a page names something to load or to link to: an HTML attribute or a JS
+# property/assignment (src, href, ...), setAttribute, CSS url(), fetch(), import
+# (static, dynamic, CSS @import), a WebSocket/EventSource/Worker ...
+_WHERE = (
+    r"\b(?:src|srcset|href|action|formaction|poster)\s*[=:]\s*[\"'`]?"
+    r"|\bsetAttribute\(\s*[\"'](?:src|srcset|href|action|formaction|poster)[\"']\s*,\s*[\"'`]"
+    r"|\burl\(\s*[\"']?|\bfetch\(\s*[\"'`]|\bimport\s*\(\s*[\"'`]|\bimport\s+[\"'`]|\bfrom\s+[\"'`]"
+    r"|\bnew\s+(?:WebSocket|EventSource|Worker)\(\s*[\"'`]"
+)
+# ... an absolute URL (any scheme but data:) or a protocol-relative one (//host).
+_ABSOLUTE = r"\s*(?:(?!data:)[a-z][a-z0-9+.-]*:|//)"
+NETWORK_REFERENCE = re.compile(rf"(?:{_WHERE}){_ABSOLUTE}[^\s\"'`)]*", re.IGNORECASE)
+# A member's own dashboard: the address comes from the cluster API (the campus
+# network, not a CDN) and it is a link the user follows, not something the page loads.
+ALLOWED_REFERENCES = {("dashboard.js", "href: `http://${m.http}/")}
+
+
+def test_the_dashboard_loads_nothing_from_elsewhere(node):
+    """No file of parkd/web/ (all served under /static/) names an absolute or
+    protocol-relative URL to load or link: the dashboard works without Internet."""
+    names = sorted(os.listdir(web_dir()))
+    assert {"index.html", "dashboard.js", "dashboard.css"} <= set(names)
+    found = set()
+    for name in names:
+        response = node.get(f"/static/{name}")
+        assert response.status == 200, name
+        found |= {(name, m.group(0)) for m in NETWORK_REFERENCE.finditer(response.body.decode("utf-8"))}
+    assert sorted(found - ALLOWED_REFERENCES) == []
+    assert found == ALLOWED_REFERENCES  # and the allowance is still needed
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '<link rel="stylesheet" href="https://cdn.example.com/x.css">',
+        "<script src='//cdn.example.com/x.js'></script>",
+        "<img src=http://example.com/a.png>",
+        '@import url("https://fonts.example.com/f.css");',
+        "@import 'https://fonts.example.com/f.css';",
+        "body { background: url(//cdn.example.com/bg.png) }",
+        'const r = await fetch("https://api.example.com/lots");',
+        "const m = await import(`https://esm.example.com/chart.js`);",
+        'import { chart } from "https://esm.example.com/chart.js";',
+        'el.src = "wss://example.com/feed";',
+        'a.setAttribute("href", "ftp://example.com/");',
+        'new WebSocket("ws://example.com/feed")',
+    ],
+)
+def test_the_no_network_check_catches_every_kind_of_reference(text):
+    assert NETWORK_REFERENCE.search(text), text
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['<script src="/static/dashboard.js">', '<a href="/metrics">', "fetch(path, {", 'url("data:image/png;base64,AA")',
+     'document.createElementNS("http://www.w3.org/2000/svg", "svg")', "// see https://example.com in a comment"],
+)  # fmt: skip
+def test_the_no_network_check_lets_local_references_and_other_text_pass(text):
+    assert not NETWORK_REFERENCE.search(text), text

@@ -5,7 +5,6 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from parkd.db import open_engine
-from parkd.node.driver import EntriesApplied
 from parkd.node.frames import FrameIntake
 from parkd.node.ports import ClientPortFactory
 from parkd.parking.analyzer import HashAnalyzer
@@ -13,45 +12,14 @@ from parkd.parking.codec import decode
 from parkd.parking.state import ParkingState
 from parkd.proto import parkd_pb2 as pb
 from parkd.wire import frame_envelope, split_envelopes
-from parkd.raft.core import NotLeader
-from parkd.raft.types import Entry
+from doubles import Proposals
 
 LOTS = {"north": 100, "south": 60}
 
 
-class Cluster:
-    """A stand-in for the Raft driver: proposals are committed when told, and the
-    intake hears of them through the driver's event stream."""
-
-    def __init__(self):
-        self.proposed = []
-        self.leader = True
-        self.index = 0
-        self._observers = []
-
-    def subscribe(self, observer, *kinds):
-        self._observers.append((kinds, observer))
-
-    def propose(self, data):
-        if not self.leader:
-            raise NotLeader(None)
-        self.proposed.append(data)
-
-    def commit_all(self, state, intake=None):
-        entries = []
-        for data in self.proposed:
-            self.index += 1
-            entries.append(Entry(self.index, 1, data=data))
-        self.proposed = []
-        event = EntriesApplied(tuple(entries), state.apply(entries), self.index)
-        for kinds, observer in self._observers:
-            if isinstance(event, kinds):
-                observer(event)
-
-
 def setup():
     state = ParkingState(open_engine("sqlite://"), LOTS)
-    cluster = Cluster()
+    cluster = Proposals()
     intake = FrameIntake(cluster, state, HashAnalyzer(), LOTS, Clock())
     factory = ClientPortFactory(Clock(), 4 << 20, intake)
     return state, cluster, intake, factory
@@ -83,10 +51,10 @@ def test_frame_is_analysed_here_proposed_and_acked_after_apply():
     send(proto, hello=pb.Hello(camera_id=7, lot="north"))
     send(proto, submit_frame=frame(1))
     assert received(proto) == []  # no ack before commit and apply
-    [data] = cluster.proposed
+    [data] = cluster.pending
     result = decode(data)
     assert result.free == HashAnalyzer().free_spaces(b"picture", 100)  # only the result travels
-    cluster.commit_all(state, intake)
+    cluster.commit(state)
     [ack] = received(proto)
     assert ack.frame_ack == pb.FrameAck(camera_id=7, seq=1, index=1, free=result.free)
 
@@ -96,11 +64,11 @@ def test_retry_of_an_applied_frame_gets_the_original_result_at_once():
     proto = connect(factory)
     send(proto, hello=pb.Hello(camera_id=7, lot="north"))
     send(proto, submit_frame=frame(1))
-    cluster.commit_all(state, intake)
+    cluster.commit(state)
     [first] = received(proto)
     send(proto, submit_frame=frame(1, payload=b"different"))
     [again] = received(proto)
-    assert again.frame_ack == first.frame_ack and cluster.proposed == []
+    assert again.frame_ack == first.frame_ack and cluster.pending == []
 
 
 def test_duplicate_in_the_log_acks_both_waiters_with_one_result():
@@ -109,7 +77,7 @@ def test_duplicate_in_the_log_acks_both_waiters_with_one_result():
     for proto in (a, b):
         send(proto, hello=pb.Hello(camera_id=7, lot="north"))
         send(proto, submit_frame=frame(1))
-    cluster.commit_all(state, intake)
+    cluster.commit(state)
     [ack_a], [ack_b] = received(a), received(b)
     assert ack_a.frame_ack == ack_b.frame_ack
     assert len(state.frames(7)) == 1
@@ -135,7 +103,7 @@ def test_refusals_are_clear_errors_and_store_nothing():
     send(proto, submit_frame=frame(4, payload=b"x" * (2 << 20)))  # over the payload limit
     codes = [e.error.code for e in received(proto)]
     assert codes == [pb.Error.BAD_REQUEST, pb.Error.LOT_MISMATCH, pb.Error.BAD_REQUEST, pb.Error.PAYLOAD_TOO_LARGE]
-    assert cluster.proposed == [] and not proto.transport.disconnecting
+    assert cluster.pending == [] and not proto.transport.disconnecting
 
 
 def test_unknown_lot_in_hello_closes_with_error():
@@ -151,7 +119,7 @@ def test_camera_changing_lot_is_refused_by_the_state_machine():
     proto = connect(factory)
     send(proto, hello=pb.Hello(camera_id=7, lot="north"))
     send(proto, submit_frame=frame(1))
-    cluster.commit_all(state, intake)
+    cluster.commit(state)
     received(proto)
     moved = connect(factory)
     send(moved, hello=pb.Hello(camera_id=7, lot="south"))
@@ -169,7 +137,7 @@ def test_disconnected_camera_is_forgotten():
     assert intake.cameras == 1
     proto.connectionLost(None)
     assert intake.waiting == {} and intake.cameras == 0
-    cluster.commit_all(state, intake)  # applied without anyone to tell
+    cluster.commit(state)  # applied without anyone to tell
 
 
 def test_applied_cameras_are_read_in_one_query_and_kept_current():
@@ -181,8 +149,8 @@ def test_applied_cameras_are_read_in_one_query_and_kept_current():
         proto = connect(factory)
         send(proto, hello=pb.Hello(camera_id=camera_id, lot="north"))
         send(proto, submit_frame=frame(1, camera_id=camera_id))
-    cluster.commit_all(state, intake)
-    cluster._observers.clear()  # the old intake is gone with its process
+    cluster.commit(state)
+    cluster.unsubscribe_all()  # the old intake is gone with its process
     restarted = FrameIntake(cluster, state, HashAnalyzer(), LOTS, Clock())
     queries = []
     state.camera = lambda camera_id: queries.append(camera_id)
@@ -195,8 +163,8 @@ def test_applied_cameras_are_read_in_one_query_and_kept_current():
         send(proto, hello=pb.Hello(camera_id=camera_id, lot="north"))
         send(proto, submit_frame=frame(1, camera_id=camera_id))
     assert [e.frame_ack.seq for e in received(protos[7]) + received(protos[8])] == [1, 1]  # retries, answered
-    assert received(protos[9]) == [] and len(cluster.proposed) == 1  # a new camera's frame is proposed
-    cluster.commit_all(state, restarted)
+    assert received(protos[9]) == [] and len(cluster.pending) == 1  # a new camera's frame is proposed
+    cluster.commit(state)
     send(protos[9], submit_frame=frame(1, camera_id=9, payload=b"again"))
     assert [e.frame_ack.seq for e in received(protos[9])] == [1, 1]  # applied() made camera 9 known
-    assert cluster.proposed == [] and queries == ["all"]
+    assert cluster.pending == [] and queries == ["all"]

@@ -12,8 +12,13 @@ import json
 import random
 
 import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IHostnameResolver, IHostResolution
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from zope.interface import implementer
 from twisted.logger import Logger
 
 from parkd.config import Member, parse_address
@@ -524,13 +529,60 @@ def test_peer_service_adds_and_removes_links_at_runtime():
     assert set(peers.links) == {4} and not peers.connected(4)
 
 
+@implementer(IHostResolution)
+class _Resolution:
+    def __init__(self, name):
+        self.name = name
+
+    def cancel(self):
+        pass
+
+
+@implementer(IHostnameResolver)
+class LiteralResolver:
+    """Resolves an IPv4 literal to itself (MemoryReactor's resolver answers 127.0.0.1 to all)."""
+
+    def resolveHostName(self, receiver, hostName, portNumber=0, addressTypes=None, transportSemantics="TCP"):
+        resolution = _Resolution(hostName)
+        receiver.resolutionBegan(resolution)
+        receiver.addressResolved(IPv4Address("TCP", hostName, portNumber))
+        receiver.resolutionComplete()
+        return resolution
+
+
+def dials(reactor) -> list[tuple[str, int]]:
+    """Every connection attempt so far, as (host, port)."""
+    return [(host, port) for host, port, *_ in reactor.tcpClients]
+
+
+def answer_dial(reactor, n: int) -> StringTransport:
+    """Complete the ``n``-th connection attempt; its transport (``.protocol``: ours)."""
+    host, port, factory, *_ = reactor.tcpClients[n]
+    transport = StringTransport()
+    transport.protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+    transport.protocol.makeConnection(transport)
+    return transport
+
+
 def test_a_member_that_moved_is_reconnected_at_its_new_address():
-    peers, _ = make_peers([member(2)])
-    old = peers.getServiceNamed("peer-2")
+    reactor = MemoryReactorClock()
+    reactor.installNameResolver(LiteralResolver())
+    lost = []
+    peers = PeerService(1, (member(2),), reactor, 1 << 20, on_lost=lost.append)
+    peers.startService()
+    old = answer_dial(reactor, 0)
+    assert dials(reactor) == [("127.0.0.1", 7102)] and peers.connected(2)
     peers.add_peer(member(2, host="10.0.0.2"))
-    assert not old.running and peers.links[2].member.raft.host == "10.0.0.2"
+    assert old.disconnecting  # the link to the old address is closed ...
+    assert dials(reactor) == [("127.0.0.1", 7102), ("10.0.0.2", 7102)]  # ... and the new one dialled
+    assert not peers.connected(2)
+    new = answer_dial(reactor, 1)
+    assert peers.connected(2) and peers.links[2].proto.transport is new
+    old.protocol.connectionLost(Failure(ConnectionDone()))  # the old socket closes: not a lost peer
+    assert peers.connected(2) and lost == []
     peers.add_peer(member(2, host="10.0.0.2"))  # the same again: no reconnect
-    assert peers.getServiceNamed("peer-2") is not old
+    reactor.advance(5)
+    assert len(dials(reactor)) == 2 and not new.disconnecting and peers.links[2].proto.transport is new
 
 
 def test_a_message_for_an_unknown_node_makes_a_link_if_its_address_is_known():

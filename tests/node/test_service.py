@@ -10,6 +10,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from parkd.config import load_config
 from parkd.launcher import write_config
 from parkd.node.peers import PeerConnection
+from doubles import InlineThread
 from parkd.node.service import NodeService
 from parkd.proto import parkd_pb2 as pb
 from parkd.raft import messages as m
@@ -31,7 +32,8 @@ class Node:
         listen = {f"listen_{kind}": f"tcp:{getattr(me, kind).port}:interface=127.0.0.1"
                   for kind in ("raft", "client", "http")}  # fmt: skip
         self.reactor = MemoryReactorClock()
-        self.service = NodeService(NodeSettings(ME, self.config, str(tmp_path / "node-2"), **listen), self.reactor)
+        settings = NodeSettings(ME, self.config, str(tmp_path / "node-2"), **listen)
+        self.service = NodeService(settings, self.reactor, snapshot_thread=InlineThread())
         self.service.startService()
         self.raft_port, self.client_port = (server[1] for server in self.reactor.tcpServers)
         self.peer = self.connect(self.raft_port)

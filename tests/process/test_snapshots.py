@@ -11,7 +11,8 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-SMALL_SNAPSHOTS = ("--snapshot-entries", "60", "--snapshot-margin", "10")
+SNAPSHOT_ENTRIES = 60
+SMALL_SNAPSHOTS = ("--snapshot-entries", str(SNAPSHOT_ENTRIES), "--snapshot-margin", "10")
 
 
 def start(make_cluster, **kwargs):
@@ -38,21 +39,71 @@ def test_follower_behind_the_compacted_log_catches_up_by_snapshot(make_cluster):
     assert frames[follower] == frames[leader]
 
 
+def latest_snapshot(cluster, node_id):
+    """The index of the last snapshot ``node_id`` took (0: none)."""
+    return max((e["index"] for e in cluster.events(cluster.nodes[node_id], "snapshot_taken")), default=0)
+
+
+def commit_a_log_tail(cluster, frames=10, slack=10, rounds=3):
+    """With the cameras stopped: camera 1 sends ``frames`` frames that every node
+    commits and applies above its latest snapshot, without taking another.
+
+    A node snapshots once its log holds more than SNAPSHOT_ENTRIES beyond its last
+    snapshot; when a node is too close to that, camera 1 first runs until every
+    node took one more snapshot.
+    """
+    for _ in range(rounds):
+        cluster.check_exactly_once()  # every acked frame applied everywhere
+        snapshots = {n: latest_snapshot(cluster, n) for n in cluster.nodes}
+        behind = max(cluster.status(n)["last_applied"] - snapshots[n] for n in cluster.nodes)
+        camera = cluster.cameras[1]
+        since = len(cluster.acked())
+        camera.start()
+        if behind + frames + slack <= SNAPSHOT_ENTRIES:
+            cluster.wait_acks(frames, since=since)
+            camera.stop()
+            return snapshots
+        cluster.wait(lambda: all(latest_snapshot(cluster, n) > snapshots[n] for n in cluster.nodes), 60,
+                     "one more snapshot on every node")  # fmt: skip
+        camera.stop()
+    raise AssertionError(f"no room for {frames} entries above the snapshots in {rounds} rounds")
+
+
 def test_restart_from_snapshot_plus_log_recovers_exactly(make_cluster):
+    """A restart recovers the snapshot and the committed log after it: the log tail
+    is still there (last and commit index), its frames too, and the cluster goes on."""
     cluster = start(make_cluster, node_args=SMALL_SNAPSHOTS)
     cluster.leader()
     cluster.wait(lambda: all(cluster.events(n, "snapshot_taken") for n in cluster.nodes.values()), 60,
                  "a snapshot on every node")  # fmt: skip
     for camera in cluster.cameras.values():
         camera.stop()
+    snapshots = commit_a_log_tail(cluster, frames=10)
     before, frames_before = cluster.check_exactly_once()
+    status_before = {n: cluster.status(n) for n in cluster.nodes}
+    for node_id, snapshot in snapshots.items():
+        latest = latest_snapshot(cluster, node_id)
+        assert latest == snapshot, f"node {node_id} took a snapshot at {latest} above {snapshot}: no log tail"
+        tail = [key for key, (index, _) in frames_before[node_id].items() if index > snapshot]
+        assert len(tail) >= 10, f"node {node_id}: {len(tail)} frames above its snapshot at {snapshot}"
     codes = cluster.stop_all()
     assert set(codes.values()) == {-signal.SIGTERM}
     cluster.start_nodes()
     cluster.leader()
+    for node_id, old in status_before.items():
+        new = cluster.status(node_id)
+        assert new["last_index"] >= old["last_index"] and new["commit_index"] >= old["commit_index"], (old, new)
+        assert new["last_applied"] >= old["last_applied"], (old, new)
     after, frames_after = cluster.check_exactly_once()
     for node_id in cluster.nodes:
         assert frames_after[node_id] == frames_before[node_id]
+    # New frames are committed after the recovered log, and applied once everywhere.
+    since = len(after)
+    cluster.cameras[2].start()
+    cluster.wait_acks(5, since=since)
+    cluster.cameras[2].stop()
+    acked, _ = cluster.check_exactly_once()
+    assert len(acked) >= since + 5
 
 
 def peer_links(cluster, node_id):

@@ -6,7 +6,7 @@ import random
 import pytest
 
 from parkd.raft.confchange import ConfChange, ConfChangeOp
-from parkd.raft.core import CoreConfig, NotLeader, RaftCore, Role, TransferResult
+from parkd.raft.core import MAX_TERM, CoreConfig, NotLeader, RaftCore, Role, TransferResult
 from parkd.raft.messages import AppendEntries, AppendResponse, PeerUnreachable, TimeoutNow, VoteRequest, VoteResponse
 from parkd.raft.testing import Cluster, drain, entries_with_terms
 from parkd.raft.types import EntryKind, HardState, PersistedState
@@ -131,6 +131,21 @@ def test_5_1_stale_vote_request_is_refused_with_the_current_term():
     assert core.vote == 0
 
 
+@pytest.mark.parametrize("term", [MAX_TERM + 1, 2**63, 2**64 - 1])
+def test_5_1_a_term_the_node_cannot_store_or_count_up_from_is_dropped(term):
+    """§5.1: a node adopts a higher term for good, persists it and campaigns in the
+    next one.  A forged term beyond MAX_TERM is dropped unread: SQLite stores signed
+    64-bit integers, and from 2**64 - 1 the next term cannot even be encoded."""
+    core = make_core(terms=[1], config=NO_PRE_VOTE)
+    drain(core)
+    for message in (AppendEntries(term, 2, 1, 1, 1, (), 1), vote_request(term, 2, 1, 1), TimeoutNow(term, 2, 1),
+                    AppendResponse(term, 2, 1, success=False)):  # fmt: skip
+        core.step(message)
+        assert core.term == 1 and not core.has_ready(), message
+    core.step(AppendEntries(MAX_TERM, 2, 1, 1, 1, (), 1))  # the largest term a node takes
+    assert (core.term, core.leader_id) == (MAX_TERM, 2)
+
+
 # -- §5.2 one vote per term, durable before the answer ---------------------------
 
 
@@ -171,6 +186,20 @@ def test_5_2_no_vote_for_another_candidate_once_a_leader_is_known():
     core.step(AppendEntries(2, 2, 1, 0, 0, (), 0))
     core.step(vote_request(2, 3, 0, 0))
     assert sent(drain(core), VoteResponse)[-1].granted is False
+
+
+def test_5_2_a_vote_request_from_node_0_is_dropped_so_one_vote_per_term_holds():
+    """§5.2: at most one vote per term.  Node ids start at 1 and 0 stands for "no
+    vote" in the hard state: a vote granted to "node 0" was recorded as none, and
+    the node then voted again in the same term (found by the core fuzzer)."""
+    core = make_core(term=1)
+    drain(core)
+    core.step(vote_request(2, 0, 0, 0))
+    assert core.term == 1 and not core.has_ready()
+    core.step(vote_request(2, 3, 0, 0))
+    core.step(vote_request(2, 2, 0, 0))
+    assert [(m.dst, m.granted) for m in sent(drain(core), VoteResponse)] == [(3, True), (2, False)]
+    assert core.vote == 3
 
 
 # -- §5.4.1 election restriction --------------------------------------------------

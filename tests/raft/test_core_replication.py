@@ -6,6 +6,7 @@ import random
 import pytest
 
 from parkd.raft.core import CoreConfig, RaftCore, Role
+from parkd.raft.log import LogConflictBelowCommit
 from parkd.raft.messages import AppendEntries, AppendResponse, VoteResponse
 from parkd.raft.testing import Cluster, SafetyViolation, drain, entries_with_terms
 from parkd.raft.types import Entry, EntryKind, HardState, PersistedState
@@ -114,10 +115,13 @@ def test_5_3_follower_commit_stops_at_the_last_entry_it_verified():
 
 
 def test_5_3_conflict_below_the_commit_index_is_a_fatal_error():
+    """§5.3/§5.4: a committed entry is never overwritten; a leader asking for it means
+    safety is already broken, and the log says so with its own exception."""
     core = make_core(terms=[1, 1], term=2)
     core.step(AppendEntries(2, 2, 1, 2, 1, (), 2))
-    with pytest.raises(AssertionError):
+    with pytest.raises(LogConflictBelowCommit, match=r"^conflict at 2 <= commit 2$"):
         core.step(append(1, 1, [2], term=2))
+    assert terms_of(core) == [1, 1] and core.commit_index == 2  # the committed entry stays
 
 
 # -- §5.3 leader side: back-off, probing, pipelining, batching -----------------------

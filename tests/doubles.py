@@ -1,0 +1,69 @@
+"""Test doubles for the node's collaborators (imported as ``doubles``).
+
+- :class:`Proposals` stands in for the Raft driver in client-port tests: it takes
+  proposals (or raises NotLeader), commits them when the test says so by applying
+  them to a real ParkingState, and tells subscribers through the same
+  ``EntriesApplied`` events the driver publishes.
+- :class:`InlineThread` stands in for the node's snapshot thread on a fake
+  reactor: it runs the work at once.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import defer
+
+from parkd.node.driver import EntriesApplied, LeaderChanged
+from parkd.raft.core import Role
+from parkd.raft.core import NotLeader
+from parkd.raft.types import Entry
+
+
+class Proposals:
+    def __init__(self):
+        self.leader = True
+        self.pending: list[bytes] = []  # proposed, not yet committed
+        self.all: list[bytes] = []
+        self.index = 0
+        self._observers = []
+
+    def subscribe(self, observer, *kinds):
+        self._observers.append((kinds, observer))
+
+    def unsubscribe_all(self):
+        """The node these observers belonged to is gone (a restart)."""
+        self._observers.clear()
+
+    def propose(self, data: bytes) -> None:
+        if not self.leader:
+            raise NotLeader(None)
+        self.pending.append(data)
+        self.all.append(data)
+
+    def new_leader(self, leader_id: int, term: int = 2) -> None:
+        """A leader became known (the driver's LeaderChanged)."""
+        self._publish(LeaderChanged(Role.FOLLOWER, leader_id, term))
+
+    def _publish(self, event) -> None:
+        for kinds, observer in self._observers:
+            if isinstance(event, kinds):
+                observer(event)
+
+    def commit(self, state) -> None:
+        """Commit and apply every pending proposal, as one batch."""
+        entries = []
+        for data in self.pending:
+            self.index += 1
+            entries.append(Entry(self.index, 1, data=data))
+        self.pending = []
+        self._publish(EntriesApplied(tuple(entries), state.apply(entries), self.index))
+
+
+class InlineThread:
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def run(self, function, *args, **kwargs) -> defer.Deferred:
+        return defer.maybeDeferred(function, *args, **kwargs)
