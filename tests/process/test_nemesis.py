@@ -21,7 +21,8 @@ def test_two_seeded_fault_schedules_lose_nothing(tmp_path):
         run = run_schedule(seed, duration=22, workdir=str(tmp_path / f"seed-{seed}"))
         applied = ", ".join(f"{kind} {n}" for kind, n in run.by_kind().items() if n)
         print(f"\nnemesis seed {seed}: {len(run.effective)} faults ({applied}), {len(run.skipped)} skipped, "
-              f"{run.acked} acked, {run.fault_seconds:.0f}s of faults, {run.seconds:.0f}s: {[str(f) for f in run.faults]}")  # fmt: skip
+              f"{run.acked} acked, {run.fault_seconds:.0f}s of faults, {run.seconds:.0f}s in all: "
+              f"{[str(f) for f in run.faults]}")  # fmt: skip
         assert run.violations == [], f"seed {seed}: {run.violations}"
         assert run.acked > 0
         assert len(run.effective) >= MIN_FAULTS, f"seed {seed}: {len(run.effective)} faults took effect: {run.faults}"
