@@ -5,8 +5,11 @@ port only through the proxy ``(i, j)`` (its own ``--peers`` view), so the
 harness can partition any set of links, one way or both.  Faults: kill -9 and
 restart (leader or follower), SIGSTOP/SIGCONT pauses longer than the election
 timeout, majority/minority partitions, an isolated leader, one-way cuts, and a
-full-cluster restart.  At the end everything is healed and restarted, the
-cameras are stopped, and :mod:`parkd.chaos.checker` judges the evidence.
+full-cluster restart.  The fault window opens once the cluster acked its first
+frame; a fault that could not be applied (no leader to kill or isolate, no live
+node to kill) is recorded as skipped, not counted.  At the end everything is
+healed and restarted, the cameras are stopped, and :mod:`parkd.chaos.checker`
+judges the evidence.
 
     python -m parkd.chaos.nemesis --seeds 50 --duration 120 [--nodes 3|5] [--summary FILE]
 """
@@ -23,6 +26,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass, field
 
 from parkd.chaos import checker
@@ -32,13 +36,40 @@ from parkd.launcher import Daemon, Timeout, camera_daemon, free_ports, wait_for
 LOTS = {"north": 100, "south": 60, "east": 250}
 
 
+@dataclass(frozen=True)
+class Fault:
+    """One fault of a schedule: its kind, what was done (or why nothing was)."""
+
+    kind: str
+    what: str
+    effective: bool = True
+
+    def __str__(self) -> str:
+        return self.what if self.effective else f"{self.kind} skipped: {self.what}"
+
+
 @dataclass
 class Run:
     seed: int
-    faults: list[str] = field(default_factory=list)
+    faults: list[Fault] = field(default_factory=list)  # effective and skipped, in order
     acked: int = 0
     violations: list[str] = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole schedule, start-up to shutdown
+    fault_seconds: float = 0.0  # from the first ack to the end of the last fault
+
+    @property
+    def effective(self) -> list[Fault]:
+        return [f for f in self.faults if f.effective]
+
+    @property
+    def skipped(self) -> list[Fault]:
+        return [f for f in self.faults if not f.effective]
+
+    def by_kind(self) -> Counter[str]:
+        """Effective faults per kind (every kind of :data:`KINDS`, zero if none)."""
+        counts = Counter({kind: 0 for kind in KINDS})
+        counts.update(f.kind for f in self.effective)
+        return counts
 
 
 class ChaosCluster:
@@ -143,10 +174,14 @@ class ChaosCluster:
 # ---------------------------------------------------------------- faults
 
 
+class Skip(Exception):
+    """A fault that could not be applied now (the reason is the message)."""
+
+
 def kill_leader(c: ChaosCluster, rng) -> str:
     leader = c.leader()
     if leader is None:
-        return "kill-leader: no leader"
+        raise Skip("no leader")
     c.nodes[leader].kill()
     return f"kill -9 leader {leader}"
 
@@ -154,6 +189,8 @@ def kill_leader(c: ChaosCluster, rng) -> str:
 def kill_follower(c: ChaosCluster, rng) -> str:
     leader = c.leader()
     victim = rng.choice([i for i in c.nodes if i != leader])
+    if not c.nodes[victim].alive():
+        raise Skip(f"node {victim} is not running")
     c.nodes[victim].kill()
     return f"kill -9 node {victim}"
 
@@ -161,6 +198,8 @@ def kill_follower(c: ChaosCluster, rng) -> str:
 def pause_node(c: ChaosCluster, rng) -> str:
     victim = c.leader() if rng.random() < 0.5 else rng.choice(list(c.nodes))
     victim = victim or rng.choice(list(c.nodes))
+    if not c.nodes[victim].alive():
+        raise Skip(f"node {victim} is not running")
     c.pause(victim)
     return f"SIGSTOP node {victim}"
 
@@ -176,7 +215,7 @@ def partition_minority(c: ChaosCluster, rng) -> str:
 def isolate_leader(c: ChaosCluster, rng) -> str:
     leader = c.leader()
     if leader is None:
-        return "isolate-leader: no leader"
+        raise Skip("no leader")
     c.network.partition({leader}, set(c.nodes) - {leader})
     return f"isolate leader {leader}"
 
@@ -197,7 +236,25 @@ def full_restart(c: ChaosCluster, rng) -> str:
     return "full-cluster restart (SIGTERM all, start all)"
 
 
-FAULTS = [kill_leader, kill_follower, pause_node, partition_minority, isolate_leader, one_way, full_restart]
+# (kind, fault): a fault does what it says and returns a description, or raises Skip.
+FAULTS = [
+    ("kill-leader", kill_leader),
+    ("kill-follower", kill_follower),
+    ("pause", pause_node),
+    ("partition", partition_minority),
+    ("isolate-leader", isolate_leader),
+    ("one-way", one_way),
+    ("full-restart", full_restart),
+]
+KINDS = tuple(kind for kind, _ in FAULTS)
+
+
+def inject(kind: str, fault, cluster: ChaosCluster, rng) -> Fault:
+    """Apply ``fault`` to ``cluster`` now; skipped if it cannot be applied."""
+    try:
+        return Fault(kind, fault(cluster, rng))
+    except Skip as e:
+        return Fault(kind, str(e), effective=False)
 
 
 def run_schedule(seed: int, duration: float, workdir: str, nodes: int = 3, log=print) -> Run:
@@ -209,14 +266,15 @@ def run_schedule(seed: int, duration: float, workdir: str, nodes: int = 3, log=p
     try:
         cluster.start()
         wait_for(lambda: cluster.acked() > 0, 30, "the first ack")
-        while time.monotonic() - started < duration:
-            fault = rng.choice(FAULTS)
-            run.faults.append(fault(cluster, rng))
-            log(f"  seed {seed} t={time.monotonic() - started:5.1f}s {run.faults[-1]}")
+        window = time.monotonic()  # faults only on a cluster that works
+        while time.monotonic() - window < duration:
+            run.faults.append(inject(*rng.choice(FAULTS), cluster, rng))
+            log(f"  seed {seed} t={time.monotonic() - window:5.1f}s {run.faults[-1]}")
             hold = rng.uniform(1.5, 3.0) * cluster.election_timeout
             _hold(hold)
             cluster.heal()
             _hold(rng.uniform(1.0, 2.0) * cluster.election_timeout)
+        run.fault_seconds = time.monotonic() - window
         cluster.heal()
         before = cluster.acked()
         wait_for(lambda: cluster.acked() > before + 5, 60, "acks after healing")
@@ -267,7 +325,10 @@ def main(argv=None) -> int:
         run = run_schedule(seed, args.duration, workdir, args.nodes)
         runs.append(run)
         verdict = "ok" if not run.violations else "VIOLATION"
-        print(f"seed {seed}: {verdict}: {len(run.faults)} faults, {run.acked} frames acked, {run.seconds:.0f}s")
+        print(
+            f"seed {seed}: {verdict}: {len(run.effective)} faults ({len(run.skipped)} skipped), "
+            f"{run.acked} frames acked, {run.seconds:.0f}s"
+        )
         for v in run.violations:
             print(f"  seed {seed}: {v}")
         if run.violations or args.keep:
@@ -283,12 +344,24 @@ def main(argv=None) -> int:
 
 
 def summary(runs: list[Run]) -> str:
-    lines = ["| seed | faults | frames acked | violations | seconds |", "|---|---|---|---|---|"]
+    """A Markdown table: per seed (and in all) the faults that took effect, by kind."""
+    columns = ["seed", "faults", *KINDS, "skipped", "frames acked", "violations", "seconds"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+    def row(name, effective, kinds, skipped, acked, violations, seconds):
+        cells = [name, effective, *(kinds[k] for k in KINDS), skipped, acked, violations, f"{seconds:.0f}"]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+
     for r in runs:
-        lines.append(f"| {r.seed} | {len(r.faults)} | {r.acked} | {len(r.violations)} | {r.seconds:.0f} |")
-    lines.append(
-        f"| all {len(runs)} | {sum(len(r.faults) for r in runs)} | {sum(r.acked for r in runs)} "
-        f"| {sum(len(r.violations) for r in runs)} | {sum(r.seconds for r in runs):.0f} |"
+        row(r.seed, len(r.effective), r.by_kind(), len(r.skipped), r.acked, len(r.violations), r.seconds)
+    row(
+        f"all {len(runs)}",
+        sum(len(r.effective) for r in runs),
+        sum((r.by_kind() for r in runs), Counter()),
+        sum(len(r.skipped) for r in runs),
+        sum(r.acked for r in runs),
+        sum(len(r.violations) for r in runs),
+        sum(r.seconds for r in runs),
     )
     return "\n".join(lines)
 

@@ -104,7 +104,11 @@ ports = st.sampled_from(sorted(RULES))
 # raft messages; cameras and tools send hello and frames; nodes answer cameras.
 RAFT_KINDS = {"vote_request", "vote_response", "append_entries", "append_response", "install_snapshot",
               "snapshot_response", "timeout_now", "propose", "read_index_request", "read_index_response"}  # fmt: skip
-ACCEPTED = {"raft": RAFT_KINDS, "client": {"hello", "submit_frame"}, "camera": {"frame_ack", "redirect", "unavailable", "error"}}
+ACCEPTED = {
+    "raft": RAFT_KINDS,
+    "client": {"hello", "submit_frame"},
+    "camera": {"frame_ack", "redirect", "unavailable", "error"},
+}
 
 
 def delivered_before_refusal(port, batch):
