@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from parkd import ctl
+from parkd import ctl, ctl_client
 from parkd.launcher import write_config
 
 
@@ -407,7 +407,7 @@ def test_following_leader_hints_is_bounded(nodes):
     b.routes[TRANSFER] = not_leader(1, a.address)
     code, _, err = run("--cluster", a.address, "--timeout", "0.2", "transfer-leader")
     assert code == 1 and "no leader could take the request" in err
-    assert len(a.posted) + len(b.posted) <= 2 * (ctl.MAX_HOPS + 1)
+    assert len(a.posted) + len(b.posted) <= 2 * (ctl_client.MAX_HOPS + 1)
 
 
 def test_status_marks_learners_and_non_members(nodes):

@@ -79,10 +79,10 @@ class Admin:
                 request.finish()
 
         def refuse(failure):
-            if gone:
-                return None
-            request.write(error_response(request, self._error(failure, operation)))
-            request.finish()
+            error = self._error(failure, operation)  # logs an unexpected failure even if nobody waits
+            if not gone:
+                request.write(error_response(request, error))
+                request.finish()
 
         deferred.addCallbacks(respond, refuse)
         return server.NOT_DONE_YET

@@ -36,7 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from parkd.config import Member
-from parkd.node.addresses import AddressBook, decode_change, member_context, member_from_json, member_json
+from parkd.node.addresses import AddressBook, decode_change, member_context, member_json
 from parkd.node.driver import EntriesApplied, EntriesPersisted, LeaderChanged, MembershipChanged, TransferEnded
 from parkd.raft.confchange import ConfChange, ConfChangeOp
 from parkd.raft.core import ConfChangeRefused, NotLeader, Role

@@ -55,7 +55,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 
 from parkd.db import storage_errors
-from parkd.parking.state import PARKING_SCHEMA_VERSION, snapshot_tables
+from parkd.parking.schema import PARKING_SCHEMA_VERSION, snapshot_tables
 from parkd.raft.types import SnapshotMeta
 
 FORMAT_VERSION = 1

@@ -41,49 +41,20 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from parkd.db import DriverStatement, ensure_schema, storage_errors, unsynced_transaction
 from parkd.parking.codec import CodecError, FrameResult, decode, decode_retention, is_retention
+from parkd.parking.history import HistoryPoint, lot_history
 from parkd.parking.retention import TrimResult, trim_in
+from parkd.parking.schema import PARKING_SCHEMA_VERSION
+from parkd.parking.schema import applied as _applied
+from parkd.parking.schema import cameras as _cameras
+from parkd.parking.schema import frames as _frames
+from parkd.parking.schema import lots as _lots
+from parkd.parking.schema import metadata as _meta
 from parkd.raft.types import Entry, EntryKind
 
-PARKING_SCHEMA_VERSION = 1
 MAX_PAYLOAD = 1 << 20  # bytes; a camera frame far above this is a bug, not a picture
 _MAX_CAMERA_ID = (1 << 32) - 1  # uint32 on the wire
 _MAX_SEQ = (1 << 63) - 1  # SQLite integers are signed 64-bit
 _CHUNK = 500  # keys per IN (...) query, far below SQLite's bound-parameter limit
-
-_meta = sa.MetaData()
-_lots = sa.Table(
-    "lots",
-    _meta,
-    sa.Column("id", sa.Text, primary_key=True),
-    sa.Column("capacity", sa.Integer, nullable=False),
-    sa.Column("free", sa.Integer),  # NULL until a camera of the lot reports
-    sa.Column("updated_at", sa.Float),
-)
-_cameras = sa.Table(
-    "cameras",
-    _meta,
-    sa.Column("camera_id", sa.Integer, primary_key=True),
-    sa.Column("lot", sa.Text, nullable=False),
-    sa.Column("last_seq", sa.Integer, nullable=False),  # highest applied seq
-    sa.Column("free", sa.Integer, nullable=False),  # of the frame with last_seq
-    sa.Column("last_seen", sa.Float, nullable=False),  # its captured_at
-    sa.Column("trimmed_seq", sa.Integer, nullable=False, server_default="0"),
-)
-_frames = sa.Table(
-    "frames",
-    _meta,
-    sa.Column("camera_id", sa.Integer, primary_key=True),
-    sa.Column("seq", sa.Integer, primary_key=True),
-    sa.Column("free", sa.Integer, nullable=False),
-    sa.Column("captured_at", sa.Float, nullable=False),
-    sa.Column("log_index", sa.Integer, nullable=False),
-)
-_applied = sa.Table(
-    "applied",
-    _meta,
-    sa.Column("id", sa.Integer, primary_key=True),  # always 1: a single row
-    sa.Column("last_applied", sa.Integer, nullable=False),
-)
 
 # The per-frame statements of apply(), compiled once (see DriverStatement).
 _upsert_camera = sqlite_insert(_cameras).values(
@@ -210,25 +181,6 @@ class CameraView:
     free: int
     last_seq: int
     last_seen: float
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryPoint:
-    at: float
-    free: int
-
-
-_HISTORY_FIRST = """
-SELECT MIN(f.captured_at) FROM frames AS f JOIN cameras AS c ON c.camera_id = f.camera_id
-WHERE c.lot = :lot AND f.captured_at >= :start AND f.captured_at <= :end
-"""
-_HISTORY = """
-SELECT MIN(CAST((f.captured_at - :start) / :step AS INTEGER), :last) AS bucket, f.captured_at, f.free,
-       MAX(f.log_index)
-FROM frames AS f JOIN cameras AS c ON c.camera_id = f.camera_id
-WHERE c.lot = :lot AND f.captured_at >= :start AND f.captured_at <= :end
-GROUP BY bucket ORDER BY bucket
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,23 +334,9 @@ class ParkingState:
             return [FrameView(*row) for row in conn.execute(query)]
 
     def history(self, lot: str, start: float, end: float, points: int) -> tuple[float | None, list[HistoryPoint]]:
-        """The lot's free spaces over [start, end] in at most ``points`` equal steps.
-
-        The steps divide the part of the window that has frames (from the first
-        frame in it to ``end``), so a young cluster still gets a detailed trend.
-        A lot's value is the newest judgement (in log order) of any of its cameras,
-        so each step reports its frame with the highest log index (SQLite takes the
-        bare columns from the MAX row).  Steps without a frame are left out.
-        Returns (the first frame's time or None, the points).
-        """
+        """The lot's free spaces over [start, end] in at most ``points`` steps (see parking.history)."""
         with storage_errors("reading a lot's history"), self._engine.connect() as conn:
-            first = conn.scalar(sa.text(_HISTORY_FIRST), {"lot": lot, "start": start, "end": end})
-            if first is None:
-                return None, []
-            step = max((end - first) / points, 1e-6)
-            params = {"lot": lot, "start": first, "end": end, "step": step, "last": points - 1}
-            rows = conn.execute(sa.text(_HISTORY), params)
-            return first, [HistoryPoint(at, free) for _, at, free, _ in rows]
+            return lot_history(conn, lot, start, end, points)
 
     def lookup(self, camera_id: int, seq: int) -> Receipt | None:
         """The receipt of an applied frame (to ack a re-sent one at once), else None."""
@@ -413,11 +351,6 @@ class ParkingState:
     def _camera_query() -> sa.Select:
         c = _cameras.c
         return sa.select(c.camera_id, c.lot, c.free, c.last_seq, c.last_seen)
-
-
-def snapshot_tables() -> tuple[sa.Table, ...]:
-    """The tables a snapshot copies whole, in a fixed order (``parkd/parking/snapshot.py``)."""
-    return (_lots, _cameras, _frames, _applied)
 
 
 def _segments(entries: Sequence[Entry]) -> Iterator[Sequence[Entry] | float]:

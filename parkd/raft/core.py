@@ -544,7 +544,8 @@ class RaftCore:
         The node's own events (:data:`parkd.raft.messages.LOCAL_EVENTS`) carry no
         term and go straight to their handler.  What no correct peer sends is
         dropped unread: a sender id below 1 (0 means "no vote" in the hard state,
-        so a vote for it would not count, §5.2) and a term beyond :data:`MAX_TERM`.
+        so a vote for it would not count, §5.2), a term beyond :data:`MAX_TERM`,
+        and a message addressed to another node.
         """
         handler = self._handlers.get(type(m))
         if handler is None:
@@ -552,7 +553,7 @@ class RaftCore:
         if type(m) in _LOCAL:
             handler(m)
             return
-        if m.src < 1 or m.term > MAX_TERM:
+        if m.src < 1 or m.term > MAX_TERM or m.dst != self._id:
             return
         if m.term > self._term:
             if not self._accept_higher_term(m):

@@ -11,6 +11,17 @@ A follower (voter or learner) is in one of three states:
   for a snapshot at ``pending_snapshot`` to be sent (Raft §7).  Nothing else is
   sent but heartbeats until the follower acknowledges an index at or past the
   snapshot, the node reports the transfer's end, or the attempt times out.
+
+Transitions (each a named method, as etcd's ``BecomeProbe`` / ``BecomeReplicate``
+/ ``BecomeSnapshot``):
+
+    PROBE     --success reply-->              REPLICATE  (next = match + 1)
+    REPLICATE --rejection-->                  PROBE      (next from the hint)
+    any       --entries compacted away-->     SNAPSHOT   (next = snapshot + 1)
+    SNAPSHOT  --reply at or past it-->        REPLICATE
+    SNAPSHOT  --transfer ended or timed out-->PROBE      (after the snapshot, or from match)
+
+Invariant: ``0 <= match < next``.
 """
 
 from __future__ import annotations
@@ -71,19 +82,14 @@ class Progress:
         if match <= self.match:
             return False
         self.match = match
-        if self.state is ProgressState.SNAPSHOT:
-            if match < self.pending_snapshot:
-                return True
-            self.pending_snapshot = 0
-            self.state = ProgressState.PROBE  # and on to REPLICATE just below
-        if self.state is ProgressState.PROBE:
-            self.state = ProgressState.REPLICATE
-            self.next = match + 1
-            self.inflight.clear()
-        else:
+        if self.state is ProgressState.SNAPSHOT and match < self.pending_snapshot:
+            return True
+        if self.state is ProgressState.REPLICATE:
             self.next = max(self.next, match + 1)
             while self.inflight and self.inflight[0] <= match:
                 self.inflight.popleft()
+        else:
+            self.become_replicate()
         return True
 
     def reject(self, hint_next: int) -> None:
@@ -95,15 +101,27 @@ class Progress:
         """
         if self.state is ProgressState.SNAPSHOT:
             return
-        self.next = max(self.match + 1, min(hint_next, self.next - 1))
-        self.state = ProgressState.PROBE
-        self.probe_sent = False
-        self.inflight.clear()
+        self.become_probe(max(self.match + 1, min(hint_next, self.next - 1)))
 
     def on_heartbeat(self) -> None:
         """A lost probe (or its reply) must not pause PROBE forever: retry each heartbeat."""
         if self.state is ProgressState.PROBE:
             self.probe_sent = False
+
+    def become_probe(self, next_index: int, paused: bool = False) -> None:
+        """Guess ``next_index``; one message at a time (``paused``: none until a heartbeat)."""
+        self.state = ProgressState.PROBE
+        self.next = next_index
+        self.probe_sent = paused
+        self.pending_snapshot = 0
+        self.inflight.clear()
+
+    def become_replicate(self) -> None:
+        """``match`` is known: stream from right after it."""
+        self.state = ProgressState.REPLICATE
+        self.next = self.match + 1
+        self.pending_snapshot = 0
+        self.inflight.clear()
 
     def become_snapshot(self, snapshot_index: int) -> None:
         """The follower needs the snapshot at ``snapshot_index`` (Raft §7)."""
@@ -124,7 +142,4 @@ class Progress:
         """
         if self.state is not ProgressState.SNAPSHOT:
             return
-        self.next = self.pending_snapshot + 1 if success else self.match + 1
-        self.state = ProgressState.PROBE
-        self.pending_snapshot = 0
-        self.probe_sent = not success
+        self.become_probe(self.pending_snapshot + 1 if success else self.match + 1, paused=not success)

@@ -202,6 +202,15 @@ def test_5_2_a_vote_request_from_node_0_is_dropped_so_one_vote_per_term_holds():
     assert core.vote == 3
 
 
+def test_5_2_a_vote_request_for_another_node_is_dropped():
+    """A message addressed to another node (misrouted or forged) must not use up this
+    node's one vote of the term (§5.2): only the addressee may answer it."""
+    core = make_core(term=1)
+    drain(core)
+    core.step(VoteRequest(2, 3, 9, 0, 0))  # from 3, addressed to node 9
+    assert core.term == 1 and core.vote == 0 and not core.has_ready()
+
+
 # -- §5.4.1 election restriction --------------------------------------------------
 
 
