@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 
-from parkd import ctl
+from parkd import ctl, ctl_client
 from parkd.config import ConfigError, load_config
 from parkd.launcher import Timeout, camera_daemon, node_daemon, port_open, wait_for, wait_listening
 
@@ -29,8 +29,8 @@ def wait_for_leader(config, daemons, timeout: float = LEADER_TIMEOUT) -> int:
             if not daemon.alive():
                 raise Timeout(f"{daemon.name} exited with {daemon.proc.returncode}; see {daemon.log_path}")
             try:
-                view = ctl.fetch(member.http, "/api/v1/cluster", timeout=1.0)
-            except ctl.NodeError:
+                view = ctl_client.fetch(member.http, "/api/v1/cluster", timeout=1.0)
+            except ctl_client.NodeError:
                 continue
             if view.get("leader_id") is not None:
                 return view["leader_id"]

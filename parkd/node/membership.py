@@ -1,4 +1,4 @@
-"""Cluster membership on a node: the address book, peer links and admin operations.
+"""Cluster membership on a node: peer links, member events and admin operations.
 
 The Raft core decides *who* is a member (single-server changes through CONFIG
 log entries, learners promoted by the leader itself; ``parkd/raft/core.py``).
