@@ -27,6 +27,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -45,6 +46,7 @@ DEFAULT_HOSTS = ("127.0.0.1", "localhost")
 MAX_RANGE = 100_000  # cameras per command
 BACKDATE = datetime.timedelta(hours=1)
 KEY_MODE, CERT_MODE = 0o600, 0o644
+_DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
 
 
 class PKIError(Exception):
@@ -121,20 +123,21 @@ class _CA:
 
 def _load_ca(directory: str) -> _CA:
     cert_file, key_file = os.path.join(directory, CA_CERT), os.path.join(directory, CA_KEY)
-    cert = _load(cert_file, x509.load_pem_x509_certificate, "a PEM certificate")
-    key = _load(key_file, lambda data: serialization.load_pem_private_key(data, None), "a PEM private key")
+    hint = " (run parkctl pki init first?)"
+    cert = _load(cert_file, x509.load_pem_x509_certificate, "a PEM certificate", hint)
+    key = _load(key_file, lambda data: serialization.load_pem_private_key(data, None), "a PEM private key", hint)
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != cert.public_key():
         raise PKIError(f"{key_file}: not the private key of {cert_file}")
     ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     return _CA(cert, key, x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski))
 
 
-def _load(path: str, parse, what: str):
+def _load(path: str, parse, what: str, hint: str = ""):
     try:
         with open(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:
-        raise PKIError(f"{path}: no such file (run parkctl pki init first?)") from None
+        raise PKIError(f"{path}: no such file{hint}") from None
     except OSError as e:
         raise PKIError(f"{path}: {e.strerror}") from None
     try:
@@ -147,19 +150,19 @@ def _load(path: str, parse, what: str):
 
 
 def identities(kind: str, what: str) -> list[Identity]:
-    """The identities a command line names: ``node 3``, ``camera 7``, ``camera 1-10000``, ``operator alice``."""
-    try:
-        if kind == "camera" and "-" in what:
-            first_text, _, last_text = what.partition("-")
-            first, last = parse_number(first_text, "camera"), parse_number(last_text, "camera")
-            if last < first:
-                raise PKIError(f"bad camera range {what!r} (the first id must not exceed the last)")
-            if last - first + 1 > MAX_RANGE:
-                raise PKIError(f"camera range {what!r} too large (at most {MAX_RANGE:,} per command)")
-            return [Identity("camera", i) for i in range(first, last + 1)]
-        return [parse_identity(f"{kind}-{what}")]
-    except IdentityError as e:
-        raise PKIError(str(e)) from None
+    """The identities a command line names: ``node 3``, ``camera 7``, ``camera 1-10000``, ``operator alice``.
+
+    IdentityError (a usage error) if ``what`` names none.
+    """
+    if kind == "camera" and "-" in what:
+        first_text, _, last_text = what.partition("-")
+        first, last = parse_number(first_text, "camera"), parse_number(last_text, "camera")
+        if last < first:
+            raise IdentityError(f"bad camera range {what!r} (the first id must not exceed the last)")
+        if last - first + 1 > MAX_RANGE:
+            raise IdentityError(f"camera range {what!r} too large (at most {MAX_RANGE:,} per command)")
+        return [Identity("camera", i) for i in range(first, last + 1)]
+    return [parse_identity(f"{kind}-{what}")]
 
 
 def issue(
@@ -221,17 +224,23 @@ def _leaf(ca: _CA, identity: Identity, public_key, hosts: list, start, end) -> x
     )
 
 
+def host_san(host: str) -> x509.GeneralName:
+    """The SAN for a host a node is reached at: an IP address, else a DNS name; IdentityError if neither."""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host.strip("[]")))
+    except ValueError:
+        pass
+    labels = host.rstrip(".").split(".")
+    if not host or not all(_DNS_LABEL.match(label) for label in labels):
+        raise IdentityError(f"bad host {host!r} (a DNS name or an IP address)")
+    return x509.DNSName(host.lower())
+
+
 def _host_sans(hosts: Iterable[str]) -> list[x509.GeneralName]:
-    sans: list[x509.GeneralName] = []
-    for host in hosts:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(host.strip("[]"))))
-        except ValueError:
-            if not host or not all(part and part.replace("-", "").isalnum() and part.isascii()
-                                   for part in host.rstrip(".").split(".")):  # fmt: skip
-                raise PKIError(f"bad host {host!r} (a DNS name or an IP address)") from None
-            sans.append(x509.DNSName(host.lower()))
-    return sans
+    try:
+        return [host_san(h) for h in hosts]
+    except IdentityError as e:
+        raise PKIError(str(e)) from None
 
 
 def _key_usage(cert_sign: bool = False) -> x509.KeyUsage:
@@ -247,17 +256,12 @@ def _key_usage(cert_sign: bool = False) -> x509.KeyUsage:
 def revoke(directory: str, what: str) -> bool:
     """Add the certificate of identity ``what`` (or the certificate file ``what``) to ``DIR/crl.pem``.
 
-    True if it was added, False if it was already revoked.  ``crl.pem`` is made
-    if missing and always rewritten with a fresh lastUpdate, signed by the CA.
+    True if it was added, False if it was already revoked (nothing written).
+    IdentityError if ``what`` names no identity, PKIError if refused.  The CRL
+    is made if missing, and re-signed with a fresh lastUpdate on each change.
     """
+    path = what if what.endswith(".pem") else cert_path(directory, parse_identity(what))
     ca = _load_ca(directory)
-    if what.endswith(".pem"):
-        path = what
-    else:
-        try:
-            path = cert_path(directory, parse_identity(what))
-        except IdentityError as e:
-            raise PKIError(str(e)) from None
     cert = _load(path, x509.load_pem_x509_certificate, "a PEM certificate")
     try:
         cert.verify_directly_issued_by(ca.cert)
