@@ -182,7 +182,7 @@ def issue(
     """
     _check_days(days)
     if hosts is not None and any(i.kind != "node" for i in who):
-        raise PKIError("--host is for node certificates only")
+        raise PKIError("hosts are for node certificates only")
     sans = _host_sans(DEFAULT_HOSTS if hosts is None else hosts)
     ca = _load_ca(directory)
     _refuse_existing(p for i in who for p in (cert_path(directory, i), key_path(directory, i)))
