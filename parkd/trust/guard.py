@@ -6,7 +6,9 @@ connections
 
 - admit only the identities their :class:`Admission` allows: a node dialing
   node 3 requires ``node-3``, the raft port only ``node-*``; the check runs in
-  the certificate verification, so a refused peer gets a TLS alert;
+  the certificate verification, so a refused peer gets a TLS alert (the
+  "internal error" alert: pyOpenSSL offers no way to choose another; the
+  refusing side's log line says what was wrong);
 - are cut when the handshake has not finished within ``handshake_timeout``
   seconds (a silent or slow client, "slowloris"), by a timer on the reactor:
   nothing blocks;
@@ -122,6 +124,7 @@ def verify_callback(connection: SSL.Connection, cert, errno: int, depth: int, ok
         if refusal is not None:
             protocol.note_problem(refusal)
             return False
+        protocol.note_verified()
         return True
     except Exception:  # never let an exception escape into OpenSSL: refuse and say why
         log.failure("certificate verification failed")
@@ -138,10 +141,12 @@ def info_callback(connection: SSL.Connection, where: int, value: int) -> None:
             protocol.handshake_done()
         elif where & SSL.SSL_CB_ALERT and value >> 8 == _FATAL:
             name = _ALERTS.get(value & 0xFF, f"alert {value & 0xFF}")
-            if value & 0xFF == 116 and where & SSL.SSL_CB_WRITE:
+            if not where & SSL.SSL_CB_WRITE:
+                protocol.note_problem(f"refused by the peer (alert: {name})")
+            elif value & 0xFF == 116:
                 protocol.note_problem("no client certificate")
             else:
-                protocol.note_problem(f"{'sent' if where & SSL.SSL_CB_WRITE else 'received'} alert: {name}")
+                protocol.note_problem(f"sent alert: {name}")
     except Exception:
         log.failure("TLS info callback failed")
 
@@ -159,6 +164,7 @@ class GuardedTLSProtocol(BufferingTLSTransport):
     _got_bytes = False
     _problem: str | None = None
     _identity: Identity | None = None
+    _verified = False
 
     def makeConnection(self, transport):
         self._deadline = self.factory.clock.callLater(self.factory.handshake_timeout, self._too_slow)
@@ -177,6 +183,14 @@ class GuardedTLSProtocol(BufferingTLSTransport):
     def peer_identity(self) -> Identity | None:
         """The peer's identity, once the handshake is done; None before, or if it sent no certificate."""
         return self._identity
+
+    @property
+    def resumed(self) -> bool:
+        """Whether the handshake resumed an earlier session (no certificate was checked this time)."""
+        return self._handshaken and not self._verified and self._identity is not None
+
+    def note_verified(self) -> None:
+        self._verified = True
 
     def handshake_done(self) -> None:
         if self._handshaken:

@@ -42,6 +42,7 @@ from parkd.trust.ratelimit import RateLimitedLog
 ROLES = ("required", "optional", "client")
 SESSION_LIFETIME = 3600  # seconds a server honours a session or ticket
 _CIPHERS_TLS12 = b"ECDHE+AESGCM:ECDHE+CHACHA20"
+REFUSALS_SUMMARY = "{count} more failed TLS handshakes in the last {window} s"
 
 
 class Trust:
@@ -56,8 +57,12 @@ class Trust:
         resume: bool = True,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         clock=None,
+        refusals: RateLimitedLog | None = None,
     ):
-        """Read ``files`` now (TrustError if unusable; ``expect``: the identity they must name)."""
+        """Read ``files`` now (TrustError if unusable; ``expect``: the identity they must name).
+
+        ``refusals``: where failed handshakes are logged (default: 10 lines per 10 s, then a summary).
+        """
         if clock is None:
             from twisted.internet import reactor as clock
         self.files = files
@@ -67,7 +72,7 @@ class Trust:
         self._clock = clock
         self._material = load_material(files, expect)
         self._contexts: dict[str, SSL.Context] = {}
-        self.refusals = RateLimitedLog(self.log, "{count} more failed TLS handshakes in the last {window} s", clock=clock)
+        self.refusals = refusals or RateLimitedLog(self.log, REFUSALS_SUMMARY, clock=clock)
 
     @property
     def identity(self) -> Identity:
