@@ -71,6 +71,7 @@ _ALERTS = {
     116: "certificate required", 120: "no application protocol",
 }  # fmt: skip
 _FATAL = 2  # alert level
+_INTERESTING = SSL.SSL_CB_HANDSHAKE_DONE | SSL.SSL_CB_ALERT
 
 
 @dataclass(frozen=True)
@@ -120,11 +121,12 @@ def verify_callback(connection: SSL.Connection, cert, errno: int, depth: int, ok
             return False
         if depth > 0:
             return True
-        refusal = protocol.factory.admission.refuses(identity_of_certificate(cert.to_cryptography()))
+        identity = identity_of_certificate(cert.to_cryptography())
+        refusal = protocol.factory.admission.refuses(identity)
         if refusal is not None:
             protocol.note_problem(refusal)
             return False
-        protocol.note_verified()
+        protocol.note_verified(identity)
         return True
     except Exception:  # never let an exception escape into OpenSSL: refuse and say why
         log.failure("certificate verification failed")
@@ -133,13 +135,15 @@ def verify_callback(connection: SSL.Connection, cert, errno: int, depth: int, ok
 
 def info_callback(connection: SSL.Connection, where: int, value: int) -> None:
     """Handshake progress: note when it is done, and any fatal alert sent or received."""
+    if not where & _INTERESTING:  # most calls: a step of the handshake state machine
+        return
     try:
         protocol = connection.get_app_data()
         if not isinstance(protocol, GuardedTLSProtocol):
             return
         if where & SSL.SSL_CB_HANDSHAKE_DONE:
             protocol.handshake_done()
-        elif where & SSL.SSL_CB_ALERT and value >> 8 == _FATAL:
+        elif value >> 8 == _FATAL:
             name = _ALERTS.get(value & 0xFF, f"alert {value & 0xFF}")
             if not where & SSL.SSL_CB_WRITE:
                 protocol.note_problem(f"refused by the peer (alert: {name})")
@@ -189,16 +193,19 @@ class GuardedTLSProtocol(BufferingTLSTransport):
         """Whether the handshake resumed an earlier session (no certificate was checked this time)."""
         return self._handshaken and not self._verified and self._identity is not None
 
-    def note_verified(self) -> None:
+    def note_verified(self, identity: Identity) -> None:
+        """The peer's certificate passed verification and admission (not called on resumption)."""
         self._verified = True
+        self._identity = identity
 
     def handshake_done(self) -> None:
         if self._handshaken:
             return
         self._handshaken = True
         self._cancel_deadline()
-        cert = self.getHandle().get_peer_certificate(as_cryptography=True)
-        self._identity = identity_of_certificate(cert) if cert is not None else None
+        if not self._verified:  # resumed, or no certificate sent: ask the session
+            cert = self.getHandle().get_peer_certificate(as_cryptography=True)
+            self._identity = identity_of_certificate(cert) if cert is not None else None
 
     def note_problem(self, problem: str) -> None:
         """Remember why this connection fails (the first, most precise reason wins)."""
@@ -217,7 +224,7 @@ class GuardedTLSProtocol(BufferingTLSTransport):
 
     def connectionLost(self, reason):
         self._cancel_deadline()
-        if not self._handshaken and self._problem is None:
+        if not self._handshaken and self._problem is None and not self.disconnecting:  # (not closed by us)
             self._problem = "not TLS, or closed during the TLS handshake" if self._got_bytes else "closed before the TLS handshake"
         self.factory.connection_ended(self)
         super().connectionLost(reason)

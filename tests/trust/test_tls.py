@@ -4,18 +4,22 @@ Every refusal must also be one log line on the side that refused; tests wait
 for those lines (or for the connection's end) with bounded timeouts.
 """
 
+import http.client
 import os
 import shutil
+import ssl
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor, task, threads
 from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString, wrapClientTLS
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
 from twisted.logger import Logger, formatEvent, globalLogPublisher
+from twisted.web.resource import Resource
+from twisted.web.server import Site
 
-from parkd.trust import Identity, RateLimitedLog, Trust, TrustFiles, peer_identity, pki
+from parkd.trust import Identity, RateLimitedLog, Trust, TrustFiles, https_client_context, peer_identity, pki
 from parkd.trust.tls import REFUSALS_SUMMARY
 
 TIMEOUT = 5.0  # seconds any one step may take
@@ -380,3 +384,32 @@ async def test_a_certificate_revoked_after_start_is_refused_after_reload_even_wi
     _, answer = await ask(endpoint)
     assert answer.startswith("closed: ")
     assert (await logs.wait_for("test port:")).endswith("failed: certificate revoked (CN=camera-2)")
+
+
+class WhoAmI(Resource):
+    isLeaf = True
+
+    def render_GET(self, request):
+        return f"{peer_identity(request)}".encode()
+
+
+def https_get(port: int, context) -> str:
+    connection = http.client.HTTPSConnection("localhost", port, timeout=TIMEOUT, context=context)
+    try:
+        connection.request("GET", "/")
+        return connection.getresponse().read().decode()
+    finally:
+        connection.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_https_for_parkctl_and_curl_names_the_operator_of_a_request(cluster_pki, ports):
+    site = Trust(cluster_pki.files("node-1")).server(Site(WhoAmI()), "https", clients="optional")
+    ports.append(port := await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(site))
+    files = cluster_pki.files("operator-admin")
+    number = port.getHost().port
+    assert await threads.deferToThread(https_get, number, https_client_context(files.ca)) == "None"
+    operator = https_client_context(files.ca, files.cert, files.key)
+    assert await threads.deferToThread(https_get, number, operator) == "operator-admin"
+    with pytest.raises(ssl.SSLCertVerificationError):  # a client that trusts another CA refuses the node
+        await threads.deferToThread(https_get, number, https_client_context(cluster_pki.other_files("node-1").ca))
