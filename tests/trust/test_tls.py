@@ -14,7 +14,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor, task, threads
 from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString, wrapClientTLS
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
+from twisted.internet.ssl import Certificate, PrivateCertificate, TLSVersion, optionsForClientTLS
 from twisted.logger import Logger, formatEvent, globalLogPublisher
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -413,3 +413,34 @@ async def test_https_for_parkctl_and_curl_names_the_operator_of_a_request(cluste
     assert await threads.deferToThread(https_get, number, operator) == "operator-admin"
     with pytest.raises(ssl.SSLCertVerificationError):  # a client that trusts another CA refuses the node
         await threads.deferToThread(https_get, number, https_client_context(cluster_pki.other_files("node-1").ca))
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_below_1_2_is_refused(cluster_pki, ports, logs):
+    ports.append(port := await listen(Trust(cluster_pki.files("node-1"))))
+    ca = Certificate.loadPEM(open(os.path.join(cluster_pki.dir, "ca.pem"), "rb").read())
+    files = cluster_pki.files("camera-1")
+    own = PrivateCertificate.loadPEM(open(files.cert, "rb").read() + open(files.key, "rb").read())
+    old = optionsForClientTLS("localhost", trustRoot=ca, clientCertificate=own, extraCertificateOptions={
+        "insecurelyLowerMinimumTo": TLSVersion.TLSv1_0, "lowerMaximumSecurityTo": TLSVersion.TLSv1_1})  # fmt: skip
+    assert (await ask(wrapClientTLS(old, tcp(port))))[1].startswith("closed: ")
+    assert "failed: " in await logs.wait_for("test port: TLS with")
+
+
+class Quitter(Protocol):
+    def connectionMade(self):
+        self.transport.loseConnection()  # before the handshake could finish
+
+    def connectionLost(self, reason):
+        self.factory.closed.callback(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_closing_our_own_connection_during_the_handshake_is_no_failure(cluster_pki, ports, logs):
+    ports.append(port := await listen(Trust(cluster_pki.files("node-1"))))
+    factory = Factory.forProtocol(Quitter)
+    factory.closed = defer.Deferred()
+    await Trust(cluster_pki.files("camera-1")).client_endpoint(tcp(port), "quitter", expect="node").connect(factory)
+    await factory.closed.addTimeout(TIMEOUT, reactor)
+    await logs.wait_for("test port: TLS with")  # the server saw a client leave mid-handshake
+    assert logs.matching("quitter") == []
