@@ -37,13 +37,13 @@ def ca(tmp_path):
 
 def test_init_makes_an_ec_ca_with_its_key_0600_and_an_empty_crl(tmp_path):
     directory = str(tmp_path / "new" / "pki")
-    old = os.umask(0)  # the modes must not depend on the umask
+    old = os.umask(0o077)  # the modes must not depend on the umask
     try:
         paths = pki.init(directory)
     finally:
         os.umask(old)
     assert paths == [os.path.join(directory, n) for n in ("ca.pem", "ca.key", "crl.pem")]
-    assert mode(os.path.join(directory, "ca.key")) == 0o600
+    assert [mode(p) for p in paths] == [0o644, 0o600, 0o644]
     assert mode(directory) == 0o700
     cert = load(paths[0])
     assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey) and cert.public_key().curve.name == "secp256r1"

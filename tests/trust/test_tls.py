@@ -117,7 +117,7 @@ def tcp(port):
 
 async def ask(endpoint) -> tuple[Ask, str]:
     """Connect, ask, and return the protocol and its first answer (or "closed: ...")."""
-    protocol = await endpoint.connect(Factory.forProtocol(Ask))
+    protocol = await endpoint.connect(Factory.forProtocol(Ask)).addTimeout(TIMEOUT, reactor)
     return protocol, await protocol.answer()
 
 
@@ -271,7 +271,7 @@ async def test_a_flood_of_bad_handshakes_is_summed_up(cluster_pki, ports, logs):
 @pytest_twisted.ensureDeferred
 async def test_plain_tcp_to_a_tls_port_is_closed_with_one_line(cluster_pki, ports, logs, hello):
     ports.append(port := await listen(Trust(cluster_pki.files("node-1"))))
-    raw = await tcp(port).connect(Factory.forProtocol(lambda: Raw(hello)))
+    raw = await tcp(port).connect(Factory.forProtocol(lambda: Raw(hello))).addTimeout(TIMEOUT, reactor)
     await raw.closed.addTimeout(TIMEOUT, reactor)
     line = await logs.wait_for("test port: TLS with 127.0.0.1:")
     assert "failed: " in line and "not finished" not in line
@@ -284,7 +284,7 @@ async def test_a_handshake_that_does_not_finish_in_time_is_cut(cluster_pki, port
     server = Trust(cluster_pki.files("node-1"), handshake_timeout=0.3)
     ports.append(port := await listen(server))
     started = reactor.seconds()
-    raw = await tcp(port).connect(Factory.forProtocol(lambda: Raw(hello)))
+    raw = await tcp(port).connect(Factory.forProtocol(lambda: Raw(hello))).addTimeout(TIMEOUT, reactor)
     await raw.closed.addTimeout(TIMEOUT, reactor)
     assert 0.25 < reactor.seconds() - started < TIMEOUT
     assert (await logs.wait_for("test port:")).endswith("failed: TLS handshake not finished within 0.3 s")
@@ -312,6 +312,20 @@ async def test_a_client_endpoint_resumes_its_session(cluster_pki, ports):
         protocol, answer = await ask(endpoint)
         assert answer == f"you are camera-3; {expected}"
         assert peer_identity(protocol.transport) == Identity("node", 1)
+        protocol.transport.loseConnection()
+        await protocol.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_reloaded_starts_a_fresh_session(cluster_pki, ports):
+    ports.append(port := await listen(Trust(cluster_pki.files("node-1"))))
+    camera = Trust(cluster_pki.files("camera-4"))
+    endpoint = camera.client_endpoint(tcp(port), "camera", expect="node")
+    for reload, expected in ((False, "resumed False"), (False, "resumed True"), (True, "resumed False")):
+        if reload:
+            assert camera.reload()
+        protocol, answer = await ask(endpoint)
+        assert answer == f"you are camera-4; {expected}"
         protocol.transport.loseConnection()
         await protocol.closed
 
@@ -440,7 +454,8 @@ async def test_closing_our_own_connection_during_the_handshake_is_no_failure(clu
     ports.append(port := await listen(Trust(cluster_pki.files("node-1"))))
     factory = Factory.forProtocol(Quitter)
     factory.closed = defer.Deferred()
-    await Trust(cluster_pki.files("camera-1")).client_endpoint(tcp(port), "quitter", expect="node").connect(factory)
+    endpoint = Trust(cluster_pki.files("camera-1")).client_endpoint(tcp(port), "quitter", expect="node")
+    await endpoint.connect(factory).addTimeout(TIMEOUT, reactor)
     await factory.closed.addTimeout(TIMEOUT, reactor)
     await logs.wait_for("test port: TLS with")  # the server saw a client leave mid-handshake
     assert logs.matching("quitter") == []
