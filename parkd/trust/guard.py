@@ -225,7 +225,8 @@ class GuardedTLSProtocol(BufferingTLSTransport):
     def connectionLost(self, reason):
         self._cancel_deadline()
         if not self._handshaken and self._problem is None and not self.disconnecting:  # (not closed by us)
-            self._problem = "not TLS, or closed during the TLS handshake" if self._got_bytes else "closed before the TLS handshake"
+            self._problem = "not TLS, or closed during the TLS handshake" if self._got_bytes else (
+                "closed before the TLS handshake")
         self.factory.connection_ended(self)
         super().connectionLost(reason)
 

@@ -62,7 +62,8 @@ def load_material(files: TrustFiles, expect: Identity | None = None, now: dateti
     now = now or datetime.datetime.now(datetime.timezone.utc)
     cas = tuple(_read(files.ca, x509.load_pem_x509_certificates, "PEM CA certificates"))
     cert = _read(files.cert, x509.load_pem_x509_certificates, "a PEM certificate")[0]
-    key = _read(files.key, lambda data: serialization.load_pem_private_key(data, None), "an unencrypted PEM private key")
+    key = _read(files.key, lambda data: serialization.load_pem_private_key(data, None),
+                "an unencrypted PEM private key")  # fmt: skip
     if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey,
                             ed448.Ed448PrivateKey)):  # fmt: skip
         raise TrustError(f"{files.key}: unsupported key type")

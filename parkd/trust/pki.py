@@ -218,7 +218,8 @@ def _leaf(ca: _CA, identity: Identity, public_key, hosts: list, start, end) -> x
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage(), critical=True)
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-        .add_extension(x509.SubjectAlternativeName([*hosts, x509.UniformResourceIdentifier(identity.uri)]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([*hosts, x509.UniformResourceIdentifier(identity.uri)]),
+                       critical=False)
         .add_extension(ca.aki, critical=False)
         .sign(ca.key, hashes.SHA256())
     )
@@ -309,7 +310,8 @@ def _check_days(days: int) -> None:
 
 
 def _key_pem(key) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    pem, pkcs8 = serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8
+    return key.private_bytes(pem, pkcs8, serialization.NoEncryption())
 
 
 def _refuse_existing(paths: Iterable[str]) -> None:

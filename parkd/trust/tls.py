@@ -16,7 +16,15 @@ and on servers session resumption (a session cache for TLS 1.2, tickets for
 1.3; ``resume=False`` turns both off).  A reload builds new contexts: the
 connections already open keep theirs, new ones use the new files, and sessions
 made before the reload are not resumed (so a newly revoked certificate cannot
-sneak back in on an old ticket).
+sneak back in on an old ticket).  Call ``reload`` from the reactor thread
+(a SIGHUP handler: ``reactor.callFromThread(trust.reload)``).
+
+Cost, measured on 2 shared cores (EC P-256, TLS 1.3, one Twisted server
+process): a full mutual handshake takes about 2.4 ms of server CPU (about
+400 per CPU-second), a resumed one about 1.4 ms (about 730); issuing tickets
+adds about 0.1-0.2 ms to a full handshake.  Resumption helps a client that
+reconnects to the same node; a camera failing over to another node always
+makes a full handshake.
 """
 
 from __future__ import annotations
@@ -126,7 +134,9 @@ class Trust:
         return GuardedTLSFactory(lambda: self.context(clients), False, factory, admission, self.refusals, name,
                                  self._handshake_timeout, clock=self._clock)  # fmt: skip
 
-    def client(self, factory, name: str, expect: Identity | str, session: SessionSlot | None = None) -> GuardedTLSFactory:
+    def client(
+        self, factory, name: str, expect: Identity | str, session: SessionSlot | None = None
+    ) -> GuardedTLSFactory:
         """Wrap a connecting factory; the server must be ``expect`` (an Identity, or a kind: "node").
 
         ``session``: where to keep the TLS session for resumption (one slot per destination).

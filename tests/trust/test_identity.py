@@ -50,7 +50,8 @@ def _cert(cn: str | None, uris=()) -> x509.Certificate:
     builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
                .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1)))  # fmt: skip
     if uris:
-        builder = builder.add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(u) for u in uris]), False)
+        sans = x509.SubjectAlternativeName([x509.UniformResourceIdentifier(u) for u in uris])
+        builder = builder.add_extension(sans, False)
     return builder.sign(key, hashes.SHA256())
 
 

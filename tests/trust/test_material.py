@@ -55,8 +55,9 @@ def test_a_certificate_not_yet_valid_or_a_stale_crl_is_refused(tmp_path, cluster
     ca_key = serialization.load_pem_private_key(open(os.path.join(d, "ca.key"), "rb").read(), None)
     ca = x509.load_pem_x509_certificate(open(os.path.join(d, "ca.pem"), "rb").read())
     yesterday = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=1)
-    stale = (x509.CertificateRevocationListBuilder().issuer_name(ca.subject).last_update(yesterday - datetime.timedelta(days=1))
-             .next_update(yesterday).sign(ca_key, hashes.SHA256()))  # fmt: skip
+    stale = (x509.CertificateRevocationListBuilder().issuer_name(ca.subject)
+             .last_update(yesterday - datetime.timedelta(days=1)).next_update(yesterday)
+             .sign(ca_key, hashes.SHA256()))  # fmt: skip
     with open(os.path.join(d, "crl.pem"), "wb") as f:
         f.write(stale.public_bytes(serialization.Encoding.PEM))
     with pytest.raises(TrustError, match=r"crl.pem: out of date since"):

@@ -102,7 +102,8 @@ def test_cameras_and_operators_are_clients_only(ca):
     issued = pki.issue(ca, [Identity("camera", 7), Identity("operator", "alice")], days=30)
     for paths, uri in zip(issued, ["parkd:camera/7", "parkd:operator/alice"]):
         cert = load(paths.cert)
-        assert list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        assert list(eku) == [ExtendedKeyUsageOID.CLIENT_AUTH]
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         assert [str(n.value) for n in sans] == [uri]
         assert 29 <= (cert.not_valid_after_utc - cert.not_valid_before_utc).days <= 30

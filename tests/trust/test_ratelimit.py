@@ -10,7 +10,8 @@ from parkd.trust.ratelimit import RateLimitedLog
 def make(burst=3, window=10.0):
     lines, clock = [], Clock()
     log = Logger(observer=lambda event: lines.append(formatEvent(event)))
-    return RateLimitedLog(log, "refused {count} more TLS handshakes in the last {window} s", burst, window, clock), lines, clock
+    summary = "refused {count} more TLS handshakes in the last {window} s"
+    return RateLimitedLog(log, summary, burst, window, clock), lines, clock
 
 
 def test_a_few_events_are_each_one_line():
