@@ -10,7 +10,10 @@ setup(
     packages=find_packages(include=["parkd", "parkd.*"]) + ["twisted.plugins"],
     package_data={"parkd": ["web/*"]},
     install_requires=[
-        "twisted>=24.7",
+        # [tls]: pyOpenSSL and service_identity for the TLS ports (parkd/trust/tls.py)
+        "twisted[tls]>=24.7",
+        # the CA and certificate issuing behind `parkctl pki` (parkd/trust/pki.py)
+        "cryptography>=43",
         # The generated parkd/proto/parkd_pb2.py comes from protoc 30.2 (protobuf 6.30.2):
         # the runtime must be of the same major version and at least as new.
         "protobuf>=6.30.2,<7",

@@ -2,6 +2,7 @@
 
     parkctl [--cluster HOST:PORT,... | --config FILE] [--json] status | lots | cameras
     parkctl ... add-node [--no-wait] ID RAFT CLIENT HTTP | remove-node ID | transfer-leader [ID]
+    parkctl pki init DIR | issue DIR node|camera|operator ... | revoke DIR IDENTITY   (parkd.trust.cli)
 
 Where the cluster is: ``--cluster`` (HTTP addresses), else ``--config`` (the
 ``http`` address of every ``[[node]]``), else ``$PARKD_CLUSTER``, else
@@ -26,6 +27,7 @@ from datetime import datetime
 
 from parkd.config import Address, ConfigError, load_config, parse_address, parse_cluster_addresses
 from parkd.ctl_client import DEFAULT_TIMEOUT, ClusterClient, NodeError, Refused
+from parkd.trust.cli import add_pki_commands, run_pki
 
 DEFAULT_CONFIG = os.path.join("etc", "parkd.toml")
 ENV_CLUSTER = "PARKD_CLUSTER"
@@ -279,6 +281,7 @@ def parser() -> argparse.ArgumentParser:
     transfer.add_argument("id", type=_node_id, nargs="?")
     for p in (add, remove, transfer):
         _common(p, suppress=True)
+    add_pki_commands(sub)
     return top
 
 
@@ -332,6 +335,8 @@ def main(argv=None, out=None, err=None, environ=None) -> int:
     environ = os.environ if environ is None else environ
     try:
         args = parser().parse_args(argv)
+        if args.command == "pki":  # local files only: no cluster
+            return run_pki(args, out, err)
         if args.timeout is None:
             args.timeout = DEFAULT_CHANGE_TIMEOUT if args.command in ADMIN_COMMANDS else DEFAULT_TIMEOUT
         if args.timeout <= 0:
