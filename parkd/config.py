@@ -8,6 +8,7 @@ line and exit non-zero.  Command-line flags override the file
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -64,15 +65,41 @@ class ClusterSettings:
     snapshot_entries: int = 100_000  # snapshot once the applied log holds this many entries
     snapshot_margin: int = 10_000  # entries kept below a snapshot for slightly lagging followers
     history_hours: float = 24.0  # frame history kept (current values and dedup state are kept for ever)
+    insecure: bool = False  # no [tls]: plaintext on every port, allowed only when said (CONTRACT §9)
 
 
 @dataclass(frozen=True)
 class CameraSettings:
-    """The optional ``[camera]`` table: defaults for every camera daemon."""
+    """The optional ``[camera]`` table: defaults for every camera daemon.
+
+    ``tls_*`` name the camera's CA, certificate and key (``{camera_id}`` expands);
+    without them a camera uses ``[tls] ca`` and ``camera-<id>.pem``/``.key`` next to it.
+    """
 
     interval: float = 10.0
     outbox_limit: int = 10000
     ack_timeout: float = 5.0
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """The ``[tls]`` table (CONTRACT §9): a node's CA, certificate, key and CRL files.
+
+    Relative paths in the file are relative to the file's directory; ``{id}``
+    expands to the node's id (:meth:`for_node`).
+    """
+
+    ca: str
+    cert: str
+    key: str
+    crl: str | None = None
+    public_reads: bool = True  # GETs of the read API, the dashboard and /metrics need no client certificate
+
+    def for_node(self, node_id: int) -> TlsSettings:
+        return replace(self, cert=self.cert.replace("{id}", str(node_id)), key=self.key.replace("{id}", str(node_id)))
 
 
 @dataclass(frozen=True)
@@ -83,6 +110,15 @@ class Config:
     camera: CameraSettings = field(default_factory=CameraSettings)
     members: tuple[Member, ...] = ()
     lots: tuple[Lot, ...] = ()
+    tls: TlsSettings | None = None
+
+    def check_secure(self) -> None:
+        """A daemon runs with TLS, or in plaintext only when the config says so."""
+        if self.tls is None and not self.cluster.insecure:
+            raise ConfigError(
+                "no [tls] table: give one (ca, cert, key; see README \"Securing a cluster\") "
+                "or set [cluster] insecure = true to run in plaintext"
+            )
 
     def member(self, node_id: int) -> Member:
         for member in self.members:
@@ -159,30 +195,61 @@ def load_config(path: str) -> Config:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     try:
-        return parse_config(raw)
+        return parse_config(raw, os.path.dirname(os.path.abspath(path)))
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
 
 
-def parse_config(raw: dict[str, Any]) -> Config:
-    _check_keys(raw, {"cluster", "node", "lot", "camera"}, "")
+def parse_config(raw: dict[str, Any], base_dir: str = ".") -> Config:
+    """A Config from parsed TOML; relative file paths are taken from ``base_dir``."""
+    _check_keys(raw, {"cluster", "node", "lot", "camera", "tls"}, "")
     cluster = _parse_cluster(raw.get("cluster", {}))
     members = tuple(_parse_member(t, f"node[{i}]") for i, t in enumerate(_array(raw, "node")))
     lots = tuple(_parse_lot(t, f"lot[{i}]") for i, t in enumerate(_array(raw, "lot")))
     _check_members(members, "node")
     _check_unique([lot.id for lot in lots], "lot", "id")
-    camera = _parse_camera(raw.get("camera", {}))
-    return Config(cluster=cluster, camera=camera, members=members, lots=lots)
+    camera = _parse_camera(raw.get("camera", {}), base_dir)
+    tls = _parse_tls(raw["tls"], base_dir) if "tls" in raw else None
+    return Config(cluster=cluster, camera=camera, members=members, lots=lots, tls=tls)
 
 
-def _parse_camera(table: Any) -> CameraSettings:
-    _check_keys(table, {"interval", "outbox_limit", "ack_timeout"}, "camera")
+def _parse_camera(table: Any, base_dir: str) -> CameraSettings:
+    _check_keys(table, {"interval", "outbox_limit", "ack_timeout", "tls_ca", "tls_cert", "tls_key"}, "camera")
     defaults = CameraSettings()
     return CameraSettings(
         interval=parse_float(table.get("interval", defaults.interval), "camera.interval"),
         outbox_limit=parse_int(table.get("outbox_limit", defaults.outbox_limit), "camera.outbox_limit"),
         ack_timeout=parse_float(table.get("ack_timeout", defaults.ack_timeout), "camera.ack_timeout"),
+        **{k: parse_path(table[k], f"camera.{k}", base_dir) for k in ("tls_ca", "tls_cert", "tls_key") if k in table},
     )
+
+
+def _parse_tls(table: Any, base_dir: str) -> TlsSettings:
+    _check_keys(table, {"ca", "cert", "key", "crl", "public_reads"}, "tls", {"ca", "cert", "key"})
+    crl = table.get("crl")
+    return TlsSettings(
+        ca=parse_path(table["ca"], "tls.ca", base_dir),
+        cert=parse_path(table["cert"], "tls.cert", base_dir),
+        key=parse_path(table["key"], "tls.key", base_dir),
+        crl=parse_path(crl, "tls.crl", base_dir) if crl is not None else None,
+        public_reads=parse_bool(table.get("public_reads", True), "tls.public_reads"),
+    )
+
+
+def parse_path(value: Any, key: str, base_dir: str = ".") -> str:
+    """A non-empty file path; a relative one is taken from ``base_dir``."""
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{key}: expected a file path, got {value!r}")
+    return os.path.normpath(os.path.join(base_dir, os.path.expanduser(value)))
+
+
+def parse_bool(value: Any, key: str) -> bool:
+    """A TOML boolean, or true/false/yes/no from a flag."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "yes", "1", "false", "no", "0"):
+        return value.strip().lower() in ("true", "yes", "1")
+    raise ConfigError(f"{key}: expected true or false, got {value!r}")
 
 
 def _array(raw: dict, name: str) -> list:
@@ -196,6 +263,7 @@ def _parse_cluster(table: Any) -> ClusterSettings:
     _check_keys(table, set(ClusterSettings.__dataclass_fields__), "cluster")
     defaults = ClusterSettings()
     settings = ClusterSettings(
+        insecure=parse_bool(table.get("insecure", False), "cluster.insecure"),
         snapshot_entries=parse_int(table.get("snapshot_entries", defaults.snapshot_entries), "cluster.snapshot_entries"),
         snapshot_margin=parse_int(
             table.get("snapshot_margin", defaults.snapshot_margin), "cluster.snapshot_margin", minimum=0
@@ -307,6 +375,28 @@ def apply_overrides(config: Config, flags: dict[str, Any]) -> Config:
             cluster = replace(cluster, **{name: parse_int(value, flag, minimums.get(name, 1))})
     if flags.get("history_hours") is not None:
         cluster = replace(cluster, history_hours=parse_float(flags["history_hours"], "--history-hours"))
+    if flags.get("insecure"):
+        cluster = replace(cluster, insecure=True)
     check_cluster(cluster, "--heartbeat-ms")
     members = parse_peers(flags["peers"]) if flags.get("peers") else config.members
-    return replace(config, cluster=cluster, camera=camera, members=members)
+    for name in ("tls_ca", "tls_cert", "tls_key"):  # the camera's own
+        if flags.get(name) is not None:
+            camera = replace(camera, **{name: parse_path(flags[name], "--" + name.replace("_", "-"))})
+    return replace(config, cluster=cluster, camera=camera, members=members, tls=_tls_overrides(config.tls, flags))
+
+
+def _tls_overrides(tls: TlsSettings | None, flags: dict[str, Any]) -> TlsSettings | None:
+    """A node's ``--tls-ca/--tls-cert/--tls-key/--tls-crl/--public-reads`` over ``[tls]``."""
+    given = {k: flags.get(f"tls_{k}") for k in ("ca", "cert", "key", "crl") if flags.get(f"tls_{k}") is not None}
+    paths = {k: parse_path(v, f"--tls-{k}") for k, v in given.items()}
+    if tls is None:
+        if not paths:
+            return None
+        missing = [k for k in ("ca", "cert", "key") if k not in paths]
+        if missing:
+            raise ConfigError(f"--tls-{missing[0]}: missing (no [tls] table gives it)")
+        tls = TlsSettings(paths.pop("ca"), paths.pop("cert"), paths.pop("key"))
+    tls = replace(tls, **paths)
+    if flags.get("public_reads") is not None:
+        tls = replace(tls, public_reads=parse_bool(flags["public_reads"], "--public-reads"))
+    return tls

@@ -27,10 +27,12 @@ from datetime import datetime
 
 from parkd.config import Address, ConfigError, load_config, parse_address, parse_cluster_addresses
 from parkd.ctl_client import DEFAULT_TIMEOUT, ClusterClient, NodeError, Refused
+from parkd.trust import TrustError, https_client_context
 from parkd.trust.cli import add_pki_commands, run_pki
 
 DEFAULT_CONFIG = os.path.join("etc", "parkd.toml")
 ENV_CLUSTER = "PARKD_CLUSTER"
+ENV_CA, ENV_CERT, ENV_KEY = "PARKD_TLS_CA", "PARKD_CERT", "PARKD_KEY"
 DEFAULT_CHANGE_TIMEOUT = 30.0  # seconds a membership change or transfer may take
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
@@ -238,6 +240,11 @@ def _common(parser, suppress: bool) -> None:
         help=f"per-request timeout (default {DEFAULT_TIMEOUT:g}); for add-node, remove-node and transfer-leader "
         f"how long the change may take (default {DEFAULT_CHANGE_TIMEOUT:g})",
     )  # fmt: skip
+    parser.add_argument("--tls-ca", metavar="FILE", default=default(None),
+                        help=f"the cluster's CA certificate: talk HTTPS (default ${ENV_CA}, else the config's [tls] ca)")
+    parser.add_argument("--cert", metavar="FILE", default=default(None),
+                        help=f"an operator certificate, for admin commands (default ${ENV_CERT})")
+    parser.add_argument("--key", metavar="FILE", default=default(None), help=f"its key (default ${ENV_KEY})")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -302,17 +309,18 @@ def _host_port(what: str):
     return parse
 
 
-def cluster_addresses(args, environ) -> tuple[Address, ...]:
+def find_cluster(args, environ) -> tuple[tuple[Address, ...], str | None]:
+    """The nodes' HTTP addresses, and the CA certificate of the config that named them (if any)."""
     if args.cluster is not None and args.config is not None:
         raise UsageError("give --cluster or --config, not both")
     try:
         if args.cluster is not None:
-            return parse_cluster_addresses(args.cluster)
+            return parse_cluster_addresses(args.cluster), None
         if args.config is not None:
             return _from_config(args.config, "--config")
         if environ.get(ENV_CLUSTER):
             try:
-                return parse_cluster_addresses(environ[ENV_CLUSTER])
+                return parse_cluster_addresses(environ[ENV_CLUSTER]), None
             except ConfigError as e:
                 raise UsageError(f"${ENV_CLUSTER}: {e}") from None
         if os.path.exists(DEFAULT_CONFIG):
@@ -322,11 +330,26 @@ def cluster_addresses(args, environ) -> tuple[Address, ...]:
     raise UsageError(f"where is the cluster? give --cluster HOST:PORT,..., --config FILE or ${ENV_CLUSTER}")
 
 
-def _from_config(path: str, what: str) -> tuple[Address, ...]:
+def _from_config(path: str, what: str) -> tuple[tuple[Address, ...], str | None]:
     config = load_config(path)
     if not config.members:
         raise UsageError(f"{what}: {path} lists no [[node]]")
-    return tuple(m.http for m in config.members)
+    return tuple(m.http for m in config.members), config.tls.ca if config.tls is not None else None
+
+
+def tls_context(args, environ, config_ca: str | None):
+    """An HTTPS context when a CA is known (flag, environment, config), else None (plain HTTP)."""
+    ca = args.tls_ca or environ.get(ENV_CA) or config_ca
+    cert = args.cert or environ.get(ENV_CERT)
+    key = args.key or environ.get(ENV_KEY)
+    if ca is None:
+        if cert or key:
+            raise UsageError(f"--cert/--key need the cluster's CA too: give --tls-ca (or ${ENV_CA})")
+        return None
+    try:
+        return https_client_context(ca, cert, key)
+    except TrustError as e:
+        raise UsageError(f"TLS: {e}") from None
 
 
 def main(argv=None, out=None, err=None, environ=None) -> int:
@@ -341,7 +364,8 @@ def main(argv=None, out=None, err=None, environ=None) -> int:
             args.timeout = DEFAULT_CHANGE_TIMEOUT if args.command in ADMIN_COMMANDS else DEFAULT_TIMEOUT
         if args.timeout <= 0:
             raise UsageError("--timeout must be positive")
-        cluster = ClusterClient(cluster_addresses(args, environ), args.timeout)
+        addresses, config_ca = find_cluster(args, environ)
+        cluster = ClusterClient(addresses, args.timeout, tls_context(args, environ, config_ca))
         return COMMANDS[args.command](args, cluster, out)
     except UsageError as e:
         print(f"parkctl: {e}", file=err)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -33,9 +34,15 @@ class NodeError(Exception):
         self.sent = sent  # the request may have reached the node (do not repeat a POST elsewhere)
 
 
-def fetch(address: Address, path: str, timeout: float, body: dict | None = None) -> dict:
-    """GET ``path`` from one node (POST ``body`` if given); the JSON document, or NodeError."""
-    conn = http.client.HTTPConnection(address.host, address.port, timeout=timeout)
+def fetch(address: Address, path: str, timeout: float, body: dict | None = None, tls=None) -> dict:
+    """GET ``path`` from one node (POST ``body`` if given); the JSON document, or NodeError.
+
+    ``tls``: an ``ssl.SSLContext`` for HTTPS (the node's host name is checked), else plain HTTP.
+    """
+    if tls is None:
+        conn = http.client.HTTPConnection(address.host, address.port, timeout=timeout)
+    else:
+        conn = http.client.HTTPSConnection(address.host, address.port, timeout=timeout, context=tls)
     sent = False
     try:
         if body is None:
@@ -49,6 +56,11 @@ def fetch(address: Address, path: str, timeout: float, body: dict | None = None)
         raw = response.read()
     except ConnectionRefusedError:
         raise NodeError("connection refused") from None
+    except ssl.SSLError as e:
+        raise NodeError(f"TLS failed: {e.reason or e}", sent=sent) from None
+    except http.client.RemoteDisconnected:
+        hint = "" if tls is not None else " (does it speak HTTPS? give --tls-ca)"
+        raise NodeError(f"closed the connection without answering{hint}", sent=sent) from None
     except TimeoutError:
         raise NodeError(f"no answer within {timeout:g} s", sent=sent) from None
     except (OSError, http.client.HTTPException) as e:
@@ -69,9 +81,10 @@ def fetch(address: Address, path: str, timeout: float, body: dict | None = None)
 class ClusterClient:
     """The nodes parkctl may ask, in the order given."""
 
-    def __init__(self, addresses: tuple[Address, ...], timeout: float = DEFAULT_TIMEOUT):
+    def __init__(self, addresses: tuple[Address, ...], timeout: float = DEFAULT_TIMEOUT, tls=None):
         self.addresses = addresses
         self.timeout = timeout
+        self.tls = tls  # an ssl.SSLContext for HTTPS, or None
 
     def read(self, path: str) -> dict:
         """A linearizable read from the first node that can answer, following leader hints."""
@@ -84,7 +97,7 @@ class ClusterClient:
                 continue
             tried.append(str(address))
             try:
-                return fetch(address, path, self.timeout)
+                return fetch(address, path, self.timeout, tls=self.tls)
             except NodeError as e:
                 problems.append(f"{address}: {e}")
                 if e.status is not None and e.status != 503:
@@ -109,7 +122,7 @@ class ClusterClient:
             while todo:
                 address = todo.pop(0)
                 try:
-                    return fetch(address, path, wait + min(wait, DEFAULT_TIMEOUT), body)
+                    return fetch(address, path, wait + min(wait, DEFAULT_TIMEOUT), body, tls=self.tls)
                 except NodeError as e:
                     problems.append(f"{address}: {e}")
                     if e.status == 421 and e.doc.get("leader_http") and hops < MAX_HOPS:
@@ -125,7 +138,7 @@ class ClusterClient:
 
     def _leader_address(self, address: Address) -> Address | None:
         try:
-            view = fetch(address, "/api/v1/cluster", self.timeout)
+            view = fetch(address, "/api/v1/cluster", self.timeout, tls=self.tls)
         except NodeError:
             return None
         for member in view.get("members", []):
@@ -150,7 +163,7 @@ class ClusterClient:
     def _fetch_all(self, addresses) -> dict[str, dict | NodeError]:
         def one(address):
             try:
-                return fetch(address, "/api/v1/cluster", self.timeout)
+                return fetch(address, "/api/v1/cluster", self.timeout, tls=self.tls)
             except NodeError as e:
                 return e
 

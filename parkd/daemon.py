@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import resource
+import signal
 import sys
 
 from twisted.application import service
@@ -58,6 +59,25 @@ class JsonLogService(service.Service):
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+class ReloadOnHangup(service.Service):
+    """SIGHUP calls ``reload`` on the reactor thread (certificate rotation, CONTRACT §9)."""
+
+    def __init__(self, reload, reactor):
+        self.reload = reload
+        self.reactor = reactor
+        self._previous = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._previous = signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._previous is not None:
+            signal.signal(signal.SIGHUP, self._previous)
+            self._previous = None
 
 
 def listen_now(reactor, description: str, factory, what: str):

@@ -6,12 +6,17 @@ both run the daemons exactly as an operator would.
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 
 from parkd.config import Config
@@ -160,14 +165,21 @@ def write_config(
     heartbeat_ms: int = 100,
     host: str = "127.0.0.1",
     camera_interval: float | None = None,
+    pki: str | None = None,
 ) -> str:
-    """Write a loopback cluster config with fresh ports (for tests)."""
+    """Write a loopback cluster config with fresh ports (for tests).
+
+    With ``pki`` (a directory :func:`make_pki` filled) every port speaks TLS;
+    without, the config says ``insecure = true``.
+    """
     ports = free_ports(3 * nodes, host)
     lines = [
         "[cluster]",
         f"election_timeout_ms = {election_timeout_ms}",
         f"heartbeat_ms = {heartbeat_ms}",
     ]
+    if pki is None:
+        lines.append("insecure = true")
     for i in range(nodes):
         raft, client, http = ports[3 * i : 3 * i + 3]
         lines += [
@@ -182,9 +194,64 @@ def write_config(
         lines += ["", "[[lot]]", f'id = "{lot}"', f"capacity = {capacity}"]
     if camera_interval is not None:
         lines += ["", "[camera]", f"interval = {camera_interval}", "ack_timeout = 1.0"]
+    if pki is not None:
+        pki = os.path.abspath(pki)
+        lines += ["", "[tls]", f'ca = "{pki}/ca.pem"', f'cert = "{pki}/node-{{id}}.pem"', f'key = "{pki}/node-{{id}}.key"',
+                  f'crl = "{pki}/crl.pem"']  # fmt: skip
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     return path
+
+
+def make_pki(directory: str, nodes=range(1, 6), cameras=range(1, 21), operators=("admin",)) -> str:
+    """A cluster's PKI in ``directory`` (``parkctl pki`` files): the CA once, then what is missing.
+
+    For tests, benchmarks and ``make demo``; an operator runs ``parkctl pki`` instead.
+    """
+    from parkd.trust import Identity, pki  # cryptography: imported only by those that make one
+
+    if not os.path.exists(os.path.join(directory, "ca.pem")):
+        pki.init(directory)
+    wanted = [Identity("node", i) for i in nodes] + [Identity("camera", i) for i in cameras]
+    wanted += [Identity("operator", name) for name in operators]
+    missing = [who for who in wanted if not os.path.exists(pki.cert_path(directory, who))]
+    if missing:
+        pki.issue(directory, missing)
+    return directory
+
+
+def node_url(config: Config, node_id: int, path: str) -> str:
+    """The URL of ``path`` on a node's HTTP port: HTTPS when the config has a ``[tls]`` table."""
+    scheme = "https" if config.tls is not None else "http"
+    return f"{scheme}://{config.member(node_id).http}{path}"
+
+
+@functools.lru_cache(maxsize=8)
+def _https_context(ca: str) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=ca)
+
+
+def http_request(config: Config, node_id: int, path: str, timeout: float = 2.0, context=None):
+    """(status, headers, body) of a GET to a node, whatever the status; OSError if it does not answer.
+
+    HTTPS with the config's CA (``context`` to present a client certificate too).
+    """
+    if context is None and config.tls is not None:
+        context = _https_context(config.tls.ca)
+    try:
+        with urllib.request.urlopen(node_url(config, node_id, path), timeout=timeout, context=context) as r:
+            return r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+
+
+def get_json(config: Config, node_id: int, path: str, timeout: float = 2.0):
+    """A JSON document from a node (a 200 answer), or None if it does not answer or fails."""
+    try:
+        status, _, body = http_request(config, node_id, path, timeout)
+        return json.loads(body) if status == 200 else None
+    except (OSError, ValueError):
+        return None
 
 
 def wait_listening(config: Config, node_id: int, daemon: Daemon, timeout: float = 15.0) -> None:

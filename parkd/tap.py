@@ -15,6 +15,7 @@ from twisted.application import service
 from twisted.python import usage
 
 from parkd.daemon import fail
+from parkd.trust import TrustFiles
 from parkd.config import (
     Address,
     Config,
@@ -92,9 +93,15 @@ class NodeOptions(_ConfigOptions):
         ["snapshot-entries", None, None, "Snapshot once the applied log holds this many entries [default: 100000]."],
         ["snapshot-margin", None, None, "Log entries kept below a snapshot for lagging followers [default: 10000]."],
         ["history-hours", None, None, "Hours of frame history kept (current values are kept) [default: 24]."],
+        ["tls-ca", None, None, "CA certificate of the cluster [default: [tls].ca]."],
+        ["tls-cert", None, None, "This node's certificate; {id} expands [default: [tls].cert]."],
+        ["tls-key", None, None, "This node's key; {id} expands [default: [tls].key]."],
+        ["tls-crl", None, None, "Certificate revocation list (optional) [default: [tls].crl]."],
+        ["public-reads", None, None, "true: reads need no client certificate; false: any of the CA [default: true]."],
         ["log-json", None, None, "Also write every log event to FILE as JSON lines."],
     ]
     optFlags = [
+        ["insecure", None, "Run without TLS (plaintext on every port); logs a warning. Only without a [tls] table."],
         ["join", None, "Join a running cluster: start as a non-member that learns the membership from the "
                        "leader once added (`parkctl add-node`). The config lists the cluster's current members "
                        "(at least the leader) so this node can answer it; without a [[node]] entry of its own "
@@ -106,6 +113,7 @@ class NodeOptions(_ConfigOptions):
             raise ConfigError("--id: required (which [[node]] this process is)")
         node_id = parse_int(self["id"], "--id")
         config = self.load()
+        config.check_secure()
         join = bool(self["join"])
         if join and node_id not in {m.id for m in config.members}:
             missing = [f for f in ("listen-raft", "listen-client", "listen-http") if not self[f]]
@@ -140,6 +148,7 @@ class CameraDaemonSettings:
     cluster: tuple[Address, ...]
     state_dir: str
     log_json: str | None = None
+    tls: TrustFiles | None = None  # the camera's CA, certificate and key; None: plaintext (insecure)
 
     @property
     def interval(self) -> float:
@@ -161,7 +170,13 @@ class CameraOptions(_ConfigOptions):
         ["cluster", None, None, "Client addresses of the nodes, host:port,... [default: every [[node]].client]."],
         ["outbox-limit", None, None, "Most unacknowledged frames kept; the oldest are dropped [default: 10000]."],
         ["ack-timeout", None, None, "Seconds to wait for an ack before trying another node [default: 5]."],
+        ["tls-ca", None, None, "CA certificate of the cluster [default: [camera].tls_ca, else [tls].ca]."],
+        ["tls-cert", None, None, "This camera's certificate [default: camera-ID.pem next to the CA]."],
+        ["tls-key", None, None, "This camera's key [default: camera-ID.key next to the CA]."],
         ["log-json", None, None, "Also write every log event to FILE as JSON lines."],
+    ]
+    optFlags = [
+        ["insecure", None, "Talk plaintext to the nodes (only for a cluster whose config says insecure = true)."],
     ]
 
     def build(self) -> CameraDaemonSettings:
@@ -172,6 +187,9 @@ class CameraOptions(_ConfigOptions):
         camera_id = parse_int(self["camera-id"], "--camera-id")
         config = self.load()
         config.lot(self["lot"])
+        tls = camera_tls_files(config, camera_id)
+        if tls is None:
+            config.check_secure()
         if self["cluster"]:
             cluster = parse_cluster_addresses(self["cluster"])
         else:
@@ -185,7 +203,21 @@ class CameraOptions(_ConfigOptions):
             cluster=cluster,
             state_dir=self["state-dir"] or os.path.join("parkd-data", f"camera-{camera_id}"),
             log_json=self["log-json"],
+            tls=tls,
         )
+
+
+def camera_tls_files(config: Config, camera_id: int) -> TrustFiles | None:
+    """A camera's TLS files: ``[camera] tls_*`` (or the flags), else ``camera-ID`` next to ``[tls] ca``."""
+    camera = config.camera
+    ca = camera.tls_ca or (config.tls.ca if config.tls is not None else None)
+    if ca is None:
+        return None
+    directory = os.path.dirname(ca)
+    cert = (camera.tls_cert or os.path.join(directory, "camera-{camera_id}.pem")).replace("{camera_id}", str(camera_id))
+    key = (camera.tls_key or os.path.join(directory, "camera-{camera_id}.key")).replace("{camera_id}", str(camera_id))
+    crl = config.tls.crl if config.tls is not None else None
+    return TrustFiles(ca, cert, key, crl)
 
 
 # ------------------------------------------------------------------ plugin
@@ -217,7 +249,7 @@ def makeService(options: Options, reactor=None) -> service.IService:
 
 def build_node_service(settings: NodeSettings, reactor) -> service.MultiService:
     """The JSON log, the node, then its HTTP port (stopped in reverse order)."""
-    from parkd.daemon import JsonLogService, OrderedServices
+    from parkd.daemon import JsonLogService, OrderedServices, ReloadOnHangup
     from parkd.http.site import HttpService
     from parkd.node.service import NodeService
 
@@ -227,4 +259,5 @@ def build_node_service(settings: NodeSettings, reactor) -> service.MultiService:
     node = NodeService(settings, reactor)
     node.setServiceParent(top)
     HttpService(node, settings.listen_http).setServiceParent(top)
+    ReloadOnHangup(node.reload_tls, reactor).setServiceParent(top)
     return top

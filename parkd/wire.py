@@ -18,6 +18,7 @@ from twisted.protocols.basic import Int32StringReceiver
 
 from parkd.config import DEFAULT_MAX_MESSAGE_BYTES
 from parkd.proto import parkd_pb2 as pb
+from parkd.ratelimit import RateLimitedLog
 from parkd.raft import messages
 from parkd.raft.types import Entry, EntryKind
 
@@ -117,7 +118,8 @@ class EnvelopeProtocol(Int32StringReceiver):
         self.rejected = True
         reason = clip(reason)
         self.paused = True  # stop Int32StringReceiver from parsing what is buffered
-        self.log.warn(
+        refusals = getattr(self.factory, "refusals", None)  # one line each, a summary under a flood
+        (refusals.emit if refusals is not None else self.log.warn)(
             "closing {port} connection from {peer}: {reason}",
             port=self.rules.name,
             peer=_peer(self.transport),
@@ -157,6 +159,11 @@ class EnvelopeFactory(Factory):
     def __init__(self, clock, max_length: int = DEFAULT_MAX_MESSAGE_BYTES):
         self.clock = clock
         self.max_length = max_length
+        port = self.protocol.rules.name if hasattr(self.protocol, "rules") else "a"
+        self.refusals = RateLimitedLog(
+            EnvelopeProtocol.log, f"closed {{count}} more {port} port connections for bad input in the last {{window}} s",
+            clock=clock,
+        )  # fmt: skip
 
     def buildProtocol(self, addr):
         proto = super().buildProtocol(addr)

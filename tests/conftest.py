@@ -30,7 +30,7 @@ def workdir(tmp_path):
 class ClusterPKI:
     """The test session's PKI (``cluster_pki``): read it, never change it.
 
-    ``dir``: a CA with node-1..5, camera-1..20, operator-admin, ``revoked``
+    ``dir``: a CA with node-1..9, camera-1..100, operator-admin, ``revoked``
     (camera-999, in ``dir``/crl.pem) and ``expired`` (camera-998, valid for a
     day a month ago).  ``other``: a second CA (the "wrong CA") with node-1,
     camera-1 and operator-admin.  Tests that revoke make their own PKI.
@@ -63,9 +63,9 @@ def cluster_pki(tmp_path_factory) -> ClusterPKI:
         _parkctl("pki", "issue", directory, "node", "1")
         _parkctl("pki", "issue", directory, "camera", "1")
         _parkctl("pki", "issue", directory, "operator", "admin")
-    for i in range(2, 6):
+    for i in range(2, 10):
         _parkctl("pki", "issue", made.dir, "node", str(i))
-    _parkctl("pki", "issue", made.dir, "camera", "2-20")
+    _parkctl("pki", "issue", made.dir, "camera", "2-100")
     _parkctl("pki", "issue", made.dir, "camera", "999")
     _parkctl("pki", "revoke", made.dir, made.revoked)
     a_month_ago = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=30)

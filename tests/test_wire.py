@@ -11,6 +11,7 @@ from twisted.logger import Logger
 
 from parkd.node.ports import RaftPortFactory
 from parkd.proto import parkd_pb2 as pb
+from parkd.ratelimit import RateLimitedLog
 from parkd.raft import messages as m
 from parkd.raft.types import Entry, EntryKind
 from parkd.wire import (
@@ -44,6 +45,7 @@ def connect(rules=CLIENT_PORT, max_length=1024):
     proto.rules = rules
     proto.events = []
     proto.log = Logger(observer=proto.events.append)
+    factory.refusals = RateLimitedLog(proto.log, "{count} more in {window} s", clock=factory.clock)
     transport = StringTransport()
     proto.makeConnection(transport)
     return proto, transport

@@ -80,6 +80,7 @@ class CameraClient:
         rng: random.Random | None = None,
         connect=None,
         events: FrameEvents = FRAME_EVENTS,
+        trust=None,
     ):
         self.camera_id, self.lot, self.outbox = camera_id, lot, outbox
         self.cluster = cluster
@@ -91,6 +92,8 @@ class CameraClient:
         self.rng = rng or random.Random()
         self.backoff = Backoff(self.rng)
         self._connect = connect or self._tcp_connect
+        self.trust = trust  # TLS: the camera's certificate; any node-* of its CA may answer
+        self._endpoints: dict[Address, object] = {}  # one per node: TLS sessions are resumed per node
         self.next_node = self.rng.randrange(len(cluster))
         self.redirect_to: Address | None = None
         self.proto: CameraConnection | None = None
@@ -128,7 +131,13 @@ class CameraClient:
         self._connect(address, CameraConnection(self)).addErrback(self._connect_failed, address)
 
     def _tcp_connect(self, address: Address, proto: CameraConnection):
-        endpoint = HostnameEndpoint(self.reactor, address.host, address.port, timeout=max(1, int(self.ack_timeout)))
+        endpoint = self._endpoints.get(address)
+        if endpoint is None:
+            timeout = max(1, int(self.ack_timeout))
+            endpoint = HostnameEndpoint(self.reactor, address.host, address.port, timeout=timeout)
+            if self.trust is not None:
+                endpoint = self.trust.client_endpoint(endpoint, f"node at {address}", expect="node")
+            self._endpoints[address] = endpoint
         return connectProtocol(endpoint, proto)
 
     def _connect_failed(self, failure, address) -> None:

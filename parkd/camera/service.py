@@ -11,7 +11,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from parkd.config import ConfigError
-from parkd.daemon import JsonLogService, OrderedServices, fail_on_config_error
+from parkd.daemon import JsonLogService, OrderedServices, ReloadOnHangup, fail_on_config_error
+from parkd.trust import Identity, Trust, TrustError
 
 PAYLOAD_ALPHABET = string.ascii_letters + string.digits
 PAYLOAD_LENGTH = 64
@@ -38,6 +39,7 @@ class CameraService(service.Service):
 
         s = self.settings
         path = os.path.join(s.state_dir, "outbox.db")
+        trust = self._build_trust()
         try:
             self.outbox = Outbox(path, s.config.camera.outbox_limit)
         except Exception as e:
@@ -51,6 +53,7 @@ class CameraService(service.Service):
             ack_timeout=s.config.camera.ack_timeout,
             max_message_bytes=s.config.cluster.max_message_bytes,
             rng=self.rng,
+            trust=trust,
         )
         pending = self.outbox.pending()
         self.log.info(
@@ -64,6 +67,22 @@ class CameraService(service.Service):
         self.loop = LoopingCall(self.capture)
         self.loop.clock = self.reactor
         self.loop.start(s.interval, now=True)
+
+    def reload_tls(self) -> None:
+        """SIGHUP: the next connection uses the certificate files as they are now."""
+        if self.client is not None and self.client.trust is not None:
+            self.client.trust.reload()
+
+    def _build_trust(self):
+        """The camera's TLS (its own certificate; nodes must be ``node-*`` of its CA), or None."""
+        s = self.settings
+        if s.tls is None:
+            self.log.warn("camera {camera_id} talks plaintext to the nodes (insecure = true)", camera_id=s.camera_id)
+            return None
+        try:
+            return Trust(s.tls, expect=Identity("camera", s.camera_id), clock=self.reactor)
+        except TrustError as e:
+            raise ConfigError(f"camera TLS: {e}") from None
 
     def capture(self) -> None:
         payload = "".join(self.rng.choices(PAYLOAD_ALPHABET, k=PAYLOAD_LENGTH)).encode()
@@ -83,6 +102,8 @@ class CameraService(service.Service):
             self.loop.stop()
         if self.client is not None:
             self.client.stop()
+            if self.client.trust is not None:
+                self.client.trust.refusals.stop()
         if self.outbox is not None:
             self.log.info(
                 "camera {camera_id} stopped: {acked} acked this run, {dropped} dropped in all, outbox closed",
@@ -95,5 +116,7 @@ def build_camera_service(settings, reactor) -> service.MultiService:
     top = OrderedServices()
     if settings.log_json:
         JsonLogService(settings.log_json).setServiceParent(top)
-    CameraService(settings, reactor).setServiceParent(top)
+    camera = CameraService(settings, reactor)
+    camera.setServiceParent(top)
+    ReloadOnHangup(camera.reload_tls, reactor).setServiceParent(top)
     return top

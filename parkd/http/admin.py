@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from twisted.web import server
 
 from parkd.config import ConfigError
+from parkd.http.access import Access
 from parkd.http.errors import RETRY_AFTER, ApiError, error_response, json_response
 from parkd.node.addresses import member_from_json
 from parkd.node.membership import (
@@ -52,11 +53,15 @@ class Admin:
 
     log = Logger()
 
-    def __init__(self, membership, status):
+    def __init__(self, membership, status, access: Access = Access()):
         self.membership = membership
         self.status = status
+        self.access = access
 
     def render(self, request, operation: str):
+        refusal = self.access.admin_refusal(request)
+        if refusal is not None:
+            return error_response(request, refusal)
         if request.method != b"POST":
             request.setHeader(b"allow", b"POST")
             method = request.method.decode(errors="replace")

@@ -20,9 +20,10 @@ from twisted.internet import defer
 from twisted.web import resource, server
 
 from parkd.daemon import fail_on_config_error, listen_now
+from parkd.http.access import Access
 from parkd.http.admin import Admin
 from parkd.http.api import Api, ApiResource
-from parkd.http.errors import JsonResource, NotFound, not_found
+from parkd.http.errors import JsonResource, NotFound, error_response, not_found
 from parkd.http.metrics import MetricsResource, NodeMetrics
 
 CONTENT_TYPES = {
@@ -60,12 +61,34 @@ class WebFiles(JsonResource):
         return body
 
 
-class Root(resource.Resource):
-    """``/`` is the dashboard; ``/api``, ``/metrics``, ``/static`` the rest; anything else 404."""
+class Refused(JsonResource):
+    """Any method: the error of an access refusal (401)."""
 
-    def __init__(self, web_dir: str):
+    def __init__(self, error):
+        super().__init__()
+        self.error = error
+
+    def render(self, request):
+        return error_response(request, self.error)
+
+
+class Root(resource.Resource):
+    """``/`` is the dashboard; ``/api``, ``/metrics``, ``/static`` the rest; anything else 404.
+
+    Every read needs what ``access`` says (admin requests are checked by the admin resource).
+    """
+
+    def __init__(self, web_dir: str, access: Access = Access()):
         super().__init__()
         self.index = WebFiles(web_dir, "index.html")
+        self.access = access
+
+    def getChildWithDefault(self, path, request):
+        if not (path == b"api" and request.postpath[:2] == [b"v1", b"admin"]):
+            refusal = self.access.read_refusal(request)
+            if refusal is not None:
+                return Refused(refusal)
+        return super().getChildWithDefault(path, request)
 
     def getChild(self, path, request):
         if path == b"" and request.postpath == []:
@@ -77,13 +100,15 @@ def web_dir() -> str:
     return str(importlib_resources.files("parkd") / "web")
 
 
-def build_site(*, clock, state, driver, membership, reads, metrics: NodeMetrics, lot_ids, camera_interval) -> server.Site:
+def build_site(*, clock, state, driver, membership, reads, metrics: NodeMetrics, lot_ids, camera_interval,
+               access: Access = Access()) -> server.Site:  # fmt: skip
     """The HTTP port over a node's parts: ``state`` (ParkingState), ``driver`` (Raft
-    status), ``membership`` (members and admin operations), ``reads`` (ReadBarrier)."""
+    status), ``membership`` (members and admin operations), ``reads`` (ReadBarrier);
+    ``access`` says who may read and who may administer."""
     api = Api(state, driver, membership.members, clock, tuple(lot_ids), camera_interval)
     directory = web_dir()
-    root = Root(directory)
-    root.putChild(b"api", ApiResource(api, reads, Admin(membership, driver), metrics.read))
+    root = Root(directory, access)
+    root.putChild(b"api", ApiResource(api, reads, Admin(membership, driver, access), metrics.read))
     root.putChild(b"metrics", MetricsResource(metrics))
     root.putChild(b"static", WebFiles(directory))
     site = server.Site(root, reactor=clock)
@@ -107,11 +132,14 @@ class HttpService(service.Service):
         lot_ids = [lot.id for lot in config.lots]
         state = node.store.state
         self.metrics = NodeMetrics(node.driver, state, node.peers, node.intake, lot_ids)
+        trust = node.trust
+        access = Access(tls=trust is not None, public_reads=config.tls.public_reads if config.tls else True)
         site = build_site(
             clock=node.reactor, state=state, driver=node.driver, membership=node.membership, reads=node.reads,
-            metrics=self.metrics, lot_ids=lot_ids, camera_interval=config.camera.interval,
+            metrics=self.metrics, lot_ids=lot_ids, camera_interval=config.camera.interval, access=access,
         )  # fmt: skip
-        self.port = listen_now(node.reactor, self.listen, site, "http port")
+        listening = site if trust is None else trust.server(site, "https", clients="optional")
+        self.port = listen_now(node.reactor, self.listen, listening, "http port")
         super().startService()
 
     def stopService(self):

@@ -28,6 +28,7 @@ from zope.interface import implementer
 
 from parkd.config import Member
 from parkd.raft.messages import Message, Propose
+from parkd.trust import Identity, Trust
 from parkd.wire import RAFT_PORT, EnvelopeFactory, EnvelopeProtocol, raft_to_envelope
 
 HELD_PROPOSALS_LIMIT = 10_000  # frame results kept for a leader this node cannot reach yet
@@ -67,6 +68,13 @@ class PeerConnection(EnvelopeProtocol):
 
     def stopProducing(self) -> None:
         self.writable = False
+
+    def release(self) -> None:
+        """Before this end closes the connection: a TLS transport waits for its
+        producer to leave before it shuts TLS down, so leave now."""
+        self.writable = False
+        if self.transport is not None:
+            self.transport.unregisterProducer()
 
 
 class PeerLink:
@@ -147,12 +155,14 @@ class PeerService(service.MultiService):
         max_message_bytes: int,
         resolve: Callable[[int], Member | None] | None = None,
         on_lost: Callable[[int], None] | None = None,
+        trust: Trust | None = None,
     ):
         super().__init__()
         self.node_id = node_id
         self.reactor = reactor
         self.max_message_bytes = max_message_bytes
         self.resolve = resolve
+        self.trust = trust  # TLS: each link must reach the node it names (mutual, CONTRACT §9)
         self.links: dict[int, PeerLink] = {}
         self._clients: dict[int, ClientService] = {}
         self.unroutable = 0  # messages for nodes whose address nobody knows
@@ -183,6 +193,8 @@ class PeerService(service.MultiService):
         factory.protocol = PeerConnection
         factory.link = link
         endpoint = HostnameEndpoint(self.reactor, member.raft.host, member.raft.port, timeout=2)
+        if self.trust is not None:
+            endpoint = self.trust.client_endpoint(endpoint, f"peer {member.id}", expect=Identity("node", member.id))
         client = ClientService(
             endpoint,
             factory,
@@ -200,12 +212,20 @@ class PeerService(service.MultiService):
 
     def remove_peer(self, peer_id: int):
         """Close the link to ``peer_id``; a Deferred that fires once it is closed."""
-        self.links.pop(peer_id, None)
+        link = self.links.pop(peer_id, None)
         client = self._clients.pop(peer_id, None)
         if client is None:
             return defer.succeed(None)
         self.log.info("closing the connection to peer {peer_id}", peer_id=peer_id)
+        if link is not None and link.proto is not None:
+            link.proto.release()
         return defer.maybeDeferred(client.disownServiceParent)
+
+    def stopService(self):
+        for link in self.links.values():
+            if link.proto is not None:
+                link.proto.release()
+        return super().stopService()
 
     def _lost(self, link: PeerLink) -> None:
         peer_id = link.member.id

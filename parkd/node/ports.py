@@ -1,9 +1,18 @@
-"""Protocols of the node's raft and client ports."""
+"""Protocols of the node's raft and client ports.
+
+With TLS (``authenticate``), each port also checks who is on the other end
+(CONTRACT §9): on the raft port every message's sender must be the node its
+certificate names; on the client port a ``camera-<id>`` certificate may say
+Hello (and send frames) for camera ``<id>`` only, and no other identity may.
+A refusal closes the connection (the client port answers PERMISSION_DENIED
+first) with one log line, rate-limited per port under a flood.
+"""
 
 from __future__ import annotations
 
 from parkd.proto import parkd_pb2 as pb
 from parkd.raft.log import LogConflictBelowCommit
+from parkd.trust import Identity, peer_identity
 from parkd.wire import (
     CLIENT_PORT,
     RAFT_PORT,
@@ -28,6 +37,12 @@ class RaftPortProtocol(EnvelopeProtocol):
         except BadMessage as e:
             self.reject(pb.Error.MALFORMED, str(e))
             return
+        if self.factory.authenticate:
+            peer = peer_identity(self.transport)
+            if peer != Identity("node", message.src):
+                self.reject(pb.Error.PERMISSION_DENIED,
+                            f"{type(message).__name__} from node {message.src} on a connection of {peer}")  # fmt: skip
+                return
         try:
             self.factory.deliver(message)
         except LogConflictBelowCommit as e:
@@ -41,9 +56,10 @@ class RaftPortProtocol(EnvelopeProtocol):
 class RaftPortFactory(EnvelopeFactory):
     protocol = RaftPortProtocol
 
-    def __init__(self, clock, max_length, deliver=None):
+    def __init__(self, clock, max_length, deliver=None, authenticate: bool = False):
         super().__init__(clock, max_length)
         self.deliver = deliver or (lambda message: None)
+        self.authenticate = authenticate  # TLS: messages must come from the node the certificate names
 
 
 class ClientPortProtocol(EnvelopeProtocol):
@@ -61,7 +77,7 @@ class ClientPortProtocol(EnvelopeProtocol):
     def envelopeReceived(self, kind, body) -> None:
         intake = self.factory.intake
         if kind == "hello":
-            problem = intake.check_hello(body)
+            problem = self._identity_problem(body) or intake.check_hello(body)
             if problem is not None:
                 self.reject(*problem)
                 return
@@ -71,6 +87,17 @@ class ClientPortProtocol(EnvelopeProtocol):
             self.log.info("camera {camera_id} connected (lot {lot})", camera_id=body.camera_id, lot=body.lot)
         else:
             intake.submit(self, body)
+
+    def _identity_problem(self, hello) -> tuple[int, str] | None:
+        """With TLS, a camera may only speak for itself; no other identity sends frames."""
+        if not self.factory.authenticate:
+            return None
+        peer = peer_identity(self.transport)
+        if peer == Identity("camera", hello.camera_id):
+            return None
+        if peer is not None and peer.kind == "camera":
+            return pb.Error.PERMISSION_DENIED, f"{peer} may not speak for camera {hello.camera_id}"
+        return pb.Error.PERMISSION_DENIED, f"{peer} is not a camera: only camera certificates send frames"
 
     def connectionLost(self, reason) -> None:
         super().connectionLost(reason)
@@ -98,9 +125,10 @@ class ClientPortProtocol(EnvelopeProtocol):
 class ClientPortFactory(EnvelopeFactory):
     protocol = ClientPortProtocol
 
-    def __init__(self, clock, max_length, intake):
+    def __init__(self, clock, max_length, intake, authenticate: bool = False):
         super().__init__(clock, max_length)
         self.intake = intake
+        self.authenticate = authenticate  # TLS: cameras speak for themselves only
         self.connections: set[ClientPortProtocol] = set()
 
     def redirect_all(self, leader_id: int, address: str) -> None:

@@ -10,7 +10,9 @@ builds, each with only what it needs:
 - the **frame intake** (``frames.py``) behind the client port (``ports.py``);
 - **snapshots** (``snapshots.py``): taking, sending, receiving, installing;
 - **linearizable reads** (``reads.py``);
-- two timers: the leader's retention proposal and the text log's frame summary.
+- two timers: the leader's retention proposal and the text log's frame summary;
+- with a ``[tls]`` table, its TLS (``parkd/trust``): mutual TLS on both ports and
+  every peer link, identities checked by the ports (CONTRACT §9).
 
 It owns start and stop order: SIGTERM makes a leader hand over first, points
 the cameras at the new leader, then closes the listeners and the database.  The
@@ -48,6 +50,7 @@ from parkd.raft.core import CoreConfig, NotLeader, RaftCore, Role
 from parkd.raft.messages import InstallSnapshot, SnapshotResponse
 from parkd.raft.storage import SqliteStorage
 from parkd.raft.types import PersistedState, SnapshotMeta
+from parkd.trust import Identity, Trust, TrustError, TrustFiles
 
 RETENTION_INTERVAL_S = 600.0  # how often the leader proposes a history trim
 SUMMARY_INTERVAL_S = 10.0  # how often the text log sums up the frames applied
@@ -135,6 +138,7 @@ class NodeService(service.Service):
         self.ports = []
         self._loops: list[LoopingCall] = []
         self._handed_over_to: int | None = None  # the voter a stopping leader handed over to
+        self.trust: Trust | None = None
 
     @fail_on_config_error
     def startService(self) -> None:
@@ -142,11 +146,13 @@ class NodeService(service.Service):
         config = s.config
         raise_file_limit()
         lots = {lot.id: lot.capacity for lot in config.lots}
+        self.trust = self._build_trust()
         self.store = store = open_store(s.data_dir, lots)
         self.driver = self._build_driver(store)
         self.peers = PeerService(
             s.node_id, (), self.reactor, config.cluster.max_message_bytes,
             resolve=lambda node_id: self.membership.address(node_id), on_lost=self.driver.peer_unreachable,
+            trust=self.trust,
         )  # fmt: skip
         self.membership = self._build_membership(store)
         self.snapshots = self._build_snapshots(store)
@@ -156,11 +162,12 @@ class NodeService(service.Service):
             self._every(RETENTION_INTERVAL_S, self._propose_retention),
             self._every(SUMMARY_INTERVAL_S, self._summary),
         ]
-        size = config.cluster.max_message_bytes
-        self.client_port = ClientPortFactory(self.reactor, size, self.intake)
+        size, tls = config.cluster.max_message_bytes, self.trust is not None
+        raft_port = RaftPortFactory(self.reactor, size, self._deliver, authenticate=tls)
+        self.client_port = ClientPortFactory(self.reactor, size, self.intake, authenticate=tls)
         self.ports = [
-            listen_now(self.reactor, s.listen_raft, RaftPortFactory(self.reactor, size, self._deliver), "raft port"),
-            listen_now(self.reactor, s.listen_client, self.client_port, "client port"),
+            listen_now(self.reactor, s.listen_raft, self._secured(raft_port, "raft port", allow=("node",)), "raft port"),
+            listen_now(self.reactor, s.listen_client, self._secured(self.client_port, "client port"), "client port"),
         ]
         service.Service.startService(self)
         self.snapshots.start()
@@ -178,6 +185,29 @@ class NodeService(service.Service):
         )  # fmt: skip
 
     # ------------------------------------------------------------ building
+
+    def _build_trust(self) -> Trust | None:
+        """The node's TLS material from ``[tls]``, or None (plaintext, allowed by ``insecure``)."""
+        tls = self.settings.config.tls
+        if tls is None:
+            self.log.warn("insecure = true: every port of node {node_id} speaks plaintext and checks no identity; "
+                          "see README \"Securing a cluster\"", node_id=self.settings.node_id)  # fmt: skip
+            return None
+        files = tls.for_node(self.settings.node_id)
+        try:
+            return Trust(TrustFiles(files.ca, files.cert, files.key, files.crl),
+                         expect=Identity("node", self.settings.node_id), clock=self.reactor)  # fmt: skip
+        except TrustError as e:
+            raise ConfigError(f"[tls]: {e}") from None
+
+    def _secured(self, factory, name: str, **kwargs):
+        """``factory`` behind TLS when the node has a ``[tls]`` table (its endpoint string unchanged)."""
+        return factory if self.trust is None else self.trust.server(factory, name, **kwargs)
+
+    def reload_tls(self) -> None:
+        """SIGHUP: new connections use the files as they are now; open ones keep theirs."""
+        if self.trust is not None:
+            self.trust.reload()
 
     def _build_driver(self, store: Store) -> RaftDriver:
         s = self.settings
@@ -298,6 +328,8 @@ class NodeService(service.Service):
         if self.driver is not None:
             self.snapshots.stop()
             self.driver.stop()
+        if self.trust is not None:
+            self.trust.refusals.stop()
         stopping = [defer.maybeDeferred(port.stopListening) for port in self.ports]
         if self.driver is not None:
             stopping.append(defer.maybeDeferred(self.peers.stopService))

@@ -50,7 +50,7 @@ data only after it (:mod:`.guard`).
 from parkd.trust.guard import DEFAULT_HANDSHAKE_TIMEOUT, peer_identity
 from parkd.trust.identity import Identity, IdentityError, parse_identity
 from parkd.trust.material import TrustError, TrustFiles
-from parkd.trust.ratelimit import RateLimitedLog
+from parkd.ratelimit import RateLimitedLog
 from parkd.trust.tls import Trust, https_client_context
 
 __all__ = [

@@ -45,7 +45,7 @@ from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from parkd.trust.identity import KINDS, Identity, identity_of_certificate
-from parkd.trust.ratelimit import RateLimitedLog
+from parkd.ratelimit import RateLimitedLog
 
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0  # seconds
 

@@ -45,7 +45,7 @@ from parkd.trust.guard import (
 )
 from parkd.trust.identity import Identity
 from parkd.trust.material import Material, TrustError, TrustFiles, load_material
-from parkd.trust.ratelimit import RateLimitedLog
+from parkd.ratelimit import RateLimitedLog
 
 ROLES = ("required", "optional", "client")
 SESSION_LIFETIME = 3600  # seconds a server honours a session or ticket

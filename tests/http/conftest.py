@@ -43,10 +43,10 @@ def process_harness():
 
 
 @pytest.fixture(scope="module")
-def live_cluster(tmp_path_factory):
-    """3 real nodes and a camera per lot (frames every 0.1 s), shared by a module's tests."""
+def live_cluster(tmp_path_factory, cluster_pki):
+    """3 real nodes over TLS and a camera per lot (frames every 0.1 s), shared by a module's tests."""
     harness = process_harness()
-    cluster = harness.Cluster(tmp_path_factory.mktemp("cluster"), interval=0.1)
+    cluster = harness.Cluster(tmp_path_factory.mktemp("cluster"), interval=0.1, pki=cluster_pki.dir)
     try:
         cluster.start_nodes()
         for camera_id, lot in enumerate(("north", "south", "east"), start=1):

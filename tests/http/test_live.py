@@ -8,16 +8,16 @@ from __future__ import annotations
 import json
 import os
 import socket
+import ssl
 import struct
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from parkd.launcher import http_request
 from parkd.proto import parkd_pb2 as pb
 
 pytestmark = [pytest.mark.process, pytest.mark.slow]
@@ -25,12 +25,7 @@ pytestmark = [pytest.mark.process, pytest.mark.slow]
 
 def http_get(cluster, node_id, path, timeout=5.0):
     """(status, headers, body bytes) of a GET to a node, whatever the status."""
-    url = f"http://{cluster.config.member(node_id).http}{path}"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, r.headers, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.headers, e.read()
+    return http_request(cluster.config, node_id, path, timeout)
 
 
 def get_json(cluster, node_id, path):
@@ -50,10 +45,19 @@ def metrics(cluster, node_id) -> dict:
 
 
 class RawCamera:
-    """A camera speaking the client protocol directly: send one frame, wait for its ack."""
+    """A camera speaking the client protocol directly: send one frame, wait for its ack.
 
-    def __init__(self, address, camera_id, lot):
+    With ``tls`` (the cluster's ``[tls]`` settings) it speaks TLS with its own
+    certificate (``camera-ID`` of the test PKI).
+    """
+
+    def __init__(self, address, camera_id, lot, tls=None):
         self.sock = socket.create_connection((address.host, address.port), timeout=5)
+        if tls is not None:
+            pki = os.path.dirname(tls.ca)
+            context = ssl.create_default_context(cafile=tls.ca)
+            context.load_cert_chain(os.path.join(pki, f"camera-{camera_id}.pem"), os.path.join(pki, f"camera-{camera_id}.key"))
+            self.sock = context.wrap_socket(self.sock, server_hostname=address.host)
         self.camera_id, self.lot = camera_id, lot
         self.buffer = b""
         self.send(pb.Envelope(hello=pb.Hello(camera_id=camera_id, lot=lot)))
@@ -144,7 +148,7 @@ def test_a_follower_read_right_after_an_ack_includes_the_frame(live_cluster):
     cluster = live_cluster
     leader = cluster.leader()
     follower = next(i for i in cluster.nodes if i != leader)
-    camera = RawCamera(cluster.config.member(leader).client, 50, "north")
+    camera = RawCamera(cluster.config.member(leader).client, 50, "north", cluster.config.tls)
     local_misses = 0
     try:
         for seq in range(1, 31):
@@ -211,7 +215,7 @@ def test_parkctl_against_the_cluster(live_cluster):
     assert lines[-1].startswith(f"leader: node {leader}, term ")
     assert sum("leader *" in line for line in lines) == 1
     one = str(cluster.config.member(leader).http)
-    done = run("--cluster", one, "--json", "status")
+    done = run("--cluster", one, "--tls-ca", cluster.config.tls.ca, "--json", "status")
     assert done.returncode == 0 and json.loads(done.stdout)["leader_id"] == leader
     assert [n["reachable"] for n in json.loads(done.stdout)["nodes"]] == [True] * 3
     done = run("--config", cluster.config_path, "--json", "lots")
@@ -243,6 +247,7 @@ def test_without_a_majority_reads_are_503_and_local_reads_still_answer(live_clus
     assert all(lot["free"] is not None for lot in local)
     parkctl = os.path.join(os.path.dirname(sys.executable), "parkctl")
     address = str(cluster.config.member(survivor).http)
-    done = subprocess.run([parkctl, "--cluster", address, "lots"], capture_output=True, text=True, timeout=30)
+    done = subprocess.run([parkctl, "--cluster", address, "--tls-ca", cluster.config.tls.ca, "lots"],
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
     assert done.returncode == 1 and done.stderr.startswith("parkctl: no node could answer (")
     assert done.stderr.count("\n") == 1

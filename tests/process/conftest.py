@@ -7,16 +7,14 @@ were told against what every node applied.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import urllib.request
 
 import pytest
 
 from parkd.chaos import checker
 from parkd.config import load_config
-from parkd.launcher import Timeout, camera_daemon, node_daemon, wait_for, wait_listening, write_config
+from parkd.launcher import Timeout, camera_daemon, get_json, node_daemon, wait_for, wait_listening, write_config
 
 
 def initial_config(path: str, out: str, members: int) -> str:
@@ -46,7 +44,8 @@ class Cluster:
     """
 
     def __init__(self, tmp_path, nodes=3, lots=None, interval=0.1, election_timeout_ms=600, heartbeat_ms=50,
-                 node_args=(), joiners=0):  # fmt: skip
+                 node_args=(), joiners=0, pki=None):  # fmt: skip
+        """``pki``: a test PKI's directory (every port speaks TLS), or None (``insecure = true``)."""
         self.workdir = str(tmp_path)
         self.config_path = write_config(
             os.path.join(self.workdir, "parkd.toml"),
@@ -55,6 +54,7 @@ class Cluster:
             election_timeout_ms=election_timeout_ms,
             heartbeat_ms=heartbeat_ms,
             camera_interval=interval,
+            pki=pki,
         )
         self.config = load_config(self.config_path)
         self.interval = interval
@@ -109,13 +109,8 @@ class Cluster:
     # ------------------------------------------------------------ HTTP
 
     def get(self, node_id, path, timeout=2.0):
-        """GET a JSON document from a node's HTTP port, or None if it does not answer."""
-        http = self.config.member(node_id).http
-        try:
-            with urllib.request.urlopen(f"http://{http}{path}", timeout=timeout) as r:
-                return json.load(r)
-        except OSError:
-            return None
+        """GET a JSON document from a node's HTTP port (HTTPS with TLS), or None if it does not answer."""
+        return get_json(self.config, node_id, path, timeout)
 
     def status(self, node_id, timeout=2.0):
         return self.get(node_id, "/api/v1/cluster?consistency=local", timeout)
@@ -199,12 +194,13 @@ class Cluster:
 
 
 @pytest.fixture
-def make_cluster(tmp_path):
-    """Build a Cluster; every process it started is stopped (or killed) afterwards."""
+def make_cluster(tmp_path, cluster_pki):
+    """Build a Cluster (TLS with the session's test PKI unless ``tls=False``); every
+    process it started is stopped (or killed) afterwards."""
     made = []
 
-    def make(**kwargs):
-        cluster = Cluster(tmp_path, **kwargs)
+    def make(tls=True, **kwargs):
+        cluster = Cluster(tmp_path, pki=cluster_pki.dir if tls else None, **kwargs)
         made.append(cluster)
         return cluster
 

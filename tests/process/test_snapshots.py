@@ -7,9 +7,10 @@ must come back through InstallSnapshot.
 
 import signal
 import time
-import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from parkd.launcher import http_request
 
 SNAPSHOT_ENTRIES = 60
 SMALL_SNAPSHOTS = ("--snapshot-entries", str(SNAPSHOT_ENTRIES), "--snapshot-margin", "10")
@@ -108,12 +109,11 @@ def test_restart_from_snapshot_plus_log_recovers_exactly(make_cluster):
 
 def peer_links(cluster, node_id):
     """{peer: connected} from a node's parkd_peer_connected metric, or None if it does not answer."""
-    url = f"http://{cluster.config.member(node_id).http}/metrics"
     try:
-        with urllib.request.urlopen(url, timeout=2.0) as r:
-            text = r.read().decode()
+        _, _, body = http_request(cluster.config, node_id, "/metrics")
     except OSError:
         return None
+    text = body.decode()
     return {
         int(s.labels["peer"]): s.value == 1
         for family in text_string_to_metric_families(text)

@@ -4,7 +4,7 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.logger import Logger, formatEvent
 
-from parkd.trust.ratelimit import RateLimitedLog
+from parkd.ratelimit import RateLimitedLog
 
 
 def make(burst=3, window=10.0):
