@@ -97,6 +97,7 @@ class TlsSettings:
     key: str
     crl: str | None = None
     public_reads: bool = True  # GETs of the read API, the dashboard and /metrics need no client certificate
+    handshake_timeout: float = 10.0  # seconds: a TLS handshake not finished by then is cut (slowloris)
 
     def for_node(self, node_id: int) -> TlsSettings:
         return replace(self, cert=self.cert.replace("{id}", str(node_id)), key=self.key.replace("{id}", str(node_id)))
@@ -225,7 +226,7 @@ def _parse_camera(table: Any, base_dir: str) -> CameraSettings:
 
 
 def _parse_tls(table: Any, base_dir: str) -> TlsSettings:
-    _check_keys(table, {"ca", "cert", "key", "crl", "public_reads"}, "tls", {"ca", "cert", "key"})
+    _check_keys(table, {"ca", "cert", "key", "crl", "public_reads", "handshake_timeout"}, "tls", {"ca", "cert", "key"})
     crl = table.get("crl")
     return TlsSettings(
         ca=parse_path(table["ca"], "tls.ca", base_dir),
@@ -233,6 +234,7 @@ def _parse_tls(table: Any, base_dir: str) -> TlsSettings:
         key=parse_path(table["key"], "tls.key", base_dir),
         crl=parse_path(crl, "tls.crl", base_dir) if crl is not None else None,
         public_reads=parse_bool(table.get("public_reads", True), "tls.public_reads"),
+        handshake_timeout=parse_float(table.get("handshake_timeout", 10.0), "tls.handshake_timeout"),
     )
 
 
@@ -399,4 +401,6 @@ def _tls_overrides(tls: TlsSettings | None, flags: dict[str, Any]) -> TlsSetting
     tls = replace(tls, **paths)
     if flags.get("public_reads") is not None:
         tls = replace(tls, public_reads=parse_bool(flags["public_reads"], "--public-reads"))
+    if flags.get("tls_handshake_timeout") is not None:
+        tls = replace(tls, handshake_timeout=parse_float(flags["tls_handshake_timeout"], "--tls-handshake-timeout"))
     return tls

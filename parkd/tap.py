@@ -98,6 +98,7 @@ class NodeOptions(_ConfigOptions):
         ["tls-key", None, None, "This node's key; {id} expands [default: [tls].key]."],
         ["tls-crl", None, None, "Certificate revocation list (optional) [default: [tls].crl]."],
         ["public-reads", None, None, "true: reads need no client certificate; false: any of the CA [default: true]."],
+        ["tls-handshake-timeout", None, None, "Seconds before an unfinished TLS handshake is cut [default: 10]."],
         ["log-json", None, None, "Also write every log event to FILE as JSON lines."],
     ]
     optFlags = [

@@ -195,8 +195,8 @@ class NodeService(service.Service):
             return None
         files = tls.for_node(self.settings.node_id)
         try:
-            return Trust(TrustFiles(files.ca, files.cert, files.key, files.crl),
-                         expect=Identity("node", self.settings.node_id), clock=self.reactor)  # fmt: skip
+            return Trust(TrustFiles(files.ca, files.cert, files.key, files.crl), expect=Identity("node", self.settings.node_id),
+                         handshake_timeout=tls.handshake_timeout, clock=self.reactor)  # fmt: skip
         except TrustError as e:
             raise ConfigError(f"[tls]: {e}") from None
 

@@ -13,9 +13,9 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from harness import Cluster
 
 CHROMIUM_FLAGS = (
     "--headless",
@@ -79,8 +79,25 @@ def chromium_binaries():
     return chromium, driver
 
 
+def spki_hashes(cert_paths) -> str:
+    """Chromium's ``--ignore-certificate-errors-spki-list`` value: these certificates, and no others."""
+    import base64
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    hashes = []
+    for path in cert_paths:
+        with open(path, "rb") as f:
+            key = x509.load_pem_x509_certificate(f.read()).public_key()
+        spki = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        hashes.append(base64.b64encode(hashlib.sha256(spki).digest()).decode())
+    return ",".join(hashes)
+
+
 @pytest.fixture
-def browser(chromium_binaries, tmp_path):
+def browser(chromium_binaries, tmp_path, cluster_pki):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -89,6 +106,10 @@ def browser(chromium_binaries, tmp_path):
     options.binary_location = chromium
     for flag in CHROMIUM_FLAGS:
         options.add_argument(flag)
+    # The dashboard over HTTPS: the browser trusts exactly the test nodes' certificates
+    # (a campus installs its CA in the browsers instead).
+    nodes = [cluster_pki.files(f"node-{i}").cert for i in range(1, 10)]
+    options.add_argument(f"--ignore-certificate-errors-spki-list={spki_hashes(nodes)}")
     profile = tmp_path / "chromium-profile"
     profile.mkdir()
     options.add_argument(f"--user-data-dir={profile}")
@@ -101,22 +122,10 @@ def browser(chromium_binaries, tmp_path):
         driver.quit()
 
 
-def process_harness():
-    """tests/process/conftest.py as a module (its Cluster class), loaded once."""
-    name = "parkd_process_harness"
-    if name not in sys.modules:
-        path = Path(__file__).resolve().parent.parent / "process" / "conftest.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
-    return sys.modules[name]
-
-
 @pytest.fixture
-def cluster(tmp_path):
+def cluster(tmp_path, cluster_pki):
     (tmp_path / "cluster").mkdir()
-    cluster = process_harness().Cluster(tmp_path / "cluster", interval=0.2)
+    cluster = Cluster(tmp_path / "cluster", interval=0.2, pki=cluster_pki.dir)
     try:
         yield cluster
     finally:

@@ -6,14 +6,13 @@ Screenshots go to the test's temporary directory, and also to
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
-import urllib.error
-import urllib.request
 
 import pytest
+
+from parkd.launcher import get_json, node_url
 
 pytestmark = [pytest.mark.process, pytest.mark.slow]
 
@@ -43,12 +42,7 @@ return {
 
 
 def api(cluster, node_id, path):
-    url = f"http://{cluster.config.member(node_id).http}{path}"
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return json.load(r)
-    except (urllib.error.URLError, OSError):
-        return None
+    return get_json(cluster.config, node_id, path, timeout=5)
 
 
 def expected_from_api(cluster, node_id):
@@ -87,7 +81,7 @@ def test_dashboard_shows_the_api_values_and_recovers_from_a_leader_kill(browser,
     leader = cluster.leader()
     cluster.wait_acks(15)
     follower = next(i for i in cluster.nodes if i != leader)
-    browser.get(f"http://{cluster.config.member(follower).http}/")
+    browser.get(node_url(cluster.config, follower, "/"))
     page = lambda: browser.execute_script(PAGE_STATE)  # noqa: E731
 
     # A healthy cluster: every lot has a card with a value, a trend and a colour; no banner.
