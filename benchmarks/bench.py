@@ -250,12 +250,14 @@ def main(argv=None) -> int:
     if args.only:
         steps = [step for step in steps if step.name in args.only]
     workdir = tempfile.mkdtemp(prefix="parkd-bench-")
-    results = {name: combine(figures) for name, figures in run_rounds(steps, rounds, workdir).items()}
+    try:
+        results = {name: combine(figures) for name, figures in run_rounds(steps, rounds, workdir).items()}
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     print(table(results, rounds))
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(results, f, indent=2)
-    shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
@@ -380,7 +382,7 @@ def etcd_note(etcd: dict, rounds: int) -> str:
         return f"etcd failed: {etcd['error']}"
     return (f"etcd {etcd.get('version')} ({etcd.get('go')}): 3 members on 127.0.0.1, WAL fsync, heartbeat 100 ms / "
             f"election 1000 ms; Python client on its v3 JSON gateway, one keep-alive connection; medians of {rounds} "
-            f"round(s) interleaved with parkd's rows; Python client CPU in the 16-client read run: "
+            f"round(s); Python client CPU in the 16-client read run: "
             f"{etcd.get('client_cpu_s')} s")
 
 
