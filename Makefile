@@ -41,7 +41,7 @@ soak: $(VENV)/.installed-test
 	$(BIN)/python -m parkd.chaos.nemesis --seeds 50 --duration 120 --summary run/soak-summary.md
 
 # Benchmarks (not part of `make test`): one table, every row measured in the same run;
-# PySyncObj is installed into benchmarks/.venv-peer for the comparison row.
+# PySyncObj is installed into benchmarks/.venv-peer, etcd with apt-get (benchmarks/peer_etcd.py).
 bench: $(VENV)/.installed-test
 	mkdir -p run
 	$(BIN)/python benchmarks/bench.py --json-out run/bench.json

@@ -3,11 +3,17 @@
 Rows: durable throughput at saturation (3 nodes, fsync before ack, pipelining
 camera connections from the load generator), ack latency at low load (one
 frame in flight), kill -9 failover (median of 5), planned leader stop (longest
-gap in acks), 10,000 connected cameras (p99 latency, errors, node RSS), and
-PySyncObj on the same machine for comparison (benchmarks/peer_pysyncobj.py,
-installed into its own venv).
+gap in acks), 10,000 connected cameras (p99 latency, errors, node RSS), and two
+peers on the same machine for comparison: PySyncObj (benchmarks/peer_pysyncobj.py,
+installed into its own venv) and etcd (benchmarks/peer_etcd.py, apt-get
+installed when missing; its figures and the parkd/etcd ratio sit next to
+parkd's rows).
 
-    python benchmarks/bench.py [--quick] [--skip-peer] [--only ROW] [--json-out FILE]
+The rows compared with etcd are measured ``--rounds`` times, interleaved with
+etcd (parkd, etcd, parkd, etcd, ...); each figure is the median over the rounds,
+the figures of every round are kept in the JSON.  The other rows run once.
+
+    python benchmarks/bench.py [--quick] [--skip-peer] [--only ROW] [--rounds N] [--json-out FILE]
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -183,71 +191,199 @@ def measure_peer(workdir, quick):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-ROWS = ("throughput", "latency", "failover", "planned_stop", "scale", "pysyncobj")
+class PeerUnavailable(Exception):
+    """A peer cannot run on this machine (e.g. etcd not installable): its rows are left out, the others run."""
+
+
+def measure_etcd(workdir, quick):
+    """etcd on this machine (benchmarks/peer_etcd.py): puts, linearizable reads, kill -9 failover."""
+    command = [sys.executable, os.path.join(HERE, "peer_etcd.py"), "--workdir", workdir]
+    if quick:
+        command.append("--quick")
+    out = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    try:
+        figures = json.loads(out.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        figures = {}
+    if "unavailable" in figures:
+        raise PeerUnavailable(figures["unavailable"])
+    if out.returncode != 0 or not figures:
+        raise RuntimeError(out.stderr[-2000:])
+    return figures
+
+
+@dataclass(frozen=True)
+class Step:
+    """One row's measurement, ``measure(workdir)`` -> figures; ``paired`` rows run every round, between etcd's."""
+
+    name: str
+    measure: Callable[[str], dict]
+    paired: bool = False
+
+
+ROWS = ("throughput", "latency", "failover", "planned_stop", "scale", "pysyncobj", "etcd")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="shorter runs (a smoke test of the bench)")
-    parser.add_argument("--skip-peer", action="store_true")
+    parser.add_argument("--skip-peer", action="store_true", help="leave out the peers (PySyncObj and etcd)")
     parser.add_argument("--only", action="append", choices=ROWS, metavar="ROW",
                         help=f"measure only this row (repeatable): {', '.join(ROWS)}")
+    parser.add_argument("--rounds", type=int, metavar="N",
+                        help="rounds of the rows compared with etcd, interleaved with etcd (default 3, 1 with --quick)")
     parser.add_argument("--json-out")
     args = parser.parse_args(argv)
-    workdir = tempfile.mkdtemp(prefix="parkd-bench-")
-    results = {}
+    rounds = args.rounds or (1 if args.quick else 3)
+    if rounds < 1:
+        parser.error("--rounds must be at least 1")
     steps = [
-        ("throughput", lambda: measure_throughput(os.path.join(workdir, "tput"), args.quick)),
-        ("latency", lambda: measure_latency(os.path.join(workdir, "lat"), args.quick)),
-        ("failover", lambda: measure_failover(os.path.join(workdir, "fail"), 2 if args.quick else 5)),
-        ("planned_stop", lambda: measure_planned_stop(os.path.join(workdir, "stop"))),
-        ("scale", lambda: measure_scale(os.path.join(workdir, "scale"), args.quick)),
+        Step("throughput", lambda d: measure_throughput(d, args.quick)),
+        Step("latency", lambda d: measure_latency(d, args.quick), paired=True),
+        Step("failover", lambda d: measure_failover(d, 2 if args.quick else 5), paired=True),
+        Step("planned_stop", measure_planned_stop),
+        Step("scale", lambda d: measure_scale(d, args.quick)),
     ]
     if not args.skip_peer:
-        steps.append(("pysyncobj", lambda: measure_peer(os.path.join(workdir, "peer"), args.quick)))
+        steps.append(Step("pysyncobj", lambda d: measure_peer(d, args.quick)))
+        steps.append(Step("etcd", lambda d: measure_etcd(d, args.quick), paired=True))
     if args.only:
-        steps = [(name, step) for name, step in steps if name in args.only]
-    for name, step in steps:
-        print(f"measuring {name} …", flush=True)
-        try:
-            results[name] = step()
-        except Exception as e:  # a failed row is reported, the others still run
-            results[name] = {"error": f"{type(e).__name__}: {e}"[:300]}
-        print(f"  {name}: {json.dumps(results[name])}", flush=True)
-    print(table(results))
+        steps = [step for step in steps if step.name in args.only]
+    workdir = tempfile.mkdtemp(prefix="parkd-bench-")
+    try:
+        results = {name: combine(figures) for name, figures in run_rounds(steps, rounds, workdir).items()}
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(table(results, rounds))
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(results, f, indent=2)
-    shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
-def table(r: dict) -> str:
-    def get(name, key, fmt="{}"):
-        value = r.get(name, {}).get(key)
-        return "error" if value is None else fmt.format(value)
+def run_rounds(steps: list[Step], rounds: int, workdir: str) -> dict[str, list[dict]]:
+    """Every step in round 1, the paired ones again in each later round (parkd, etcd, parkd, etcd, ...)."""
+    measured: dict[str, list[dict]] = {}
+    unavailable: set[str] = set()
+    for n in range(1, rounds + 1):
+        for step in steps:
+            if (n > 1 and not step.paired) or step.name in unavailable:
+                continue
+            which = f" (round {n} of {rounds})" if step.paired and rounds > 1 else ""
+            print(f"measuring {step.name}{which} …", flush=True)
+            try:
+                figures = step.measure(os.path.join(workdir, f"{step.name}-{n}"))
+            except PeerUnavailable as e:
+                unavailable.add(step.name)
+                figures = {"error": f"not measured: {e}", "unavailable": str(e)}
+                print(f"  {step.name} NOT MEASURED: {e} (the other rows still run)", flush=True)
+            except Exception as e:  # a failed row is reported, the others still run
+                figures = {"error": f"{type(e).__name__}: {e}"[:300]}
+            measured.setdefault(step.name, []).append(figures)
+            print(f"  {step.name}: {json.dumps(figures)}", flush=True)
+    return measured
 
-    rows = [
-        ("throughput", "Durable throughput (acked frames/s, 3 nodes)", get("throughput", "rate", "{:,.0f}"), "≥ 5,000"),
-        ("latency", "Low-load ack latency p50 / p99 (ms)", f"{get('latency', 'p50_ms')} / {get('latency', 'p99_ms')}",
-         "≤ 2 / ≤ 10"),
-        ("failover", "kill -9 leader → first new ack, median of runs (s)", get("failover", "median_s"), "≤ 1.0"),
-        ("planned_stop", "Planned leader stop: longest ack gap (ms)", get("planned_stop", "longest_gap_ms"), "(none set)"),
-        ("scale", f"{get('scale', 'cameras')} cameras: p99 (ms) / errors / node RSS (MB)",
-         f"{get('scale', 'p99_ms')} / {get('scale', 'errors')} / {get('scale', 'node_rss_mb')}", "≤ 250 / 0 / ≤ 300"),
-    ]  # fmt: skip
-    rows = [row for key, *row in rows if key in r]  # rows not measured in this run (--only) are left out
+
+def combine(rounds: list[dict]) -> dict:
+    """One row over its rounds: each number the median over the rounds that measured it, lists joined, rounds kept."""
+    good = [r for r in rounds if "error" not in r]
+    if not good:
+        return rounds[-1]
+    combined = dict(good[0])
+    for key, value in good[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            combined[key] = round(statistics.median(r[key] for r in good if _number(r.get(key))), 3)
+        elif isinstance(value, list):
+            combined[key] = [x for r in good for x in r.get(key, [])]
+    if len(rounds) > 1:
+        combined["rounds"] = rounds
+    return combined
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table: parkd's figures (``keys`` of the result ``result``), etcd's comparable ones, the target.
+
+    The parkd/etcd column divides the first of ``keys`` by the first of ``etcd``.  ``label`` may
+    name a figure of the result in braces.  A row is shown when either side was measured.
+    """
+
+    label: str
+    result: str | None = None
+    keys: tuple[str, ...] = ()
+    etcd: tuple[str, ...] = ()
+    target: str = ""
+    fmt: str = "{}"
+
+
+TABLE = (
+    Row("Durable throughput (acked frames/s, 3 nodes)", "throughput", ("rate",), target="≥ 5,000", fmt="{:,.0f}"),
+    Row("Low-load ack latency p50 / p99 (ms); etcd: sequential put", "latency", ("p50_ms", "p99_ms"),
+        ("put_p50_ms", "put_p99_ms"), "≤ 2 / ≤ 10"),
+    Row("Linearizable read p50 / p99 (ms), leader, 1 client", etcd=("read_p50_ms", "read_p99_ms"), target="p50 ≤ 2"),
+    Row("Linearizable reads/s, 16 clients", etcd=("read_rate",), target="≥ 3,000", fmt="{:,.0f}"),
+    Row("kill -9 leader → first new ack/put, median of runs (s)", "failover", ("median_s",), ("failover_median_s",),
+        "≤ 1.0"),
+    Row("Planned leader stop: longest ack gap (ms)", "planned_stop", ("longest_gap_ms",), target="(none set)"),
+    Row("{cameras} cameras: p99 (ms) / errors / node RSS (MB)", "scale", ("p99_ms", "errors", "node_rss_mb"),
+        target="≤ 250 / 0 / ≤ 300"),
+)  # fmt: skip
+
+
+class _Unknown(dict):
+    def __missing__(self, key):
+        return "?"
+
+
+def table(r: dict, rounds: int = 1) -> str:
+    etcd = r.get("etcd", {})
+
+    def cells(figures: dict, keys: tuple[str, ...], fmt: str) -> str:
+        return " / ".join("error" if figures.get(k) is None else fmt.format(figures[k]) for k in keys)
+
+    def ratio(row: Row) -> str:
+        ours, theirs = r.get(row.result, {}).get(row.keys[0]), etcd.get(row.etcd[0])
+        return f"{ours / theirs:.2f}" if _number(ours) and _number(theirs) and theirs else ""
+
+    lines = []
+    for row in TABLE:
+        has_parkd, has_etcd = row.result in r, bool(row.etcd) and "etcd" in r and "unavailable" not in etcd
+        if not (has_parkd or has_etcd):  # rows not measured in this run (--only) are left out
+            continue
+        label = row.label.format_map(_Unknown(r.get(row.result, {})))
+        value = cells(r[row.result], row.keys, row.fmt) if has_parkd else "—"
+        theirs = cells(etcd, row.etcd, row.fmt) if has_etcd else ""
+        lines.append((label, value, theirs, ratio(row) if has_parkd and has_etcd else "", row.target))
     if "pysyncobj" in r:
         peer = r["pysyncobj"].get("rate")
         ours = r.get("throughput", {}).get("rate")
-        rows.append(("PySyncObj 3 nodes, in memory (committed writes/s)", get("pysyncobj", "rate", "{:,.0f}"), ""))
-        ratio = f"{ours / peer:.2f}" if peer and ours else "error"
+        lines.append(("PySyncObj 3 nodes, in memory (committed writes/s)", cells(r["pysyncobj"], ("rate",), "{:,.0f}"),
+                      "", "", ""))  # fmt: skip
         if "throughput" in r:
-            rows.append(("parkd durable / PySyncObj non-durable", ratio, "≥ 0.5"))
-    width = max(len(name) for name, _, _ in rows)
-    lines = [f"| {'measure':<{width}} | value | target |", f"|{'-' * (width + 2)}|-------|--------|"]
-    lines += [f"| {name:<{width}} | {value} | {target} |" for name, value, target in rows]
-    return "\n".join(lines)
+            lines.append(("parkd durable / PySyncObj non-durable", f"{ours / peer:.2f}" if peer and ours else "error",
+                          "", "", "≥ 0.5"))  # fmt: skip
+    width = max((len(line[0]) for line in lines), default=len("measure"))
+    out = [f"| {'measure':<{width}} | value | etcd | parkd/etcd | target |",
+           f"|{'-' * (width + 2)}|-------|------|------------|--------|"]  # fmt: skip
+    out += [f"| {label:<{width}} | {' | '.join(rest)} |" for label, *rest in lines]
+    if "etcd" in r:
+        out.append(etcd_note(etcd, rounds))
+    return "\n".join(out)
+
+
+def etcd_note(etcd: dict, rounds: int) -> str:
+    if "unavailable" in etcd:
+        return f"etcd NOT MEASURED: {etcd['unavailable']}"
+    if "error" in etcd:
+        return f"etcd failed: {etcd['error']}"
+    return (f"etcd {etcd.get('version')} ({etcd.get('go')}): 3 members on 127.0.0.1, WAL fsync, heartbeat 100 ms / "
+            f"election 1000 ms; Python client on its v3 JSON gateway, one keep-alive connection; medians of {rounds} "
+            f"round(s); Python client CPU in the 16-client read run: "
+            f"{etcd.get('client_cpu_s')} s")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,236 @@
+"""The etcd comparison of ``make bench``, without an etcd: the client's requests and parsing, the
+failover arithmetic, and how bench.py combines rounds and prints etcd next to parkd.
+
+The benchmark itself (benchmarks/peer_etcd.py against a real 3-member etcd) is not part of
+``make test``; it runs with ``python benchmarks/bench.py --only etcd``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+if BENCHMARKS not in sys.path:
+    sys.path.insert(0, BENCHMARKS)
+
+import bench  # noqa: E402
+import etcd_client  # noqa: E402
+import peer_etcd  # noqa: E402
+from etcd_client import EtcdError  # noqa: E402
+
+# What etcd 3.4.23's gateway and binaries print (recorded from Debian's etcd-server/etcd-client).
+STATUS_REPLY = {
+    "header": {"cluster_id": "14841639068965178418", "member_id": "10276657743932975437", "revision": "7",
+               "raft_term": "2"},
+    "version": "3.4.23", "dbSize": "20480", "leader": "10276657743932975437", "raftIndex": "12", "raftTerm": "2",
+}  # fmt: skip
+NO_LEADER = b'{"error":"etcdserver: no leader","message":"etcdserver: no leader","code":14}'
+ETCD_VERSION = "etcd Version: 3.4.23\nGit SHA: Not provided (use ./build instead of go build)\nGo Version: go1.19.8\n"
+ETCDCTL_VERSION = "etcdctl version: 3.4.23\nAPI version: 3.4\n"
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def test_put_body_carries_key_and_value_in_base64():
+    body = etcd_client.put_body(b"/k/\x00", b"v" * 100)
+    assert base64.b64decode(body["key"]) == b"/k/\x00"
+    assert base64.b64decode(body["value"]) == b"v" * 100
+    assert json.loads(json.dumps(body)) == body
+
+
+def test_range_body_asks_for_a_linearizable_read_by_default():
+    assert etcd_client.range_body(b"/k") == {"key": b64(b"/k"), "serializable": False}
+    assert etcd_client.range_body(b"/k", serializable=True)["serializable"] is True
+
+
+def test_parse_reply_returns_the_reply():
+    assert etcd_client.parse_reply(200, json.dumps(STATUS_REPLY).encode()) == STATUS_REPLY
+
+
+@pytest.mark.parametrize(
+    "status, body, message",
+    [
+        (503, NO_LEADER, "HTTP 503: etcdserver: no leader"),
+        (200, NO_LEADER, "HTTP 200: etcdserver: no leader"),  # an error body is an error, whatever the status
+        (502, b"Bad Gateway", "HTTP 502: not JSON: b'Bad Gateway'"),
+        (200, b"[1, 2]", "HTTP 200: not a JSON object"),
+        (404, b"{}", "HTTP 404: no message"),
+    ],
+)
+def test_parse_reply_raises_etcd_error(status, body, message):
+    with pytest.raises(EtcdError) as caught:
+        etcd_client.parse_reply(status, body)
+    assert str(caught.value).startswith(message)
+
+
+def test_range_value_finds_the_key_and_decodes_it():
+    reply = {"header": {}, "count": "1",
+             "kvs": [{"key": b64(b"/k"), "value": b64(b"frame"), "create_revision": "2", "mod_revision": "2"}]}  # fmt: skip
+    assert etcd_client.range_value(reply, b"/k") == b"frame"
+    assert etcd_client.range_value(reply, b"/other") is None
+
+
+def test_range_value_of_a_missing_key_and_of_an_empty_value():
+    assert etcd_client.range_value({"header": {}}, b"/k") is None  # no "kvs" at all when nothing matched
+    assert etcd_client.range_value({"kvs": [{"key": b64(b"/k")}]}, b"/k") == b""  # proto3 JSON leaves out ""
+
+
+def test_is_leader():
+    assert etcd_client.is_leader(STATUS_REPLY)
+    assert not etcd_client.is_leader({**STATUS_REPLY, "leader": "42"})
+    assert not etcd_client.is_leader({**STATUS_REPLY, "leader": "0"})  # during an election
+    assert not etcd_client.is_leader({"leader": "0", "header": {"member_id": "0"}})
+    assert not etcd_client.is_leader({})
+
+
+def test_only_loopback_addresses():
+    assert etcd_client.loopback_address("127.0.0.1:2379") == ("127.0.0.1", 2379)
+    assert etcd_client.loopback_address("::1:2379") == ("::1", 2379)
+    for bad in ("10.0.0.1:2379", "0.0.0.0:2379", "localhost:2379", "127.0.0.1", "127.0.0.1:0", "127.0.0.1:x"):
+        with pytest.raises(ValueError):
+            etcd_client.loopback_address(bad)
+
+
+def test_versions_from_the_binaries_output():
+    assert peer_etcd.parse_version(ETCD_VERSION, "etcd Version") == "3.4.23"
+    assert peer_etcd.parse_version(ETCDCTL_VERSION, "etcdctl version") == "3.4.23"
+    assert peer_etcd.parse_version("API version: 3.4\n", "etcdctl version") is None
+    assert peer_etcd.go_version(ETCD_VERSION) == "go1.19.8"
+
+
+def probe(submitted, done, ok):
+    p = peer_etcd.Probe(submitted)
+    p.done, p.ok = done, ok
+    return p
+
+
+def test_failover_counts_only_puts_submitted_after_the_kill():
+    probes = [
+        probe(9.0, 10.5, True),  # submitted before the kill: it says nothing about the new leader
+        probe(10.02, 10.03, False),  # refused during the election
+        probe(10.04, 11.40, True),  # succeeds once a leader is elected
+        probe(11.30, 11.35, True),  # submitted later, succeeded earlier: the first success
+        probe(11.32, None, False),  # still in flight
+    ]
+    assert peer_etcd.first_success_after(probes, killed_at=10.0) == pytest.approx(1.35)
+    assert peer_etcd.first_success_after(probes[:2], killed_at=10.0) is None
+
+
+def test_record_is_100_bytes():
+    assert len(peer_etcd.record(7)) == 100 and peer_etcd.record(7) != peer_etcd.record(8)
+
+
+class Gateway(BaseHTTPRequestHandler):
+    """A stand-in for etcd's JSON gateway that remembers the keys put and the connections used."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive, as etcd's Go HTTP server
+
+    def do_POST(self):
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.connections.add(self.client_address)
+        if self.path == "/v3/kv/put":
+            self.server.store[request["key"]] = request["value"]
+            status, reply = 200, {"header": {"revision": str(len(self.server.store))}}
+        elif self.path == "/v3/kv/range" and request.get("serializable") is False:
+            value = self.server.store.get(request["key"])
+            kvs = {"kvs": [{"key": request["key"], "value": value}], "count": "1"} if value is not None else {}
+            status, reply = 200, {"header": {}, **kvs}
+        else:
+            status, reply = 503, json.loads(NO_LEADER)
+        body = json.dumps(reply).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def gateway():
+    server = HTTPServer(("127.0.0.1", 0), Gateway)
+    server.store, server.connections = {}, set()
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_client_puts_and_reads_over_one_keep_alive_connection(gateway):
+    client = etcd_client.Client(f"127.0.0.1:{gateway.server_address[1]}", timeout=5)
+    try:
+        for i in range(5):
+            client.put(b"/k%d" % i, b"value %d" % i)
+        assert client.get(b"/k3") == b"value 3"
+        assert client.get(b"/missing") is None
+        with pytest.raises(EtcdError, match="no leader"):
+            client.status()  # the stand-in answers every other path with etcd's no-leader error
+        assert client.get(b"/k4") == b"value 4"  # the connection survives an error reply
+    finally:
+        client.close()
+    assert gateway.store[b64(b"/k0")] == b64(b"value 0")
+    assert len(gateway.connections) == 1
+
+
+def test_combine_takes_the_median_of_each_figure_over_the_rounds():
+    rounds = [
+        {"p50_ms": 3.0, "runs_s": [1.0, 2.0], "version": "3.4.23"},
+        {"error": "RuntimeError: boom"},
+        {"p50_ms": 10.0, "runs_s": [3.0], "version": "3.4.23"},
+        {"p50_ms": 4.0, "runs_s": [], "version": "3.4.23"},
+    ]
+    combined = bench.combine(rounds)
+    assert combined["p50_ms"] == 4.0  # the median, not the mean; the failed round left out
+    assert combined["runs_s"] == [1.0, 2.0, 3.0]
+    assert combined["version"] == "3.4.23"
+    assert combined["rounds"] == rounds
+    assert bench.combine([{"p50_ms": 3.0}]) == {"p50_ms": 3.0}  # one round: nothing to keep
+    assert bench.combine([{"error": "a"}, {"error": "b"}]) == {"error": "b"}
+
+
+def line(text: str, label: str) -> list[str]:
+    found = [row for row in text.splitlines() if row.startswith(f"| {label}")]
+    assert len(found) == 1, text
+    return [cell.strip() for cell in found[0].strip("|").split("|")]
+
+
+ETCD = {"version": "3.4.23", "go": "go1.19.8", "put_p50_ms": 1.5, "put_p99_ms": 4.0, "read_p50_ms": 0.8,
+        "read_p99_ms": 3.0, "read_rate": 2500.0, "failover_median_s": 1.3, "client_cpu_s": 9.0}  # fmt: skip
+
+
+def test_table_prints_etcd_and_the_ratio_next_to_parkd():
+    text = bench.table({"latency": {"p50_ms": 3.0, "p99_ms": 8.0}, "failover": {"median_s": 0.65}, "etcd": ETCD}, 3)
+    assert line(text, "Low-load ack latency")[1:4] == ["3.0 / 8.0", "1.5 / 4.0", "2.00"]
+    assert line(text, "kill -9 leader")[1:4] == ["0.65", "1.3", "0.50"]
+    assert line(text, "Linearizable read p50")[1:4] == ["—", "0.8 / 3.0", ""]  # no parkd row for reads yet
+    assert line(text, "Linearizable reads/s")[1:4] == ["—", "2,500", ""]
+    assert "etcd 3.4.23 (go1.19.8)" in text and "medians of 3 round(s)" in text
+
+
+def test_table_without_etcd_keeps_parkd_rows_only():
+    text = bench.table({"latency": {"p50_ms": 3.0, "p99_ms": 8.0}})
+    assert line(text, "Low-load ack latency")[1:4] == ["3.0 / 8.0", "", ""]
+    assert "Linearizable" not in text and "etcd 3" not in text
+
+
+def test_table_says_when_etcd_could_not_be_measured():
+    etcd = {"error": "not measured: apt-get is not available", "unavailable": "apt-get is not available"}
+    text = bench.table({"latency": {"p50_ms": 3.0, "p99_ms": 8.0}, "etcd": etcd})
+    assert line(text, "Low-load ack latency")[1:4] == ["3.0 / 8.0", "", ""]
+    assert "Linearizable" not in text
+    assert text.splitlines()[-1] == "etcd NOT MEASURED: apt-get is not available"
