@@ -106,6 +106,13 @@ class Cluster:
 
     # ------------------------------------------------------------ HTTP
 
+    def operator_env(self) -> dict[str, str]:
+        """The environment that gives parkctl the test PKI's operator certificate (empty without TLS)."""
+        if self.config.tls is None:
+            return {}
+        pki = os.path.dirname(self.config.tls.ca)
+        return {"PARKD_CERT": os.path.join(pki, "operator-admin.pem"), "PARKD_KEY": os.path.join(pki, "operator-admin.key")}
+
     def get(self, node_id, path, timeout=2.0):
         """GET a JSON document from a node's HTTP port (HTTPS with TLS), or None if it does not answer."""
         return get_json(self.config, node_id, path, timeout)

@@ -34,7 +34,8 @@ def start(make_cluster, joiners):
 
 def parkctl(cluster, *args):
     out, err = io.StringIO(), io.StringIO()
-    code = ctl.main(["--config", cluster.config_path, *map(str, args)], out=out, err=err, environ={})
+    code = ctl.main(["--config", cluster.config_path, *map(str, args)], out=out, err=err,
+                    environ=cluster.operator_env())  # fmt: skip
     assert code == 0, err.getvalue()
     return out.getvalue()
 
@@ -47,7 +48,8 @@ def add(cluster, node_id, script=False):
     if script:
         command = [os.path.join(os.path.dirname(sys.executable), "parkctl"), "--config", cluster.config_path,
                    *map(str, args)]  # fmt: skip
-        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60,
+                              env={**os.environ, **cluster.operator_env()})  # fmt: skip
         assert done.returncode == 0, done.stderr
         out = done.stdout
     else:
