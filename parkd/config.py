@@ -85,6 +85,14 @@ class CameraSettings:
 
 
 @dataclass(frozen=True)
+class LogSettings:
+    """The optional ``[log]`` table: how the ``--log-json`` file is bounded."""
+
+    max_mb: float = 100.0  # rotate at this size
+    keep: int = 5  # rotated files kept (FILE.1 is the newest)
+
+
+@dataclass(frozen=True)
 class TlsSettings:
     """The ``[tls]`` table (CONTRACT §9): a node's CA, certificate, key and CRL files.
 
@@ -112,6 +120,7 @@ class Config:
     members: tuple[Member, ...] = ()
     lots: tuple[Lot, ...] = ()
     tls: TlsSettings | None = None
+    log: LogSettings = field(default_factory=LogSettings)
 
     def check_secure(self) -> None:
         """A daemon runs with TLS, or in plaintext only when the config says so."""
@@ -203,7 +212,7 @@ def load_config(path: str) -> Config:
 
 def parse_config(raw: dict[str, Any], base_dir: str = ".") -> Config:
     """A Config from parsed TOML; relative file paths are taken from ``base_dir``."""
-    _check_keys(raw, {"cluster", "node", "lot", "camera", "tls"}, "")
+    _check_keys(raw, {"cluster", "node", "lot", "camera", "tls", "log"}, "")
     cluster = _parse_cluster(raw.get("cluster", {}))
     members = tuple(_parse_member(t, f"node[{i}]") for i, t in enumerate(_array(raw, "node")))
     lots = tuple(_parse_lot(t, f"lot[{i}]") for i, t in enumerate(_array(raw, "lot")))
@@ -211,7 +220,17 @@ def parse_config(raw: dict[str, Any], base_dir: str = ".") -> Config:
     _check_unique([lot.id for lot in lots], "lot", "id")
     camera = _parse_camera(raw.get("camera", {}), base_dir)
     tls = _parse_tls(raw["tls"], base_dir) if "tls" in raw else None
-    return Config(cluster=cluster, camera=camera, members=members, lots=lots, tls=tls)
+    log = _parse_log(raw.get("log", {}))
+    return Config(cluster=cluster, camera=camera, members=members, lots=lots, tls=tls, log=log)
+
+
+def _parse_log(table: Any) -> LogSettings:
+    _check_keys(table, {"max_mb", "keep"}, "log")
+    defaults = LogSettings()
+    return LogSettings(
+        max_mb=parse_float(table.get("max_mb", defaults.max_mb), "log.max_mb"),
+        keep=parse_int(table.get("keep", defaults.keep), "log.keep"),
+    )
 
 
 def _parse_camera(table: Any, base_dir: str) -> CameraSettings:
@@ -384,7 +403,13 @@ def apply_overrides(config: Config, flags: dict[str, Any]) -> Config:
     for name in ("tls_ca", "tls_cert", "tls_key"):  # the camera's own
         if flags.get(name) is not None:
             camera = replace(camera, **{name: parse_path(flags[name], "--" + name.replace("_", "-"))})
-    return replace(config, cluster=cluster, camera=camera, members=members, tls=_tls_overrides(config.tls, flags))
+    log = config.log
+    if flags.get("log_max_mb") is not None:
+        log = replace(log, max_mb=parse_float(flags["log_max_mb"], "--log-max-mb"))
+    if flags.get("log_keep") is not None:
+        log = replace(log, keep=parse_int(flags["log_keep"], "--log-keep"))
+    tls = _tls_overrides(config.tls, flags)
+    return replace(config, cluster=cluster, camera=camera, members=members, tls=tls, log=log)
 
 
 def _tls_overrides(tls: TlsSettings | None, flags: dict[str, Any]) -> TlsSettings | None:

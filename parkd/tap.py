@@ -9,6 +9,7 @@ and listeners are opened in ``startService`` (twistd may fork after
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
 
 from twisted.application import service
@@ -100,6 +101,8 @@ class NodeOptions(_ConfigOptions):
         ["public-reads", None, None, "true: reads need no client certificate; false: any of the CA [default: true]."],
         ["tls-handshake-timeout", None, None, "Seconds before an unfinished TLS handshake is cut [default: 10]."],
         ["log-json", None, None, "Also write every log event to FILE as JSON lines."],
+        ["log-max-mb", None, None, "Rotate the JSON log at this size in MiB [default: [log].max_mb, 100]."],
+        ["log-keep", None, None, "Rotated JSON logs kept (FILE.1 ...) [default: [log].keep, 5]."],
     ]
     optFlags = [
         ["insecure", None, "Run without TLS (plaintext on every port); logs a warning. Only without a [tls] table."],
@@ -175,6 +178,8 @@ class CameraOptions(_ConfigOptions):
         ["tls-cert", None, None, "This camera's certificate [default: camera-ID.pem next to the CA]."],
         ["tls-key", None, None, "This camera's key [default: camera-ID.key next to the CA]."],
         ["log-json", None, None, "Also write every log event to FILE as JSON lines."],
+        ["log-max-mb", None, None, "Rotate the JSON log at this size in MiB [default: [log].max_mb, 100]."],
+        ["log-keep", None, None, "Rotated JSON logs kept (FILE.1 ...) [default: [log].keep, 5]."],
     ]
     optFlags = [
         ["insecure", None, "Talk plaintext to the nodes (only for a cluster whose config says insecure = true)."],
@@ -250,15 +255,14 @@ def makeService(options: Options, reactor=None) -> service.IService:
 
 def build_node_service(settings: NodeSettings, reactor) -> service.MultiService:
     """The JSON log, the node, then its HTTP port (stopped in reverse order)."""
-    from parkd.daemon import JsonLogService, OrderedServices, ReloadOnHangup
+    from parkd.daemon import OnSignal, OrderedServices, logging_services
     from parkd.http.site import HttpService
     from parkd.node.service import NodeService
 
     top = OrderedServices()
-    if settings.log_json:
-        JsonLogService(settings.log_json).setServiceParent(top)
+    logging_services(top, settings, reactor)
     node = NodeService(settings, reactor)
     node.setServiceParent(top)
     HttpService(node, settings.listen_http).setServiceParent(top)
-    ReloadOnHangup(node.reload_tls, reactor).setServiceParent(top)
+    OnSignal(signal.SIGHUP, node.reload_tls, reactor).setServiceParent(top)
     return top

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import string
 
 from twisted.application import service
@@ -11,7 +12,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from parkd.config import ConfigError
-from parkd.daemon import JsonLogService, OrderedServices, ReloadOnHangup, fail_on_config_error
+from parkd.daemon import OnSignal, OrderedServices, fail_on_config_error, logging_services
 from parkd.trust import Identity, Trust, TrustError
 
 PAYLOAD_ALPHABET = string.ascii_letters + string.digits
@@ -114,9 +115,8 @@ class CameraService(service.Service):
 
 def build_camera_service(settings, reactor) -> service.MultiService:
     top = OrderedServices()
-    if settings.log_json:
-        JsonLogService(settings.log_json).setServiceParent(top)
+    logging_services(top, settings, reactor)
     camera = CameraService(settings, reactor)
     camera.setServiceParent(top)
-    ReloadOnHangup(camera.reload_tls, reactor).setServiceParent(top)
+    OnSignal(signal.SIGHUP, camera.reload_tls, reactor).setServiceParent(top)
     return top
