@@ -126,8 +126,10 @@ class Api:
     """
 
     def __init__(self, state, cluster: ClusterStatus, members: Callable[[], list[dict]], clock,
-                 lot_ids: tuple[str, ...], camera_interval: float):  # fmt: skip
+                 lot_ids: tuple[str, ...], camera_interval: float,
+                 reactor_lag: Callable[[], float] = lambda: 0.0):  # fmt: skip
         self.state = state
+        self.reactor_lag = reactor_lag  # the worst lag of the last 10 s, seconds
         self.status = cluster
         self.members = members
         self.clock = clock
@@ -177,6 +179,7 @@ class Api:
             "last_applied": self.state.last_applied(),
             "last_index": status.last_index,
             "members": self.members(),
+            "reactor_lag_ms": round(self.reactor_lag() * 1000, 1),
         }
 
     # -- helpers

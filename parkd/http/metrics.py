@@ -28,6 +28,53 @@ from parkd.raft.progress import ProgressState
 ACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 COMMIT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 READ_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+LAG_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+LAG_INTERVAL = 0.05  # seconds between the lag probe's timers
+LAG_WINDOW = 10.0  # seconds over which the recent worst lag is kept (for /api/v1/cluster)
+
+
+class ReactorLag:
+    """How late a frequent timer fires: every stall of the reactor thread shows here.
+
+    A timer is asked for every ``interval`` seconds; the time it fires past that
+    is one observation of ``parkd_reactor_lag_seconds``.  :meth:`recent_max`
+    is the worst of the last ``window`` seconds (the dashboard's cluster strip).
+    """
+
+    def __init__(self, clock, histogram: Histogram, interval: float = LAG_INTERVAL, window: float = LAG_WINDOW):
+        self.clock = clock
+        self.histogram = histogram
+        self.interval = interval
+        self.window = window
+        self._recent: list[tuple[float, float]] = []  # (when, lag), newest last
+        self._call = None
+        self._due = 0.0
+
+    def start(self) -> None:
+        self._schedule()
+
+    def stop(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _schedule(self) -> None:
+        self._due = self.clock.seconds() + self.interval
+        self._call = self.clock.callLater(self.interval, self._fired)
+
+    def _fired(self) -> None:
+        now = self.clock.seconds()
+        lag = max(0.0, now - self._due)
+        self.histogram.observe(lag)
+        self._recent.append((now, lag))
+        while self._recent and self._recent[0][0] < now - self.window:
+            self._recent.pop(0)
+        self._schedule()
+
+    def recent_max(self) -> float:
+        """The worst lag (seconds) seen in the last ``window`` seconds."""
+        now = self.clock.seconds()
+        return max((lag for when, lag in self._recent if when >= now - self.window), default=0.0)
 
 
 class NodeMetrics:
@@ -35,7 +82,7 @@ class NodeMetrics:
     (ParkingState), ``peers`` (the PeerService's links), ``intake`` (FrameIntake,
     which this observes), ``lot_ids``."""
 
-    def __init__(self, driver, state, peers, intake, lot_ids, registry: CollectorRegistry | None = None):
+    def __init__(self, driver, state, peers, intake, lot_ids, registry: CollectorRegistry | None = None, clock=None):
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=False)
         r = self.registry
         self.leader_changes = Counter(
@@ -77,6 +124,11 @@ class NodeMetrics:
             buckets=READ_BUCKETS,
             registry=r,
         )
+        self.reactor_lag = ReactorLag(
+            clock if clock is not None else _reactor(),
+            Histogram("parkd_reactor_lag_seconds", "How late a 50 ms timer fired: stalls of the reactor thread",
+                      buckets=LAG_BUCKETS, registry=r),
+        )  # fmt: skip
         for outcome in ("accepted", "no_leader"):
             self.proposals.labels(outcome)
         for lot in lot_ids:
@@ -123,6 +175,12 @@ class NodeMetrics:
         self.reads.labels(consistency, outcome).inc()
         if consistency == "linearizable" and outcome == "ok":
             self.read_duration.observe(seconds)
+
+
+def _reactor():
+    from twisted.internet import reactor
+
+    return reactor
 
 
 class MetricsResource(JsonResource):

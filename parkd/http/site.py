@@ -105,7 +105,7 @@ def build_site(*, clock, state, driver, membership, reads, metrics: NodeMetrics,
     """The HTTP port over a node's parts: ``state`` (ParkingState), ``driver`` (Raft
     status), ``membership`` (members and admin operations), ``reads`` (ReadBarrier);
     ``access`` says who may read and who may administer."""
-    api = Api(state, driver, membership.members, clock, tuple(lot_ids), camera_interval)
+    api = Api(state, driver, membership.members, clock, tuple(lot_ids), camera_interval, metrics.reactor_lag.recent_max)
     directory = web_dir()
     root = Root(directory, access)
     root.putChild(b"api", ApiResource(api, reads, Admin(membership, driver, access), metrics.read))
@@ -131,7 +131,8 @@ class HttpService(service.Service):
         config = node.settings.config
         lot_ids = [lot.id for lot in config.lots]
         state = node.store.state
-        self.metrics = NodeMetrics(node.driver, state, node.peers, node.intake, lot_ids)
+        self.metrics = NodeMetrics(node.driver, state, node.peers, node.intake, lot_ids, clock=node.reactor)
+        self.metrics.reactor_lag.start()
         trust = node.trust
         access = Access(tls=trust is not None, public_reads=config.tls.public_reads if config.tls else True)
         site = build_site(
@@ -144,5 +145,7 @@ class HttpService(service.Service):
 
     def stopService(self):
         super().stopService()
+        if self.metrics is not None:
+            self.metrics.reactor_lag.stop()
         port, self.port = self.port, None
         return defer.maybeDeferred(port.stopListening) if port is not None else defer.succeed(None)

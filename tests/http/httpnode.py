@@ -117,7 +117,7 @@ class FakeNode:
         self.intake = FrameIntake(self.driver, self.state, HashAnalyzer(), LOTS, self.clock)
         self.membership = MembershipManager(self.driver, None, members, self.clock)
         self.reads = ReadBarrier(self.driver, self.clock)
-        self.metrics = NodeMetrics(self.driver, self.state, self.peers, self.intake, list(LOTS))
+        self.metrics = NodeMetrics(self.driver, self.state, self.peers, self.intake, list(LOTS), clock=self.clock)
         self.build_site()
         self.index = 0
 
