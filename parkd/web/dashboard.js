@@ -79,6 +79,7 @@ function renderCluster(cluster) {
   $("cluster-term").textContent = cluster.term;
   $("cluster-commit").textContent = cluster.commit_index;
   $("cluster-applied").textContent = cluster.last_applied;
+  $("cluster-lag").textContent = cluster.reactor_lag_ms === undefined ? "–" : `${cluster.reactor_lag_ms} ms`;
   const section = $("cluster");
   section.dataset.leader = cluster.leader_id === null ? "" : String(cluster.leader_id);
   section.dataset.term = String(cluster.term);
@@ -90,7 +91,7 @@ function renderCluster(cluster) {
     let label = `node ${m.id}`;
     if (m.id === cluster.leader_id) label += " · leader";
     if (m.match_index !== null && m.match_index !== undefined) label += ` · match ${m.match_index}`;
-    const link = el("a", { href: `http://${m.http}/`, title: `dashboard of node ${m.id} (${m.http})` }, label);
+    const link = el("a", { href: `${location.protocol}//${m.http}/`, title: `dashboard of node ${m.id} (${m.http})` }, label);
     return el("li", { class: classes.join(" "), "data-member": m.id }, link);
   });
   $("members").replaceChildren(...items);

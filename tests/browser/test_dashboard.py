@@ -7,6 +7,7 @@ Screenshots go to the test's temporary directory, and also to
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 
@@ -25,6 +26,8 @@ return {
   banner: banner.hidden ? null : banner.textContent,
   leader: cluster.dataset.leader === undefined ? null : cluster.dataset.leader,
   node: cluster.dataset.node || null,
+  lag: document.getElementById("cluster-lag").textContent,
+  memberLinks: [...document.querySelectorAll("#members a")].map((a) => a.href),
   lots: Object.fromEntries([...document.querySelectorAll("#lots .lot")].map((card) => [
     card.dataset.lot,
     {free: card.querySelector(".free").textContent,
@@ -95,6 +98,9 @@ def test_dashboard_shows_the_api_values_and_recovers_from_a_leader_kill(browser,
     assert p["banner"] is None and p["leader"] == str(leader) and p["node"] == str(follower)
     assert {v["level"] for v in p["lots"].values()} <= {"ok", "low", "full"}
     assert {v["status"] for v in p["cameras"].values()} == {"active"}
+    assert re.fullmatch(r"\d+(\.\d)? ms", p["lag"]), p["lag"]  # the node's reactor lag
+    scheme = node_url(cluster.config, follower, "/").split(":")[0]
+    assert len(p["memberLinks"]) == 3 and all(link.startswith(scheme + "://") for link in p["memberLinks"])
     screenshot(browser, tmp_path, "dashboard.png")
 
     # Freeze the values (stop the cameras): the page must show exactly what the API gives.
