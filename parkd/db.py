@@ -85,6 +85,26 @@ def unsynced_transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
             raw.execute("PRAGMA synchronous=FULL")
 
 
+# -- unsigned 64-bit values ----------------------------------------------------------------
+
+_U64 = 1 << 64
+_I64_LIMIT = 1 << 63
+
+
+def u64_to_sqlite(value: int) -> int:
+    """An unsigned 64-bit value as the signed integer SQLite stores (the same 64 bits).
+
+    SQLite integers are signed 64-bit; values of 2**63 and above would overflow.
+    Only equality survives the mapping, not order.
+    """
+    return value - _U64 if value >= _I64_LIMIT else value
+
+
+def u64_from_sqlite(value: int) -> int:
+    """The unsigned value of a stored one (inverse of :func:`u64_to_sqlite`)."""
+    return value + _U64 if value < 0 else value
+
+
 # -- schema versions ------------------------------------------------------------------------
 
 _versions = sa.Table(

@@ -26,10 +26,9 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-PARKING_SCHEMA_VERSION = 2
+from parkd.db import u64_from_sqlite, u64_to_sqlite
 
-_U64 = 1 << 64
-_I64_LIMIT = 1 << 63
+PARKING_SCHEMA_VERSION = 2
 
 metadata = sa.MetaData()
 lots = sa.Table(
@@ -90,14 +89,8 @@ def snapshot_tables() -> tuple[sa.Table, ...]:
     return (lots, cameras, incarnations, frames, camera_registry, applied)
 
 
-def incarnation_to_db(incarnation: int) -> int:
-    """An unsigned 64-bit incarnation as the signed integer SQLite stores (same bits)."""
-    return incarnation - _U64 if incarnation >= _I64_LIMIT else incarnation
-
-
-def incarnation_from_db(value: int) -> int:
-    """The unsigned incarnation of a stored value (inverse of :func:`incarnation_to_db`)."""
-    return value + _U64 if value < 0 else value
+incarnation_to_db = u64_to_sqlite  # an incarnation as the tables hold it
+incarnation_from_db = u64_from_sqlite  # and back
 
 
 # -- upgraders -------------------------------------------------------------------------------------
