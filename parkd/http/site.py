@@ -77,13 +77,15 @@ def web_dir() -> str:
     return str(importlib_resources.files("parkd") / "web")
 
 
-def build_site(*, clock, state, driver, membership, reads, metrics: NodeMetrics, lot_ids, camera_interval) -> server.Site:
+def build_site(*, clock, state, driver, membership, reads, metrics: NodeMetrics, lot_ids, camera_interval,
+               registry=None) -> server.Site:  # fmt: skip
     """The HTTP port over a node's parts: ``state`` (ParkingState), ``driver`` (Raft
-    status), ``membership`` (members and admin operations), ``reads`` (ReadBarrier)."""
+    status), ``membership`` (members and admin operations), ``reads`` (ReadBarrier),
+    ``registry`` (the camera registry's admin operations)."""
     api = Api(state, driver, membership.members, clock, tuple(lot_ids), camera_interval)
     directory = web_dir()
     root = Root(directory)
-    root.putChild(b"api", ApiResource(api, reads, Admin(membership, driver), metrics.read))
+    root.putChild(b"api", ApiResource(api, reads, Admin(membership, driver, registry), metrics.read))
     root.putChild(b"metrics", MetricsResource(metrics))
     root.putChild(b"static", WebFiles(directory))
     site = server.Site(root, reactor=clock)
@@ -109,7 +111,7 @@ class HttpService(service.Service):
         self.metrics = NodeMetrics(node.driver, state, node.peers, node.intake, lot_ids)
         site = build_site(
             clock=node.reactor, state=state, driver=node.driver, membership=node.membership, reads=node.reads,
-            metrics=self.metrics, lot_ids=lot_ids, camera_interval=config.camera.interval,
+            metrics=self.metrics, lot_ids=lot_ids, camera_interval=config.camera.interval, registry=node.registry,
         )  # fmt: skip
         self.port = listen_now(node.reactor, self.listen, site, "http port")
         super().startService()
