@@ -99,8 +99,8 @@ def test_every_node_serves_every_endpoint(live_cluster):
         acked = cluster.acked()
         view = cluster.get(leader, "/api/v1/cluster?consistency=local")
         return (
-            {(1, 1), (1, 2)} <= set(acked)
-            and {camera_id for camera_id, _ in acked} == {1, 2, 3}
+            {(1, 1), (1, 2)} <= {(camera_id, seq) for camera_id, _, seq in acked}
+            and {camera_id for camera_id, *_ in acked} == {1, 2, 3}
             and view is not None
             and all(m["match_index"] for m in view["members"])
         )
