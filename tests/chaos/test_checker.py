@@ -127,6 +127,12 @@ def test_a_camera_with_a_new_incarnation_from_seq_1_is_good():
     assert check(ev) == []
 
 
+def test_the_same_seq_applied_in_two_incarnations_is_not_applied_twice():
+    ev = with_new_incarnation(good())
+    ev.applied_events[1].append({"camera_id": 1, "incarnation": 9, "seq": 1, "index": 6})
+    assert check(ev) == []
+
+
 def test_current_value_not_that_of_the_newest_incarnation():
     ev = with_new_incarnation(good())
     ev.cameras[2][1] = (0, 2, 11)  # node 2 kept the old incarnation's value

@@ -89,6 +89,7 @@ def test_a_camera_with_a_new_state_dir_shows_its_new_incarnation_and_pages_each_
     current = node.get(local("/api/v1/cameras/7/frames")).json()
     assert current["incarnation"] == BIG and [(f["seq"], f["free"]) for f in current["frames"]] == [(1, 50), (2, 51)]
     assert {f["incarnation"] for f in current["frames"]} == {BIG}
+    assert node.get(local(f"/api/v1/cameras/7/frames?incarnation={BIG}")).json() == current  # all 20 digits
     page = node.get(local("/api/v1/cameras/7/frames?incarnation=0&limit=2")).json()
     assert page["incarnation"] == 0 and [f["seq"] for f in page["frames"]] == [1, 2] and page["next_since"] == 2
     page = node.get(local("/api/v1/cameras/7/frames?incarnation=0&limit=2&since=2")).json()

@@ -192,8 +192,12 @@ def test_a_camera_with_a_new_state_dir_is_applied_from_seq_1_and_moves_its_lot()
     old.connectionLost(None)
     new = connect(factory)
     hello(new, NEW)
+    lookups = []
+    lookup = state.lookup
+    state.lookup = lambda *key: lookups.append(key) or lookup(*key)
     send(new, submit_frame=frame(1, payload=b"new picture"))
     assert received(new) == []  # not answered from the old incarnation's seq 1
+    assert lookups == []  # nor looked up: nothing of this incarnation was applied
     [data] = cluster.pending
     assert decode(data).incarnation == NEW
     cluster.commit(state)

@@ -19,6 +19,7 @@ from parkd.config import Address
 from parkd.db import open_engine
 from parkd.events import FrameEvents
 from parkd.node.frames import FrameIntake
+from parkd.node.driver import SnapshotInstalled
 from parkd.node.membership import ChangeLost, ChangeTimeout
 from parkd.node.ports import ClientPortFactory
 from parkd.node.registry import CameraRegistry, RegistryChange, UnknownCamera
@@ -26,6 +27,7 @@ from parkd.parking.analyzer import HashAnalyzer
 from parkd.parking.state import ParkingState
 from parkd.proto import parkd_pb2 as pb
 from parkd.raft.core import NotLeader
+from parkd.raft.types import SnapshotMeta
 from parkd.wire import frame_envelope, split_envelopes
 from doubles import Proposals
 
@@ -35,14 +37,15 @@ LOTS = {"north": 100}
 class Node:
     """A node's client side on doubles: Raft is ``Proposals``, the rest is real."""
 
-    def __init__(self):
+    def __init__(self, close_on_disable=True):
         self.clock = Clock()
         self.state = ParkingState(open_engine("sqlite://"), LOTS)
         self.cluster = Proposals()
         self.registry = CameraRegistry(self.cluster, self.state, self.clock)
         self.intake = FrameIntake(self.cluster, self.state, HashAnalyzer(), LOTS, self.clock, self.registry)
         self.factory = ClientPortFactory(self.clock, 4 << 20, self.intake)
-        self.registry.when_disabled(self.factory.close_disabled)
+        if close_on_disable:  # as the node service wires it
+            self.registry.when_disabled(self.factory.close_disabled)
         self.events = []
         self.registry.log = Logger(observer=self.events.append)
 
@@ -106,9 +109,11 @@ def test_disable_fires_once_applied_and_every_node_logs_the_event(node):
 
 def test_a_follower_refuses_and_names_the_leader(node):
     node.cluster.leader = False
-    failure = node.registry.set_enabled(7, False)
-    failure.addErrback(lambda f: f.trap(NotLeader) and None)
-    assert node.cluster.pending == []
+    forwarded = []
+    node.cluster.propose = forwarded.append  # a follower's core would forward it to the leader
+    failures = []
+    node.registry.set_enabled(7, False).addErrback(failures.append)
+    assert failures[0].check(NotLeader) and forwarded == []
 
 
 def test_an_unknown_camera_is_refused(node):
@@ -167,6 +172,30 @@ def test_a_frame_that_commits_after_the_disable_entry_is_refused_and_not_recorde
     node.commit()
     [ack] = received(retry)
     assert ack.frame_ack.seq == 2 and [f.seq for f in node.state.frames(7)] == [1, 2]
+
+
+def test_a_frame_rejected_at_apply_closes_its_connection_through_the_intake_alone():
+    """Without the registry's listener (which also closes it) the intake's own refusal holds."""
+    node = Node(close_on_disable=False)
+    proto = node.connect()
+    send(proto, hello=hello())
+    send(proto, submit_frame=frame(1))
+    node.commit()
+    received(proto)
+    node.registry.set_enabled(7, False)
+    send(proto, submit_frame=frame(2))
+    node.commit()
+    [error] = received(proto)
+    assert error.error.code == pb.Error.PERMISSION_DENIED and proto.transport.disconnecting
+
+
+def test_after_a_snapshot_is_installed_the_disabled_set_is_read_again(node):
+    node.set_enabled(7, False)
+    assert node.registry.is_disabled(7)
+    with node.state.engine.begin() as conn:  # what installing a snapshot taken before the entry does
+        conn.exec_driver_sql("DELETE FROM camera_registry")
+    node.cluster._publish(SnapshotInstalled(SnapshotMeta(1, 1, (1,))))
+    assert not node.registry.is_disabled(7)
 
 
 def test_a_frame_of_a_disabled_camera_on_an_open_connection_is_refused_at_once(node):
