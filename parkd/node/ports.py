@@ -70,7 +70,7 @@ class ClientPortProtocol(EnvelopeProtocol):
             if self.camera_id is None:
                 intake.cameras += 1
             self.camera_id, self.lot, self.incarnation = body.camera_id, body.lot, body.incarnation
-            self.log.info("camera {camera_id} connected (lot {lot}, incarnation {incarnation})",
+            self.log.info("camera {camera_id} connected (lot {lot}), incarnation {incarnation}",
                           camera_id=body.camera_id, lot=body.lot, incarnation=body.incarnation)  # fmt: skip
         else:
             intake.submit(self, body)
