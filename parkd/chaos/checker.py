@@ -44,7 +44,10 @@ def read_frames(db_path: str) -> dict[Key, tuple[int, int]]:
 def read_cameras(db_path: str) -> dict[int, tuple[int, int, int]]:
     """``{camera_id: (incarnation, last_seq, free)}``: each camera's current value on a node."""
     with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10) as db:
-        rows = db.execute("SELECT camera_id, incarnation, last_seq, free FROM cameras").fetchall()
+        rows = db.execute(
+            "SELECT c.camera_id, c.incarnation, i.last_seq, i.free FROM cameras AS c JOIN incarnations AS i "
+            "ON i.camera_id = c.camera_id AND i.incarnation = c.incarnation"
+        ).fetchall()
     return {c: (u64_from_sqlite(n), s, f) for c, n, s, f in rows}
 
 

@@ -13,17 +13,19 @@ The rules (CONTRACT §5 and §9), per frame ``(camera_id, incarnation, seq)``:
   is the camera's newest, so it becomes the camera's current incarnation and its
   frame the camera's current value (the camera's state dir was lost or replaced).
   The incarnation it replaces gets ``superseded_index`` = this entry's index.
-* Within the current incarnation the highest ``seq`` is the current value; a late
-  lower ``seq`` is kept in the history only.  A frame of an older incarnation (a
-  late retry from before the state dir was replaced) is kept in the history only:
-  it never overwrites a newer incarnation's value.
+* Each incarnation's value is that of its highest ``seq``; a late lower ``seq`` is
+  kept in the history only.  The camera's current value is its current
+  incarnation's: a frame of an older incarnation (a late retry from before the
+  state dir was replaced) never overwrites it, nor its lot's.
 * A lot's ``free`` is that of the frame that most recently advanced a camera of the
   lot (in log order), ``updated_at`` that frame's ``captured_at``.
 * Frames for an unknown lot, from a camera seen before in another lot, or with a
   free count outside ``0..capacity`` are rejected and leave no row.
 
-Reads are one query per table for the batch's cameras and, only for frames that
-may be retries, one for their history; writes are one executemany per table.
+Reads are one query for the batch's cameras with their incarnations, one for the
+(normally empty) disabled set and, only for frames that may be retries, one for
+their history; writes are one executemany per table, and a frame writes one value
+row (its incarnation's) as it did before incarnations.
 """
 
 from __future__ import annotations
@@ -50,20 +52,19 @@ _MAX_SEQ = (1 << 63) - 1  # SQLite integers are signed 64-bit
 _CHUNK = 500  # keys per IN (...) query, far below SQLite's bound-parameter limit
 
 # The statements of a batch's writes, compiled once (see DriverStatement).
-_CAMERA_COLUMNS = ("camera_id", "lot", "incarnation", "last_seq", "free", "last_seen")
+_CAMERA_COLUMNS = ("camera_id", "lot", "incarnation")
 _upsert_camera = sqlite_insert(_cameras).values({c: sa.bindparam(c) for c in _CAMERA_COLUMNS})
 _set_camera = DriverStatement(
     _upsert_camera.on_conflict_do_update(
-        index_elements=[_cameras.c.camera_id],
-        set_={c: _upsert_camera.excluded[c] for c in _CAMERA_COLUMNS[2:]},
+        index_elements=[_cameras.c.camera_id], set_={"incarnation": _upsert_camera.excluded.incarnation}
     )
 )
-_INCARNATION_COLUMNS = ("camera_id", "incarnation", "last_seq", "trimmed_seq", "superseded_index")
+_INCARNATION_COLUMNS = ("camera_id", "incarnation", "last_seq", "free", "last_seen", "trimmed_seq", "superseded_index")
 _upsert_incarnation = sqlite_insert(_incarnations).values({c: sa.bindparam(c) for c in _INCARNATION_COLUMNS})
 _set_incarnation = DriverStatement(
     _upsert_incarnation.on_conflict_do_update(
         index_elements=[_incarnations.c.camera_id, _incarnations.c.incarnation],
-        set_={c: _upsert_incarnation.excluded[c] for c in ("last_seq", "superseded_index")},
+        set_={c: _upsert_incarnation.excluded[c] for c in ("last_seq", "free", "last_seen", "superseded_index")},
     )
 )
 _set_lot = DriverStatement(
@@ -77,11 +78,14 @@ assert _set_camera.names == _CAMERA_COLUMNS
 assert _set_incarnation.names == _INCARNATION_COLUMNS
 assert _set_lot.names == ("new_free", "new_updated_at", "lot")
 
-_LOAD_CAMERAS_SQL = "SELECT camera_id, lot, incarnation, last_seq, free, last_seen FROM cameras WHERE camera_id IN ({})"
-_LOAD_INCARNATIONS_SQL = (
-    "SELECT camera_id, incarnation, last_seq, trimmed_seq, superseded_index FROM incarnations WHERE camera_id IN ({})"
+# A batch's cameras with all their incarnations, in one query (one row per incarnation).
+_LOAD_CAMERAS_SQL = (
+    "SELECT c.camera_id, c.lot, c.incarnation, "
+    "i.incarnation, i.last_seq, i.free, i.last_seen, i.trimmed_seq, i.superseded_index "
+    "FROM cameras AS c JOIN incarnations AS i ON i.camera_id = c.camera_id WHERE c.camera_id IN ({})"
 )
-_LOAD_DISABLED_SQL = "SELECT camera_id FROM camera_registry WHERE NOT enabled AND camera_id IN ({})"
+# The whole disabled set: no row at all unless an operator disabled a camera.
+_LOAD_DISABLED_SQL = "SELECT camera_id FROM camera_registry WHERE NOT enabled"
 
 
 def check_frame(
@@ -132,20 +136,19 @@ def receipts(conn: sa.Connection, keys: Sequence[tuple[int, int, int]]) -> dict[
 
 @dataclass(slots=True)
 class _Camera:
-    """A camera's row while a batch is applied: its current incarnation's value."""
+    """A camera's row while a batch is applied."""
 
     lot: str
-    incarnation: int
-    last_seq: int
-    free: int
-    last_seen: float
+    incarnation: int  # the current one
 
 
 @dataclass(slots=True)
 class _Incarnation:
-    """An incarnation's row while a batch is applied."""
+    """An incarnation's row while a batch is applied: its value (of its highest seq) and dedup position."""
 
     last_seq: int = 0
+    free: int = 0
+    last_seen: float = 0.0
     trimmed_seq: int = 0
     superseded_index: int | None = None
 
@@ -168,18 +171,17 @@ class Batch:
         raw = conn.connection.dbapi_connection
         self._cameras: dict[int, _Camera] = {}
         self._incarnations: dict[tuple[int, int], _Incarnation] = {}
-        self._disabled: set[int] = set()
         for chunk in chunks(ids):
-            marks = ", ".join("?" * len(chunk))
-            for camera_id, lot, stored, *row in raw.execute(_LOAD_CAMERAS_SQL.format(marks), chunk):
-                self._cameras[camera_id] = _Camera(lot, incarnation_from_db(stored), *row)
-            for camera_id, stored, *row in raw.execute(_LOAD_INCARNATIONS_SQL.format(marks), chunk):
-                self._incarnations[camera_id, incarnation_from_db(stored)] = _Incarnation(*row)
-            self._disabled.update(camera_id for (camera_id,) in raw.execute(_LOAD_DISABLED_SQL.format(marks), chunk))
+            rows = raw.execute(_LOAD_CAMERAS_SQL.format(", ".join("?" * len(chunk))), chunk)
+            for camera_id, lot, current, stored, *incarnation in rows:
+                if camera_id not in self._cameras:
+                    self._cameras[camera_id] = _Camera(lot, incarnation_from_db(current))
+                self._incarnations[camera_id, incarnation_from_db(stored)] = _Incarnation(*incarnation)
+        self._disabled = {camera_id for (camera_id,) in raw.execute(_LOAD_DISABLED_SQL)} if frames else set()
         self._receipts = receipts(conn, self._history_candidates(frames))
         self._new_frames: list[tuple] = []  # rows for _insert_frames
         self._changed: set[tuple[int, int]] = set()  # incarnations to upsert
-        self._advanced: set[int] = set()  # cameras to upsert
+        self._new_cameras: set[int] = set()  # cameras to upsert (new, or a new incarnation)
         self._lots: dict[str, tuple] = {}  # lot -> its row for _set_lot
         for index, frame in decoded:
             self.results.append(self._decide(index, frame))
@@ -204,8 +206,9 @@ class Batch:
         key = (frame.camera_id, frame.incarnation, frame.seq)
         ids = {"incarnation": frame.incarnation}
         if frame.camera_id in self._disabled:
+            reason = disabled_message(frame.camera_id)
             return ApplyResult(index, Outcome.REJECTED, frame.camera_id, frame.seq, frame.lot, **ids,
-                               rejection=Rejection.PERMISSION_DENIED, reason=disabled_message(frame.camera_id))  # fmt: skip
+                               rejection=Rejection.PERMISSION_DENIED, reason=reason)  # fmt: skip
         camera = self._cameras.get(frame.camera_id)
         known = self._incarnations.get((frame.camera_id, frame.incarnation))
         if key in self._receipts:
@@ -240,23 +243,20 @@ class Batch:
         if started:  # the newest incarnation: it replaces the current one
             known = self._incarnations[cam, inc] = _Incarnation()
             if camera is None:
-                camera = self._cameras[cam] = _Camera(frame.lot, inc, 0, frame.free, frame.captured_at)
+                camera = self._cameras[cam] = _Camera(frame.lot, inc)
             else:
                 previous = self._incarnations.get((cam, camera.incarnation))
                 if previous is not None:
                     previous.superseded_index = index
                     self._changed.add((cam, camera.incarnation))
-            camera.incarnation, camera.last_seq = inc, 0
-        if frame.seq > known.last_seq:
-            known.last_seq = frame.seq
-            self._changed.add((cam, inc))
-        if started:
-            self._changed.add((cam, inc))
-        if inc != camera.incarnation or frame.seq <= camera.last_seq:
-            return started  # an older incarnation's or a late frame: history only
-        camera.last_seq, camera.free, camera.last_seen = frame.seq, frame.free, frame.captured_at
-        self._advanced.add(cam)
-        self._lots[frame.lot] = (frame.free, frame.captured_at, frame.lot)
+                camera.incarnation = inc
+            self._new_cameras.add(cam)
+        if frame.seq <= known.last_seq:
+            return started  # a late frame: history only
+        known.last_seq, known.free, known.last_seen = frame.seq, frame.free, frame.captured_at
+        self._changed.add((cam, inc))
+        if inc == camera.incarnation:  # not an older incarnation's: the camera's value, so its lot's
+            self._lots[frame.lot] = (frame.free, frame.captured_at, frame.lot)
         return started
 
     def write(self, conn: sa.Connection) -> None:
@@ -264,15 +264,14 @@ class Batch:
             _insert_frames.executemany(conn, self._new_frames)
         if self._changed:
             rows = []
-            for cam, inc in sorted(self._changed):
-                known = self._incarnations[cam, inc]
-                rows.append((cam, incarnation_to_db(inc), known.last_seq, known.trimmed_seq, known.superseded_index))
+            for cam, inc in self._changed:
+                i = self._incarnations[cam, inc]
+                rows.append((cam, incarnation_to_db(inc), i.last_seq, i.free, i.last_seen, i.trimmed_seq,
+                             i.superseded_index))  # fmt: skip
             _set_incarnation.executemany(conn, rows)
-        if self._advanced:
-            rows = []
-            for cam in sorted(self._advanced):
-                c = self._cameras[cam]
-                rows.append((cam, c.lot, incarnation_to_db(c.incarnation), c.last_seq, c.free, c.last_seen))
+        if self._new_cameras:
+            rows = [(cam, self._cameras[cam].lot, incarnation_to_db(self._cameras[cam].incarnation))
+                    for cam in self._new_cameras]  # fmt: skip
             _set_camera.executemany(conn, rows)
         if self._lots:
             _set_lot.executemany(conn, list(self._lots.values()))

@@ -391,7 +391,8 @@ def current_schema(path: str | os.PathLike) -> Iterator[str]:
                 upgrade(conn, _parking_metadata, "parking", found, PARKING_SCHEMA_VERSION, UPGRADERS)
                 conn.exec_driver_sql("UPDATE snapshot_meta SET parking_schema = ?", (PARKING_SCHEMA_VERSION,))
         except (sa.exc.SQLAlchemyError, StorageError) as exc:
-            raise SnapshotError(f"{path}: cannot upgrade parking schema {found} to {PARKING_SCHEMA_VERSION}: {exc}") from exc
+            what = f"cannot upgrade parking schema {found} to {PARKING_SCHEMA_VERSION}"
+            raise SnapshotError(f"{path}: {what}: {exc}") from exc
         finally:
             engine.dispose()
         read_snapshot_meta(tmp)  # its tables are now checked

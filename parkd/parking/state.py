@@ -269,7 +269,9 @@ class ParkingState:
         with storage_errors("reading the camera registry"), self._engine.connect() as conn:
             return set(conn.scalars(sa.select(_registry.c.camera_id).where(_registry.c.enabled.is_(False))))
 
-    def frames(self, camera_id: int, since: int = 0, limit: int = 100, incarnation: int | None = None) -> list[FrameView]:
+    def frames(
+        self, camera_id: int, since: int = 0, limit: int = 100, incarnation: int | None = None
+    ) -> list[FrameView]:
         """A camera's frame history of one incarnation (default: the current one) with
         ``seq > since``, oldest first, at most ``limit``."""
         f = _frames.c
@@ -299,19 +301,21 @@ class ParkingState:
             if known:
                 return known[camera_id, incarnation, seq]
             c = _incarnations.c
-            trimmed = conn.scalar(
-                sa.select(c.trimmed_seq).where(c.camera_id == camera_id, c.incarnation == incarnation_to_db(incarnation))
-            )
+            which = sa.and_(c.camera_id == camera_id, c.incarnation == incarnation_to_db(incarnation))
+            trimmed = conn.scalar(sa.select(c.trimmed_seq).where(which))
         if trimmed is not None and seq <= trimmed:
             return Receipt(camera_id, seq, None, None, incarnation)
         return None
 
     @staticmethod
     def _camera_query() -> sa.Select:
-        c = _cameras.c
+        """Each camera with its current incarnation's value and whether the registry enables it."""
+        c, i = _cameras.c, _incarnations.c
         enabled = sa.func.coalesce(_registry.c.enabled, True)
-        return sa.select(c.camera_id, c.lot, c.free, c.last_seq, c.last_seen, c.incarnation, enabled).outerjoin(
-            _registry, _registry.c.camera_id == c.camera_id
+        return (
+            sa.select(c.camera_id, c.lot, i.free, i.last_seq, i.last_seen, c.incarnation, enabled)
+            .join(_incarnations, sa.and_(i.camera_id == c.camera_id, i.incarnation == c.incarnation))
+            .outerjoin(_registry, _registry.c.camera_id == c.camera_id)
         )
 
 

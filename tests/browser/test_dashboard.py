@@ -59,8 +59,8 @@ def expected_from_api(cluster, node_id):
         return None
     return (
         {lot["id"]: (str(lot["free"]), str(lot["capacity"])) for lot in lots["lots"]},
-        {str(c["camera_id"]): (c["lot"], str(c["free"]), str(c["last_seq"]), c["status"] if c["enabled"] else "disabled")
-         for c in cameras["cameras"]},
+        {str(c["camera_id"]): (c["lot"], str(c["free"]), str(c["last_seq"]),
+                               c["status"] if c["enabled"] else "disabled") for c in cameras["cameras"]},
     )  # fmt: skip
 
 

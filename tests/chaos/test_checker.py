@@ -137,3 +137,22 @@ def test_current_value_not_that_of_the_newest_incarnation():
     ev = with_new_incarnation(good())
     ev.cameras[2][1] = (0, 2, 11)  # node 2 kept the old incarnation's value
     assert check(ev) == ["node 2: camera 1 current incarnation 0, newest 9"]
+
+
+def test_a_node_database_is_read_per_incarnation(tmp_path):
+    from parkd.db import open_engine
+    from parkd.parking.codec import FrameResult, encode
+    from parkd.parking.state import ParkingState
+    from parkd.raft.types import Entry, EntryKind
+
+    from parkd.chaos.checker import read_cameras, read_frames
+
+    path = str(tmp_path / "node.db")
+    engine = open_engine(path)
+    results = [FrameResult(1, "north", 1, 10.0, 5), FrameResult(1, "north", 2, 11.0, 6),
+               FrameResult(1, "north", 1, 20.0, 7, incarnation=2**64 - 1)]  # fmt: skip
+    entries = [Entry(i, 1, EntryKind.NORMAL, encode(r)) for i, r in enumerate(results, start=1)]
+    ParkingState(engine, {"north": 100}).apply(entries)
+    engine.dispose()
+    assert read_frames(path) == {(1, 0, 1): (1, 5), (1, 0, 2): (2, 6), (1, 2**64 - 1, 1): (3, 7)}
+    assert read_cameras(path) == {1: (2**64 - 1, 1, 7)}

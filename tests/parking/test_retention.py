@@ -274,7 +274,7 @@ def test_retention_never_reapplies_and_never_changes_current_values(ops, batch):
         # trimmed_seq; the incarnations (dedup positions) are all kept.
         kept, full = dump(engines[0])["frames"], dump(engines[2])["frames"]
         assert set(kept) <= set(full)
-        floor = {(c, i): t for c, i, _, t, _ in dump(engines[0])["incarnations"]}
+        floor = {(c, i): t for c, i, *_, t, _ in dump(engines[0])["incarnations"]}
         assert set(floor) == {(c, i) for c, i, *_ in dump(engines[2])["incarnations"]}
         for camera_id, stored, seq, *_ in set(full) - set(kept):
             assert seq <= floor[camera_id, stored]

@@ -52,11 +52,12 @@ def test_the_upgrade_puts_every_camera_and_frame_in_incarnation_0(node):
         assert schema_version(conn, "parking") == PARKING_SCHEMA_VERSION == 2
         assert schema_version(conn, "raft") == 1
     found = tables(engine)
-    assert found["cameras"] == [
-        (1, "north", 0, 5, 15, 1040.0), (2, "south", 0, 3, 23, 1050.0), (3, "north", 0, 1, 30, 1060.0)
+    assert found["cameras"] == [(1, "north", 0), (2, "south", 0), (3, "north", 0)]  # (camera_id, lot, incarnation)
+    # (camera_id, incarnation, last_seq, free, last_seen, trimmed_seq, superseded_index): the old
+    # current values and dedup positions
+    assert found["incarnations"] == [
+        (1, 0, 5, 15, 1040.0, 2, None), (2, 0, 3, 23, 1050.0, 1, None), (3, 0, 1, 30, 1060.0, 0, None)
     ]  # fmt: skip
-    # (camera_id, incarnation, last_seq, trimmed_seq, superseded_index): the old dedup positions
-    assert found["incarnations"] == [(1, 0, 5, 2, None), (2, 0, 3, 1, None), (3, 0, 1, 0, None)]
     assert found["frames"] == [
         (1, 0, 3, 12, 1020.0, 5), (1, 0, 4, 14, 1030.0, 9), (1, 0, 5, 15, 1040.0, 8),
         (2, 0, 2, 21, 1025.0, 6), (2, 0, 3, 23, 1050.0, 11), (3, 0, 1, 30, 1060.0, 12),

@@ -266,8 +266,10 @@ def upgraded(old_tables: dict[str, list[tuple]]) -> dict[str, list[tuple]]:
     """What parking schema 1's tables become at schema 2: every camera and frame in incarnation 0."""
     return {
         "lots": old_tables["lots"],
-        "cameras": [(c, lot, 0, seq, free, seen) for c, lot, seq, free, seen, _ in old_tables["cameras"]],
-        "incarnations": [(c, 0, seq, trimmed, None) for c, _, seq, _, _, trimmed in old_tables["cameras"]],
+        "cameras": [(c, lot, 0) for c, lot, *_ in old_tables["cameras"]],
+        "incarnations": [
+            (c, 0, seq, free, seen, trimmed, None) for c, _, seq, free, seen, trimmed in old_tables["cameras"]
+        ],
         "frames": sorted((c, 0, seq, *rest) for c, seq, *rest in old_tables["frames"]),
         "camera_registry": [],
         "applied": old_tables["applied"],
