@@ -85,6 +85,26 @@ def unsynced_transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
             raw.execute("PRAGMA synchronous=FULL")
 
 
+# -- unsigned 64-bit values ----------------------------------------------------------------
+
+_U64 = 1 << 64
+_I64_LIMIT = 1 << 63
+
+
+def u64_to_sqlite(value: int) -> int:
+    """An unsigned 64-bit value as the signed integer SQLite stores (the same 64 bits).
+
+    SQLite integers are signed 64-bit; values of 2**63 and above would overflow.
+    Only equality survives the mapping, not order.
+    """
+    return value - _U64 if value >= _I64_LIMIT else value
+
+
+def u64_from_sqlite(value: int) -> int:
+    """The unsigned value of a stored one (inverse of :func:`u64_to_sqlite`)."""
+    return value + _U64 if value < 0 else value
+
+
 # -- schema versions ------------------------------------------------------------------------
 
 _versions = sa.Table(
@@ -136,6 +156,26 @@ def ensure_schema(
             f"{component} schema version {found} in the database is newer than this parkd's "
             f"({version}); it was written by a newer parkd"
         )
+    upgrade(conn, metadata, component, found, version, upgraders)
+    if found != version:
+        conn.execute(_versions.update().where(_versions.c.component == component).values(version=version))
+
+
+def upgrade(
+    conn: sa.Connection,
+    metadata: sa.MetaData,
+    component: str,
+    found: int,
+    version: int,
+    upgraders: Mapping[int, Upgrader] | None = None,
+) -> None:
+    """Turn ``component``'s tables from layout ``found`` into ``version`` (see :func:`ensure_schema`).
+
+    Runs ``upgraders[v]`` for every ``v`` from ``found`` to ``version - 1``, then
+    creates any table of ``metadata`` still missing; records no version (the
+    caller does).  Also for copies of tables outside a node's database (an old
+    snapshot file).  StorageError when some step has no upgrader.
+    """
     steps = upgraders or {}
     missing = [v for v in range(found, version) if v not in steps]
     if missing:
@@ -146,8 +186,6 @@ def ensure_schema(
     for step in range(found, version):
         steps[step](conn)
     metadata.create_all(conn)
-    if found != version:
-        conn.execute(_versions.update().where(_versions.c.component == component).values(version=version))
 
 
 # -- statements for the hot paths ----------------------------------------------------------------

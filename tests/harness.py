@@ -143,13 +143,13 @@ class Cluster:
         return os.path.join(self.workdir, f"node-{node_id}", "node.db")
 
     def acked(self):
-        """{(camera_id, seq): (index, free)} from every camera's frame_acked events."""
+        """{(camera_id, incarnation, seq): (index, free)} from every camera's frame_acked events."""
         evidence = checker.collect([c.json_path for c in self.cameras.values()], {}, {})
         assert evidence.conflicting_acks == []
         return evidence.acked
 
     def applied(self, node_id):
-        """{(camera_id, seq): (index, free)} from the node's database."""
+        """{(camera_id, incarnation, seq): (index, free)} from the node's database."""
         return checker.read_frames(self.db_path(node_id))
 
     def wait_acks(self, count, since=0, timeout=30.0):

@@ -58,9 +58,10 @@ class CameraService(service.Service):
         )
         pending = self.outbox.pending()
         self.log.info(
-            "camera {camera_id} started: lot {lot}, every {interval}s, next seq {next_seq}, {pending} unacked",
+            "camera {camera_id} started: lot {lot}, every {interval}s, incarnation {incarnation}, "
+            "next seq {next_seq}, {pending} unacked",
             parkd_event="camera_started",
-            camera_id=s.camera_id, lot=s.lot, interval=s.interval,
+            camera_id=s.camera_id, lot=s.lot, interval=s.interval, incarnation=self.outbox.incarnation,
             next_seq=self.outbox.counter("next_seq"), pending=len(pending),
         )  # fmt: skip
         service.Service.startService(self)

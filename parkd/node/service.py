@@ -7,7 +7,8 @@ builds, each with only what it needs:
 - the **peer links** (``peers.py``) and the node's routing of Raft messages:
   snapshot transfers to the snapshot manager, everything else to the driver;
 - **membership** (``membership.py``): address book, links, admin operations;
-- the **frame intake** (``frames.py``) behind the client port (``ports.py``);
+- the **frame intake** (``frames.py``) behind the client port (``ports.py``),
+  and the **camera registry** (``registry.py``) it asks about disabled cameras;
 - **snapshots** (``snapshots.py``): taking, sending, receiving, installing;
 - **linearizable reads** (``reads.py``);
 - two timers: the leader's retention proposal and the text log's frame summary;
@@ -41,6 +42,7 @@ from parkd.node.membership import MembershipManager
 from parkd.node.peers import PeerService
 from parkd.node.ports import ClientPortFactory, RaftPortFactory
 from parkd.node.reads import ReadBarrier
+from parkd.node.registry import CameraRegistry
 from parkd.node.snapshots import CompactionPolicy, SnapshotManager
 from parkd.parking.analyzer import HashAnalyzer
 from parkd.parking.codec import CodecError
@@ -156,7 +158,8 @@ class NodeService(service.Service):
         )  # fmt: skip
         self.membership = self._build_membership(store)
         self.snapshots = self._build_snapshots(store)
-        self.intake = FrameIntake(self.driver, store.state, HashAnalyzer(), lots, self.reactor)
+        self.registry = CameraRegistry(self.driver, store.state, self.reactor)
+        self.intake = FrameIntake(self.driver, store.state, HashAnalyzer(), lots, self.reactor, self.registry)
         self.reads = ReadBarrier(self.driver, self.reactor)
         self._loops = [
             self._every(RETENTION_INTERVAL_S, self._propose_retention),
@@ -165,6 +168,7 @@ class NodeService(service.Service):
         size, tls = config.cluster.max_message_bytes, self.trust is not None
         raft_port = RaftPortFactory(self.reactor, size, self._deliver, authenticate=tls)
         self.client_port = ClientPortFactory(self.reactor, size, self.intake, authenticate=tls)
+        self.registry.when_disabled(self.client_port.close_disabled)
         self.ports = [
             listen_now(self.reactor, s.listen_raft, self._secured(raft_port, "raft port", allow=("node",)), "raft port"),
             listen_now(self.reactor, s.listen_client, self._secured(self.client_port, "client port"), "client port"),

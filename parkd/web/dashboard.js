@@ -168,17 +168,26 @@ function renderLots(lots, histories) {
 
 // ------------------------------------------------------------------ cameras
 
+// A camera an operator disabled (parkctl camera disable) shows as such, whatever its age.
+// Its incarnation is not shown: a 64-bit number loses digits in a JavaScript number.
+function cameraStatus(c) {
+  if (c.enabled === false) {
+    return el("span", { class: "status disabled", title: `disabled by an operator; last frame ${c.status}` }, "disabled");
+  }
+  return el("span", { class: `status ${c.status}` }, c.status);
+}
+
 function renderCameras(cameras) {
   const rows = cameras.map((c) =>
     el(
       "tr",
-      { "data-camera": c.camera_id },
+      { "data-camera": c.camera_id, "data-enabled": c.enabled !== false },
       el("td", {}, c.camera_id),
       el("td", {}, c.lot),
       el("td", { class: "free" }, c.free),
       el("td", { class: "last-seq" }, c.last_seq),
       el("td", { class: "last-seen", title: new Date(c.last_seen * 1000).toISOString() }, ago(c.last_seen)),
-      el("td", {}, el("span", { class: `status ${c.status}` }, c.status)),
+      el("td", {}, cameraStatus(c)),
     ),
   );
   $("cameras").tBodies[0].replaceChildren(...rows);

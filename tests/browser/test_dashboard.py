@@ -56,8 +56,17 @@ def expected_from_api(cluster, node_id):
         return None
     return (
         {lot["id"]: (str(lot["free"]), str(lot["capacity"])) for lot in lots["lots"]},
-        {str(c["camera_id"]): (c["lot"], str(c["free"]), str(c["last_seq"]), c["status"]) for c in cameras["cameras"]},
-    )
+        {str(c["camera_id"]): (c["lot"], str(c["free"]), str(c["last_seq"]),
+                               c["status"] if c["enabled"] else "disabled") for c in cameras["cameras"]},
+    )  # fmt: skip
+
+
+def admin(cluster, node_id, operation, body):
+    """POST an admin operation to ``node_id`` (the leader); its JSON answer."""
+    url = f"http://{cluster.config.member(node_id).http}/api/v1/admin/{operation}"
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=15) as r:
+        return json.load(r)
 
 
 def shown(page):
@@ -119,6 +128,17 @@ def test_dashboard_shows_the_api_values_and_recovers_from_a_leader_kill(browser,
 
     lots, cameras = cluster.wait(matches_api_all_stale, 15, "the page to show the API's values, every camera stale")
     assert set(lots) == {"north", "south", "east"} and set(cameras) == {"1", "2", "3"}
+
+    # An operator disables camera 2 (CONTRACT §9): the page says so, then enabled again.
+    assert admin(cluster, leader, "camera-disable", {"id": 2})["enabled"] is False
+
+    def shows_disabled():
+        want = expected_from_api(cluster, follower)
+        return want if want is not None and shown(page()) == want and want[1]["2"][3] == "disabled" else None
+
+    cluster.wait(shows_disabled, 15, "the page to show camera 2 disabled")
+    screenshot(browser, tmp_path, "dashboard-camera-disabled.png")
+    assert admin(cluster, leader, "camera-enable", {"id": 2})["enabled"] is True
 
     # Cameras again, then kill the leader: the page must follow the new leader and new values.
     for camera_id, lot in enumerate(("north", "south", "east"), start=1):

@@ -1,7 +1,7 @@
 """A node double for the HTTP port (imported by tests/http as ``httpnode``).
 
 Real ParkingState on in-memory SQLite, real FrameIntake, MembershipManager,
-ReadBarrier and metrics, around a scripted driver (the Raft status they read
+CameraRegistry, ReadBarrier and metrics, around a scripted driver (the Raft status they read
 and the event stream they follow); a ``task.Clock``; requests go through the
 real twisted.web Site over a StringTransport (no sockets, no sleeping)."""
 
@@ -23,6 +23,7 @@ from parkd.node import driver as events
 from parkd.node.frames import FrameIntake
 from parkd.node.membership import MembershipManager
 from parkd.node.reads import ReadBarrier
+from parkd.node.registry import CameraRegistry
 from parkd.parking.analyzer import HashAnalyzer
 from parkd.parking.codec import FrameResult, encode
 from parkd.parking.state import ParkingState
@@ -71,6 +72,7 @@ class FakeDriver:
         if self.leader_id is None:
             raise NotLeader(None)
         self.proposed.append(data)
+        self.last_index += 1  # a leader appends at once (FakeNode.commit_proposed commits it)
 
 
 @dataclass
@@ -114,7 +116,8 @@ class FakeNode:
         )
         self.settings = SimpleNamespace(config=config, node_id=2)
         self.peers = SimpleNamespace(links={1: Link(proto=object(), sent=10, dropped=1), 3: Link(sent=4, dropped=7)})
-        self.intake = FrameIntake(self.driver, self.state, HashAnalyzer(), LOTS, self.clock)
+        self.registry = CameraRegistry(self.driver, self.state, self.clock)
+        self.intake = FrameIntake(self.driver, self.state, HashAnalyzer(), LOTS, self.clock, self.registry)
         self.membership = MembershipManager(self.driver, None, members, self.clock)
         self.reads = ReadBarrier(self.driver, self.clock)
         self.metrics = NodeMetrics(self.driver, self.state, self.peers, self.intake, list(LOTS), clock=self.clock)
@@ -125,22 +128,33 @@ class FakeNode:
         """The HTTP port over this node's parts (again, after a test replaced one)."""
         self.site = build_site(
             clock=self.clock, state=self.state, driver=self.driver, membership=self.membership, reads=self.reads,
-            metrics=self.metrics, lot_ids=list(LOTS), camera_interval=INTERVAL,
+            metrics=self.metrics, lot_ids=list(LOTS), camera_interval=INTERVAL, registry=self.registry,
         )  # fmt: skip
 
     # -- the replicated state
 
-    def apply(self, camera_id, seq, free, lot="north", at=None):
+    def apply(self, camera_id, seq, free, lot="north", at=None, incarnation=0):
         """Commit and apply one frame entry (as the driver would), telling the listeners."""
-        return self.apply_batch([(camera_id, seq, free, lot, at)])
+        return self.apply_batch([(camera_id, seq, free, lot, at, incarnation)])
 
     def apply_batch(self, frames):
-        """Commit and apply (camera_id, seq, free, lot, at) frames in one batch."""
-        entries = []
-        for camera_id, seq, free, lot, at in frames:
-            self.index += 1
+        """Commit and apply (camera_id, seq, free, lot, at[, incarnation]) frames in one batch."""
+        datas = []
+        for camera_id, seq, free, lot, at, *incarnation in frames:
             captured = NOW - 1.0 if at is None else at
-            data = encode(FrameResult(camera_id, lot, seq, captured, free))
+            datas.append(encode(FrameResult(camera_id, lot, seq, captured, free, *incarnation)))
+        return self.apply_datas(datas)
+
+    def commit_proposed(self):
+        """Commit and apply what was proposed through the driver (a leader's entries)."""
+        datas, self.driver.proposed = self.driver.proposed, []
+        return self.apply_datas(datas)
+
+    def apply_datas(self, datas):
+        """Commit and apply NORMAL entries with these data in one batch."""
+        entries = []
+        for data in datas:
+            self.index += 1
             entries.append(Entry(self.index, self.core.term, EntryKind.NORMAL, data))
         results = self.state.apply(entries)
         driver = self.driver

@@ -33,6 +33,7 @@ class Conn:
 
     def __init__(self, camera_id, lot):
         self.camera_id, self.lot = camera_id, lot
+        self.incarnation = 0
         self.waiting_for = set()
         self.acks, self.errors, self.envelopes = [], [], []
 
