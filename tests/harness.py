@@ -7,9 +7,11 @@ were told against what every node applied.
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 
+from parkd import ctl
 from parkd.chaos import checker
 from parkd.config import load_config
 from parkd.launcher import Timeout, camera_daemon, get_json, node_daemon, wait_for, wait_listening, write_config
@@ -112,6 +114,13 @@ class Cluster:
             return {}
         pki = os.path.dirname(self.config.tls.ca)
         return {"PARKD_CERT": os.path.join(pki, "operator-admin.pem"), "PARKD_KEY": os.path.join(pki, "operator-admin.key")}
+
+    def parkctl(self, *args) -> str:
+        """Run ``parkctl --config <this cluster> ARGS`` as the test operator; its output (it must succeed)."""
+        out, err = io.StringIO(), io.StringIO()
+        code = ctl.main(["--config", self.config_path, *map(str, args)], out=out, err=err, environ=self.operator_env())
+        assert code == 0, err.getvalue()
+        return out.getvalue()
 
     def get(self, node_id, path, timeout=2.0):
         """GET a JSON document from a node's HTTP port (HTTPS with TLS), or None if it does not answer."""
