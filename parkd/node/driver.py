@@ -487,6 +487,7 @@ class RaftDriver:
             return False
         now = self.clock.seconds()
         step = "apply committed entries" if applying else "write the Raft log"
+        error = _one_line(error)
         if self._stall is None:
             self._stall = _Stall(ready, applying, now, now)
             self.log.critical(
@@ -495,7 +496,7 @@ class RaftDriver:
                 "is freed on its data dir's filesystem",
                 node_id=self._core.id, step=step, error=error, retry=RETRY_STALLED_S,
             )  # fmt: skip
-            self._publish(StorageStalled(str(error), "apply" if applying else "persist"))
+            self._publish(StorageStalled(error, "apply" if applying else "persist"))
         else:
             stall = self._stall
             stall.applying = applying
@@ -562,6 +563,11 @@ class RaftDriver:
         self.log.critical(
             "storage failed, stopping node {node_id}: {error}; its database keeps every transaction that "
             "completed, the failed one was rolled back: {todo}",
-            node_id=self._core.id, error=error, todo=todo,
+            node_id=self._core.id, error=_one_line(error), todo=todo,
         )  # fmt: skip
         self.on_fatal()
+
+
+def _one_line(error: Exception) -> str:
+    """The error's first line (SQLAlchemy appends a second one pointing at its web site)."""
+    return str(error).strip().splitlines()[0]
