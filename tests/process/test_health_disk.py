@@ -12,59 +12,27 @@ import json
 import os
 import signal
 import sqlite3
-import subprocess
 import time
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import disks
+from disks import MIB, take_space
 from parkd.chaos import checker
 from parkd.launcher import http_request
 
 pytestmark = [pytest.mark.slow]
 
-MIB = 1 << 20
 DISK_MIB = 32  # each node's tmpfs
 MIN_FREE_MIB = 8  # the nodes' --min-free-disk-mb
 
 
 @pytest.fixture
-def small_disks(tmp_path):
+def small_disks():
     """``mount(path)``: a DISK_MIB tmpfs at ``path``; every one is unmounted afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (make test runs as root)")
-    mounted = []
-
-    def mount(path):
-        os.makedirs(path, exist_ok=True)
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK_MIB}m", "tmpfs", path], check=True)
-        mounted.append(path)
-        return path
-
-    try:
+    with disks.small_disks(DISK_MIB) as mount:
         yield mount
-    finally:
-        for path in reversed(mounted):
-            if subprocess.run(["umount", path]).returncode != 0:
-                subprocess.run(["umount", "-l", path], check=False)
-
-
-def free_bytes(path):
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
-
-
-def take_space(path, leave):
-    """Fill ``path``'s filesystem with a ballast file until ``leave`` bytes are free (0: all of it)."""
-    ballast = os.path.join(path, "ballast")
-    chunk = b"\0" * MIB
-    with open(ballast, "ab", buffering=0) as f:
-        try:
-            while free_bytes(path) > leave:
-                f.write(chunk[: min(len(chunk), free_bytes(path) - leave)])
-        except OSError:
-            pass  # the disk is full: what was asked for when leave == 0
-    return ballast
 
 
 def readyz(cluster, node_id):
