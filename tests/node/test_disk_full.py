@@ -155,7 +155,8 @@ def test_a_full_disk_during_the_apply_retries_the_apply_only():
     clock.advance(RETRY_STALLED_S)
     assert [e.data for e in machine.applied] == [b"a"] and driver.applied_index == 1
     assert [m for m in sends(log) if type(m) is AppendResponse] == [AppendResponse(1, 1, 2, True, match_index=1)]
-    assert [entries for kind, _, entries, _ in (e for e in log if e[0] == "save") if entries] == [tuple(machine.applied)]
+    saved = [entries for kind, _, entries, _ in (e for e in log if e[0] == "save") if entries]
+    assert saved == [tuple(machine.applied)]
 
 
 def test_the_stall_is_logged_once_as_critical_with_what_to_do():

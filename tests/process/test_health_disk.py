@@ -93,11 +93,15 @@ def test_3_a_cluster_whose_disks_run_low_refuses_frames_and_drains_the_outboxes_
         cleared = time.time()
         for n in cluster.nodes:
             cluster.wait(lambda n=n: readyz(cluster, n)[0] == 200, 10, f"/readyz of node {n} to say 200")
-            assert [e["name"] for e in checker.read_events(cluster.nodes[n].json_path, "alarm_cleared")] == ["nospace"]
+            cleared_events = checker.read_events(cluster.nodes[n].json_path, "alarm_cleared")
+            assert [e["name"] for e in cleared_events] == ["nospace"]
         during = [e for e in acks(cluster) if all_raised < e["log_time"] < cleared]
         assert all(e["captured_at"] < all_raised for e in during), "a frame was taken while every node refused"
-        cluster.wait(lambda: all(any(e["captured_at"] > cleared for e in checker.read_events(c.json_path, "frame_acked"))
-                                 for c in cluster.cameras.values()), 30, "every camera acked after the space returned")  # fmt: skip
+        def acked_since_cleared(camera):
+            return any(e["captured_at"] > cleared for e in checker.read_events(camera.json_path, "frame_acked"))
+
+        cluster.wait(lambda: all(acked_since_cleared(c) for c in cluster.cameras.values()), 30,
+                     "every camera acked after the space returned")  # fmt: skip
         for camera in cluster.cameras.values():
             camera.stop()
         acked, _ = cluster.check_exactly_once()
