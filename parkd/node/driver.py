@@ -487,16 +487,16 @@ class RaftDriver:
             return False
         now = self.clock.seconds()
         step = "apply committed entries" if applying else "write the Raft log"
-        error = _one_line(error)
+        text = _one_line(error)
         if self._stall is None:
             self._stall = _Stall(ready, applying, now, now)
             self.log.critical(
                 "disk full: node {node_id} could not {step} ({error}); nothing is lost: it keeps its last "
                 "durable state, refuses new frames (nospace alarm) and retries every {retry:g}s until space "
                 "is freed on its data dir's filesystem",
-                node_id=self._core.id, step=step, error=error, retry=RETRY_STALLED_S,
+                node_id=self._core.id, step=step, error=text, retry=RETRY_STALLED_S,
             )  # fmt: skip
-            self._publish(StorageStalled(error, "apply" if applying else "persist"))
+            self._publish(StorageStalled(text, "apply" if applying else "persist"))
         else:
             stall = self._stall
             stall.applying = applying
