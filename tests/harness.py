@@ -181,7 +181,8 @@ class Cluster:
             {n: self.nodes[n].json_path for n in node_ids},
             {n: self.db_path(n) for n in node_ids},
         )
-        assert checker.check(evidence) == []
+        violations = checker.check(evidence)
+        assert violations == [], "\n".join(map(str, violations))
         return evidence.acked, evidence.frames
 
     def wait_for_ack_after(self, moment, timeout=30.0):

@@ -106,7 +106,7 @@ def test_3_a_cluster_whose_disks_run_low_refuses_frames_and_drains_the_outboxes_
             camera.stop()
         acked, _ = cluster.check_exactly_once()
         for camera_id in cluster.cameras:
-            seqs = sorted(seq for c, seq in acked if c == camera_id)
+            seqs = sorted(seq for c, _incarnation, seq in acked if c == camera_id)
             assert seqs == list(range(1, seqs[-1] + 1)), f"camera {camera_id}'s outbox did not drain in order"
         held = [e for e in acks(cluster) if all_raised < e["captured_at"] < cleared]
         assert held, "no frame captured while the alarm held was acked afterwards"
