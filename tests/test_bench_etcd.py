@@ -215,7 +215,7 @@ ETCD = {"version": "3.4.23", "go": "go1.19.8", "put_p50_ms": 1.5, "put_p99_ms": 
 
 def test_table_prints_etcd_and_the_ratio_next_to_parkd():
     text = bench.table({"latency": {"p50_ms": 3.0, "p99_ms": 8.0}, "failover": {"median_s": 0.65}, "etcd": ETCD}, 3)
-    assert line(text, "Low-load ack latency")[1:4] == ["3.0 / 8.0", "1.5 / 4.0", "2.00"]
+    assert line(text, "Low-load ack latency, TLS")[1:4] == ["3.0 / 8.0", "1.5 / 4.0", "2.00"]
     assert line(text, "kill -9 leader")[1:4] == ["0.65", "1.3", "0.50"]
     assert line(text, "Linearizable read p50")[1:4] == ["—", "0.8 / 3.0", ""]  # no parkd row for reads yet
     assert line(text, "Linearizable reads/s")[1:4] == ["—", "2,500", ""]
@@ -224,13 +224,13 @@ def test_table_prints_etcd_and_the_ratio_next_to_parkd():
 
 def test_table_without_etcd_keeps_parkd_rows_only():
     text = bench.table({"latency": {"p50_ms": 3.0, "p99_ms": 8.0}})
-    assert line(text, "Low-load ack latency")[1:4] == ["3.0 / 8.0", "", ""]
+    assert line(text, "Low-load ack latency, TLS")[1:4] == ["3.0 / 8.0", "", ""]
     assert "Linearizable" not in text and "etcd 3" not in text
 
 
 def test_table_says_when_etcd_could_not_be_measured():
     etcd = {"error": "not measured: apt-get is not available", "unavailable": "apt-get is not available"}
     text = bench.table({"latency": {"p50_ms": 3.0, "p99_ms": 8.0}, "etcd": etcd})
-    assert line(text, "Low-load ack latency")[1:4] == ["3.0 / 8.0", "", ""]
+    assert line(text, "Low-load ack latency, TLS")[1:4] == ["3.0 / 8.0", "", ""]
     assert "Linearizable" not in text
     assert text.splitlines()[-1] == "etcd NOT MEASURED: apt-get is not available"

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import random
 
-from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from parkd.config import Address, parse_address
@@ -62,6 +63,18 @@ class CameraConnection(EnvelopeProtocol):
         self.client.disconnected(self, reason)
 
 
+class _ThisProtocol(Factory):
+    """A factory for one connection's protocol (``connectProtocol``'s, without its log line per connection)."""
+
+    noisy = False
+
+    def __init__(self, proto: CameraConnection):
+        self.proto = proto
+
+    def buildProtocol(self, addr):
+        return self.proto
+
+
 class CameraClient:
     """Delivers the outbox's frames to the cluster, exactly as acknowledged."""
 
@@ -81,7 +94,10 @@ class CameraClient:
         connect=None,
         events: FrameEvents = FRAME_EVENTS,
         trust=None,
+        endpoint=None,
     ):
+        """``connect(address, proto)``: open a connection (default: through ``endpoint(address)``, a client
+        endpoint to a node, HostnameEndpoint by default, wrapped in TLS when ``trust`` is given)."""
         self.camera_id, self.lot, self.outbox = camera_id, lot, outbox
         self.cluster = cluster
         self.reactor = reactor
@@ -92,6 +108,7 @@ class CameraClient:
         self.rng = rng or random.Random()
         self.backoff = Backoff(self.rng)
         self._connect = connect or self._tcp_connect
+        self._endpoint = endpoint or self._hostname_endpoint
         self.trust = trust  # TLS: the camera's certificate; any node-* of its CA may answer
         self._endpoints: dict[Address, object] = {}  # one per node: TLS sessions are resumed per node
         self.next_node = self.rng.randrange(len(cluster))
@@ -133,12 +150,14 @@ class CameraClient:
     def _tcp_connect(self, address: Address, proto: CameraConnection):
         endpoint = self._endpoints.get(address)
         if endpoint is None:
-            timeout = max(1, int(self.ack_timeout))
-            endpoint = HostnameEndpoint(self.reactor, address.host, address.port, timeout=timeout)
+            endpoint = self._endpoint(address)
             if self.trust is not None:
                 endpoint = self.trust.client_endpoint(endpoint, f"node at {address}", expect="node")
             self._endpoints[address] = endpoint
-        return connectProtocol(endpoint, proto)
+        return endpoint.connect(_ThisProtocol(proto))
+
+    def _hostname_endpoint(self, address: Address):
+        return HostnameEndpoint(self.reactor, address.host, address.port, timeout=max(1, int(self.ack_timeout)))
 
     def _connect_failed(self, failure, address) -> None:
         self.log.info("camera {camera_id}: cannot reach {address}: {error}",

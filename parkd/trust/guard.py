@@ -264,11 +264,14 @@ class GuardedTLSFactory(TLSMemoryBIOFactory):
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         session: SessionSlot | None = None,
         clock=None,
+        credentials: tuple | None = None,
     ):
         """``context()`` gives the current SSL context (it changes on reload); ``name`` labels log lines.
 
         ``session`` (clients only): where the last TLS session to this
         destination is kept for resumption; None to resume nothing.
+        ``credentials``: the (certificate, key) each connection presents, when
+        not the context's (many cameras sharing one context: :mod:`.fleet`).
         """
         if clock is None:
             from twisted.internet import reactor as clock
@@ -283,11 +286,15 @@ class GuardedTLSFactory(TLSMemoryBIOFactory):
         self.handshake_timeout = handshake_timeout
         self.session = session if is_client else None
         self.clock = clock
+        self.credentials = credentials
 
     def new_connection(self, protocol: GuardedTLSProtocol) -> SSL.Connection:
         context = self.context()
         connection = SSL.Connection(context, None)
         connection.set_app_data(protocol)
+        if self.credentials is not None:
+            connection.use_certificate(self.credentials[0])
+            connection.use_privatekey(self.credentials[1])
         if self.is_client:
             connection.set_connect_state()
             if self.session is not None:

@@ -53,7 +53,37 @@ _CIPHERS_TLS12 = b"ECDHE+AESGCM:ECDHE+CHACHA20"
 REFUSALS_SUMMARY = "{count} more failed TLS handshakes in the last {window} s"
 
 
-class Trust:
+class Dialer:
+    """The client side of TLS (links to nodes): what :class:`Trust` and a fleet's cameras (:mod:`.fleet`) share.
+
+    A subclass gives ``refusals``, ``_resume``, ``_handshake_timeout``, ``_clock``
+    and ``_client_context()``; ``_credentials`` is the (certificate, key) each
+    connection presents when the context has none.
+    """
+
+    _credentials: tuple | None = None
+
+    def client(
+        self, factory, name: str, expect: Identity | str, session: SessionSlot | None = None
+    ) -> GuardedTLSFactory:
+        """Wrap a connecting factory; the server must be ``expect`` (an Identity, or a kind: "node").
+
+        ``session``: where to keep the TLS session for resumption (one slot per destination).
+        """
+        return GuardedTLSFactory(self._client_context, True, factory, Admission.of(expect), self.refusals, name,
+                                 self._handshake_timeout, session=session, clock=self._clock,
+                                 credentials=self._credentials)  # fmt: skip
+
+    def client_endpoint(self, endpoint, name: str, expect: Identity | str) -> TLSClientEndpoint:
+        """A client endpoint speaking TLS over ``endpoint`` (e.g. ``clientFromString``), resuming sessions."""
+        slot = SessionSlot() if self._resume else None
+        return TLSClientEndpoint(endpoint, lambda factory: self.client(factory, name, expect, slot))
+
+    def _client_context(self) -> SSL.Context:
+        raise NotImplementedError
+
+
+class Trust(Dialer):
     """One party's certificates, and the TLS factories of its ports and links."""
 
     log = Logger()
@@ -134,35 +164,29 @@ class Trust:
         return GuardedTLSFactory(lambda: self.context(clients), False, factory, admission, self.refusals, name,
                                  self._handshake_timeout, clock=self._clock)  # fmt: skip
 
-    def client(
-        self, factory, name: str, expect: Identity | str, session: SessionSlot | None = None
-    ) -> GuardedTLSFactory:
-        """Wrap a connecting factory; the server must be ``expect`` (an Identity, or a kind: "node").
-
-        ``session``: where to keep the TLS session for resumption (one slot per destination).
-        """
-        return GuardedTLSFactory(lambda: self.context("client"), True, factory, Admission.of(expect), self.refusals,
-                                 name, self._handshake_timeout, session=session, clock=self._clock)  # fmt: skip
-
-    def client_endpoint(self, endpoint, name: str, expect: Identity | str) -> TLSClientEndpoint:
-        """A client endpoint speaking TLS over ``endpoint`` (e.g. ``clientFromString``), resuming sessions."""
-        slot = SessionSlot() if self._resume else None
-        return TLSClientEndpoint(endpoint, lambda factory: self.client(factory, name, expect, slot))
+    def _client_context(self) -> SSL.Context:
+        return self.context("client")
 
 
 def _context(material: Material, role: str, resume: bool) -> SSL.Context:
+    context = authority_context(material.cas, material.crl, role, resume)
+    context.use_certificate(material.cert)
+    context.use_privatekey(material.key)
+    context.check_privatekey()
+    return context
+
+
+def authority_context(cas, crl, role: str, resume: bool = True) -> SSL.Context:
+    """A context for ``role`` that trusts ``cas`` (and checks ``crl``), with no certificate of its own yet."""
     context = SSL.Context(SSL.TLS_METHOD)
     context.set_min_proto_version(SSL.TLS1_2_VERSION)
     context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_CIPHER_SERVER_PREFERENCE)
     context.set_cipher_list(_CIPHERS_TLS12)
-    context.use_certificate(material.cert)
-    context.use_privatekey(material.key)
-    context.check_privatekey()
     store = context.get_cert_store()
-    for ca in material.cas:
+    for ca in cas:
         store.add_cert(crypto.X509.from_cryptography(ca))
-    if material.crl is not None:
-        store.add_crl(material.crl)
+    if crl is not None:
+        store.add_crl(crl)
         store.set_flags(crypto.X509StoreFlags.CRL_CHECK)
     mode = SSL.VERIFY_PEER | (SSL.VERIFY_FAIL_IF_NO_PEER_CERT if role == "required" else 0)
     context.set_verify(mode, verify_callback)
@@ -170,7 +194,7 @@ def _context(material: Material, role: str, resume: bool) -> SSL.Context:
     context.set_info_callback(info_callback)
     if role == "client":
         return context
-    for ca in material.cas:
+    for ca in cas:
         context.add_client_ca(ca)  # tells clients (curl, browsers) which certificate to send
     if resume:
         context.set_session_id(f"parkd-{role}".encode())
