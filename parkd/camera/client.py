@@ -2,7 +2,11 @@
 
 One connection at a time, to any node.  Unacknowledged frames are sent in seq
 order, at most ``window`` in flight; an ack deletes the frame from the outbox
-and logs ``frame_acked``.  A disconnect, an ack that takes longer than
+and logs ``frame_acked``.  Over TLS the camera says Hello and sends frames
+once the handshake is done: the ack timeout counts from there, so a node slow
+to answer handshakes (thousands of cameras failing over to it at once) is not
+left, and its handshake work wasted, before it could see a frame; a handshake
+that does not finish is cut by the TLS layer's deadline.  A disconnect, an ack that takes longer than
 ``ack_timeout``, or ``Unavailable`` moves the camera to another node after a
 jittered exponential backoff; a ``Redirect`` names the node to try next.  The
 camera never gives up.
@@ -13,8 +17,10 @@ from __future__ import annotations
 import random
 
 from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from parkd.config import Address, parse_address
 from parkd.events import FRAME_EVENTS, FrameEvents
@@ -41,6 +47,7 @@ class Backoff:
         self.attempt = 0
 
 
+@implementer(IHandshakeListener)
 class CameraConnection(EnvelopeProtocol):
     rules = CAMERA_SIDE
     # Set once the camera decided to leave this connection (it is being aborted).
@@ -48,12 +55,17 @@ class CameraConnection(EnvelopeProtocol):
     # of frames are facts and count; Redirect and Unavailable are not acted on
     # again (the first decision stands).
     leaving = False
+    greeted = False  # Hello sent: frames may follow
 
     def __init__(self, client: CameraClient):
         self.client = client
 
     def connectionMade(self) -> None:
         self.client.connected(self)
+
+    def handshakeCompleted(self) -> None:
+        """TLS: the handshake is done (called by the TLS layer)."""
+        self.client.handshake_done(self)
 
     def envelopeReceived(self, kind, body) -> None:
         getattr(self.client, f"on_{kind}")(self, body)
@@ -179,6 +191,15 @@ class CameraClient:
         peer = proto.transport.getPeer()
         self.log.info("camera {camera_id} connected to {host}:{port}",
                       camera_id=self.camera_id, host=peer.host, port=peer.port)
+        if self.trust is None:
+            self._greet(proto)
+
+    def handshake_done(self, proto: CameraConnection) -> None:
+        if proto is self.proto and not proto.leaving:
+            self._greet(proto)
+
+    def _greet(self, proto: CameraConnection) -> None:
+        proto.greeted = True
         proto.sendEnvelope(pb.Envelope(hello=pb.Hello(camera_id=self.camera_id, lot=self.lot)))
         self.pump()
 
@@ -206,7 +227,7 @@ class CameraClient:
 
     def pump(self) -> None:
         """Send unacknowledged frames in seq order, up to the window."""
-        if self.proto is None or self.proto.leaving:
+        if self.proto is None or self.proto.leaving or not self.proto.greeted:
             return
         room = self.window - len(self.in_flight)
         if room <= 0:

@@ -309,14 +309,19 @@ class Storm:
         return len(self.recovered) == len(self.marks)
 
     def result(self) -> dict:
-        """``t50_s``, ``t99_s``, ``t100_s``: when that share of the cameras had been acked again (None: not yet)."""
+        """``t50_s``, ``t99_s``, ``t100_s``: when that share of the cameras had been acked again (None: not yet).
+
+        ``by_second``: how many were acked again in each second after ``started``.
+        """
         times = sorted(self.recovered.values())
 
         def until(share: float):
             needed = math.ceil(share * len(self.marks))
             return round(times[needed - 1], 3) if 0 < needed <= len(times) else None
 
+        per_second = Counter(int(t) for t in times)
         return dict(cameras=len(self.marks), recovered=len(times), t50_s=until(0.5), t99_s=until(0.99),
+                    by_second=[per_second[i] for i in range(int(times[-1]) + 1 if times else 0)],
                     t100_s=until(1.0), connects=self.gen.connects - self.connects_before,
                     refused=self.gen.errors() - self.refused_before,
                     client_events=dict(self.gen.log.counts - self.events_before))  # fmt: skip

@@ -41,7 +41,7 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.logger import Logger
-from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from parkd.trust.identity import KINDS, Identity, identity_of_certificate
@@ -158,8 +158,16 @@ def info_callback(connection: SSL.Connection, where: int, value: int) -> None:
 # ------------------------------------------------------------------ protocol and factory
 
 
-class GuardedTLSProtocol(BufferingTLSTransport):
-    """One TLS connection with a handshake deadline, a failure reason and the peer's identity."""
+class GuardedTLSProtocol(TLSMemoryBIOProtocol):
+    """One TLS connection with a handshake deadline, a failure reason and the peer's identity.
+
+    Each write goes out at once as a TLS record, not held for the next reactor
+    turn as Twisted's default (``BufferingTLSTransport``) does.  Two TLS
+    clusters side by side on 2 shared cores, 3 rounds of two runs each
+    (medians of the rounds): low-load ack latency p50 11.1 -> 8.4 ms with the
+    camera on the leader, 13.0 -> 9.0 ms on a follower; durable throughput
+    3,740 -> 5,020 frames/s (noisy, but no worse).
+    """
 
     factory: GuardedTLSFactory
     # Class defaults: ProtocolWrapper hands unknown attributes to the transport.

@@ -68,6 +68,21 @@ def test_hello_then_frames_in_order_within_the_window(tmp_path):
     assert envelopes[1].submit_frame.payload == b"payload0"
 
 
+def test_over_tls_hello_and_frames_wait_for_the_handshake_and_so_does_the_ack_timeout(tmp_path):
+    client, clock, net, box, _ = make(tmp_path)
+    client.trust = object()  # TLS (the connection here is a double: the handshake is announced by hand)
+    client.start()
+    assert sent(net.proto) == []
+    clock.advance(8.0)  # a slow handshake, past ack_timeout: nothing was sent, so nothing timed out
+    assert not net.proto.transport.disconnected and len(net.attempts) == 1
+    net.proto.handshakeCompleted()
+    envelopes = sent(net.proto)
+    assert envelopes[0].hello == pb.Hello(camera_id=7, lot="north")
+    assert [e.submit_frame.seq for e in envelopes[1:]] == [1, 2]
+    clock.advance(2.6)  # from now on the ack timeout counts
+    assert net.proto.transport.disconnected
+
+
 def test_ack_removes_from_outbox_logs_and_sends_more(tmp_path):
     client, clock, net, box, events = make(tmp_path)
     client.start()
