@@ -239,7 +239,7 @@ def measure_planned_stop(workdir):
     return {"longest_gap_ms": round(gap * 1000, 1)}
 
 
-def measure_scale(workdir, quick, profile: str | None = None, tls: bool = True):
+def measure_scale(workdir, quick, profile: str | None = None, tls: bool = True, warm: bool = False):
     """10,000 TLS cameras, one frame every 10 s each, started over 60 s (a fleet does not start in one millisecond).
 
     Each camera's first TLS handshake costs its node about 2.4 ms of CPU and
@@ -256,7 +256,8 @@ def measure_scale(workdir, quick, profile: str | None = None, tls: bool = True):
         gen = LoadgenRun(c.loadgen_command(cameras, "--interval", "10", "--window", "4", "--ramp", str(ramp),
                                            "--warmup", "15", "--max-warmup", str(ramp + 120),
                                            "--duration", "20" if quick else "40",
-                                           "--storm", "--storm-wait", str(STORM_WAIT)), workdir)  # fmt: skip
+                                           "--storm", "--storm-wait", str(STORM_WAIT),
+                                           *(["--warm-sessions"] if warm else [])), workdir)  # fmt: skip
         try:
             r = gen.next_json(600)
             rss = c.rss_mb()
@@ -265,7 +266,8 @@ def measure_scale(workdir, quick, profile: str | None = None, tls: bool = True):
             gen.stop()
     keys = ("connected", "rate", "p50_ms", "p99_ms", "max_ms", "errors", "unacked", "refused", "reconnects",
             "warmup_s", "settled", "gen_cpu", "gen_lag_p99_ms")  # fmt: skip
-    return {"cameras": cameras, **{k: r.get(k) for k in keys}, "node_rss_mb": round(rss, 1), **storm}
+    return {"cameras": cameras, **{k: r.get(k) for k in keys}, "node_rss_mb": round(rss, 1), **storm,
+            **({"warm_sessions": r.get("warm_sessions")} if warm else {})}
 
 
 STORM_WAIT = 60  # seconds: for every camera to be acked again after the kill
@@ -305,6 +307,7 @@ def reconnect_storm(c: BenchCluster, gen: LoadgenRun, profile: str | None) -> di
     return {"storm_t50_s": within_wait("t50_s"), "storm_t99_s": within_wait("t99_s"),
             "storm_t100_s": within_wait("t100_s"),
             "storm_recovered": r.get("recovered"), "storm_connects": r.get("connects"), "storm_refused": r.get("refused"),
+            "storm_moved": r.get("moved"), "storm_resumed": r.get("resumed"),
             "storm_elected_s": round(min(elected), 3) if elected else None, "storm_by_second": r.get("by_second"),
             "storm_gen_cpu": r.get("gen_cpu"), "storm_client_events": r.get("client_events", r.get("error")),
             "handshakes": sum(len(times) for times in hellos), "handshakes_peak_per_s": peak,

@@ -7,7 +7,8 @@ once the handshake is done: the ack timeout counts from there, so a node slow
 to answer handshakes (thousands of cameras failing over to it at once) is not
 left, and its handshake work wasted, before it could see a frame; a handshake
 that does not finish is cut by the TLS layer's deadline.  A disconnect, an ack that takes longer than
-``ack_timeout``, or ``Unavailable`` moves the camera to another node after a
+``ack_timeout``, or ``Unavailable`` moves the camera to another node (any
+other, at random: a dead node's cameras spread over the rest) after a
 jittered exponential backoff; a ``Redirect`` names the node to try next.  The
 camera never gives up.
 """
@@ -155,18 +156,24 @@ class CameraClient:
             return
         address = self.redirect_to or self.cluster[self.next_node % len(self.cluster)]
         self.redirect_to = None
-        self.next_node += 1
+        # The next try goes to another node, chosen at random: when a node dies,
+        # its cameras spread over the others instead of all landing on its successor.
+        self.next_node += 1 + self.rng.randrange(max(1, len(self.cluster) - 1))
         self.log.debug("camera {camera_id} connecting to {address}", camera_id=self.camera_id, address=str(address))
         self._connect(address, CameraConnection(self)).addErrback(self._connect_failed, address)
 
     def _tcp_connect(self, address: Address, proto: CameraConnection):
+        return self.endpoint(address).connect(_ThisProtocol(proto))
+
+    def endpoint(self, address: Address):
+        """The client endpoint to a node (over TLS: it keeps the camera's session with that node)."""
         endpoint = self._endpoints.get(address)
         if endpoint is None:
             endpoint = self._endpoint(address)
             if self.trust is not None:
                 endpoint = self.trust.client_endpoint(endpoint, f"node at {address}", expect="node")
             self._endpoints[address] = endpoint
-        return endpoint.connect(_ThisProtocol(proto))
+        return endpoint
 
     def _hostname_endpoint(self, address: Address):
         return HostnameEndpoint(self.reactor, address.host, address.port, timeout=max(1, int(self.ack_timeout)))

@@ -46,9 +46,9 @@ from collections import Counter, OrderedDict
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.internet.protocol import ClientFactory
+from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+from twisted.internet.interfaces import IHandshakeListener, IStreamClientEndpoint
+from twisted.internet.protocol import ClientFactory, Protocol
 from zope.interface import implementer
 
 from parkd.camera.client import CameraClient
@@ -184,6 +184,7 @@ class LoadGenerator:
         self.connects = 0  # connection attempts (beyond one per camera: failovers and timeouts)
         self.rng = random.Random(seed)
         self.storm: Storm | None = None
+        self.cluster = cluster
         self.log = _CountingLog()
         fleet = None
         if pki is not None:
@@ -277,6 +278,29 @@ class LoadGenerator:
     def errors(self) -> int:
         return sum(c.outbox.dropped for c in self.clients)
 
+    def warm_sessions(self, concurrency: int = 100) -> Deferred:
+        """TLS: give every camera a session with each node it is not on (as a camera that had been there before).
+
+        Each such connection ends after its handshake and the session tickets
+        (no Hello: the node counts no camera).  Fires with the counts.
+        """
+        jobs = [(c, a) for c in self.clients for a in self.cluster if c.proto is None or not _is_peer(c.proto, a)]
+        done, counts = Deferred(), Counter()
+
+        def next_job(_=None):
+            if jobs:
+                client, address = jobs.pop()
+                connected = connectProtocol(client.endpoint(address), _Warm(self.reactor))
+                connected.addCallback(lambda proto: proto.ended).addCallbacks(
+                    lambda how: counts.update([how]), lambda _: counts.update(["failed"])).addBoth(next_job)
+            elif sum(counts.values()) == total and not done.called:
+                done.callback(dict(counts))
+
+        total = len(jobs)
+        for _ in range(min(concurrency, total) or 1):
+            next_job()
+        return done
+
     def begin_storm(self, started: float) -> Storm:
         """A node was just killed (at ``started``): every camera captures a frame now, and the storm is timed."""
         self.storm = Storm(self, started)
@@ -284,6 +308,31 @@ class LoadGenerator:
             self.storm.mark(client, client.outbox.add(PAYLOAD, started))
             client.frame_added()
         return self.storm
+
+
+def _is_peer(proto, address) -> bool:
+    peer = proto.transport.getPeer()
+    return (peer.host, peer.port) == (address.host, address.port)
+
+
+@implementer(IHandshakeListener)
+class _Warm(Protocol):
+    """A connection only for a TLS session: closed once the handshake is done and the tickets are in."""
+
+    TICKETS = 0.5  # seconds to wait for the session tickets after the handshake
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.ended = Deferred()
+        self._handshaken = False
+
+    def handshakeCompleted(self):
+        self._handshaken = True
+        self.clock.callLater(self.TICKETS, self.transport.loseConnection)
+
+    def connectionLost(self, reason):
+        self.ended.callback("resumed" if self._handshaken and self.transport.resumed else
+                            "warmed" if self._handshaken else "failed")  # fmt: skip
 
 
 class Storm:
@@ -297,6 +346,8 @@ class Storm:
         self.events_before = Counter(gen.log.counts)
         self.marks: dict[int, int] = {}  # camera id -> seq of its frame captured at ``started``
         self.recovered: dict[int, float] = {}  # camera id -> seconds from ``started`` to that frame's ack
+        self.before = {c.camera_id: c.proto for c in gen.clients}  # each camera's connection at ``started``
+        self.moved = self.resumed = 0  # cameras acked again on a new connection; ... that resumed a TLS session
 
     def mark(self, client, frame: Frame) -> None:
         self.marks[client.camera_id] = frame.seq
@@ -304,6 +355,9 @@ class Storm:
     def acked(self, client, frame: Frame, now: float) -> None:
         if frame.seq == self.marks.get(client.camera_id) and client.camera_id not in self.recovered:
             self.recovered[client.camera_id] = now - self.started
+            if client.proto is not self.before.get(client.camera_id):
+                self.moved += 1
+                self.resumed += bool(getattr(client.proto.transport, "resumed", False))
 
     def done(self) -> bool:
         return len(self.recovered) == len(self.marks)
@@ -323,7 +377,7 @@ class Storm:
         return dict(cameras=len(self.marks), recovered=len(times), t50_s=until(0.5), t99_s=until(0.99),
                     by_second=[per_second[i] for i in range(int(times[-1]) + 1 if times else 0)],
                     t100_s=until(1.0), connects=self.gen.connects - self.connects_before,
-                    refused=self.gen.errors() - self.refused_before,
+                    refused=self.gen.errors() - self.refused_before, moved=self.moved, resumed=self.resumed,
                     client_events=dict(self.gen.log.counts - self.events_before))  # fmt: skip
 
 
@@ -390,6 +444,8 @@ def main(argv=None) -> int:
                         help="speak TLS, each camera with its certificate camera-<id>.pem/.key from DIR")
     parser.add_argument("--storm", action="store_true",
                         help="after the window, wait for SIGUSR1 (a node killed) and time the recovery")
+    parser.add_argument("--warm-sessions", action="store_true",
+                        help="before the storm, give each camera a TLS session with every node (needs --pki)")
     parser.add_argument("--storm-wait", type=float, default=60.0,
                         help="seconds to wait for SIGUSR1, then for every camera to be acked again")
     args = parser.parse_args(argv)
@@ -462,7 +518,10 @@ def main(argv=None) -> int:
             refused=gen.errors(), unacked=unacked, reconnects=gen.connects - args.cameras,
             gen_lag_p99_ms=round(percentile(lags, 99) * 1000, 2), client_events=dict(gen.log.counts),
         )  # fmt: skip
-        if args.storm:
+        if args.storm and args.warm_sessions and args.pki:
+            gen.warm_sessions().addCallback(lambda counts: result.update(warm_sessions=counts)).addBoth(
+                lambda _: wait_for_storm())
+        elif args.storm:
             wait_for_storm()
         else:
             reactor.stop()

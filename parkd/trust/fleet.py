@@ -8,7 +8,10 @@ and CRL of a ``parkctl pki`` directory once, builds one client context with
 no certificate, and keeps each camera's certificate and key; every connection
 of camera ``<id>`` presents ``camera-<id>``'s (``SSL_use_certificate`` on the
 connection, not the context), so the nodes check each camera's identity
-exactly as with a daemon.  Loading costs about 0.25 ms of CPU per camera.
+exactly as with a daemon.  Loading costs about 0.25 ms of CPU per camera
+(8 s for 10,000 on 2 busy cores).  Their handshakes take turns through one
+:class:`~parkd.trust.guard.HandshakeGate`, so that a thousand reconnecting at
+once do not stall the process for seconds.
 
     fleet = CameraFleet("run/bench-pki", range(100000, 110000))   # TrustError: one line naming the file
     camera = fleet.camera(100000)     # has client_endpoint() and client(), like a Trust
@@ -32,7 +35,7 @@ from OpenSSL import SSL, crypto
 from twisted.logger import Logger
 
 from parkd.ratelimit import RateLimitedLog
-from parkd.trust.guard import DEFAULT_HANDSHAKE_TIMEOUT
+from parkd.trust.guard import DEFAULT_HANDSHAKE_TIMEOUT, HandshakeGate
 from parkd.trust.identity import Identity
 from parkd.trust.material import TrustError, TrustFiles, check_pair, load_authority, read_file
 from parkd.trust.tls import REFUSALS_SUMMARY, Dialer, authority_context
@@ -65,6 +68,7 @@ class CameraFleet:
         self._handshake_timeout = handshake_timeout
         self._clock = clock
         self.refusals = refusals or RateLimitedLog(self.log, REFUSALS_SUMMARY, clock=clock)
+        self.gate = HandshakeGate(clock)  # all the cameras' handshakes take turns in this process
         now = datetime.datetime.now(datetime.timezone.utc)
         self._cameras = {i: FleetCamera(self, *_credentials(directory, Identity("camera", i), now)) for i in camera_ids}
 
@@ -87,6 +91,7 @@ class FleetCamera(Dialer):
         self._resume = fleet._resume
         self._handshake_timeout = fleet._handshake_timeout
         self._clock = fleet._clock
+        self._gate = fleet.gate
 
     def _client_context(self) -> SSL.Context:
         return self._fleet._context

@@ -44,6 +44,7 @@ from parkd.trust.guard import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     Admission,
     GuardedTLSFactory,
+    HandshakeGate,
     SessionSlot,
     TLSClientEndpoint,
     info_callback,
@@ -64,10 +65,12 @@ class Dialer:
 
     A subclass gives ``refusals``, ``_resume``, ``_handshake_timeout``, ``_clock``
     and ``_client_context()``; ``_credentials`` is the (certificate, key) each
-    connection presents when the context has none.
+    connection presents when the context has none, ``_gate`` the
+    :class:`~parkd.trust.guard.HandshakeGate` many clients in one process share.
     """
 
     _credentials: tuple | None = None
+    _gate: HandshakeGate | None = None
 
     def client(
         self, factory, name: str, expect: Identity | str, session: SessionSlot | None = None
@@ -78,7 +81,7 @@ class Dialer:
         """
         return GuardedTLSFactory(self._client_context, True, factory, Admission.of(expect), self.refusals, name,
                                  self._handshake_timeout, session=session, clock=self._clock,
-                                 credentials=self._credentials)  # fmt: skip
+                                 credentials=self._credentials, gate=self._gate)  # fmt: skip
 
     def client_endpoint(self, endpoint, name: str, expect: Identity | str) -> TLSClientEndpoint:
         """A client endpoint speaking TLS over ``endpoint`` (e.g. ``clientFromString``), resuming sessions."""
@@ -162,13 +165,15 @@ class Trust(Dialer):
         """Wrap a listening factory: ``clients`` is "required" (mutual TLS) or "optional" (HTTPS).
 
         ``allow``: the identity kinds admitted (e.g. ``("node",)`` on the raft
-        port), default any identity from the CA.
+        port), default any identity from the CA.  Its handshakes take turns
+        through a :class:`~parkd.trust.guard.HandshakeGate` of their own.
         """
         if clients not in ("required", "optional"):
             raise ValueError(f"clients must be 'required' or 'optional', not {clients!r}")
         admission = Admission() if allow is None else Admission.kinds_of(allow)
         return GuardedTLSFactory(lambda: self.context(clients), False, factory, admission, self.refusals, name,
-                                 self._handshake_timeout, clock=self._clock)  # fmt: skip
+                                 self._handshake_timeout, clock=self._clock,
+                                 gate=HandshakeGate(self._clock))  # fmt: skip
 
     def _client_context(self) -> SSL.Context:
         return self.context("client")
