@@ -175,20 +175,23 @@ def measure_latency(c: BenchCluster, quick: bool) -> dict:
     return figures
 
 
-def tls_and_plaintext(measure: Callable[[BenchCluster], dict], ratio_of: tuple[str, ...]) -> Callable[[str], dict]:
+def tls_and_plaintext(
+    measure: Callable[[BenchCluster], dict], ratio_of: tuple[str, ...], cluster=BenchCluster
+) -> Callable[[str], dict]:
     """A step: a TLS and a plaintext cluster up side by side, ``measure(cluster)`` on each in turn, twice.
 
     The order is ABBA, then BAAB on the next call, so that neither side always
     comes first; the other cluster idles meanwhile (heartbeats only).  Figures:
     TLS's (the median of its two runs), plaintext's prefixed ``plain_``, and
     ``<key>_tls_ratio`` = TLS / plaintext for each key of ``ratio_of``.
+    ``cluster``: what starts a cluster (BenchCluster; tests give a stand-in).
     """
     orders = itertools.cycle([(True, False, False, True), (False, True, True, False)])
 
     def both(workdir: str) -> dict:
         runs: dict[bool, list[dict]] = {True: [], False: []}
-        with BenchCluster(os.path.join(workdir, "tls"), tls=True) as tls, \
-                BenchCluster(os.path.join(workdir, "plain"), tls=False) as plain:  # fmt: skip
+        with cluster(os.path.join(workdir, "tls"), tls=True) as tls, \
+                cluster(os.path.join(workdir, "plain"), tls=False) as plain:  # fmt: skip
             for side in next(orders):
                 runs[side].append(measure(tls if side else plain))
         figures = {**median_of(runs[True]), **{f"plain_{k}": v for k, v in median_of(runs[False]).items()}}
@@ -251,7 +254,7 @@ def measure_scale(workdir, quick, profile: str | None = None, tls: bool = True, 
     errors.  ``warmup_s``, ``reconnects`` and the generator's own CPU and timer
     lag are reported with the row.  Then the reconnect storm (:func:`reconnect_storm`).
     """
-    cameras, ramp = (2000, 12) if quick else (MAX_CAMERAS, 60)
+    cameras, ramp = (2000, 30) if quick else (MAX_CAMERAS, 150)
     with BenchCluster(workdir, tls=tls) as c:
         gen = LoadgenRun(c.loadgen_command(cameras, "--interval", "10", "--window", "4", "--ramp", str(ramp),
                                            "--warmup", "15", "--max-warmup", str(ramp + 120),

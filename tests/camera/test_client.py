@@ -118,6 +118,22 @@ def test_refused_connections_rotate_and_never_give_up(tmp_path):
     assert client.proto is not None
 
 
+def test_a_camera_leaving_a_node_tries_another_at_random_so_a_dead_nodes_cameras_spread(tmp_path):
+    chosen = set()
+    for seed in range(40):
+        client, clock, net, box, _ = make(tmp_path / str(seed))
+        client.rng.seed(seed)
+        client.next_node = 0
+        client.start()  # connects to NODES[0]
+        net.proto.connectionLost(Failure(ConnectionRefusedError()))  # the node died
+        clock.advance(10)
+        first, second = net.attempts[0][0], net.attempts[1][0]
+        assert first == NODES[0] and second != first
+        chosen.add(second)
+        box.close()
+    assert chosen == {NODES[1], NODES[2]}
+
+
 def test_backoff_grows_with_jitter_and_resets_after_an_ack(tmp_path):
     client, *_ = make(tmp_path)
     delays = [client.backoff.next() for _ in range(8)]
