@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.internet.protocol import Factory
 
 from parkd.trust import Identity, Trust, TrustError, TrustFiles, pki
@@ -76,52 +76,67 @@ def test_a_fleet_refuses_files_that_do_not_name_their_camera(cluster_pki, tmp_pa
 # ------------------------------------------------------------------ the gate
 
 
-class Waiter:
-    """A protocol as the gate sees it."""
+class Turns:
+    """A reactor's turns for the gate: ``callLater(0, f)`` runs at the start of the next ``turn()``."""
 
-    def __init__(self, name, took=0.02):
-        self.name, self.took, self.closed = name, took, False
+    def __init__(self):
+        self.pending, self.count = [], 0
+
+    def callLater(self, delay, f, *args):
+        self.pending.append((f, args))
+        return f  # (the gate only keeps it)
+
+    def turn(self):
+        self.count += 1
+        pending, self.pending = self.pending, []
+        for f, args in pending:
+            f(*args)
+
+
+class Waiter:
+    """A protocol as the gate sees it: each step takes ``took`` seconds."""
+
+    def __init__(self, gate, name, took):
+        self.gate, self.name, self.took, self.closed = gate, name, took, False
         self.turns = []
 
     def take_turn(self):
-        self.turns.append(self.gate.clock.seconds())
+        self.turns.append(self.gate.clock.count)
         self.gate.ran(self.took)
 
 
-def through(gate: HandshakeGate, waiter: Waiter, continuing: bool, order: list) -> None:
+def through(waiter: Waiter, continuing: bool, order: list) -> None:
     """What GuardedTLSProtocol does with a step: run it now if admitted, else wait."""
-    waiter.gate = gate
-    if gate.admit(continuing):
+    if waiter.gate.admit(continuing):
         order.append(waiter.name)
-        gate.ran(waiter.took)
+        waiter.gate.ran(waiter.took)
     else:
-        gate.wait(waiter, continuing)
+        waiter.gate.wait(waiter, continuing)
 
 
 def test_the_gate_runs_a_turns_budget_of_steps_and_the_rest_in_later_turns_continuing_ones_first():
-    clock, order = task.Clock(), []
-    gate = HandshakeGate(clock, budget=0.05)
-    new = [Waiter(f"new{i}") for i in range(5)]
-    for waiter in new:
-        through(gate, waiter, False, order)
-    assert order == ["new0", "new1", "new2"]  # 0.06 s spent: the budget is gone
-    going_on = Waiter("going on")
-    through(gate, going_on, True, order)
-    new[4].closed = True  # its deadline ran out while it waited
-    assert gate.waited == 3
-    clock.advance(0)  # the next turn
-    assert [w.name for w in (*new, going_on) if w.turns] == ["new3", "going on"]
-    assert going_on.turns and new[3].turns  # the handshake under way went first, then the oldest new one
-    clock.advance(0)
-    assert not new[4].turns  # skipped: closed
-    late = Waiter("late")
-    through(gate, late, False, order)
-    assert order[-1] == "late"  # nothing waits any more: admitted at once
+    turns, order = Turns(), []
+    gate = HandshakeGate(turns, budget=0.05)
+    for i in range(3):
+        through(Waiter(gate, f"new{i}", took=0.02), False, order)
+    assert order == ["new0", "new1", "new2"]  # 0.06 s spent: the budget is gone for this turn
+    late = [Waiter(gate, f"late{i}", took=0.05) for i in range(3)]
+    for waiter in late:
+        through(waiter, False, order)
+    going_on = Waiter(gate, "going on", took=0.05)
+    through(going_on, True, order)
+    late[1].closed = True  # its deadline ran out while it waited
+    assert gate.waited == 4 and order == ["new0", "new1", "new2"]
+    for _ in range(4):
+        turns.turn()  # one 0.05 s step fits in each
+    assert (going_on.turns, late[0].turns, late[1].turns, late[2].turns) == ([1], [2], [], [3])
+    through(last := Waiter(gate, "last", took=0.01), False, order)
+    assert order[-1] == "last" and not last.turns  # nothing waits any more: admitted at once
 
 
 def test_a_gate_needs_a_positive_budget():
     with pytest.raises(ValueError):
-        HandshakeGate(task.Clock(), budget=0)
+        HandshakeGate(Turns(), budget=0)
 
 
 @pytest_twisted.ensureDeferred
