@@ -73,15 +73,21 @@ def build(path: str, n: int, index: bool) -> None:
         for i in range(start, min(n, start + step)):
             camera, seq, _, at, free = frame_of(i)
             rows.append((camera, seq, free, at, i + 1))
-        # columns: camera_id, seq, free, captured_at, log_index
-        db.executemany("INSERT INTO frames VALUES (?, ?, ?, ?, ?)", rows)
+        # every frame in incarnation 0 (parking schema 2)
+        db.executemany(
+            "INSERT INTO frames (camera_id, incarnation, seq, free, captured_at, log_index) "
+            "VALUES (?, 0, ?, ?, ?, ?)",
+            rows,
+        )
     last = {}
     for i in range(max(0, n - 2 * CAMERAS), n):
         camera, seq, lot, at, free = frame_of(i)
         last[camera] = (camera, lot, seq, free, at)
+    db.executemany("INSERT INTO cameras (camera_id, lot, incarnation) VALUES (?, ?, 0)",
+                   [(camera, lot) for camera, lot, *_ in last.values()])  # fmt: skip
     db.executemany(
-        "INSERT INTO cameras (camera_id, lot, last_seq, free, last_seen) VALUES (?, ?, ?, ?, ?)",
-        list(last.values()),
+        "INSERT INTO incarnations (camera_id, incarnation, last_seq, free, last_seen) VALUES (?, 0, ?, ?, ?)",
+        [(camera, seq, free, at) for camera, _, seq, free, at in last.values()],
     )
     final = {lot: (free, at) for _, lot, _, free, at in last.values()}
     lots = [(free, at, lot) for lot, (free, at) in final.items()]

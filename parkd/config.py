@@ -66,6 +66,8 @@ class ClusterSettings:
     snapshot_margin: int = 10_000  # entries kept below a snapshot for slightly lagging followers
     history_hours: float = 24.0  # frame history kept (current values and dedup state are kept for ever)
     insecure: bool = False  # no [tls]: plaintext on every port, allowed only when said (CONTRACT §9)
+    ready_lag: int = 1000  # /readyz: applied at most this many entries behind the leader's commit index
+    min_free_disk_mb: int = 256  # below this much free space on the data dir's filesystem: the nospace alarm
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,14 @@ class CameraSettings:
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """The optional ``[log]`` table: how the ``--log-json`` file is bounded."""
+
+    max_mb: float = 100.0  # rotate at this size
+    keep: int = 5  # rotated files kept (FILE.1 is the newest)
 
 
 @dataclass(frozen=True)
@@ -112,6 +122,7 @@ class Config:
     members: tuple[Member, ...] = ()
     lots: tuple[Lot, ...] = ()
     tls: TlsSettings | None = None
+    log: LogSettings = field(default_factory=LogSettings)
 
     def check_secure(self) -> None:
         """A daemon runs with TLS, or in plaintext only when the config says so."""
@@ -203,7 +214,7 @@ def load_config(path: str) -> Config:
 
 def parse_config(raw: dict[str, Any], base_dir: str = ".") -> Config:
     """A Config from parsed TOML; relative file paths are taken from ``base_dir``."""
-    _check_keys(raw, {"cluster", "node", "lot", "camera", "tls"}, "")
+    _check_keys(raw, {"cluster", "node", "lot", "camera", "tls", "log"}, "")
     cluster = _parse_cluster(raw.get("cluster", {}))
     members = tuple(_parse_member(t, f"node[{i}]") for i, t in enumerate(_array(raw, "node")))
     lots = tuple(_parse_lot(t, f"lot[{i}]") for i, t in enumerate(_array(raw, "lot")))
@@ -211,7 +222,17 @@ def parse_config(raw: dict[str, Any], base_dir: str = ".") -> Config:
     _check_unique([lot.id for lot in lots], "lot", "id")
     camera = _parse_camera(raw.get("camera", {}), base_dir)
     tls = _parse_tls(raw["tls"], base_dir) if "tls" in raw else None
-    return Config(cluster=cluster, camera=camera, members=members, lots=lots, tls=tls)
+    log = _parse_log(raw.get("log", {}))
+    return Config(cluster=cluster, camera=camera, members=members, lots=lots, tls=tls, log=log)
+
+
+def _parse_log(table: Any) -> LogSettings:
+    _check_keys(table, {"max_mb", "keep"}, "log")
+    defaults = LogSettings()
+    return LogSettings(
+        max_mb=parse_float(table.get("max_mb", defaults.max_mb), "log.max_mb"),
+        keep=parse_int(table.get("keep", defaults.keep), "log.keep"),
+    )
 
 
 def _parse_camera(table: Any, base_dir: str) -> CameraSettings:
@@ -276,6 +297,10 @@ def _parse_cluster(table: Any) -> ClusterSettings:
             "cluster.election_timeout_ms",
         ),
         heartbeat_ms=parse_int(table.get("heartbeat_ms", defaults.heartbeat_ms), "cluster.heartbeat_ms"),
+        ready_lag=parse_int(table.get("ready_lag", defaults.ready_lag), "cluster.ready_lag", minimum=0),
+        min_free_disk_mb=parse_int(
+            table.get("min_free_disk_mb", defaults.min_free_disk_mb), "cluster.min_free_disk_mb", minimum=0
+        ),
         max_message_bytes=parse_int(
             table.get("max_message_bytes", defaults.max_message_bytes),
             "cluster.max_message_bytes",
@@ -369,8 +394,9 @@ def apply_overrides(config: Config, flags: dict[str, Any]) -> Config:
         if flags.get(name) is not None:
             camera = replace(camera, **{name: parse(flags[name], "--" + name.replace("_", "-"))})
     cluster = config.cluster
-    minimums = {"max_message_bytes": 1024, "snapshot_margin": 0}
-    for name in ("election_timeout_ms", "heartbeat_ms", "max_message_bytes", "snapshot_entries", "snapshot_margin"):
+    minimums = {"max_message_bytes": 1024, "snapshot_margin": 0, "ready_lag": 0, "min_free_disk_mb": 0}
+    for name in ("election_timeout_ms", "heartbeat_ms", "max_message_bytes", "snapshot_entries", "snapshot_margin",
+                 "ready_lag", "min_free_disk_mb"):  # fmt: skip
         value = flags.get(name)
         if value is not None:
             flag = "--" + name.replace("_", "-")
@@ -384,7 +410,13 @@ def apply_overrides(config: Config, flags: dict[str, Any]) -> Config:
     for name in ("tls_ca", "tls_cert", "tls_key"):  # the camera's own
         if flags.get(name) is not None:
             camera = replace(camera, **{name: parse_path(flags[name], "--" + name.replace("_", "-"))})
-    return replace(config, cluster=cluster, camera=camera, members=members, tls=_tls_overrides(config.tls, flags))
+    log = config.log
+    if flags.get("log_max_mb") is not None:
+        log = replace(log, max_mb=parse_float(flags["log_max_mb"], "--log-max-mb"))
+    if flags.get("log_keep") is not None:
+        log = replace(log, keep=parse_int(flags["log_keep"], "--log-keep"))
+    tls = _tls_overrides(config.tls, flags)
+    return replace(config, cluster=cluster, camera=camera, members=members, tls=tls, log=log)
 
 
 def _tls_overrides(tls: TlsSettings | None, flags: dict[str, Any]) -> TlsSettings | None:

@@ -3,14 +3,16 @@
     parkctl [--cluster HOST:PORT,... | --config FILE] [--json] status | lots | cameras
     parkctl ... add-node [--no-wait] ID RAFT CLIENT HTTP | remove-node ID | transfer-leader [ID]
     parkctl pki init DIR | issue DIR node|camera|operator ... | revoke DIR IDENTITY   (parkd.trust.cli)
+    parkctl ... camera list | camera disable ID | camera enable ID
 
 Where the cluster is: ``--cluster`` (HTTP addresses), else ``--config`` (the
 ``http`` address of every ``[[node]]``), else ``$PARKD_CLUSTER``, else
 ``etc/parkd.toml`` if it exists.  Any reachable node will do: reads are
 linearizable on every node, and a node that cannot answer (503: no leader it
 can reach) is left for the leader it names, then for the next address.
-Membership changes and leadership transfer are POSTs to ``/api/v1/admin/...``
-on the leader: a follower answers 421 naming the leader, and parkctl follows.
+Membership changes, leadership transfer and the camera registry are POSTs to
+``/api/v1/admin/...`` on the leader: a follower answers 421 naming the leader,
+and parkctl follows.
 
 Exit status: 0 success, 1 the cluster refused or could not answer, 2 usage
 error; failures print one line on stderr, never a traceback.
@@ -33,7 +35,8 @@ from parkd.trust.cli import add_pki_commands, run_pki
 DEFAULT_CONFIG = os.path.join("etc", "parkd.toml")
 ENV_CLUSTER = "PARKD_CLUSTER"
 ENV_CA, ENV_CERT, ENV_KEY = "PARKD_TLS_CA", "PARKD_CERT", "PARKD_KEY"
-DEFAULT_CHANGE_TIMEOUT = 30.0  # seconds a membership change or transfer may take
+DEFAULT_CHANGE_TIMEOUT = 30.0  # seconds a membership change, transfer or registry change may take
+MAX_CAMERA_ID = (1 << 32) - 1
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
 
@@ -94,6 +97,32 @@ def cmd_cameras(args, cluster: ClusterClient, out) -> int:
 
     headers = ["CAMERA", "LOT", "FREE", "LAST SEQ", "LAST SEEN", "STATUS"]
     return show(args, cluster.read("/api/v1/cameras"), out, headers, rows)
+
+
+def cmd_camera(args, cluster: ClusterClient, out) -> int:
+    """``camera list | disable ID | enable ID``: the camera registry (CONTRACT §9)."""
+    if args.camera_command == "list":
+
+        def rows(doc, now):
+            return [
+                [c["camera_id"], c["lot"], "yes" if c["enabled"] else "no (disabled)", c["incarnation"], c["free"],
+                 c["last_seq"], when(c["last_seen"], now), c["status"]]
+                for c in doc["cameras"]
+            ]  # fmt: skip
+
+        headers = ["CAMERA", "LOT", "ENABLED", "INCARNATION", "FREE", "LAST SEQ", "LAST SEEN", "STATUS"]
+        return show(args, cluster.read("/api/v1/cameras"), out, headers, rows)
+    enable = args.camera_command == "enable"
+    path = "/api/v1/admin/camera-enable" if enable else "/api/v1/admin/camera-disable"
+    doc = cluster.change(path, {"id": args.id, "timeout": args.timeout}, args.timeout)
+    if args.json:
+        print(json.dumps(doc, indent=2), file=out)
+    elif enable:
+        print(f"camera {args.id} enabled (index {doc['index']}): it sends the frames it kept", file=out)
+    else:
+        print(f"camera {args.id} disabled (index {doc['index']}): its frames are refused and kept in its outbox "
+              f"until `parkctl camera enable {args.id}`", file=out)  # fmt: skip
+    return EXIT_OK
 
 
 def status_document(views: dict[str, dict | NodeError]) -> dict:
@@ -214,8 +243,9 @@ COMMANDS = {
     "add-node": cmd_add_node,
     "remove-node": cmd_remove_node,
     "transfer-leader": cmd_transfer_leader,
+    "camera": cmd_camera,
 }
-ADMIN_COMMANDS = ("add-node", "remove-node", "transfer-leader")
+ADMIN_COMMANDS = ("add-node", "remove-node", "transfer-leader", "camera disable", "camera enable")
 
 
 # ------------------------------------------------------------------ command line
@@ -237,8 +267,8 @@ def _common(parser, suppress: bool) -> None:
     parser.add_argument("--json", action="store_true", default=default(False), help="print JSON for scripts")
     parser.add_argument(
         "--timeout", type=float, metavar="SECONDS", default=default(None),
-        help=f"per-request timeout (default {DEFAULT_TIMEOUT:g}); for add-node, remove-node and transfer-leader "
-        f"how long the change may take (default {DEFAULT_CHANGE_TIMEOUT:g})",
+        help=f"per-request timeout (default {DEFAULT_TIMEOUT:g}); for add-node, remove-node, transfer-leader and "
+        f"camera disable/enable how long the change may take (default {DEFAULT_CHANGE_TIMEOUT:g})",
     )  # fmt: skip
     parser.add_argument("--tls-ca", metavar="FILE", default=default(None),
                         help=f"the cluster's CA certificate: talk HTTPS (default ${ENV_CA}, else the config's [tls] ca)")
@@ -288,8 +318,28 @@ def parser() -> argparse.ArgumentParser:
     transfer.add_argument("id", type=_node_id, nargs="?")
     for p in (add, remove, transfer):
         _common(p, suppress=True)
+    camera = sub.add_parser(
+        "camera", help="the camera registry: list, disable or enable cameras",
+        description="List the cameras with their incarnation and whether they are enabled, or disable / enable "
+        "one through the Raft log. A disabled camera's frames are refused; it keeps them and sends them once "
+        "enabled (to shut a camera out for good, revoke its certificate).",
+    )  # fmt: skip
+    _common(camera, suppress=True)
+    cameras = camera.add_subparsers(dest="camera_command", metavar="list|disable|enable", parser_class=_Parser)
+    cameras.required = True
+    _common(cameras.add_parser("list", help="cameras, enabled or not, and their incarnation"), suppress=True)
+    for name, text in (("disable", "refuse the camera's frames until enabled"), ("enable", "accept them again")):
+        command = cameras.add_parser(name, help=text, description=f"{name.capitalize()} camera ID: {text}.")
+        command.add_argument("id", type=_camera_id)
+        _common(command, suppress=True)
     add_pki_commands(sub)
     return top
+
+
+def _camera_id(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) <= MAX_CAMERA_ID:
+        raise argparse.ArgumentTypeError(f"invalid camera id {text!r} (a whole number in 1..{MAX_CAMERA_ID})")
+    return int(text)
 
 
 def _node_id(text: str) -> int:
@@ -361,7 +411,8 @@ def main(argv=None, out=None, err=None, environ=None) -> int:
         if args.command == "pki":  # local files only: no cluster
             return run_pki(args, out, err)
         if args.timeout is None:
-            args.timeout = DEFAULT_CHANGE_TIMEOUT if args.command in ADMIN_COMMANDS else DEFAULT_TIMEOUT
+            command = " ".join(filter(None, (args.command, getattr(args, "camera_command", None))))
+            args.timeout = DEFAULT_CHANGE_TIMEOUT if command in ADMIN_COMMANDS else DEFAULT_TIMEOUT
         if args.timeout <= 0:
             raise UsageError("--timeout must be positive")
         addresses, config_ca = find_cluster(args, environ)

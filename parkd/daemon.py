@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import resource
 import signal
 import sys
@@ -11,6 +10,7 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger, globalLogPublisher, jsonFileLogObserver
+from twisted.python.logfile import LogFile
 from twisted.python.failure import Failure
 
 from parkd.config import ConfigError
@@ -32,17 +32,24 @@ class OrderedServices(service.MultiService):
 
 
 class JsonLogService(service.Service):
-    """Copies every log event to a file as JSON (CONTRACT §8, ``--log-json``)."""
+    """Copies every log event to a file as JSON (CONTRACT §8, ``--log-json``).
 
-    def __init__(self, path: str):
+    The file is rotated once it passes ``max_bytes`` (``FILE.1`` … ``FILE.<keep>``,
+    the oldest deleted) and reopened by :meth:`reopen` (SIGUSR1, for logrotate's
+    ``postrotate``), so it stays bounded whatever the frame rate.
+    """
+
+    def __init__(self, path: str, max_bytes: int = 100 << 20, keep: int = 5):
         self.path = path
-        self._file: io.TextIOBase | None = None
+        self.max_bytes = max_bytes
+        self.keep = keep
+        self._file: LogFile | None = None
         self._observer = None
 
     def startService(self) -> None:
         try:
             # Line-buffered: events survive a kill -9 of the daemon (tests read them).
-            self._file = open(self.path, "a", encoding="utf-8", buffering=1)
+            self._file = LogFile.fromFullPath(self.path, rotateLength=self.max_bytes, maxRotatedFiles=self.keep)
         except OSError as e:
             raise ConfigError(f"--log-json: cannot open {self.path!r}: {e.strerror}") from None
         self._observer = jsonFileLogObserver(self._file)
@@ -61,23 +68,40 @@ class JsonLogService(service.Service):
             self._file = None
 
 
-class ReloadOnHangup(service.Service):
-    """SIGHUP calls ``reload`` on the reactor thread (certificate rotation, CONTRACT §9)."""
+    def reopen(self) -> None:
+        """Reopen the file by name (after logrotate moved it away)."""
+        if self._file is not None:
+            self._file.reopen()
 
-    def __init__(self, reload, reactor):
-        self.reload = reload
+
+class OnSignal(service.Service):
+    """A signal calls ``callback`` on the reactor thread: SIGHUP reloads certificates
+    (CONTRACT §9), SIGUSR1 reopens the JSON log (logrotate)."""
+
+    def __init__(self, signum: int, callback, reactor):
+        self.signum = signum
+        self.callback = callback
         self.reactor = reactor
         self._previous = None
 
     def startService(self) -> None:
         super().startService()
-        self._previous = signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
+        self._previous = signal.signal(self.signum, lambda *_: self.reactor.callFromThread(self.callback))
 
     def stopService(self) -> None:
         super().stopService()
         if self._previous is not None:
-            signal.signal(signal.SIGHUP, self._previous)
+            signal.signal(self.signum, self._previous)
             self._previous = None
+
+
+def logging_services(top: service.MultiService, settings, reactor) -> None:
+    """The JSON log of ``--log-json`` (bounded, reopened on SIGUSR1), first in ``top``."""
+    if settings.log_json:
+        log = settings.config.log
+        json_log = JsonLogService(settings.log_json, int(log.max_mb * (1 << 20)), log.keep)
+        json_log.setServiceParent(top)
+        OnSignal(signal.SIGUSR1, json_log.reopen, reactor).setServiceParent(top)
 
 
 def listen_now(reactor, description: str, factory, what: str):

@@ -6,7 +6,8 @@ tables in one file.  :func:`open_engine` builds the one Engine they share (WAL,
 :func:`unsynced_transaction` is a transaction whose commit skips the fsync;
 :func:`ensure_schema` creates a component's tables, versions them and runs its
 upgraders; :class:`DriverStatement` runs a Core statement compiled once; every
-database failure surfaces as :class:`StorageError` (:func:`storage_errors`).
+database failure surfaces as :class:`StorageError` (:func:`storage_errors`), and
+:func:`is_disk_full` tells a full disk from other failures.
 
 No component's tables are defined here, and nothing here knows Raft or parking.
 """
@@ -14,6 +15,7 @@ No component's tables are defined here, and nothing here knows Raft or parking.
 from __future__ import annotations
 
 import contextlib
+import errno
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
@@ -34,6 +36,25 @@ def storage_errors(what: str) -> Iterator[None]:
         yield
     except (sa.exc.SQLAlchemyError, sqlite3.Error) as exc:
         raise StorageError(f"{what} failed: {exc}") from exc
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error``, or an exception it was raised from, says the disk is full.
+
+    SQLite reports a write that found no space as ``SQLITE_FULL`` (and rolls the
+    transaction back); a plain file write as ``ENOSPC`` or ``EDQUOT``.  Every
+    other failure (corruption, an I/O error) is something else.
+    """
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, sqlite3.Error) and getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            return True
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        orig = getattr(error, "orig", None)  # SQLAlchemy's DBAPIError wraps the driver's exception
+        error = orig if isinstance(orig, BaseException) else (error.__cause__ or error.__context__)
+    return False
 
 
 def open_engine(path_or_url: str) -> sa.Engine:
@@ -83,6 +104,26 @@ def unsynced_transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
                 yield conn
         finally:
             raw.execute("PRAGMA synchronous=FULL")
+
+
+# -- unsigned 64-bit values ----------------------------------------------------------------
+
+_U64 = 1 << 64
+_I64_LIMIT = 1 << 63
+
+
+def u64_to_sqlite(value: int) -> int:
+    """An unsigned 64-bit value as the signed integer SQLite stores (the same 64 bits).
+
+    SQLite integers are signed 64-bit; values of 2**63 and above would overflow.
+    Only equality survives the mapping, not order.
+    """
+    return value - _U64 if value >= _I64_LIMIT else value
+
+
+def u64_from_sqlite(value: int) -> int:
+    """The unsigned value of a stored one (inverse of :func:`u64_to_sqlite`)."""
+    return value + _U64 if value < 0 else value
 
 
 # -- schema versions ------------------------------------------------------------------------
@@ -136,6 +177,26 @@ def ensure_schema(
             f"{component} schema version {found} in the database is newer than this parkd's "
             f"({version}); it was written by a newer parkd"
         )
+    upgrade(conn, metadata, component, found, version, upgraders)
+    if found != version:
+        conn.execute(_versions.update().where(_versions.c.component == component).values(version=version))
+
+
+def upgrade(
+    conn: sa.Connection,
+    metadata: sa.MetaData,
+    component: str,
+    found: int,
+    version: int,
+    upgraders: Mapping[int, Upgrader] | None = None,
+) -> None:
+    """Turn ``component``'s tables from layout ``found`` into ``version`` (see :func:`ensure_schema`).
+
+    Runs ``upgraders[v]`` for every ``v`` from ``found`` to ``version - 1``, then
+    creates any table of ``metadata`` still missing; records no version (the
+    caller does).  Also for copies of tables outside a node's database (an old
+    snapshot file).  StorageError when some step has no upgrader.
+    """
     steps = upgraders or {}
     missing = [v for v in range(found, version) if v not in steps]
     if missing:
@@ -146,8 +207,6 @@ def ensure_schema(
     for step in range(found, version):
         steps[step](conn)
     metadata.create_all(conn)
-    if found != version:
-        conn.execute(_versions.update().where(_versions.c.component == component).values(version=version))
 
 
 # -- statements for the hot paths ----------------------------------------------------------------

@@ -9,6 +9,7 @@ and listeners are opened in ``startService`` (twistd may fork after
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
 
 from twisted.application import service
@@ -93,6 +94,9 @@ class NodeOptions(_ConfigOptions):
         ["snapshot-entries", None, None, "Snapshot once the applied log holds this many entries [default: 100000]."],
         ["snapshot-margin", None, None, "Log entries kept below a snapshot for lagging followers [default: 10000]."],
         ["history-hours", None, None, "Hours of frame history kept (current values are kept) [default: 24]."],
+        ["ready-lag", None, None, "/readyz: most entries applied behind the leader's commit index [default: 1000]."],
+        ["min-free-disk-mb", None, None, "Free MiB on the data dir's filesystem below which the node raises "
+                                         "the nospace alarm and refuses new frames; 0: off [default: 256]."],
         ["tls-ca", None, None, "CA certificate of the cluster [default: [tls].ca]."],
         ["tls-cert", None, None, "This node's certificate; {id} expands [default: [tls].cert]."],
         ["tls-key", None, None, "This node's key; {id} expands [default: [tls].key]."],
@@ -100,6 +104,8 @@ class NodeOptions(_ConfigOptions):
         ["public-reads", None, None, "true: reads need no client certificate; false: any of the CA [default: true]."],
         ["tls-handshake-timeout", None, None, "Seconds before an unfinished TLS handshake is cut [default: 10]."],
         ["log-json", None, None, "Also write every log event to FILE as JSON lines."],
+        ["log-max-mb", None, None, "Rotate the JSON log at this size in MiB [default: [log].max_mb, 100]."],
+        ["log-keep", None, None, "Rotated JSON logs kept (FILE.1 ...) [default: [log].keep, 5]."],
     ]
     optFlags = [
         ["insecure", None, "Run without TLS (plaintext on every port); logs a warning. Only without a [tls] table."],
@@ -175,6 +181,8 @@ class CameraOptions(_ConfigOptions):
         ["tls-cert", None, None, "This camera's certificate [default: camera-ID.pem next to the CA]."],
         ["tls-key", None, None, "This camera's key [default: camera-ID.key next to the CA]."],
         ["log-json", None, None, "Also write every log event to FILE as JSON lines."],
+        ["log-max-mb", None, None, "Rotate the JSON log at this size in MiB [default: [log].max_mb, 100]."],
+        ["log-keep", None, None, "Rotated JSON logs kept (FILE.1 ...) [default: [log].keep, 5]."],
     ]
     optFlags = [
         ["insecure", None, "Talk plaintext to the nodes (only for a cluster whose config says insecure = true)."],
@@ -250,15 +258,14 @@ def makeService(options: Options, reactor=None) -> service.IService:
 
 def build_node_service(settings: NodeSettings, reactor) -> service.MultiService:
     """The JSON log, the node, then its HTTP port (stopped in reverse order)."""
-    from parkd.daemon import JsonLogService, OrderedServices, ReloadOnHangup
+    from parkd.daemon import OnSignal, OrderedServices, logging_services
     from parkd.http.site import HttpService
     from parkd.node.service import NodeService
 
     top = OrderedServices()
-    if settings.log_json:
-        JsonLogService(settings.log_json).setServiceParent(top)
+    logging_services(top, settings, reactor)
     node = NodeService(settings, reactor)
     node.setServiceParent(top)
     HttpService(node, settings.listen_http).setServiceParent(top)
-    ReloadOnHangup(node.reload_tls, reactor).setServiceParent(top)
+    OnSignal(signal.SIGHUP, node.reload_tls, reactor).setServiceParent(top)
     return top

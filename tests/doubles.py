@@ -1,9 +1,10 @@
 """Test doubles for the node's collaborators (imported as ``doubles``).
 
-- :class:`Proposals` stands in for the Raft driver in client-port tests: it takes
-  proposals (or raises NotLeader), commits them when the test says so by applying
-  them to a real ParkingState, and tells subscribers through the same
-  ``EntriesApplied`` events the driver publishes.
+- :class:`Proposals` stands in for the Raft driver in client-port and registry
+  tests: it takes proposals (or raises NotLeader), commits them when the test says
+  so by applying them to a real ParkingState, and tells subscribers through the
+  same ``EntriesApplied`` events the driver publishes; it shows the driver's role,
+  term and last index.
 - :class:`InlineThread` stands in for the node's snapshot thread on a fake
   reactor: it runs the work at once.
 """
@@ -24,7 +25,22 @@ class Proposals:
         self.pending: list[bytes] = []  # proposed, not yet committed
         self.all: list[bytes] = []
         self.index = 0
+        self.node_id = 1
+        self.term = 1
         self._observers = []
+
+    # The driver's read-only view, as far as proposing parts ask it.
+    @property
+    def role(self) -> Role:
+        return Role.LEADER if self.leader else Role.FOLLOWER
+
+    @property
+    def leader_id(self) -> int | None:
+        return self.node_id if self.leader else None
+
+    @property
+    def last_index(self) -> int:
+        return self.index + len(self.pending)
 
     def subscribe(self, observer, *kinds):
         self._observers.append((kinds, observer))
@@ -53,7 +69,7 @@ class Proposals:
         entries = []
         for data in self.pending:
             self.index += 1
-            entries.append(Entry(self.index, 1, data=data))
+            entries.append(Entry(self.index, self.term, data=data))
         self.pending = []
         self._publish(EntriesApplied(tuple(entries), state.apply(entries), self.index))
 

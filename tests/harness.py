@@ -7,9 +7,11 @@ were told against what every node applied.
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 
+from parkd import ctl
 from parkd.chaos import checker
 from parkd.config import load_config
 from parkd.launcher import Timeout, camera_daemon, get_json, node_daemon, wait_for, wait_listening, write_config
@@ -106,6 +108,20 @@ class Cluster:
 
     # ------------------------------------------------------------ HTTP
 
+    def operator_env(self) -> dict[str, str]:
+        """The environment that gives parkctl the test PKI's operator certificate (empty without TLS)."""
+        if self.config.tls is None:
+            return {}
+        pki = os.path.dirname(self.config.tls.ca)
+        return {"PARKD_CERT": os.path.join(pki, "operator-admin.pem"), "PARKD_KEY": os.path.join(pki, "operator-admin.key")}
+
+    def parkctl(self, *args) -> str:
+        """Run ``parkctl --config <this cluster> ARGS`` as the test operator; its output (it must succeed)."""
+        out, err = io.StringIO(), io.StringIO()
+        code = ctl.main(["--config", self.config_path, *map(str, args)], out=out, err=err, environ=self.operator_env())
+        assert code == 0, err.getvalue()
+        return out.getvalue()
+
     def get(self, node_id, path, timeout=2.0):
         """GET a JSON document from a node's HTTP port (HTTPS with TLS), or None if it does not answer."""
         return get_json(self.config, node_id, path, timeout)
@@ -136,13 +152,13 @@ class Cluster:
         return os.path.join(self.workdir, f"node-{node_id}", "node.db")
 
     def acked(self):
-        """{(camera_id, seq): (index, free)} from every camera's frame_acked events."""
+        """{(camera_id, incarnation, seq): (index, free)} from every camera's frame_acked events."""
         evidence = checker.collect([c.json_path for c in self.cameras.values()], {}, {})
         assert evidence.conflicting_acks == []
         return evidence.acked
 
     def applied(self, node_id):
-        """{(camera_id, seq): (index, free)} from the node's database."""
+        """{(camera_id, incarnation, seq): (index, free)} from the node's database."""
         return checker.read_frames(self.db_path(node_id))
 
     def wait_acks(self, count, since=0, timeout=30.0):

@@ -438,3 +438,70 @@ def test_the_installed_script(nodes):
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     done = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0 and "status" in done.stdout and "PARKD_CLUSTER" in done.stdout
+
+
+# ------------------------------------------------------------------ the camera registry
+
+DISABLE = "/api/v1/admin/camera-disable"
+ENABLE = "/api/v1/admin/camera-enable"
+REGISTRY = {"cameras": [
+    {"camera_id": 7, "lot": "north", "free": 41, "last_seq": 12, "last_seen": 1_700_000_000.0, "status": "stale",
+     "incarnation": 2**64 - 1, "enabled": False},
+    {"camera_id": 8, "lot": "south", "free": 3, "last_seq": 2, "last_seen": 1_700_000_000.0, "status": "stale",
+     "incarnation": 0, "enabled": True},
+]}  # fmt: skip
+
+
+def test_camera_list_shows_enabled_and_the_incarnation(nodes):
+    (a,) = nodes(1)
+    a.routes["/api/v1/cameras"] = (200, REGISTRY)
+    code, out, _ = run("--cluster", a.address, "camera", "list")
+    assert code == 0
+    header, disabled, enabled = out.splitlines()
+    assert header.split()[:4] == ["CAMERA", "LOT", "ENABLED", "INCARNATION"]
+    assert disabled.split()[:5] == ["7", "north", "no", "(disabled)", str(2**64 - 1)]  # exact, all 20 digits
+    assert enabled.split()[:4] == ["8", "south", "yes", "0"]
+    code, out, _ = run("--cluster", a.address, "camera", "list", "--json")
+    assert json.loads(out) == REGISTRY
+
+
+def test_camera_disable_and_enable_follow_the_leader_and_say_what_happens(nodes):
+    follower, leader = nodes(2)
+    follower.routes[DISABLE] = not_leader(1, leader.address)
+    leader.routes[DISABLE] = (200, {"camera_id": 7, "enabled": False, "index": 42})
+    leader.routes[ENABLE] = (200, {"camera_id": 7, "enabled": True, "index": 43})
+    code, out, err = run("--cluster", follower.address, "camera", "disable", "7")
+    assert (code, err) == (0, "")
+    assert out == ("camera 7 disabled (index 42): its frames are refused and kept in its outbox until "
+                   "`parkctl camera enable 7`\n")  # fmt: skip
+    assert leader.posted == [(DISABLE, "application/json", {"id": 7, "timeout": 30.0})]
+    code, out, _ = run("--cluster", leader.address, "--timeout", "4", "camera", "enable", "7")
+    assert out == "camera 7 enabled (index 43): it sends the frames it kept\n"
+    assert leader.posted[-1] == (ENABLE, "application/json", {"id": 7, "timeout": 4.0})
+    code, out, _ = run("--cluster", leader.address, "camera", "enable", "7", "--json")
+    assert json.loads(out) == {"camera_id": 7, "enabled": True, "index": 43}
+
+
+def test_camera_disable_of_an_unknown_camera_is_exit_1(nodes):
+    (leader,) = nodes(1)
+    leader.routes[DISABLE] = (404, {"error": "camera 9 has sent no frame to this cluster"})
+    assert run("--cluster", leader.address, "camera", "disable", "9") == (
+        1, "", "parkctl: camera 9 has sent no frame to this cluster\n"
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (("camera",), "the following arguments are required: list|disable|enable"),
+        (("camera", "disable"), "the following arguments are required: id"),
+        (("camera", "disable", "0"), "invalid camera id '0'"),
+        (("camera", "enable", "4294967296"), "invalid camera id '4294967296'"),
+        (("camera", "pause", "7"), "invalid choice: 'pause'"),
+    ],
+)
+def test_camera_usage_errors_are_exit_2(nodes, argv, message):
+    (a,) = nodes(1)
+    code, out, err = run("--cluster", a.address, *argv)
+    assert (code, out) == (2, "") and message in err and err.count("\n") == 1
+    assert a.asked == []

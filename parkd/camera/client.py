@@ -1,6 +1,7 @@
 """The camera's connection to the cluster: send, wait for acks, fail over.
 
-One connection at a time, to any node.  Unacknowledged frames are sent in seq
+One connection at a time, to any node.  ``Hello`` names the camera, its lot and
+its incarnation (the outbox's, CONTRACT §9).  Unacknowledged frames are sent in seq
 order, at most ``window`` in flight; an ack deletes the frame from the outbox
 and logs ``frame_acked``.  Over TLS the camera says Hello and sends frames
 once the handshake is done: the ack timeout counts from there, so a node slow
@@ -11,6 +12,12 @@ that does not finish is cut by the TLS layer's deadline.  A disconnect, an ack t
 other, at random: a dead node's cameras spread over the rest) after a
 jittered exponential backoff; a ``Redirect`` names the node to try next.  The
 camera never gives up.
+
+An ``Error`` about a frame drops it from the outbox (the cluster refused it for
+good), except ``PERMISSION_DENIED``: an operator disabled the camera, which pauses
+it.  The frame stays in the outbox, the camera leaves the connection and tries
+again with the same backoff (the node refuses its ``Hello`` while it is
+disabled); once enabled, the outbox drains in seq order and exactly once.
 """
 
 from __future__ import annotations
@@ -112,6 +119,7 @@ class CameraClient:
         """``connect(address, proto)``: open a connection (default: through ``endpoint(address)``, a client
         endpoint to a node, HostnameEndpoint by default, wrapped in TLS when ``trust`` is given)."""
         self.camera_id, self.lot, self.outbox = camera_id, lot, outbox
+        self.incarnation: int = outbox.incarnation
         self.cluster = cluster
         self.reactor = reactor
         self.clock = reactor  # EnvelopeProtocol.reject finds its clock on the factory
@@ -134,6 +142,7 @@ class CameraClient:
         self._timer = None
         self.acked = 0
         self.events = events
+        self.paused = False  # refused with PERMISSION_DENIED (disabled) since the last ack
 
     # ------------------------------------------------------------ lifecycle
 
@@ -207,7 +216,8 @@ class CameraClient:
 
     def _greet(self, proto: CameraConnection) -> None:
         proto.greeted = True
-        proto.sendEnvelope(pb.Envelope(hello=pb.Hello(camera_id=self.camera_id, lot=self.lot)))
+        hello = pb.Hello(camera_id=self.camera_id, lot=self.lot, incarnation=self.incarnation)
+        proto.sendEnvelope(pb.Envelope(hello=hello))
         self.pump()
 
     def disconnected(self, proto: CameraConnection, reason) -> None:
@@ -270,12 +280,17 @@ class CameraClient:
                 "parkd.camera", "camera {camera_id} frame {seq} acked: index {index}, {free} free",
                 parkd_event="frame_acked",
                 camera_id=self.camera_id,
+                incarnation=self.incarnation,
                 seq=ack.seq,
                 index=ack.index,
                 free=ack.free,
                 captured_at=captured_at,
                 latency_ms=None if sent_at is None else round((self.reactor.seconds() - sent_at) * 1000, 3),
             )
+        if self.paused:
+            self.paused = False
+            self.log.info("camera {camera_id} is enabled again: sending its {pending} waiting frames",
+                          camera_id=self.camera_id, pending=len(self.outbox.pending()))  # fmt: skip
         self.backoff.reset()
         self.pump()
 
@@ -301,7 +316,9 @@ class CameraClient:
 
     def on_error(self, proto, error) -> None:
         code = pb.Error.Code.Name(error.code)
-        if error.seq and self.outbox.discard(error.seq):
+        if error.code == pb.Error.PERMISSION_DENIED:
+            self._paused(proto, error)
+        elif error.seq and self.outbox.discard(error.seq):
             self.in_flight.pop(error.seq, None)
             self.log.error(
                 "camera {camera_id}: frame {seq} refused ({code}: {message}); dropped",
@@ -311,3 +328,15 @@ class CameraClient:
         else:
             self.log.error("camera {camera_id}: node error {code}: {message}",
                            camera_id=self.camera_id, code=code, message=error.message)
+
+    def _paused(self, proto, error) -> None:
+        """Disabled by an operator: keep every frame, leave, and retry with backoff."""
+        if proto.leaving:
+            return
+        if not self.paused:
+            self.paused = True
+            self.log.warn(
+                "camera {camera_id} is refused by the cluster ({message}); keeping its frames and retrying",
+                camera_id=self.camera_id, message=error.message,
+            )  # fmt: skip
+        self._drop_connection("refused (PERMISSION_DENIED)")

@@ -52,7 +52,7 @@ from twisted.internet.protocol import ClientFactory, Protocol
 from zope.interface import implementer
 
 from parkd.camera.client import CameraClient
-from parkd.camera.outbox import Frame
+from parkd.camera.outbox import Frame, new_incarnation
 from parkd.config import parse_cluster_addresses
 from parkd.daemon import raise_file_limit
 from parkd.ratelimit import RateLimitedLog
@@ -63,10 +63,15 @@ LAG_PROBE = 0.05  # seconds between two probes of the generator's own event-loop
 
 
 class MemoryOutbox:
-    """The Outbox interface without a disk (benchmarks only)."""
+    """The Outbox interface without a disk (benchmarks only).
 
-    def __init__(self, on_ack, on_discard=None):
+    Each one is a new state dir, so it has a new incarnation (CONTRACT §9): a run
+    that starts its cameras at seq 1 again is not taken for a retry of an earlier run.
+    """
+
+    def __init__(self, on_ack, on_discard=None, rng: random.Random | None = None):
         self.client = None  # the CameraClient sending from this outbox
+        self.incarnation = new_incarnation(rng or random.SystemRandom())
         self.frames: OrderedDict[int, Frame] = OrderedDict()
         self.next_seq = 1
         self.on_ack = on_ack

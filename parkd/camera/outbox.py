@@ -1,14 +1,22 @@
-"""The camera's durable outbox: frames not yet acknowledged, and the next seq.
+"""The camera's durable outbox: frames not yet acknowledged, the next seq, the incarnation.
 
 A frame is stored (``synchronous=FULL``) before it is sent, and deleted only
 when a node acknowledges it, so a camera that crashes re-sends what was never
 acknowledged; ``next_seq`` lives in the same database, so sequence numbers are
 never reused across restarts (CONTRACT §5).
+
+The **incarnation** (CONTRACT §9) is a random nonzero 64-bit number made with the
+state dir and kept with it: the cluster's exactly-once is per ``(camera_id,
+incarnation, seq)``, so a camera whose state dir was lost or replaced starts
+again at seq 1 as a new incarnation instead of being taken for a retry of its
+old frames.  A state dir made before incarnations existed keeps incarnation 0,
+the one its frames already in the cluster belong to.
 """
 
 from __future__ import annotations
 
 import os
+import random
 from dataclasses import dataclass
 
 from sqlalchemy import (
@@ -28,6 +36,8 @@ from sqlalchemy import (
     update,
 )
 
+from parkd.db import u64_from_sqlite, u64_to_sqlite
+
 metadata = MetaData()
 meta = Table("meta", metadata, Column("key", String, primary_key=True), Column("value", Integer, nullable=False))
 frames = Table(
@@ -46,19 +56,37 @@ class Frame:
     payload: bytes
 
 
-class Outbox:
-    """SQLite outbox holding at most ``limit`` unacknowledged frames."""
+def new_incarnation(rng: random.Random) -> int:
+    """A random nonzero 64-bit incarnation (0 is the incarnation of state dirs made before them)."""
+    while True:
+        incarnation = rng.getrandbits(64)
+        if incarnation:
+            return incarnation
 
-    def __init__(self, path: str, limit: int):
+
+class Outbox:
+    """SQLite outbox holding at most ``limit`` unacknowledged frames.
+
+    ``rng`` makes a new state dir's incarnation (default: the operating system's
+    randomness, so that two state dirs never share one).
+    """
+
+    def __init__(self, path: str, limit: int, rng: random.Random | None = None):
         self.limit = limit
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self.engine = create_engine(f"sqlite:///{path}")
         event.listen(self.engine, "connect", _pragmas)
         metadata.create_all(self.engine)
         with self.engine.begin() as conn:
+            made_before = _read(conn, "next_seq") is not None
+            if _read(conn, "incarnation") is None:
+                # Made now: a new incarnation.  Made by the code before incarnations: 0.
+                made = 0 if made_before else new_incarnation(rng or random.SystemRandom())
+                conn.execute(insert(meta).values(key="incarnation", value=u64_to_sqlite(made)))
             for key in ("next_seq", "dropped"):
-                if conn.execute(select(meta.c.value).where(meta.c.key == key)).first() is None:
+                if _read(conn, key) is None:
                     conn.execute(insert(meta).values(key=key, value=1 if key == "next_seq" else 0))
+            self.incarnation: int = u64_from_sqlite(_read(conn, "incarnation"))
 
     def add(self, payload: bytes, captured_at: float) -> tuple[Frame, int]:
         """Store a new frame with the next seq; returns it and how many old frames were dropped."""
@@ -101,6 +129,10 @@ class Outbox:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _read(conn, key: str) -> int | None:
+    return conn.execute(select(meta.c.value).where(meta.c.key == key)).scalar_one_or_none()
 
 
 def _pragmas(dbapi_connection, _record) -> None:

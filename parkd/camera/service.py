@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import string
 
 from twisted.application import service
@@ -11,7 +12,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from parkd.config import ConfigError
-from parkd.daemon import JsonLogService, OrderedServices, ReloadOnHangup, fail_on_config_error
+from parkd.daemon import OnSignal, OrderedServices, fail_on_config_error, logging_services
 from parkd.trust import Identity, Trust, TrustError
 
 PAYLOAD_ALPHABET = string.ascii_letters + string.digits
@@ -57,9 +58,10 @@ class CameraService(service.Service):
         )
         pending = self.outbox.pending()
         self.log.info(
-            "camera {camera_id} started: lot {lot}, every {interval}s, next seq {next_seq}, {pending} unacked",
+            "camera {camera_id} started: lot {lot}, every {interval}s, incarnation {incarnation}, "
+            "next seq {next_seq}, {pending} unacked",
             parkd_event="camera_started",
-            camera_id=s.camera_id, lot=s.lot, interval=s.interval,
+            camera_id=s.camera_id, lot=s.lot, interval=s.interval, incarnation=self.outbox.incarnation,
             next_seq=self.outbox.counter("next_seq"), pending=len(pending),
         )  # fmt: skip
         service.Service.startService(self)
@@ -114,9 +116,8 @@ class CameraService(service.Service):
 
 def build_camera_service(settings, reactor) -> service.MultiService:
     top = OrderedServices()
-    if settings.log_json:
-        JsonLogService(settings.log_json).setServiceParent(top)
+    logging_services(top, settings, reactor)
     camera = CameraService(settings, reactor)
     camera.setServiceParent(top)
-    ReloadOnHangup(camera.reload_tls, reactor).setServiceParent(top)
+    OnSignal(signal.SIGHUP, camera.reload_tls, reactor).setServiceParent(top)
     return top

@@ -4,6 +4,11 @@ Inputs are the daemons' JSON logs (CONTRACT §8: ``frame_acked`` on cameras,
 ``frame_applied`` and ``leader_elected`` on nodes) and each node's database
 after the run.  Every violation is reported with its evidence; the run is good
 only when there are none.
+
+Frames are keyed ``(camera_id, incarnation, seq)``, what exactly-once is per
+(CONTRACT §9); events of a release before incarnations count as incarnation 0.
+A camera's current value is that of the highest seq of its current incarnation,
+the one whose first frame came last in the log.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from dataclasses import dataclass, field
 
 from twisted.logger import eventsFromJSONLogFile
 
+from parkd.db import u64_from_sqlite
+
 
 def read_events(path: str, name: str) -> list[dict]:
     """The events with ``parkd_event == name`` from a JSON log (missing file: none)."""
@@ -24,29 +31,39 @@ def read_events(path: str, name: str) -> list[dict]:
         return [e for e in eventsFromJSONLogFile(f) if e.get("parkd_event") == name]
 
 
-def read_frames(db_path: str) -> dict[tuple[int, int], tuple[int, int]]:
-    """``{(camera_id, seq): (log index, free)}`` from a node's database."""
-    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10) as db:
-        rows = db.execute("SELECT camera_id, seq, log_index, free FROM frames").fetchall()
-    return {(c, s): (i, f) for c, s, i, f in rows}
+Key = tuple[int, int, int]  # (camera_id, incarnation, seq)
 
 
-def read_cameras(db_path: str) -> dict[int, tuple[int, int]]:
-    """``{camera_id: (last_seq, free)}``: each camera's current value on a node."""
+def read_frames(db_path: str) -> dict[Key, tuple[int, int]]:
+    """``{(camera_id, incarnation, seq): (log index, free)}`` from a node's database."""
     with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10) as db:
-        rows = db.execute("SELECT camera_id, last_seq, free FROM cameras").fetchall()
-    return {c: (s, f) for c, s, f in rows}
+        rows = db.execute("SELECT camera_id, incarnation, seq, log_index, free FROM frames").fetchall()
+    return {(c, u64_from_sqlite(n), s): (i, f) for c, n, s, i, f in rows}
+
+
+def read_cameras(db_path: str) -> dict[int, tuple[int, int, int]]:
+    """``{camera_id: (incarnation, last_seq, free)}``: each camera's current value on a node."""
+    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10) as db:
+        rows = db.execute(
+            "SELECT c.camera_id, c.incarnation, i.last_seq, i.free FROM cameras AS c JOIN incarnations AS i "
+            "ON i.camera_id = c.camera_id AND i.incarnation = c.incarnation"
+        ).fetchall()
+    return {c: (u64_from_sqlite(n), s, f) for c, n, s, f in rows}
+
+
+def event_key(event: dict) -> Key:
+    return (event["camera_id"], event.get("incarnation", 0), event["seq"])
 
 
 @dataclass
 class Evidence:
     """What one run left behind."""
 
-    acked: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
+    acked: dict[Key, tuple[int, int]] = field(default_factory=dict)
     applied_events: dict[int, list[dict]] = field(default_factory=dict)  # node -> frame_applied events
     leaders: list[dict] = field(default_factory=list)  # leader_elected events of all nodes
-    frames: dict[int, dict[tuple[int, int], tuple[int, int]]] = field(default_factory=dict)
-    cameras: dict[int, dict[int, tuple[int, int]]] = field(default_factory=dict)
+    frames: dict[int, dict[Key, tuple[int, int]]] = field(default_factory=dict)
+    cameras: dict[int, dict[int, tuple[int, int, int]]] = field(default_factory=dict)
     conflicting_acks: list[str] = field(default_factory=list)
 
 
@@ -54,7 +71,7 @@ def collect(camera_logs: list[str], node_logs: dict[int, str], node_dbs: dict[in
     evidence = Evidence()
     for path in camera_logs:
         for e in read_events(path, "frame_acked"):
-            key = (e["camera_id"], e["seq"])
+            key = event_key(e)
             result = (e["index"], e["free"])
             if evidence.acked.setdefault(key, result) != result:
                 evidence.conflicting_acks.append(f"{key} acked as {evidence.acked[key]} and as {result}")
@@ -93,9 +110,9 @@ def _acked_applied_everywhere(ev: Evidence) -> list[str]:
 def _applied_once(ev: Evidence) -> list[str]:
     out = []
     for node_id, events in ev.applied_events.items():
-        seen: dict[tuple[int, int], int] = {}
+        seen: dict[Key, int] = {}
         for e in events:
-            key = (e["camera_id"], e["seq"])
+            key = event_key(e)
             if key in seen and seen[key] != e["index"]:
                 out.append(f"node {node_id}: {key} applied twice, at {seen[key]} and {e['index']}")
             seen[key] = e["index"]
@@ -128,22 +145,33 @@ def _one_leader_per_term(ev: Evidence) -> list[str]:
 
 
 def _current_values(ev: Evidence) -> list[str]:
-    """A camera's current value is that of its highest applied seq, never below an acked one."""
+    """A camera's current value is that of the highest applied seq of its newest incarnation
+    (whose first frame came last in the log), never below an acked one of it."""
     out = []
-    highest_acked: dict[int, int] = {}
-    for camera_id, seq in ev.acked:
-        highest_acked[camera_id] = max(highest_acked.get(camera_id, 0), seq)
+    highest_acked: dict[tuple[int, int], int] = {}
+    for camera_id, incarnation, seq in ev.acked:
+        highest_acked[camera_id, incarnation] = max(highest_acked.get((camera_id, incarnation), 0), seq)
     for node_id, cameras in ev.cameras.items():
         frames = ev.frames[node_id]
-        for camera_id, (last_seq, free) in cameras.items():
-            top = max((s for c, s in frames if c == camera_id), default=0)
+        for camera_id, (incarnation, last_seq, free) in cameras.items():
+            first = {}  # incarnation -> the log index of its first frame
+            for (c, n, _), (index, _) in frames.items():
+                if c == camera_id:
+                    first[n] = min(first.get(n, index), index)
+            newest = max(first, key=first.get, default=incarnation)
+            if incarnation != newest:
+                out.append(f"node {node_id}: camera {camera_id} current incarnation {incarnation}, newest {newest}")
+                continue
+            top = max((s for c, n, s in frames if (c, n) == (camera_id, incarnation)), default=0)
             if last_seq != top:
                 out.append(f"node {node_id}: camera {camera_id} current seq {last_seq}, highest applied {top}")
-            elif frames[camera_id, top][1] != free:
-                out.append(f"node {node_id}: camera {camera_id} shows {free}, its seq {top} gave {frames[camera_id, top][1]}")
-            if last_seq < highest_acked.get(camera_id, 0):
-                out.append(f"node {node_id}: camera {camera_id} at seq {last_seq} below acked {highest_acked[camera_id]}")
-        for camera_id in highest_acked:
+            elif frames[camera_id, incarnation, top][1] != free:
+                gave = frames[camera_id, incarnation, top][1]
+                out.append(f"node {node_id}: camera {camera_id} shows {free}, its seq {top} gave {gave}")
+            acked = highest_acked.get((camera_id, incarnation), 0)
+            if last_seq < acked:
+                out.append(f"node {node_id}: camera {camera_id} at seq {last_seq} below acked {acked}")
+        for camera_id in sorted({c for c, _ in highest_acked}):
             if camera_id not in cameras:
                 out.append(f"node {node_id}: acked camera {camera_id} unknown")
     return out

@@ -9,15 +9,15 @@ full-cluster restart.  The fault window opens once the cluster acked its first
 frame; a fault that could not be applied (no leader to kill or isolate, no live
 node to kill) is recorded as skipped, not counted.  At the end everything is
 healed and restarted, the cameras are stopped, and :mod:`parkd.chaos.checker`
-judges the evidence.
+judges the evidence.  Every port speaks TLS with a PKI made for the run
+(``--insecure``: plaintext); the proxies pass TLS through untouched.
 
-    python -m parkd.chaos.nemesis --seeds 50 --duration 120 [--nodes 3|5] [--summary FILE]
+    python -m parkd.chaos.nemesis --seeds 50 --duration 120 [--nodes 3|5] [--insecure] [--summary FILE]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil
@@ -25,13 +25,13 @@ import signal
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 
 from parkd.chaos import checker
 from parkd.chaos.proxy import Network
-from parkd.launcher import Daemon, Timeout, camera_daemon, free_ports, wait_for
+from parkd.config import load_config
+from parkd.launcher import Daemon, Timeout, camera_daemon, free_ports, get_json, make_pki, wait_for
 
 LOTS = {"north": 100, "south": 60, "east": 250}
 
@@ -73,7 +73,7 @@ class Run:
 
 
 class ChaosCluster:
-    def __init__(self, workdir: str, nodes: int = 3, cameras: int = 3, interval: float = 0.1,
+    def __init__(self, workdir: str, nodes: int = 3, cameras: int = 3, interval: float = 0.1, tls: bool = True,
                  election_timeout_ms: int = 600, heartbeat_ms: int = 50):  # fmt: skip
         self.workdir = workdir
         os.makedirs(workdir, exist_ok=True)
@@ -84,19 +84,26 @@ class ChaosCluster:
         proxy_ports = {(i, j): next(ports) for i in ids for j in ids if i != j}
         self.network = Network({i: self.real[i]["raft"] for i in ids}, proxy_ports)
         self.config_path = os.path.join(workdir, "parkd.toml")
-        self._write_config(nodes, election_timeout_ms, heartbeat_ms, interval)
+        pki = make_pki(os.path.join(workdir, "pki"), nodes=ids, cameras=range(1, cameras + 1)) if tls else None
+        self._write_config(nodes, election_timeout_ms, heartbeat_ms, interval, pki)
+        self.config = load_config(self.config_path)
         self.nodes = {i: self._node(i) for i in ids}
         lots = list(LOTS)
         self.cameras = {c: camera_daemon(self.config_path, c, lots[(c - 1) % len(lots)], workdir) for c in range(1, cameras + 1)}
         self.paused: set[int] = set()
 
-    def _write_config(self, nodes, election_timeout_ms, heartbeat_ms, interval):
+    def _write_config(self, nodes, election_timeout_ms, heartbeat_ms, interval, pki):
         lines = ["[cluster]", f"election_timeout_ms = {election_timeout_ms}", f"heartbeat_ms = {heartbeat_ms}"]
+        if pki is None:
+            lines.append("insecure = true")
         for i, addr in self.real.items():
             lines += ["", "[[node]]", f"id = {i}"] + [f'{k} = "{h}:{p}"' for k, (h, p) in addr.items()]
         for lot, capacity in LOTS.items():
             lines += ["", "[[lot]]", f'id = "{lot}"', f"capacity = {capacity}"]
         lines += ["", "[camera]", f"interval = {interval}", "ack_timeout = 1.0"]
+        if pki is not None:
+            lines += ["", "[tls]", f'ca = "{pki}/ca.pem"', f'cert = "{pki}/node-{{id}}.pem"',
+                      f'key = "{pki}/node-{{id}}.key"', f'crl = "{pki}/crl.pem"']  # fmt: skip
         with open(self.config_path, "w") as f:
             f.write("\n".join(lines) + "\n")
 
@@ -119,12 +126,7 @@ class ChaosCluster:
             camera.start()
 
     def status(self, i: int) -> dict | None:
-        host, port = self.real[i]["http"]
-        try:
-            with urllib.request.urlopen(f"http://{host}:{port}/api/v1/cluster?consistency=local", timeout=1) as r:
-                return json.load(r)
-        except (OSError, ValueError):
-            return None
+        return get_json(self.config, i, "/api/v1/cluster?consistency=local", timeout=1)
 
     def leader(self) -> int | None:
         for i in self.nodes:
@@ -257,10 +259,10 @@ def inject(kind: str, fault, cluster: ChaosCluster, rng) -> Fault:
         return Fault(kind, str(e), effective=False)
 
 
-def run_schedule(seed: int, duration: float, workdir: str, nodes: int = 3, log=print) -> Run:
+def run_schedule(seed: int, duration: float, workdir: str, nodes: int = 3, log=print, tls: bool = True) -> Run:
     """One seeded schedule: faults for ``duration`` seconds, then heal and check."""
     rng = random.Random(seed)
-    cluster = ChaosCluster(workdir, nodes=nodes)
+    cluster = ChaosCluster(workdir, nodes=nodes, tls=tls)
     run = Run(seed)
     started = time.monotonic()
     try:
@@ -318,11 +320,12 @@ def main(argv=None) -> int:
     parser.add_argument("--nodes", type=int, default=3, choices=(3, 5))
     parser.add_argument("--summary", help="also write the summary table to this file")
     parser.add_argument("--keep", action="store_true", help="keep each run's directory")
+    parser.add_argument("--insecure", action="store_true", help="plaintext instead of TLS on every port")
     args = parser.parse_args(argv)
     runs = []
     for seed in range(args.seed_start, args.seed_start + args.seeds):
         workdir = tempfile.mkdtemp(prefix=f"parkd-nemesis-{seed}-")
-        run = run_schedule(seed, args.duration, workdir, args.nodes)
+        run = run_schedule(seed, args.duration, workdir, args.nodes, tls=not args.insecure)
         runs.append(run)
         verdict = "ok" if not run.violations else "VIOLATION"
         print(

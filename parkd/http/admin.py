@@ -1,15 +1,19 @@
-"""The admin API of the HTTP port: membership changes and leadership transfer.
+"""The admin API of the HTTP port: membership changes, leadership transfer, the camera registry.
 
     POST /api/v1/admin/add-node               {"id", "raft", "client", "http"[, "wait", "timeout"]}
     POST /api/v1/admin/remove-node            {"id"[, "timeout"]}
     POST /api/v1/admin/transfer-leader        {["id", "timeout"]}
+    POST /api/v1/admin/camera-disable         {"id"[, "timeout"]}
+    POST /api/v1/admin/camera-enable          {"id"[, "timeout"]}
 
 Each takes a JSON body (``Content-Type: application/json``, which a cross-site
-form cannot send) and answers once the change has committed: 200 with the new
-configuration, 400 for a bad body, 409 when the leader refuses (with the
-reason), 421 on a node that is not the leader (``leader_id`` and
-``leader_http`` say where to go), 503 when no leader is known, 504 when the
-change did not finish in time.
+form cannot send) and answers once the change has committed (a camera change:
+once it is applied on the leader): 200 with the new configuration (a camera
+change: ``{"camera_id", "enabled", "index"}``), 400 for a bad body, 404 for a
+camera that never sent a frame, 409 when the leader refuses (with the reason),
+421 on a node that is not the leader (``leader_id`` and ``leader_http`` say
+where to go), 503 when no leader is known, 504 when the change did not finish
+in time.
 """
 
 from __future__ import annotations
@@ -33,30 +37,34 @@ from parkd.node.membership import (
     ChangeRefused,
     ChangeTimeout,
 )
+from parkd.node.registry import UnknownCamera
 from parkd.raft.confchange import MAX_NODE_ID
 from parkd.raft.core import NotLeader
 
 MAX_ADMIN_BODY = 64 * 1024  # bytes
 MAX_ADMIN_TIMEOUT = 600.0  # seconds an admin request may ask to wait
+MAX_CAMERA_ID = (1 << 32) - 1
 
 
-ADMIN_OPERATIONS = ("add-node", "remove-node", "transfer-leader")
+ADMIN_OPERATIONS = ("add-node", "remove-node", "transfer-leader", "camera-disable", "camera-enable")
 
 
 class Admin:
-    """``POST /api/v1/admin/<operation>``: membership changes and leadership transfer.
+    """``POST /api/v1/admin/<operation>``: membership changes, leadership transfer, the camera registry.
 
     Each operation checks its JSON body (400), asks the node's
-    MembershipManager (``membership``) and answers once the outcome is known;
-    ``status`` is the node's Raft status (the driver's read-only view).
+    MembershipManager (``membership``) or CameraRegistry (``registry``) and
+    answers once the outcome is known; ``status`` is the node's Raft status
+    (the driver's read-only view).
     """
 
     log = Logger()
 
-    def __init__(self, membership, status, access: Access = Access()):
+    def __init__(self, membership, status, access: Access = Access(), registry=None):
         self.membership = membership
         self.status = status
         self.access = access
+        self.registry = registry
 
     def render(self, request, operation: str):
         refusal = self.access.admin_refusal(request)
@@ -126,6 +134,22 @@ class Admin:
 
         return deferred, document
 
+    def camera_disable(self, body: dict):
+        return self._camera(body, enabled=False)
+
+    def camera_enable(self, body: dict):
+        return self._camera(body, enabled=True)
+
+    def _camera(self, body: dict, enabled: bool):
+        fields = Fields(body, ("id", "timeout"))
+        camera_id = fields.identifier("id", "a camera id", MAX_CAMERA_ID, required=True)
+        timeout = fields.timeout(COMMIT_TIMEOUT)
+        if self.registry is None:
+            raise ApiError(404, "this node has no camera registry")
+        deferred = self.registry.set_enabled(camera_id, enabled, timeout=timeout)
+        return deferred, lambda change: {"camera_id": change.camera_id, "enabled": change.enabled,
+                                         "index": change.index}  # fmt: skip
+
     # -- documents
 
     def _membership_doc(self, node_id: int, membership) -> dict:
@@ -161,6 +185,8 @@ class Admin:
             return ApiError(503, str(error), retry_after=RETRY_AFTER)
         if isinstance(error, ChangeTimeout):
             return ApiError(504, str(error))
+        if isinstance(error, UnknownCamera):
+            return ApiError(404, str(error))
         if isinstance(error, ApiError):
             return error
         self.log.failure("admin {operation} failed", failure, operation=operation)
@@ -207,13 +233,16 @@ class Fields:
         self.body = body
 
     def node_id(self, name: str, required: bool) -> int | None:
+        return self.identifier(name, "a node id", MAX_NODE_ID, required)
+
+    def identifier(self, name: str, what: str, maximum: int, required: bool) -> int | None:
         value = self.body.get(name)
         if value is None:
             if required:
-                raise ApiError(400, f"{name}: missing (a node id)")
+                raise ApiError(400, f"{name}: missing ({what})")
             return None
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_NODE_ID:
-            raise ApiError(400, f"{name}: expected a node id in 1..{MAX_NODE_ID}, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= maximum:
+            raise ApiError(400, f"{name}: expected {what} in 1..{maximum}, got {value!r}")
         return value
 
     def timeout(self, default: float) -> float:

@@ -5,7 +5,8 @@
     GET /api/v1/lots/<id>/history?window=S&points=N   the lot's trend over the last S seconds
     GET /api/v1/cameras[?lot=L]               every camera (of a lot) with its status
     GET /api/v1/cameras/<id>                  one camera
-    GET /api/v1/cameras/<id>/frames?since=S&limit=N
+    GET /api/v1/cameras/<id>/frames?since=S&limit=N[&incarnation=I]
+                                              one incarnation's frame history (default: the current one)
     GET /api/v1/cluster                       this node's own view of the cluster
 
 Reads of the replicated state are linearizable by default: they wait for the
@@ -40,9 +41,10 @@ DEFAULT_POINTS = 60
 MAX_POINTS = 1000
 MAX_CAMERA_ID = (1 << 32) - 1
 MAX_SEQ = (1 << 63) - 1
+MAX_INCARNATION = (1 << 64) - 1
 CONSISTENCIES = ("linearizable", "local")
 
-_DIGITS = re.compile(r"[0-9]{1,19}")
+_DIGITS = re.compile(r"[0-9]{1,20}")
 
 
 class ClusterStatus(Protocol):
@@ -75,7 +77,7 @@ class Query:
                 raise ApiError(400, f"parameter {name!r} given {len(raw_values)} times")
             self.values[name] = _text(raw_values[0], name)
 
-    def integer(self, name: str, default: int, minimum: int, maximum: int) -> int:
+    def integer(self, name: str, default: int | None, minimum: int, maximum: int) -> int | None:
         text = self.values.get(name)
         if text is None:
             return default
@@ -114,7 +116,13 @@ def lot_json(lot) -> dict:
 
 
 def frame_json(frame) -> dict:
-    return {"seq": frame.seq, "free": frame.free, "captured_at": frame.captured_at, "index": frame.index}
+    return {
+        "seq": frame.seq,
+        "incarnation": frame.incarnation,
+        "free": frame.free,
+        "captured_at": frame.captured_at,
+        "index": frame.index,
+    }
 
 
 class Api:
@@ -126,8 +134,11 @@ class Api:
     """
 
     def __init__(self, state, cluster: ClusterStatus, members: Callable[[], list[dict]], clock,
-                 lot_ids: tuple[str, ...], camera_interval: float):  # fmt: skip
+                 lot_ids: tuple[str, ...], camera_interval: float,
+                 reactor_lag: Callable[[], float] = lambda: 0.0, alarms: Callable[[], list[str]] = list):  # fmt: skip
         self.state = state
+        self.alarms = alarms  # the names of the alarms raised on this node (CONTRACT §10)
+        self.reactor_lag = reactor_lag  # the worst lag of the last 10 s, seconds
         self.status = cluster
         self.members = members
         self.clock = clock
@@ -158,13 +169,31 @@ class Api:
         return {"cameras": [self._camera_json(c) for c in views]}
 
     def camera(self, camera_id: int) -> dict:
-        return self._camera_json(self._known_camera(camera_id))
+        doc = self._camera_json(self._known_camera(camera_id))
+        doc["incarnations"] = [
+            {"incarnation": i.incarnation, "last_seq": i.last_seq, "superseded_index": i.superseded_index}
+            for i in self.state.incarnations(camera_id)
+        ]
+        return doc
 
-    def frames(self, camera_id: int, since: int, limit: int) -> dict:
-        self._known_camera(camera_id)
-        frames = self.state.frames(camera_id, since=since, limit=limit)
+    def frames(self, camera_id: int, since: int, limit: int, incarnation: int | None = None) -> dict:
+        """One incarnation's frames (default: the camera's current one) with seq > ``since``."""
+        camera = self._known_camera(camera_id)
+        if incarnation is None:
+            incarnation = camera.incarnation
+        elif incarnation != camera.incarnation:
+            known = [i.incarnation for i in self.state.incarnations(camera_id)]
+            if incarnation not in known:
+                raise ApiError(404, f"camera {camera_id} has no incarnation {incarnation} "
+                                    f"(its incarnations, oldest first: {', '.join(map(str, known))})")  # fmt: skip
+        frames = self.state.frames(camera_id, since=since, limit=limit, incarnation=incarnation)
         following = frames[-1].seq if len(frames) == limit else None
-        return {"camera_id": camera_id, "frames": [frame_json(f) for f in frames], "next_since": following}
+        return {
+            "camera_id": camera_id,
+            "incarnation": incarnation,
+            "frames": [frame_json(f) for f in frames],
+            "next_since": following,
+        }
 
     def cluster(self) -> dict:
         status = self.status
@@ -177,6 +206,8 @@ class Api:
             "last_applied": self.state.last_applied(),
             "last_index": status.last_index,
             "members": self.members(),
+            "reactor_lag_ms": round(self.reactor_lag() * 1000, 1),
+            "alarms": self.alarms(),
         }
 
     # -- helpers
@@ -190,6 +221,8 @@ class Api:
             "last_seq": c.last_seq,
             "last_seen": c.last_seen,
             "status": camera_status(c.last_seen, now, self.camera_interval),
+            "incarnation": c.incarnation,
+            "enabled": c.enabled,
         }
 
     def _known_camera(self, camera_id: int):
@@ -268,11 +301,12 @@ class ApiResource(JsonResource):
                 camera_id = parse_camera_id(camera)
                 return (lambda: api.camera(camera_id)), query.consistency()
             case ["v1", "cameras", camera, "frames"]:
-                query = Query(request, ("consistency", "since", "limit"))
+                query = Query(request, ("consistency", "since", "limit", "incarnation"))
                 camera_id = parse_camera_id(camera)
                 since = query.integer("since", 0, 0, MAX_SEQ)
                 limit = query.integer("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-                return (lambda: api.frames(camera_id, since, limit)), query.consistency()
+                incarnation = query.integer("incarnation", None, 0, MAX_INCARNATION)
+                return (lambda: api.frames(camera_id, since, limit, incarnation)), query.consistency()
         path = request.path.decode(errors="replace")
         raise ApiError(404, f"no such resource: {path}")
 

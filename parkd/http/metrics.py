@@ -4,7 +4,9 @@ Two kinds:
 
 * Gauges read at scrape time (:class:`NodeCollector`): role, term, leader,
   commit / applied / last log index, per-peer match index, replication lag and
-  link state, connected cameras, each lot's free spaces.
+  link state, connected cameras, each lot's free spaces; and
+  (:class:`DiskCollector`) the database's size, the free disk space, the
+  alarms and the frames they refused.
 * Counters and histograms fed as things happen (:class:`NodeMetrics`): leader
   changes and SQLite commit durations from the driver's event stream;
   proposals, frames applied per lot and the camera ack latency as the node's
@@ -19,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from parkd.http.errors import JsonResource, not_found
+from parkd.node.alarms import KNOWN as KNOWN_ALARMS
 from parkd.node.driver import LeaderChanged, Persisted
 from parkd.parking.state import Outcome
 from parkd.raft.core import Role
@@ -28,6 +31,53 @@ from parkd.raft.progress import ProgressState
 ACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 COMMIT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 READ_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+LAG_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+LAG_INTERVAL = 0.05  # seconds between the lag probe's timers
+LAG_WINDOW = 10.0  # seconds over which the recent worst lag is kept (for /api/v1/cluster)
+
+
+class ReactorLag:
+    """How late a frequent timer fires: every stall of the reactor thread shows here.
+
+    A timer is asked for every ``interval`` seconds; the time it fires past that
+    is one observation of ``parkd_reactor_lag_seconds``.  :meth:`recent_max`
+    is the worst of the last ``window`` seconds (the dashboard's cluster strip).
+    """
+
+    def __init__(self, clock, histogram: Histogram, interval: float = LAG_INTERVAL, window: float = LAG_WINDOW):
+        self.clock = clock
+        self.histogram = histogram
+        self.interval = interval
+        self.window = window
+        self._recent: list[tuple[float, float]] = []  # (when, lag), newest last
+        self._call = None
+        self._due = 0.0
+
+    def start(self) -> None:
+        self._schedule()
+
+    def stop(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _schedule(self) -> None:
+        self._due = self.clock.seconds() + self.interval
+        self._call = self.clock.callLater(self.interval, self._fired)
+
+    def _fired(self) -> None:
+        now = self.clock.seconds()
+        lag = max(0.0, now - self._due)
+        self.histogram.observe(lag)
+        self._recent.append((now, lag))
+        while self._recent and self._recent[0][0] < now - self.window:
+            self._recent.pop(0)
+        self._schedule()
+
+    def recent_max(self) -> float:
+        """The worst lag (seconds) seen in the last ``window`` seconds."""
+        now = self.clock.seconds()
+        return max((lag for when, lag in self._recent if when >= now - self.window), default=0.0)
 
 
 class NodeMetrics:
@@ -35,7 +85,7 @@ class NodeMetrics:
     (ParkingState), ``peers`` (the PeerService's links), ``intake`` (FrameIntake,
     which this observes), ``lot_ids``."""
 
-    def __init__(self, driver, state, peers, intake, lot_ids, registry: CollectorRegistry | None = None):
+    def __init__(self, driver, state, peers, intake, lot_ids, registry: CollectorRegistry | None = None, clock=None):
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=False)
         r = self.registry
         self.leader_changes = Counter(
@@ -77,6 +127,11 @@ class NodeMetrics:
             buckets=READ_BUCKETS,
             registry=r,
         )
+        self.reactor_lag = ReactorLag(
+            clock if clock is not None else _reactor(),
+            Histogram("parkd_reactor_lag_seconds", "How late a 50 ms timer fired: stalls of the reactor thread",
+                      buckets=LAG_BUCKETS, registry=r),
+        )  # fmt: skip
         for outcome in ("accepted", "no_leader"):
             self.proposals.labels(outcome)
         for lot in lot_ids:
@@ -86,6 +141,10 @@ class NodeMetrics:
         driver.subscribe(self._leader_changed, LeaderChanged)
         driver.subscribe(self._persisted, Persisted)
         intake.observe(self)
+
+    def watch_disk(self, disk, alarms) -> None:
+        """Also show ``disk`` (the node's DiskMonitor) and ``alarms`` (its Alarms)."""
+        self.registry.register(DiskCollector(disk, alarms))
 
     # -- driver events
 
@@ -125,6 +184,12 @@ class NodeMetrics:
             self.read_duration.observe(seconds)
 
 
+def _reactor():
+    from twisted.internet import reactor
+
+    return reactor
+
+
 class MetricsResource(JsonResource):
     """``/metrics``: the node's registry in Prometheus text format, rendered in the reactor thread."""
 
@@ -140,6 +205,30 @@ class MetricsResource(JsonResource):
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
         request.setHeader(b"cache-control", b"no-store")
         return generate_latest(self.metrics.registry)
+
+
+class DiskCollector:
+    """The data dir's disk as the DiskMonitor last measured it, and the node's alarms (CONTRACT §10)."""
+
+    def __init__(self, disk, alarms):
+        self.disk = disk
+        self.alarms = alarms
+
+    def collect(self):
+        disk, alarms = self.disk, self.alarms
+        yield GaugeMetricFamily("parkd_db_bytes", "Size of this node's database: node.db and its WAL", disk.db_bytes)
+        free = float("nan") if disk.free_bytes is None else disk.free_bytes
+        yield GaugeMetricFamily("parkd_disk_free_bytes", "Free bytes on the data dir's filesystem", value=free)
+        raised = GaugeMetricFamily("parkd_alarm", "1 while the alarm is raised on this node", labels=["name"])
+        refused = CounterMetricFamily(
+            "parkd_frames_refused", "New frames answered Unavailable because of an alarm", labels=["alarm"]
+        )
+        for name in sorted(set(KNOWN_ALARMS) | set(alarms.active())):
+            raised.add_metric([name], int(alarms.is_raised(name)))
+        for name, count in sorted(alarms.refused.items()):
+            refused.add_metric([name], count)
+        yield raised
+        yield refused
 
 
 class NodeCollector:

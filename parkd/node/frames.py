@@ -4,13 +4,18 @@ The node that receives a frame computes its free spaces (spreading analysis
 over the cluster) and proposes only the result; a follower's core forwards it
 to the leader.  The camera is acknowledged once the entry is committed *and*
 applied on this node (CONTRACT §5).  Retries are safe: the state machine
-applies each ``(camera_id, seq)`` once and answers duplicates with the original
-result.
+applies each ``(camera_id, incarnation, seq)`` once and answers duplicates with
+the original result.  A frame belongs to the incarnation its connection's
+``Hello`` named (CONTRACT §9).
+
+A camera the registry disabled (``registry.py``) is refused with
+``PERMISSION_DENIED`` and its connection closed: at its ``Hello``, at a frame,
+and when a frame proposed before the disable entry is rejected at apply.
 
 The intake follows the driver's events (applied entries, a new leader, an
-installed snapshot), writes the per-frame ``frame_applied`` events, and tells
-an :class:`IntakeObserver` (the node's metrics) what it proposed and how long
-each ack took.
+installed snapshot), writes the per-frame ``frame_applied`` events and the
+``incarnation_started`` events, and tells an :class:`IntakeObserver` (the
+node's metrics) what it proposed and how long each ack took.
 """
 
 from __future__ import annotations
@@ -24,11 +29,13 @@ from twisted.logger import Logger
 from parkd.events import FRAME_EVENTS
 from parkd.node.driver import EntriesApplied, LeaderChanged, SnapshotInstalled
 from parkd.parking import codec
-from parkd.parking.state import FrameRejected, Outcome
+from parkd.parking.batch import disabled_message
+from parkd.parking.state import FrameRejected, Outcome, Rejection
 from parkd.proto import parkd_pb2 as pb
 from parkd.raft.core import NotLeader
 
 NO_LEADER_RETRY_MS = 300
+ALARM_RETRY_MS = 2000  # a camera refused for an alarm (nospace) waits this long
 MAX_TIMED_ACKS = 100_000  # frames in flight whose arrival time is remembered
 
 
@@ -54,8 +61,19 @@ class _NoObserver:
         pass
 
 
+Key = tuple[int, int, int]  # (camera_id, incarnation, seq): what exactly-once is per
+
+
+class _NoRegistry:
+    def is_disabled(self, camera_id: int) -> bool:
+        return False
+
+
 class FrameIntake:
-    """Node-wide: validation, proposing, and who is waiting for which ack."""
+    """Node-wide: validation, proposing, and who is waiting for which ack.
+
+    ``registry``: the node's CameraRegistry (``is_disabled``); none: every camera is enabled.
+    """
 
     log = Logger()
 
@@ -66,47 +84,58 @@ class FrameIntake:
         analyzer,
         lots: dict[str, int],
         clock,
+        registry=None,
     ):
         self.propose: Callable[[bytes], None] = driver.propose
         self.state = state
         self.analyzer = analyzer
         self.lots = lots
         self.clock = clock
+        self.registry = registry if registry is not None else _NoRegistry()
         self.observer: IntakeObserver = _NoObserver()
+        # Why new frames must wait (a raised alarm, parkd/node/alarms.py), or None.
+        self.admission: Callable[[], str | None] = lambda: None
         driver.subscribe(self._applied, EntriesApplied)
         driver.subscribe(self._leader_changed, LeaderChanged)
         driver.subscribe(self._snapshot_installed, SnapshotInstalled)
-        self.waiting: dict[tuple[int, int], set] = defaultdict(set)
-        self._arrived: dict[tuple[int, int], float] = {}  # when each waiting frame arrived
+        self.waiting: dict[Key, set] = defaultdict(set)
+        self._arrived: dict[Key, float] = {}  # when each waiting frame arrived
         self.cameras = 0  # connected cameras (for metrics)
-        # camera_id -> (lot, highest applied seq) on this node, read from the
-        # database in one query at the first frame (a query per camera cost
-        # ~0.3 ms each: 10,000 cameras connecting at once stalled the reactor
-        # past the election timeout) and then kept current by applied(): the
-        # hot path needs no query unless a frame may be a retry of an applied one.
-        self._applied_cameras: dict[int, tuple[str | None, int]] | None = None
+        # What this node has applied: each camera's lot, and each incarnation's
+        # highest seq, read from the database in two queries at the first frame
+        # (a query per camera cost ~0.3 ms each: 10,000 cameras connecting at once
+        # stalled the reactor past the election timeout) and then kept current by
+        # applied(): the hot path needs no query unless a frame may be a retry of
+        # an applied one.
+        self._applied_lots: dict[int, str] | None = None
+        self._applied_seqs: dict[tuple[int, int], int] = {}
         # What was proposed for each waiting frame: re-proposed when the leader
         # changes, since a proposal in flight to a leader that stepped down (or
         # refused it while handing over) is lost; duplicates apply once anyway.
-        self._proposed: dict[tuple[int, int], bytes] = {}
+        self._proposed: dict[Key, bytes] = {}
 
     def observe(self, observer: IntakeObserver) -> None:
         """Tell ``observer`` (the node's metrics) what the intake proposes, acks and applies."""
         self.observer = observer
 
-    def _camera(self, camera_id: int) -> tuple[str | None, int]:
-        if self._applied_cameras is None:
-            self._applied_cameras = {view.camera_id: (view.lot, view.last_seq) for view in self.state.cameras()}
-        return self._applied_cameras.get(camera_id, (None, 0))
+    def _camera(self, camera_id: int, incarnation: int) -> tuple[str | None, int]:
+        """(the camera's lot or None, its incarnation's highest applied seq or 0) on this node."""
+        if self._applied_lots is None:
+            self._applied_lots = {view.camera_id: view.lot for view in self.state.cameras()}
+            self._applied_seqs = self.state.applied_seqs()
+        return self._applied_lots.get(camera_id), self._applied_seqs.get((camera_id, incarnation), 0)
 
     def _snapshot_installed(self, _event: SnapshotInstalled) -> None:
         """The state was replaced wholesale: read the applied cameras again when needed."""
-        self._applied_cameras = None
+        self._applied_lots = None
+        self._applied_seqs = {}
 
     def check_hello(self, hello) -> tuple[int, str] | None:
-        """An Error (code, message) for a bad Hello, or None."""
+        """An Error (code, message) for a bad Hello, or None (the connection is closed on one)."""
         if hello.lot not in self.lots:
             return pb.Error.UNKNOWN_LOT, f"unknown lot {hello.lot!r}"
+        if self.registry.is_disabled(hello.camera_id):
+            return pb.Error.PERMISSION_DENIED, disabled_message(hello.camera_id)
         return None
 
     def submit(self, conn, frame) -> None:
@@ -115,7 +144,11 @@ class FrameIntake:
         if problem is not None:
             conn.send_error(*problem, seq=frame.seq)
             return
-        known_lot, last_seq = self._camera(frame.camera_id)
+        if self.registry.is_disabled(frame.camera_id):
+            conn.reject(pb.Error.PERMISSION_DENIED, disabled_message(frame.camera_id))
+            return
+        incarnation = conn.incarnation
+        known_lot, last_seq = self._camera(frame.camera_id, incarnation)
         try:
             capacity = self.state.check(
                 frame.camera_id, frame.lot, frame.seq, frame.captured_at, frame.payload, known_lot
@@ -123,13 +156,18 @@ class FrameIntake:
         except FrameRejected as e:
             conn.send_error(pb.Error.Code.Value(e.code.name), str(e), seq=frame.seq)
             return
-        earlier = self.state.lookup(frame.camera_id, frame.seq) if frame.seq <= last_seq else None
+        earlier = self.state.lookup(frame.camera_id, incarnation, frame.seq) if frame.seq <= last_seq else None
         if earlier is not None:  # applied before: answer with the original result
             conn.send_ack(frame.camera_id, frame.seq, earlier.index or 0, earlier.free or 0)
             return
+        refusal = self.admission()
+        if refusal is not None:  # the camera keeps the frame in its outbox and retries
+            conn.send_envelope(pb.Envelope(unavailable=pb.Unavailable(retry_after_ms=ALARM_RETRY_MS, reason=refusal)))
+            return
         free = self.analyzer.free_spaces(frame.payload, capacity)
-        data = codec.encode(codec.FrameResult(frame.camera_id, frame.lot, frame.seq, frame.captured_at, free))
-        key = (frame.camera_id, frame.seq)
+        result = codec.FrameResult(frame.camera_id, frame.lot, frame.seq, frame.captured_at, free, incarnation)
+        data = codec.encode(result)
+        key = (frame.camera_id, incarnation, frame.seq)
         try:
             self.propose(data)
         except NotLeader:
@@ -174,24 +212,33 @@ class FrameIntake:
                 FRAME_EVENTS.emit(
                     "parkd.node", "applied frame {seq} of camera {camera_id} at {index}: {free} free",
                     parkd_event="frame_applied",
-                    camera_id=r.camera_id, seq=r.seq, index=r.index, free=r.free, lot=r.lot,
+                    camera_id=r.camera_id, incarnation=r.incarnation, seq=r.seq, index=r.index, free=r.free,
+                    lot=r.lot,
                 )  # fmt: skip
+                if r.incarnation_started:
+                    self.log.info(
+                        "camera {camera_id} started incarnation {incarnation} at index {index} (seq {seq})",
+                        parkd_event="incarnation_started",
+                        camera_id=r.camera_id, incarnation=r.incarnation, index=r.index, seq=r.seq, lot=r.lot,
+                    )  # fmt: skip
         self.observer.applied(results)
         now = self.clock.seconds()
-        cameras = self._applied_cameras
         for result in results:
-            if cameras is not None and result.outcome is Outcome.APPLIED:
-                known = cameras.get(result.camera_id, (None, 0))
-                cameras[result.camera_id] = (result.lot, max(known[1], result.seq))
-            key = (result.camera_id, result.seq)
+            key = result.key
+            if self._applied_lots is not None and result.outcome is Outcome.APPLIED:
+                self._applied_lots[result.camera_id] = result.lot
+                incarnation = (result.camera_id, result.incarnation)
+                self._applied_seqs[incarnation] = max(self._applied_seqs.get(incarnation, 0), result.seq)
             self._proposed.pop(key, None)
             arrived = self._arrived.pop(key, None)
             waiters = self.waiting.pop(key, ())
             if waiters and arrived is not None and result.outcome is not Outcome.REJECTED:
                 self.observer.acked(max(0.0, now - arrived))
             for conn in waiters:
-                conn.waiting_for.discard((result.camera_id, result.seq))
-                if result.outcome is Outcome.REJECTED:
+                conn.waiting_for.discard(key)
+                if result.rejection is Rejection.PERMISSION_DENIED:  # disabled after it was proposed
+                    conn.reject(pb.Error.PERMISSION_DENIED, result.reason)
+                elif result.outcome is Outcome.REJECTED:
                     conn.send_error(pb.Error.Code.Value(result.rejection.name), result.reason, seq=result.seq)
                 else:
                     conn.send_ack(result.camera_id, result.seq, result.index or 0, result.free or 0)

@@ -10,6 +10,7 @@ first) with one log line, rate-limited per port under a flood.
 
 from __future__ import annotations
 
+from parkd.parking.batch import disabled_message
 from parkd.proto import parkd_pb2 as pb
 from parkd.raft.log import LogConflictBelowCommit
 from parkd.trust import Identity, peer_identity
@@ -63,14 +64,15 @@ class RaftPortFactory(EnvelopeFactory):
 
 
 class ClientPortProtocol(EnvelopeProtocol):
-    """A camera's connection: Hello first, then frames; acks flow back."""
+    """A camera's connection: Hello first, then frames (of the Hello's incarnation); acks flow back."""
 
     rules = CLIENT_PORT
     camera_id: int | None = None
     lot: str | None = None
+    incarnation: int = 0
 
     def connectionMade(self) -> None:
-        self.waiting_for: set[tuple[int, int]] = set()
+        self.waiting_for: set[tuple[int, int, int]] = set()
         self.open = True
         self.factory.connections.add(self)
 
@@ -83,8 +85,9 @@ class ClientPortProtocol(EnvelopeProtocol):
                 return
             if self.camera_id is None:
                 intake.cameras += 1
-            self.camera_id, self.lot = body.camera_id, body.lot
-            self.log.info("camera {camera_id} connected (lot {lot})", camera_id=body.camera_id, lot=body.lot)
+            self.camera_id, self.lot, self.incarnation = body.camera_id, body.lot, body.incarnation
+            self.log.info("camera {camera_id} connected (lot {lot}), incarnation {incarnation}",
+                          camera_id=body.camera_id, lot=body.lot, incarnation=body.incarnation)  # fmt: skip
         else:
             intake.submit(self, body)
 
@@ -130,6 +133,12 @@ class ClientPortFactory(EnvelopeFactory):
         self.intake = intake
         self.authenticate = authenticate  # TLS: cameras speak for themselves only
         self.connections: set[ClientPortProtocol] = set()
+
+    def close_disabled(self, camera_id: int) -> None:
+        """Refuse and close every connection of ``camera_id``: it was just disabled (CONTRACT §9)."""
+        for conn in list(self.connections):
+            if conn.camera_id == camera_id:
+                conn.reject(pb.Error.PERMISSION_DENIED, disabled_message(camera_id))
 
     def redirect_all(self, leader_id: int, address: str) -> None:
         """Send every camera to ``address`` (this node is stopping) and close."""

@@ -1,9 +1,16 @@
-"""The data of a frame's Raft entry: the analysed RESULT, never the payload.
+"""The data of the parking state's Raft entries: frame results, retention and registry commands.
 
-A fixed little-endian header (version, camera_id, seq, captured_at, free) followed
-by the lot id in UTF-8: about 30 bytes and one ``struct`` call each way.  Field
-widths match ``proto/parkd.proto``.  The leading version byte lets a later format
-(e.g. protobuf) coexist with entries already in logs.
+A frame result is the analysed RESULT, never the payload: a fixed little-endian
+header (version, camera_id, [incarnation,] seq, captured_at, free) followed by the
+lot id in UTF-8, about 40 bytes and one ``struct`` call each way.  Field widths
+match ``proto/parkd.proto``.  The leading version byte lets formats coexist in a
+log: VERSION 1 (no incarnation) is read as incarnation 0, the incarnation that
+frames from before camera incarnations belong to; VERSION 2 carries it.  A result
+of incarnation 0 is still written as VERSION 1, so that a node of the previous
+release in the same cluster (a rolling upgrade) reads it.
+
+The other entries start with a tag byte that no frame result uses: retention
+(``R``) and camera registry (``C``) commands.
 """
 
 from __future__ import annotations
@@ -12,8 +19,10 @@ import math
 import struct
 from dataclasses import dataclass
 
-VERSION = 1
-_HEADER = struct.Struct("<BIQdI")  # version, camera_id, seq, captured_at, free
+VERSION = 2
+MAX_INCARNATION = (1 << 64) - 1
+_HEADER_1 = struct.Struct("<BIQdI")  # version 1, camera_id, seq, captured_at, free
+_HEADER_2 = struct.Struct("<BIQQdI")  # version 2, camera_id, incarnation, seq, captured_at, free
 
 
 class CodecError(ValueError):
@@ -27,25 +36,38 @@ class FrameResult:
     seq: int
     captured_at: float  # seconds since the epoch, as the camera stamped it
     free: int
+    incarnation: int = 0  # the camera's state dir (CONTRACT §9); 0 for frames from before incarnations
 
 
 def encode(result: FrameResult) -> bytes:
     try:
-        header = _HEADER.pack(VERSION, result.camera_id, result.seq, result.captured_at, result.free)
+        if result.incarnation == 0:
+            header = _HEADER_1.pack(1, result.camera_id, result.seq, result.captured_at, result.free)
+        else:
+            header = _HEADER_2.pack(
+                2, result.camera_id, result.incarnation, result.seq, result.captured_at, result.free
+            )
         return header + result.lot.encode("utf-8")
     except (struct.error, UnicodeEncodeError) as exc:
         raise CodecError(f"cannot encode {result}: {exc}") from exc
 
 
 def decode(data: bytes) -> FrameResult:
-    if len(data) < _HEADER.size or data[0] != VERSION:
-        raise CodecError(f"not a version {VERSION} frame result ({len(data)} bytes)")
-    _, camera_id, seq, captured_at, free = _HEADER.unpack_from(data)
+    version = data[0] if data else None
+    if version == 1 and len(data) >= _HEADER_1.size:
+        header = _HEADER_1
+        _, camera_id, seq, captured_at, free = header.unpack_from(data)
+        incarnation = 0
+    elif version == 2 and len(data) >= _HEADER_2.size:
+        header = _HEADER_2
+        _, camera_id, incarnation, seq, captured_at, free = header.unpack_from(data)
+    else:
+        raise CodecError(f"not a version 1 or {VERSION} frame result ({len(data)} bytes)")
     try:
-        lot = data[_HEADER.size :].decode("utf-8")
+        lot = data[header.size :].decode("utf-8")
     except UnicodeDecodeError as exc:
         raise CodecError(f"lot id is not UTF-8: {exc}") from exc
-    return FrameResult(camera_id, lot, seq, captured_at, free)
+    return FrameResult(camera_id, lot, seq, captured_at, free, incarnation)
 
 
 # -- retention entries ---------------------------------------------------------------
@@ -55,13 +77,13 @@ def decode(data: bytes) -> FrameResult:
 # result uses; a node that predates it rejects the entry as an undecodable frame,
 # which changes no rows.
 
-RETENTION_TAG = 0x52  # "R"; frame results start with VERSION (1)
+RETENTION_TAG = 0x52  # "R"; frame results start with their version (1 or 2)
 _RETENTION = struct.Struct("<Bd")  # tag, cutoff (captured_at, seconds since the epoch)
 
 
 @dataclass(frozen=True, slots=True)
 class Retention:
-    """Delete frame history captured before ``cutoff`` (each camera's current frame stays)."""
+    """Delete frame history captured before ``cutoff`` (each incarnation's newest frame stays)."""
 
     cutoff: float
 
@@ -84,3 +106,41 @@ def decode_retention(data: bytes) -> Retention:
     if not math.isfinite(cutoff):
         raise CodecError(f"retention cutoff {cutoff} is not a finite number")
     return Retention(cutoff)
+
+
+# -- camera registry entries ------------------------------------------------------------
+#
+# Disable or enable a camera at a log position, so that every node refuses the same
+# frames (CONTRACT §9 "Camera registry").  Tagged like retention entries; a node that
+# predates them rejects the entry as an undecodable frame.
+
+REGISTRY_TAG = 0x43  # "C"
+_REGISTRY = struct.Struct("<BBI")  # tag, enabled (0 or 1), camera_id
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryCommand:
+    """Disable (``enabled`` False) or enable camera ``camera_id`` from this entry on."""
+
+    camera_id: int
+    enabled: bool
+
+
+def encode_registry(command: RegistryCommand) -> bytes:
+    if not 1 <= command.camera_id <= 0xFFFFFFFF:
+        raise CodecError(f"camera id {command.camera_id} is outside 1..{0xFFFFFFFF}")
+    return _REGISTRY.pack(REGISTRY_TAG, 1 if command.enabled else 0, command.camera_id)
+
+
+def is_registry(data: bytes) -> bool:
+    """Whether entry data is a camera registry command (checked before :func:`decode`)."""
+    return data[:1] == bytes((REGISTRY_TAG,))
+
+
+def decode_registry(data: bytes) -> RegistryCommand:
+    if len(data) != _REGISTRY.size or data[0] != REGISTRY_TAG:
+        raise CodecError(f"not a camera registry command ({len(data)} bytes)")
+    _, enabled, camera_id = _REGISTRY.unpack(data)
+    if enabled not in (0, 1) or camera_id == 0:
+        raise CodecError(f"camera registry command with enabled={enabled}, camera id {camera_id}")
+    return RegistryCommand(camera_id, bool(enabled))

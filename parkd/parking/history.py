@@ -1,4 +1,11 @@
-"""A lot's free spaces over a time window, in a bounded number of points (``/history``)."""
+"""A lot's free spaces over a time window, in a bounded number of points (``/history``).
+
+A frame counts toward its lot's trend only if its incarnation was still the
+camera's current one when it was applied (``log_index`` below the incarnation's
+``superseded_index``): a late retry of an older incarnation lands in the frame
+history but, as it never changed the lot's value, it is not part of the trend
+either (CONTRACT §9).
+"""
 
 from __future__ import annotations
 
@@ -13,15 +20,17 @@ class HistoryPoint:
     free: int
 
 
-_HISTORY_FIRST = """
-SELECT MIN(f.captured_at) FROM frames AS f JOIN cameras AS c ON c.camera_id = f.camera_id
+_LOT_FRAMES = """
+FROM frames AS f JOIN cameras AS c ON c.camera_id = f.camera_id
+JOIN incarnations AS i ON i.camera_id = f.camera_id AND i.incarnation = f.incarnation
 WHERE c.lot = :lot AND f.captured_at >= :start AND f.captured_at <= :end
+AND (i.superseded_index IS NULL OR f.log_index < i.superseded_index)
 """
-_HISTORY = """
+_HISTORY_FIRST = f"SELECT MIN(f.captured_at) {_LOT_FRAMES}"
+_HISTORY = f"""
 SELECT MIN(CAST((f.captured_at - :start) / :step AS INTEGER), :last) AS bucket, f.captured_at, f.free,
        MAX(f.log_index)
-FROM frames AS f JOIN cameras AS c ON c.camera_id = f.camera_id
-WHERE c.lot = :lot AND f.captured_at >= :start AND f.captured_at <= :end
+{_LOT_FRAMES}
 GROUP BY bucket ORDER BY bucket
 """
 

@@ -8,8 +8,9 @@ one, ``parkd/node/snapshots.py``.
 **File format** (``FORMAT_VERSION`` 1): a small SQLite database (rollback journal,
 not WAL) holding
 
-* ``lots``, ``cameras``, ``frames``, ``applied``: the parking tables with the
-  layout of ``parkd/parking/state.py``, copied whole;
+* the parking tables of ``parkd/parking/schema.py`` (``snapshot_tables``: lots,
+  cameras, incarnations, frames, camera registry, applied) in the layout of the
+  parking schema version the file records, copied whole;
 * ``snapshot_meta``: one row (id 1) with ``format``, ``parking_schema``,
   ``"index"`` (= ``applied.last_applied``), ``term``, ``voters``/``learners``
   (JSON lists of node ids) and ``config_index`` (the CONFIG entry the membership
@@ -36,6 +37,13 @@ transaction, and the node keeps applying entries while the copy runs, so:
 **Restoring.**  :func:`restore_snapshot` replaces the parking tables by the file's
 in ONE transaction on the caller's Engine, and runs the caller's own half (the Raft
 log's reset) inside it, so a crash leaves either the old state or the new one.
+
+**Files of an older parking schema** (a node upgraded in place keeps its last
+snapshot; a leader not yet upgraded sends its own) are read like current ones, and
+restored from a temporary copy brought to the current schema by the same upgraders
+as a node's database (``parkd/parking/schema.py``), next to the file and removed
+afterwards.  A file of a newer schema, or one the upgraders cannot bring up, is
+refused with :class:`SnapshotError`.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sqlite3
 import tempfile
 import time
@@ -54,11 +63,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 
-from parkd.db import storage_errors
-from parkd.parking.schema import PARKING_SCHEMA_VERSION, snapshot_tables
+from parkd.db import StorageError, storage_errors, upgrade
+from parkd.parking.schema import PARKING_SCHEMA_VERSION, UPGRADERS, snapshot_tables
+from parkd.parking.schema import metadata as _parking_metadata
 from parkd.raft.types import SnapshotMeta
 
 FORMAT_VERSION = 1
+# Parking schemas a snapshot file may have: the current one, and older ones the upgraders bring up.
+_READABLE_SCHEMAS = range(min(UPGRADERS, default=PARKING_SCHEMA_VERSION), PARKING_SCHEMA_VERSION + 1)
 
 
 class SnapshotError(Exception):
@@ -318,19 +330,16 @@ def read_snapshot_meta(path: str | os.PathLike) -> SnapshotContents:
         if row is None:
             raise SnapshotError(f"{path} has no snapshot_meta row")
         fmt, schema, index, term, voters, learners, config_index = row
-        if fmt != FORMAT_VERSION or schema != PARKING_SCHEMA_VERSION:
+        if fmt != FORMAT_VERSION or schema not in _READABLE_SCHEMAS:
             raise SnapshotError(
                 f"{path}: snapshot format {fmt} / parking schema {schema}, "
-                f"expected {FORMAT_VERSION} / {PARKING_SCHEMA_VERSION}"
+                f"expected {FORMAT_VERSION} / {PARKING_SCHEMA_VERSION} (or an older schema this parkd upgrades)"
             )
         applied = conn.execute("SELECT last_applied FROM applied WHERE id = 1").fetchone()
         if applied is None or applied[0] != index:
             raise SnapshotError(f"{path}: applied row {applied} does not match the snapshot index {index}")
-        for table in snapshot_tables():  # restore_snapshot copies these: all must be there
-            have = {row[1] for row in conn.execute(f'PRAGMA table_info("{table.name}")')}
-            missing = [c.name for c in table.columns if c.name not in have]
-            if missing:
-                raise SnapshotError(f"{path}: table {table.name} lacks {', '.join(missing)}")
+        if schema == PARKING_SCHEMA_VERSION:  # an older file's tables are checked once upgraded
+            _check_tables(path, conn)
         if not all(type(n) is int and n >= 0 for n in (index, term)):
             raise SnapshotError(f"{path}: snapshot index {index!r} / term {term!r}")
         members = tuple(json.loads(d) for (d,) in conn.execute("SELECT data FROM members ORDER BY position"))
@@ -340,6 +349,57 @@ def read_snapshot_meta(path: str | os.PathLike) -> SnapshotContents:
         raise SnapshotError(f"{path} is not a snapshot: {exc}") from exc
     finally:
         conn.close()
+
+
+def _check_tables(path, conn: sqlite3.Connection) -> None:
+    """The file has every column :func:`restore_snapshot` copies."""
+    for table in snapshot_tables():
+        have = {row[1] for row in conn.execute(f'PRAGMA table_info("{table.name}")')}
+        missing = [c.name for c in table.columns if c.name not in have]
+        if missing:
+            raise SnapshotError(f"{path}: table {table.name} lacks {', '.join(missing)}")
+
+
+def _file_schema(path) -> int:
+    conn = _open_ro(path)
+    try:
+        return conn.execute("SELECT parking_schema FROM snapshot_meta WHERE id = 1").fetchone()[0]
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def current_schema(path: str | os.PathLike) -> Iterator[str]:
+    """``path`` itself if its parking schema is the current one, else an upgraded temporary copy.
+
+    The copy sits next to the file (same disk) and is removed on exit.  Raises
+    SnapshotError when the file's tables cannot be upgraded.
+    """
+    found = _file_schema(path)
+    if found == PARKING_SCHEMA_VERSION:
+        yield str(path)
+        return
+    source = Path(path).absolute()
+    fd, tmp = tempfile.mkstemp(prefix=f".{source.name}.", suffix=".upgrade", dir=source.parent)
+    os.close(fd)
+    try:
+        with _errors(f"copying {path} to upgrade it"):
+            shutil.copyfile(source, tmp)
+        engine = sa.create_engine(f"sqlite:///{tmp}")
+        try:
+            with engine.begin() as conn:
+                upgrade(conn, _parking_metadata, "parking", found, PARKING_SCHEMA_VERSION, UPGRADERS)
+                conn.exec_driver_sql("UPDATE snapshot_meta SET parking_schema = ?", (PARKING_SCHEMA_VERSION,))
+        except (sa.exc.SQLAlchemyError, StorageError) as exc:
+            what = f"cannot upgrade parking schema {found} to {PARKING_SCHEMA_VERSION}"
+            raise SnapshotError(f"{path}: {what}: {exc}") from exc
+        finally:
+            engine.dispose()
+        read_snapshot_meta(tmp)  # its tables are now checked
+        yield tmp
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
 def _node_ids(path, text: str) -> tuple[int, ...]:
@@ -359,9 +419,10 @@ def restore_snapshot(
 ) -> SnapshotContents:
     """Replace the parking tables by a snapshot's, in ONE transaction with the caller's half.
 
-    In that transaction the rows of ``lots``, ``cameras``, ``frames`` and
-    ``applied`` become the snapshot's, then ``also_in_transaction(conn)`` runs (the
-    node resets the Raft log there: ``parkd.raft.storage.install_snapshot_in``).  If
+    In that transaction the rows of the parking tables (``snapshot_tables``)
+    become the snapshot's (from an upgraded copy if the file has an older schema),
+    then ``also_in_transaction(conn)`` runs (the node resets the Raft log there:
+    ``parkd.raft.storage.install_snapshot_in``).  If
     either fails, nothing changes; a crash leaves the old state or the new one.
     Refuses (ValueError) a snapshot below the applied index.  The parking tables
     must exist (the node opened them).  Raises SnapshotError for a bad file (before
@@ -375,9 +436,9 @@ def restore_snapshot(
     """
     contents = read_snapshot_meta(snapshot_path)
     index = contents.meta.index
-    with storage_errors("restoring a snapshot"), engine.connect() as conn:
+    with current_schema(snapshot_path) as path, storage_errors("restoring a snapshot"), engine.connect() as conn:
         raw = conn.connection.dbapi_connection
-        raw.execute("ATTACH DATABASE ? AS snap", (str(snapshot_path),))
+        raw.execute("ATTACH DATABASE ? AS snap", (path,))
         try:
             with conn.begin():
                 applied = conn.exec_driver_sql("SELECT last_applied FROM main.applied WHERE id = 1").scalar()

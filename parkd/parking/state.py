@@ -1,168 +1,80 @@
-"""Committed frame results applied to the tables ``lots``, ``cameras``, ``frames``, ``applied``.
+"""The replicated parking state: apply committed entries, answer reads (CONTRACT §5, §9).
 
 Every node applies the same committed entries in the same order and must reach the
-same tables, so every decision here depends only on the entries, the tables and the
-configured lots (which must be identical on every node).  ``applied.last_applied``
-moves in the same transaction as the rows it covers: after a crash the node resumes
-exactly where the last transaction ended, and entries at or below it are skipped.
+same tables (``parkd/parking/schema.py``), so every decision depends only on the
+entries, the tables and the configured lots (which must be identical on every node).
+``applied.last_applied`` moves in the same transaction as the rows it covers: after
+a crash the node resumes exactly where the last transaction ended, and entries at or
+below it are skipped.
 
-Rules (CONTRACT §5):
+Three kinds of NORMAL entry (``parkd/parking/codec.py``):
 
-* Exactly once per ``(camera_id, seq)``.  A duplicate changes nothing and reports the
-  log index and free count of the first application.
-* A camera's current value is that of its highest applied ``seq``; a late lower
-  ``seq`` is kept in the frame history but does not overwrite it.
-* A lot's ``free`` is that of the camera frame that most recently advanced a camera
-  of the lot (in log order), ``updated_at`` that frame's ``captured_at``.  Every
-  camera judges the whole lot, so the newest judgement wins; ``free`` is NULL until a
-  camera has reported.
-* Frames for an unknown lot, from a camera seen before in another lot, or with a free
-  count outside ``0..capacity`` are rejected and leave no row; ``last_applied`` still
-  advances, since every node rejects them alike.
+* **frame results**, decided in runs by ``parkd/parking/batch.py`` (exactly once per
+  ``(camera_id, incarnation, seq)``, the newest incarnation's highest seq is the
+  current value, disabled cameras refused: its docstring has the rules);
+* **retention** entries, which trim the history at their log position
+  (``parkd/parking/retention.py``);
+* **camera registry** entries, which disable or enable a camera from their log
+  position on (table ``camera_registry``).
 
-Deduplication relies on the frame history plus ``cameras.trimmed_seq``.  A future
-retention job may delete old ``frames`` rows, but must then raise the camera's
-``trimmed_seq`` to the highest ``seq`` it deleted, and must run at a fixed log
-position (as an entry of its own) so all nodes trim alike.  A frame with
-``seq <= trimmed_seq`` is then taken as a duplicate of a trimmed frame (with no
-index or free count to report); one with ``trimmed_seq < seq <= last_seq`` that is not in
-the history was never applied, so it is recorded as a late frame.
+Deduplication relies on the frame history plus each incarnation's ``trimmed_seq``:
+a frame with ``seq <= trimmed_seq`` is taken as a duplicate of a trimmed frame (with
+no index or free count to report); one with ``trimmed_seq < seq <= last_seq`` that is
+not in the history was never applied, so it is recorded as a late frame.
 """
 
 from __future__ import annotations
 
-import enum
-import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from parkd.db import DriverStatement, ensure_schema, storage_errors, unsynced_transaction
-from parkd.parking.codec import CodecError, FrameResult, decode, decode_retention, is_retention
+from parkd.parking.batch import Batch, check_frame, receipts
+from parkd.parking.codec import CodecError, decode_registry, decode_retention, is_registry, is_retention
 from parkd.parking.history import HistoryPoint, lot_history
+from parkd.parking.outcomes import ApplyResult, FrameRejected, Outcome, Receipt, Rejection
 from parkd.parking.retention import TrimResult, trim_in
-from parkd.parking.schema import PARKING_SCHEMA_VERSION
+from parkd.parking.schema import PARKING_SCHEMA_VERSION, UPGRADERS, incarnation_from_db, incarnation_to_db
 from parkd.parking.schema import applied as _applied
+from parkd.parking.schema import camera_registry as _registry
 from parkd.parking.schema import cameras as _cameras
 from parkd.parking.schema import frames as _frames
+from parkd.parking.schema import incarnations as _incarnations
 from parkd.parking.schema import lots as _lots
 from parkd.parking.schema import metadata as _meta
 from parkd.raft.types import Entry, EntryKind
 
-MAX_PAYLOAD = 1 << 20  # bytes; a camera frame far above this is a bug, not a picture
-_MAX_CAMERA_ID = (1 << 32) - 1  # uint32 on the wire
-_MAX_SEQ = (1 << 63) - 1  # SQLite integers are signed 64-bit
-_CHUNK = 500  # keys per IN (...) query, far below SQLite's bound-parameter limit
+__all__ = [
+    "ApplyResult",
+    "CameraView",
+    "FrameRejected",
+    "FrameView",
+    "IncarnationView",
+    "LotView",
+    "Outcome",
+    "ParkingState",
+    "Receipt",
+    "Rejection",
+]
 
-# The per-frame statements of apply(), compiled once (see DriverStatement).
-_upsert_camera = sqlite_insert(_cameras).values(
-    {c: sa.bindparam(c) for c in ("camera_id", "lot", "last_seq", "free", "last_seen")}
-)
-_set_camera = DriverStatement(
-    _upsert_camera.on_conflict_do_update(
-        index_elements=[_cameras.c.camera_id],
-        set_={c: _upsert_camera.excluded[c] for c in ("last_seq", "free", "last_seen")},
-    )
-)
-_set_lot = DriverStatement(
-    _lots.update()
-    .where(_lots.c.id == sa.bindparam("lot"))
-    .values(free=sa.bindparam("new_free"), updated_at=sa.bindparam("new_updated_at"))
-)
-_insert_frames = DriverStatement(_frames.insert())
+MAX_PAYLOAD = 1 << 20  # bytes; a camera frame far above this is a bug, not a picture
+
 _get_last_applied = DriverStatement(sa.select(_applied.c.last_applied))
 _set_last_applied = DriverStatement(_applied.update().values(last_applied=sa.bindparam("last")))
-assert _insert_frames.names == ("camera_id", "seq", "free", "captured_at", "log_index")
-assert _set_camera.names == ("camera_id", "lot", "last_seq", "free", "last_seen")
-assert _set_lot.names == ("new_free", "new_updated_at", "lot")
+_new_registry = sqlite_insert(_registry).values(
+    camera_id=sa.bindparam("camera_id"), enabled=sa.bindparam("enabled"), log_index=sa.bindparam("log_index")
+)
+_set_registry = DriverStatement(
+    _new_registry.on_conflict_do_update(
+        index_elements=[_registry.c.camera_id],
+        set_={"enabled": _new_registry.excluded.enabled, "log_index": _new_registry.excluded.log_index},
+    )
+)
 assert _get_last_applied.names == () and _set_last_applied.names == ("last",)
-
-
-class Outcome(enum.Enum):
-    APPLIED = "applied"
-    DUPLICATE = "duplicate"
-    REJECTED = "rejected"
-
-
-class Rejection(enum.Enum):
-    """Why a frame is refused; the names match ``Error.Code`` in the wire protocol."""
-
-    UNKNOWN_LOT = "unknown_lot"
-    LOT_MISMATCH = "lot_mismatch"
-    PAYLOAD_TOO_LARGE = "payload_too_large"
-    BAD_REQUEST = "bad_request"
-
-
-class FrameRejected(ValueError):
-    """A frame the state machine will not accept, with a reason fit for the camera."""
-
-    def __init__(self, code: Rejection, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def _check(
-    capacities: Mapping[str, int], camera_id: int, lot: str, seq: int, captured_at: float, known_lot: str | None
-) -> int:
-    """The rules a frame must meet both before proposing and at apply; returns the capacity.
-
-    Anything that could make the INSERT fail must be refused here: a committed
-    entry that fails to apply would stop every node at the same index.
-    """
-    if not 1 <= camera_id <= _MAX_CAMERA_ID:
-        raise FrameRejected(Rejection.BAD_REQUEST, f"camera id {camera_id} is outside 1..{_MAX_CAMERA_ID}")
-    if not 1 <= seq <= _MAX_SEQ:
-        raise FrameRejected(Rejection.BAD_REQUEST, f"seq {seq} is outside 1..{_MAX_SEQ}")
-    if not math.isfinite(captured_at):  # SQLite would store NaN as NULL
-        raise FrameRejected(Rejection.BAD_REQUEST, f"capture time {captured_at} is not a finite number")
-    if lot not in capacities:
-        known = ", ".join(sorted(capacities)) or "none"
-        raise FrameRejected(Rejection.UNKNOWN_LOT, f"unknown lot {lot!r} (lots: {known})")
-    if known_lot is not None and known_lot != lot:
-        raise FrameRejected(
-            Rejection.LOT_MISMATCH, f"camera {camera_id} belongs to lot {known_lot!r}, not {lot!r}"
-        )
-    return capacities[lot]
-
-
-@dataclass(frozen=True, slots=True)
-class Receipt:
-    """Proof that a frame took effect: what the camera's ack reports.
-
-    ``index`` and ``free`` are None only when retention has trimmed the frame.
-    """
-
-    camera_id: int
-    seq: int
-    index: int | None
-    free: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class ApplyResult:
-    """The outcome of the committed frame entry at ``entry_index``.
-
-    ``index`` and ``free`` are what the camera's ack reports: those of the frame's
-    first application (this entry, or the original one for a duplicate).  They are
-    None for a rejection and for a duplicate of a trimmed frame.  ``camera_id``,
-    ``seq`` and ``lot`` are those of the entry (0, 0, "" if it could not be decoded).
-    """
-
-    entry_index: int
-    outcome: Outcome
-    camera_id: int
-    seq: int
-    lot: str
-    index: int | None = None
-    free: int | None = None
-    rejection: Rejection | None = None
-    reason: str = ""
-
-    @property
-    def duplicate(self) -> bool:
-        return self.outcome is Outcome.DUPLICATE
+assert _set_registry.names == ("camera_id", "enabled", "log_index")
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,11 +88,25 @@ class LotView:
 
 @dataclass(frozen=True, slots=True)
 class CameraView:
+    """A camera's current value: that of its current incarnation."""
+
     camera_id: int
     lot: str
     free: int
     last_seq: int
     last_seen: float
+    incarnation: int = 0
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class IncarnationView:
+    """One of a camera's incarnations; ``superseded_index`` is None for the current one."""
+
+    incarnation: int
+    last_seq: int
+    trimmed_seq: int
+    superseded_index: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,29 +115,26 @@ class FrameView:
     free: int
     captured_at: float
     index: int
+    incarnation: int = 0
 
 
-@dataclass(slots=True)
-class _Camera:
-    """A camera's row while a batch is applied."""
-
-    lot: str
-    last_seq: int
-    free: int
-    last_seen: float
-    trimmed_seq: int = 0
+@dataclass(frozen=True, slots=True)
+class _Trim:
+    cutoff: float
 
 
-def _chunks(items: Sequence, size: int = _CHUNK) -> Iterator[Sequence]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+@dataclass(frozen=True, slots=True)
+class _Registry:
+    index: int
+    camera_id: int
+    enabled: bool
 
 
 class ParkingState:
     """The replicated parking tables on a shared Engine (see the module docstring)."""
 
     def __init__(self, engine: sa.Engine, lots: Mapping[str, int], *, max_payload: int = MAX_PAYLOAD) -> None:
-        """Create missing tables and make the ``lots`` table mirror ``lots`` (id → capacity)."""
+        """Create or upgrade the tables and make the ``lots`` table mirror ``lots`` (id → capacity)."""
         for lot, capacity in lots.items():
             if capacity < 0:
                 raise ValueError(f"lot {lot!r}: capacity must not be negative, got {capacity}")
@@ -220,7 +143,7 @@ class ParkingState:
         self._max_payload = max_payload
         self.trims: list[TrimResult] = []  # what retention entries of the last apply() trimmed
         with storage_errors("opening the parking state"), engine.begin() as conn:
-            ensure_schema(conn, _meta, "parking", PARKING_SCHEMA_VERSION)
+            ensure_schema(conn, _meta, "parking", PARKING_SCHEMA_VERSION, UPGRADERS)
             conn.execute(sqlite_insert(_applied).values(id=1, last_applied=0).on_conflict_do_nothing())
             conn.execute(_lots.delete().where(_lots.c.id.not_in(list(lots))))
             if lots:
@@ -251,23 +174,22 @@ class ParkingState:
             raise FrameRejected(
                 Rejection.PAYLOAD_TOO_LARGE, f"payload of {len(payload)} bytes exceeds {self._max_payload}"
             )
-        return _check(self._capacity, camera_id, lot, seq, captured_at, known_lot)
+        return check_frame(self._capacity, camera_id, lot, seq, captured_at, known_lot)
 
     # -- applying committed entries ---------------------------------------------------
 
     def apply(self, entries: Sequence[Entry]) -> list[ApplyResult]:
         """Apply committed entries in one transaction with ``last_applied``.
 
-        Returns one result per NORMAL entry newly applied, in log order; NOOP and
-        CONFIG entries only advance ``last_applied``, and entries at or below it
-        are skipped (a replay after a crash).  Reads are one query for the
-        batch's cameras and, only for late or repeated frames, one for their
-        history; writes are one executemany per table.
+        Returns one result per frame entry newly applied (and per undecodable
+        NORMAL entry: a rejection), in log order; NOOP and CONFIG entries only
+        advance ``last_applied``, and entries at or below it are skipped (a
+        replay after a crash).
 
-        A retention entry (``parkd/parking/retention.py``) trims the frame history
-        at its position: the frames before it in the batch are written first, the
-        ones after it see the raised ``trimmed_seq``.  It yields no result (like a
-        NOOP); what it trimmed is in :attr:`trims` until the next call.
+        A retention or registry entry takes effect at its position: the frames
+        before it in the batch are written first, the ones after it see its
+        change.  It yields no result (like a NOOP); what a retention entry
+        trimmed is in :attr:`trims` until the next call.
         """
         with storage_errors("applying committed entries"), unsynced_transaction(self._engine) as conn:
             (last,) = _get_last_applied.execute(conn).fetchone()
@@ -279,12 +201,14 @@ class ParkingState:
                     raise ValueError(f"entry {entry.index} applied after {expected - 1}: the log has a gap")
             results, trims = [], []
             for segment in _segments(todo):
-                if isinstance(segment, float):  # a retention entry, at its place in the log
-                    trims.append(trim_in(conn, segment))
-                    continue
-                batch = _Batch(self._capacity, conn, segment)
-                batch.write(conn)
-                results.extend(batch.results)
+                if isinstance(segment, _Trim):
+                    trims.append(trim_in(conn, segment.cutoff))
+                elif isinstance(segment, _Registry):
+                    _set_registry.execute(conn, (segment.camera_id, segment.enabled, segment.index))
+                else:
+                    batch = Batch(self._capacity, conn, segment)
+                    batch.write(conn)
+                    results.extend(batch.results)
             _set_last_applied.execute(conn, (todo[-1].index,))
         self.trims = trims
         return results
@@ -314,165 +238,111 @@ class ParkingState:
     def cameras(self) -> list[CameraView]:
         with storage_errors("reading cameras"), self._engine.connect() as conn:
             rows = conn.execute(self._camera_query().order_by(_cameras.c.camera_id))
-            return [CameraView(*row) for row in rows]
+            return [_camera_view(row) for row in rows]
 
     def camera(self, camera_id: int) -> CameraView | None:
         query = self._camera_query().where(_cameras.c.camera_id == camera_id)
         with storage_errors("reading a camera"), self._engine.connect() as conn:
             row = conn.execute(query).one_or_none()
-        return CameraView(*row) if row else None
+        return _camera_view(row) if row else None
 
-    def frames(self, camera_id: int, since: int = 0, limit: int = 100) -> list[FrameView]:
-        """A camera's frame history with ``seq > since``, oldest first, at most ``limit``."""
+    def incarnations(self, camera_id: int) -> list[IncarnationView]:
+        """A camera's incarnations in log order (oldest first; the current one last)."""
+        c = _incarnations.c
         query = (
-            sa.select(_frames.c.seq, _frames.c.free, _frames.c.captured_at, _frames.c.log_index)
-            .where(_frames.c.camera_id == camera_id, _frames.c.seq > since)
-            .order_by(_frames.c.seq)
+            sa.select(c.incarnation, c.last_seq, c.trimmed_seq, c.superseded_index)
+            .where(c.camera_id == camera_id)
+            .order_by(c.superseded_index.is_(None), c.superseded_index)
+        )
+        with storage_errors("reading a camera's incarnations"), self._engine.connect() as conn:
+            return [IncarnationView(incarnation_from_db(i), *rest) for i, *rest in conn.execute(query)]
+
+    def applied_seqs(self) -> dict[tuple[int, int], int]:
+        """``{(camera_id, incarnation): highest applied seq}`` for every incarnation (the intake's cache)."""
+        c = _incarnations.c
+        with storage_errors("reading incarnations"), self._engine.connect() as conn:
+            rows = conn.execute(sa.select(c.camera_id, c.incarnation, c.last_seq))
+            return {(cam, incarnation_from_db(inc)): seq for cam, inc, seq in rows}
+
+    def disabled_cameras(self) -> set[int]:
+        """The cameras the registry has disabled."""
+        with storage_errors("reading the camera registry"), self._engine.connect() as conn:
+            return set(conn.scalars(sa.select(_registry.c.camera_id).where(_registry.c.enabled.is_(False))))
+
+    def frames(
+        self, camera_id: int, since: int = 0, limit: int = 100, incarnation: int | None = None
+    ) -> list[FrameView]:
+        """A camera's frame history of one incarnation (default: the current one) with
+        ``seq > since``, oldest first, at most ``limit``."""
+        f = _frames.c
+        if incarnation is None:
+            current = sa.select(_cameras.c.incarnation).where(_cameras.c.camera_id == camera_id).scalar_subquery()
+            which = f.incarnation == current
+        else:
+            which = f.incarnation == incarnation_to_db(incarnation)
+        query = (
+            sa.select(f.seq, f.free, f.captured_at, f.log_index, f.incarnation)
+            .where(f.camera_id == camera_id, which, f.seq > since)
+            .order_by(f.seq)
             .limit(limit)
         )
         with storage_errors("reading frames"), self._engine.connect() as conn:
-            return [FrameView(*row) for row in conn.execute(query)]
+            return [FrameView(*row[:4], incarnation_from_db(row[4])) for row in conn.execute(query)]
 
     def history(self, lot: str, start: float, end: float, points: int) -> tuple[float | None, list[HistoryPoint]]:
         """The lot's free spaces over [start, end] in at most ``points`` steps (see parking.history)."""
         with storage_errors("reading a lot's history"), self._engine.connect() as conn:
             return lot_history(conn, lot, start, end, points)
 
-    def lookup(self, camera_id: int, seq: int) -> Receipt | None:
+    def lookup(self, camera_id: int, incarnation: int, seq: int) -> Receipt | None:
         """The receipt of an applied frame (to ack a re-sent one at once), else None."""
         with storage_errors("looking up a frame"), self._engine.connect() as conn:
-            known = _receipts(conn, [(camera_id, seq)])
+            known = receipts(conn, [(camera_id, incarnation, seq)])
             if known:
-                return known[camera_id, seq]
-            trimmed = conn.scalar(sa.select(_cameras.c.trimmed_seq).where(_cameras.c.camera_id == camera_id))
-        return Receipt(camera_id, seq, None, None) if trimmed is not None and seq <= trimmed else None
+                return known[camera_id, incarnation, seq]
+            c = _incarnations.c
+            which = sa.and_(c.camera_id == camera_id, c.incarnation == incarnation_to_db(incarnation))
+            trimmed = conn.scalar(sa.select(c.trimmed_seq).where(which))
+        if trimmed is not None and seq <= trimmed:
+            return Receipt(camera_id, seq, None, None, incarnation)
+        return None
 
     @staticmethod
     def _camera_query() -> sa.Select:
-        c = _cameras.c
-        return sa.select(c.camera_id, c.lot, c.free, c.last_seq, c.last_seen)
+        """Each camera with its current incarnation's value and whether the registry enables it."""
+        c, i = _cameras.c, _incarnations.c
+        enabled = sa.func.coalesce(_registry.c.enabled, True)
+        return (
+            sa.select(c.camera_id, c.lot, i.free, i.last_seq, i.last_seen, c.incarnation, enabled)
+            .join(_incarnations, sa.and_(i.camera_id == c.camera_id, i.incarnation == c.incarnation))
+            .outerjoin(_registry, _registry.c.camera_id == c.camera_id)
+        )
 
 
-def _segments(entries: Sequence[Entry]) -> Iterator[Sequence[Entry] | float]:
-    """``entries`` split at retention entries: runs of other entries, and each cutoff."""
+def _camera_view(row) -> CameraView:
+    camera_id, lot, free, last_seq, last_seen, incarnation, enabled = row
+    return CameraView(camera_id, lot, free, last_seq, last_seen, incarnation_from_db(incarnation), bool(enabled))
+
+
+def _segments(entries: Sequence[Entry]) -> Iterator[Sequence[Entry] | _Trim | _Registry]:
+    """``entries`` split at retention and registry entries: runs of other entries, and each command."""
     start = 0
     for pos, entry in enumerate(entries):
-        if entry.kind is EntryKind.NORMAL and is_retention(entry.data):
-            try:
-                cutoff = decode_retention(entry.data).cutoff
-            except CodecError:
-                continue  # malformed: _Batch rejects it like any undecodable entry
-            if pos > start:
-                yield entries[start:pos]
-            yield cutoff
-            start = pos + 1
+        if entry.kind is not EntryKind.NORMAL:
+            continue
+        try:
+            if is_retention(entry.data):
+                command = _Trim(decode_retention(entry.data).cutoff)
+            elif is_registry(entry.data):
+                registry = decode_registry(entry.data)
+                command = _Registry(entry.index, registry.camera_id, registry.enabled)
+            else:
+                continue
+        except CodecError:
+            continue  # malformed: Batch rejects it like any undecodable entry
+        if pos > start:
+            yield entries[start:pos]
+        yield command
+        start = pos + 1
     if start < len(entries):
         yield entries[start:]
-
-
-def _receipts(conn: sa.Connection, keys: Sequence[tuple[int, int]]) -> dict[tuple[int, int], Receipt]:
-    """Receipts of the frames among ``keys`` ((camera_id, seq) pairs) in the history."""
-    c = _frames.c
-    found = {}
-    for chunk in _chunks(keys):
-        query = sa.select(c.camera_id, c.seq, c.log_index, c.free)
-        for camera_id, seq, index, free in conn.execute(query.where(sa.tuple_(c.camera_id, c.seq).in_(chunk))):
-            found[camera_id, seq] = Receipt(camera_id, seq, index, free)
-    return found
-
-
-_LOAD_CAMERAS_SQL = (
-    "SELECT camera_id, lot, last_seq, free, last_seen, trimmed_seq FROM cameras WHERE camera_id IN ({})"
-)
-
-
-class _Batch:
-    """One apply call: decides every entry in memory, then writes each table once."""
-
-    def __init__(self, capacities: Mapping[str, int], conn: sa.Connection, entries: Iterable[Entry]) -> None:
-        self._capacities = capacities
-        self.results: list[ApplyResult] = []
-        decoded: list[tuple[int, FrameResult | CodecError]] = []
-        for entry in entries:
-            if entry.kind is EntryKind.NORMAL:
-                try:
-                    decoded.append((entry.index, decode(entry.data)))
-                except CodecError as exc:
-                    decoded.append((entry.index, exc))
-        frames = [f for _, f in decoded if isinstance(f, FrameResult)]
-        self._cameras = self._load_cameras(conn, sorted({f.camera_id for f in frames}))
-        self._receipts = _receipts(conn, self._history_candidates(frames))
-        self._new_frames: list[tuple] = []  # rows for _insert_frames
-        self._advanced: dict[int, _Camera] = {}  # camera_id -> row to upsert
-        self._lots: dict[str, tuple] = {}  # lot -> its row for _set_lot
-        for index, frame in decoded:
-            self.results.append(self._decide(index, frame))
-
-    @staticmethod
-    def _load_cameras(conn: sa.Connection, ids: Sequence[int]) -> dict[int, _Camera]:
-        found = {}
-        for chunk in _chunks(ids):
-            sql = _LOAD_CAMERAS_SQL.format(", ".join("?" * len(chunk)))
-            for camera_id, *row in conn.connection.dbapi_connection.execute(sql, chunk):
-                found[camera_id] = _Camera(*row)
-        return found
-
-    def _history_candidates(self, frames: Iterable[FrameResult]) -> list[tuple[int, int]]:
-        """Frames that may already be in the history: at or below their camera's last_seq.
-
-        In normal operation seqs only grow and this is empty, so no query is made.
-        """
-        keys = set()
-        for f in frames:
-            camera = self._cameras.get(f.camera_id)
-            if camera and camera.trimmed_seq < f.seq <= camera.last_seq:
-                keys.add((f.camera_id, f.seq))
-        return sorted(keys)
-
-    def _decide(self, index: int, frame: FrameResult | CodecError) -> ApplyResult:
-        if isinstance(frame, CodecError):
-            return ApplyResult(
-                index, Outcome.REJECTED, 0, 0, "", rejection=Rejection.BAD_REQUEST, reason=str(frame)
-            )
-        key = (frame.camera_id, frame.seq)
-        camera = self._cameras.get(frame.camera_id)
-        if key in self._receipts:
-            original = self._receipts[key]
-            return ApplyResult(index, Outcome.DUPLICATE, *key, frame.lot, original.index, original.free)
-        if camera and frame.seq <= camera.trimmed_seq:
-            return ApplyResult(index, Outcome.DUPLICATE, *key, frame.lot)
-        try:
-            known_lot = camera.lot if camera else None
-            capacity = _check(
-                self._capacities, frame.camera_id, frame.lot, frame.seq, frame.captured_at, known_lot
-            )
-            if not 0 <= frame.free <= capacity:
-                raise FrameRejected(
-                    Rejection.BAD_REQUEST, f"free {frame.free} is outside 0..{capacity} of lot {frame.lot!r}"
-                )
-        except FrameRejected as rejected:
-            return ApplyResult(
-                index, Outcome.REJECTED, *key, frame.lot, rejection=rejected.code, reason=str(rejected)
-            )
-        self._record(index, frame, camera)
-        return ApplyResult(index, Outcome.APPLIED, *key, frame.lot, index, frame.free)
-
-    def _record(self, index: int, frame: FrameResult, camera: _Camera | None) -> None:
-        self._receipts[frame.camera_id, frame.seq] = Receipt(frame.camera_id, frame.seq, index, frame.free)
-        self._new_frames.append((frame.camera_id, frame.seq, frame.free, frame.captured_at, index))
-        if camera is None:
-            camera = self._cameras[frame.camera_id] = _Camera(frame.lot, 0, frame.free, frame.captured_at)
-        if frame.seq <= camera.last_seq:
-            return  # a late frame: history only
-        camera.last_seq, camera.free, camera.last_seen = frame.seq, frame.free, frame.captured_at
-        self._advanced[frame.camera_id] = camera
-        self._lots[frame.lot] = (frame.free, frame.captured_at, frame.lot)
-
-    def write(self, conn: sa.Connection) -> None:
-        if self._new_frames:
-            _insert_frames.executemany(conn, self._new_frames)
-        if self._advanced:
-            rows = [(i, c.lot, c.last_seq, c.free, c.last_seen) for i, c in self._advanced.items()]
-            _set_camera.executemany(conn, rows)
-        if self._lots:
-            _set_lot.executemany(conn, list(self._lots.values()))

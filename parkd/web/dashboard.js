@@ -71,6 +71,25 @@ function setBanner(state, message) {
   banner.textContent = message;
 }
 
+// The alarms raised on the node this page talks to (CONTRACT §10), one line each.
+const ALARM_TEXT = {
+  nospace:
+    "its disk is almost full. It refuses new frames until space is freed on its data directory's " +
+    "filesystem (cameras keep them and try again, here or on another node); reads still work.",
+};
+
+function renderAlarms(cluster) {
+  const alarms = cluster.alarms || [];
+  const banner = $("alarms");
+  banner.hidden = alarms.length === 0;
+  banner.dataset.alarms = alarms.join(" ");
+  banner.replaceChildren(
+    ...alarms.map((name) =>
+      el("div", { class: "alarm", "data-alarm": name }, `Alarm ${name} on node ${cluster.node_id}: ${ALARM_TEXT[name] || "see its log."}`),
+    ),
+  );
+}
+
 // ------------------------------------------------------------------ cluster strip
 
 function renderCluster(cluster) {
@@ -79,6 +98,7 @@ function renderCluster(cluster) {
   $("cluster-term").textContent = cluster.term;
   $("cluster-commit").textContent = cluster.commit_index;
   $("cluster-applied").textContent = cluster.last_applied;
+  $("cluster-lag").textContent = cluster.reactor_lag_ms === undefined ? "–" : `${cluster.reactor_lag_ms} ms`;
   const section = $("cluster");
   section.dataset.leader = cluster.leader_id === null ? "" : String(cluster.leader_id);
   section.dataset.term = String(cluster.term);
@@ -90,7 +110,7 @@ function renderCluster(cluster) {
     let label = `node ${m.id}`;
     if (m.id === cluster.leader_id) label += " · leader";
     if (m.match_index !== null && m.match_index !== undefined) label += ` · match ${m.match_index}`;
-    const link = el("a", { href: `http://${m.http}/`, title: `dashboard of node ${m.id} (${m.http})` }, label);
+    const link = el("a", { href: `${location.protocol}//${m.http}/`, title: `dashboard of node ${m.id} (${m.http})` }, label);
     return el("li", { class: classes.join(" "), "data-member": m.id }, link);
   });
   $("members").replaceChildren(...items);
@@ -167,17 +187,26 @@ function renderLots(lots, histories) {
 
 // ------------------------------------------------------------------ cameras
 
+// A camera an operator disabled (parkctl camera disable) shows as such, whatever its age.
+// Its incarnation is not shown: a 64-bit number loses digits in a JavaScript number.
+function cameraStatus(c) {
+  if (c.enabled === false) {
+    return el("span", { class: "status disabled", title: `disabled by an operator; last frame ${c.status}` }, "disabled");
+  }
+  return el("span", { class: `status ${c.status}` }, c.status);
+}
+
 function renderCameras(cameras) {
   const rows = cameras.map((c) =>
     el(
       "tr",
-      { "data-camera": c.camera_id },
+      { "data-camera": c.camera_id, "data-enabled": c.enabled !== false },
       el("td", {}, c.camera_id),
       el("td", {}, c.lot),
       el("td", { class: "free" }, c.free),
       el("td", { class: "last-seq" }, c.last_seq),
       el("td", { class: "last-seen", title: new Date(c.last_seen * 1000).toISOString() }, ago(c.last_seen)),
-      el("td", {}, el("span", { class: `status ${c.status}` }, c.status)),
+      el("td", {}, cameraStatus(c)),
     ),
   );
   $("cameras").tBodies[0].replaceChildren(...rows);
@@ -200,6 +229,7 @@ async function refresh() {
   }
   const c = cluster.body;
   renderCluster(c);
+  renderAlarms(c);
 
   // Linearizable by default; when this node cannot confirm a read, show its own
   // (possibly stale) state under the banner instead of nothing.

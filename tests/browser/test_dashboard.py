@@ -7,6 +7,7 @@ Screenshots go to the test's temporary directory, and also to
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 
@@ -25,6 +26,8 @@ return {
   banner: banner.hidden ? null : banner.textContent,
   leader: cluster.dataset.leader === undefined ? null : cluster.dataset.leader,
   node: cluster.dataset.node || null,
+  lag: document.getElementById("cluster-lag").textContent,
+  memberLinks: [...document.querySelectorAll("#members a")].map((a) => a.href),
   lots: Object.fromEntries([...document.querySelectorAll("#lots .lot")].map((card) => [
     card.dataset.lot,
     {free: card.querySelector(".free").textContent,
@@ -53,8 +56,10 @@ def expected_from_api(cluster, node_id):
         return None
     return (
         {lot["id"]: (str(lot["free"]), str(lot["capacity"])) for lot in lots["lots"]},
-        {str(c["camera_id"]): (c["lot"], str(c["free"]), str(c["last_seq"]), c["status"]) for c in cameras["cameras"]},
-    )
+        {str(c["camera_id"]): (c["lot"], str(c["free"]), str(c["last_seq"]),
+                               c["status"] if c["enabled"] else "disabled") for c in cameras["cameras"]},
+    )  # fmt: skip
+
 
 
 def shown(page):
@@ -95,6 +100,9 @@ def test_dashboard_shows_the_api_values_and_recovers_from_a_leader_kill(browser,
     assert p["banner"] is None and p["leader"] == str(leader) and p["node"] == str(follower)
     assert {v["level"] for v in p["lots"].values()} <= {"ok", "low", "full"}
     assert {v["status"] for v in p["cameras"].values()} == {"active"}
+    assert re.fullmatch(r"\d+(\.\d)? ms", p["lag"]), p["lag"]  # the node's reactor lag
+    scheme = node_url(cluster.config, follower, "/").split(":")[0]
+    assert len(p["memberLinks"]) == 3 and all(link.startswith(scheme + "://") for link in p["memberLinks"])
     screenshot(browser, tmp_path, "dashboard.png")
 
     # Freeze the values (stop the cameras): the page must show exactly what the API gives.
@@ -113,6 +121,17 @@ def test_dashboard_shows_the_api_values_and_recovers_from_a_leader_kill(browser,
 
     lots, cameras = cluster.wait(matches_api_all_stale, 15, "the page to show the API's values, every camera stale")
     assert set(lots) == {"north", "south", "east"} and set(cameras) == {"1", "2", "3"}
+
+    # An operator disables camera 2 (CONTRACT §9): the page says so, then enabled again.
+    assert "disabled" in cluster.parkctl("camera", "disable", 2)
+
+    def shows_disabled():
+        want = expected_from_api(cluster, follower)
+        return want if want is not None and shown(page()) == want and want[1]["2"][3] == "disabled" else None
+
+    cluster.wait(shows_disabled, 15, "the page to show camera 2 disabled")
+    screenshot(browser, tmp_path, "dashboard-camera-disabled.png")
+    assert "enabled" in cluster.parkctl("camera", "enable", 2)
 
     # Cameras again, then kill the leader: the page must follow the new leader and new values.
     for camera_id, lot in enumerate(("north", "south", "east"), start=1):
@@ -153,3 +172,37 @@ def test_dashboard_shows_the_api_values_and_recovers_from_a_leader_kill(browser,
     if caught is None and os.environ.get("PARKD_SCREENSHOTS"):
         shutil.copy(no_leader, os.path.join(os.environ["PARKD_SCREENSHOTS"], "dashboard-leader-change.png"))
     assert new_leader in cluster.nodes
+
+
+ALARMS = """
+const alarms = document.getElementById("alarms");
+return {hidden: alarms.hidden, names: alarms.dataset.alarms || "", text: alarms.textContent};
+"""
+
+
+def test_dashboard_shows_a_nodes_nospace_alarm_until_it_clears(browser, tmp_path, cluster_pki):
+    """CONTRACT §10: the dashboard of a node low on disk says so in a banner, which goes once space returns."""
+    from harness import Cluster
+
+    from disks import MIB, small_disks, take_space
+
+    (tmp_path / "cluster").mkdir()
+    cluster = Cluster(tmp_path / "cluster", interval=0.2, pki=cluster_pki.dir, node_args=("--min-free-disk-mb", "8"))
+    with small_disks(32) as mount:
+        disk = mount(os.path.join(cluster.workdir, "node-1"))
+        try:
+            cluster.start_all()
+            cluster.leader()
+            cluster.wait_acks(5)
+            browser.get(node_url(cluster.config, 1, "/"))
+            alarms = lambda: browser.execute_script(ALARMS)  # noqa: E731
+            cluster.wait(lambda: browser.execute_script(PAGE_STATE)["state"] == "ok", 20, "the page to load")
+            assert alarms()["hidden"] is True
+            ballast = take_space(disk, leave=4 * MIB)
+            shown = cluster.wait(lambda: (lambda a: a if not a["hidden"] else None)(alarms()), 15, "the alarm banner")
+            assert shown["names"] == "nospace" and "node 1" in shown["text"] and "disk" in shown["text"]
+            screenshot(browser, tmp_path, "dashboard-nospace.png")
+            os.unlink(ballast)
+            cluster.wait(lambda: alarms()["hidden"], 15, "the alarm banner to go")
+        finally:
+            cluster.stop_all()

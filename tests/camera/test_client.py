@@ -63,7 +63,8 @@ def test_hello_then_frames_in_order_within_the_window(tmp_path):
     client, clock, net, box, _ = make(tmp_path)
     client.start()
     envelopes = sent(net.proto)
-    assert envelopes[0].hello == pb.Hello(camera_id=7, lot="north")
+    assert envelopes[0].hello == pb.Hello(camera_id=7, lot="north", incarnation=box.incarnation)
+    assert box.incarnation != 0  # a new state dir: a new incarnation (CONTRACT §9)
     assert [e.submit_frame.seq for e in envelopes[1:]] == [1, 2]  # window of 2
     assert envelopes[1].submit_frame.payload == b"payload0"
 
@@ -216,3 +217,50 @@ def test_after_a_redirect_what_else_the_node_sent_is_not_acted_on(tmp_path):
     clock.advance(0)  # straight to the named node, without the Unavailable's 0.3 s
     assert net.attempts[-1][0] == Address("127.0.0.1", 3)
     assert [e.submit_frame.seq for e in sent(net.proto)[1:]] == [2, 3]
+
+
+# -- a disabled camera (CONTRACT §9 "Camera registry") ---------------------------------------------
+
+
+def denied(seq=0):
+    return pb.Error(code=pb.Error.PERMISSION_DENIED, message="camera 7 is disabled by an operator", seq=seq)
+
+
+def test_a_refused_frame_of_a_disabled_camera_stays_and_the_camera_retries_with_backoff(tmp_path):
+    client, clock, net, box, events = make(tmp_path)
+    client.start()
+    first = net.proto
+    reply(first, error=denied(seq=1))  # committed after the disable entry: rejected at apply
+    assert [f.seq for f in box.pending()] == [1, 2, 3] and box.counter("dropped") == 0
+    assert first.transport.disconnected and client.paused
+    first.connectionLost(Failure(ConnectionRefusedError()))
+    delays = []
+    for _ in range(6):  # each Hello refused while it stays disabled
+        before, attempts = clock.seconds(), len(net.attempts)
+        while len(net.attempts) == attempts:
+            clock.advance(0.01)
+        delays.append(clock.seconds() - before)
+        assert sent(net.proto)[0].hello.camera_id == 7
+        reply(net.proto, error=denied())
+        net.proto.connectionLost(Failure(ConnectionRefusedError()))
+    assert delays[-1] > 4 * delays[0]  # backing off, not hammering the cluster
+    assert [f.seq for f in box.pending()] == [1, 2, 3]
+    warnings = [e for e in events if "refused by the cluster" in (e.get("log_format") or "")]
+    assert len(warnings) == 1  # one line for the pause, not one per attempt
+
+
+def test_once_enabled_the_outbox_drains_in_order_exactly_once(tmp_path):
+    client, clock, net, box, events = make(tmp_path)
+    client.start()
+    reply(net.proto, error=denied(seq=1))
+    net.proto.connectionLost(Failure(ConnectionRefusedError()))
+    clock.advance(10)  # enabled meanwhile: this node takes the Hello
+    node = net.proto
+    assert [e.submit_frame.seq for e in sent(node)[1:]] == [1, 2]  # from the first kept frame, in order
+    for seq in (1, 2, 3):
+        reply(node, frame_ack=pb.FrameAck(camera_id=7, seq=seq, index=10 + seq, free=seq))
+    assert [e.submit_frame.seq for e in sent(node)[1:]] == [1, 2, 3]
+    assert box.pending() == [] and not client.paused
+    acked = [e["seq"] for e in events if e.get("parkd_event") == "frame_acked"]
+    assert acked == [1, 2, 3]
+    assert {e["incarnation"] for e in events if e.get("parkd_event") == "frame_acked"} == {box.incarnation}

@@ -1,4 +1,8 @@
-"""The camera outbox (CONTRACT §5): seq never reused, frames kept until acked, bounded."""
+"""The camera outbox (CONTRACT §5, §9): seq never reused, frames kept until acked, bounded; its incarnation."""
+
+import random
+import sqlite3
+from pathlib import Path
 
 from parkd.camera.outbox import Outbox
 
@@ -44,3 +48,50 @@ def test_discard_counts_a_refused_frame(tmp_path):
     box.add(b"x", 1.0)
     assert box.discard(1)
     assert box.pending() == [] and box.counter("dropped") == 1
+
+
+# -- the incarnation (CONTRACT §9) -------------------------------------------------------------
+
+OUTBOX_BEFORE_INCARNATIONS = Path(__file__).parent / "data" / "outbox-before-incarnations.sql"
+
+
+class FixedBits(random.Random):
+    """An rng whose 64-bit draws are given (to see 0 skipped and big values stored)."""
+
+    def __init__(self, *draws: int):
+        super().__init__(0)
+        self.draws = list(draws)
+
+    def getrandbits(self, k: int) -> int:
+        assert k == 64
+        return self.draws.pop(0)
+
+
+def test_a_new_state_dir_gets_a_random_nonzero_incarnation_that_stays(tmp_path):
+    path = str(tmp_path / "outbox.db")
+    box = Outbox(path, limit=10)
+    incarnation = box.incarnation
+    assert 0 < incarnation < 2**64
+    box.add(b"a", 1.0)
+    box.close()
+    assert Outbox(path, limit=10).incarnation == incarnation
+    assert Outbox(str(tmp_path / "other" / "outbox.db"), limit=10).incarnation != incarnation
+
+
+def test_zero_is_never_a_new_incarnation_and_every_64_bit_value_is_kept(tmp_path):
+    path = str(tmp_path / "outbox.db")
+    assert Outbox(path, limit=10, rng=FixedBits(0, 2**64 - 1)).incarnation == 2**64 - 1
+    assert Outbox(path, limit=10, rng=FixedBits()).incarnation == 2**64 - 1  # read back, not drawn
+
+
+def test_a_state_dir_of_the_previous_release_keeps_incarnation_0_and_its_frames(tmp_path):
+    path = tmp_path / "outbox.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(OUTBOX_BEFORE_INCARNATIONS.read_text())
+    conn.close()
+    box = Outbox(str(path), limit=100, rng=FixedBits())  # draws nothing
+    assert box.incarnation == 0
+    assert [(f.seq, f.payload) for f in box.pending()] == [(5, b"payload-5"), (6, b"payload-6"), (7, b"payload-7")]
+    assert box.add(b"x", 3000.0)[0].seq == 8  # the seqs go on: the old frames stay exactly-once
+    box.close()
+    assert Outbox(str(path), limit=100).incarnation == 0

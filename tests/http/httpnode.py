@@ -1,7 +1,7 @@
 """A node double for the HTTP port (imported by tests/http as ``httpnode``).
 
 Real ParkingState on in-memory SQLite, real FrameIntake, MembershipManager,
-ReadBarrier and metrics, around a scripted driver (the Raft status they read
+CameraRegistry, ReadBarrier and metrics, around a scripted driver (the Raft status they read
 and the event stream they follow); a ``task.Clock``; requests go through the
 real twisted.web Site over a StringTransport (no sockets, no sleeping)."""
 
@@ -18,11 +18,15 @@ from twisted.internet.testing import StringTransport
 from parkd.config import CameraSettings, Config, Lot, parse_address, Member
 from parkd.db import open_engine
 from parkd.http.metrics import NodeMetrics
+from parkd.http.health import node_readiness
 from parkd.http.site import build_site
 from parkd.node import driver as events
+from parkd.node.alarms import Alarms
+from parkd.node.disk import MIB, DiskMonitor
 from parkd.node.frames import FrameIntake
 from parkd.node.membership import MembershipManager
 from parkd.node.reads import ReadBarrier
+from parkd.node.registry import CameraRegistry
 from parkd.parking.analyzer import HashAnalyzer
 from parkd.parking.codec import FrameResult, encode
 from parkd.parking.state import ParkingState
@@ -43,7 +47,10 @@ class FakeDriver:
         self.role = Role.FOLLOWER
         self.leader_id: int | None = 1
         self.commit_index = 0
+        self.leader_commit = 0  # the highest commit index a leader told this node
         self.applied_index = 0
+        self.stalled = False  # a write waits for disk space
+        self.failed = False
         self.last_index = 0
         self.match_indexes: dict[int, int] = {}
         self.progress = {}
@@ -71,6 +78,7 @@ class FakeDriver:
         if self.leader_id is None:
             raise NotLeader(None)
         self.proposed.append(data)
+        self.last_index += 1  # a leader appends at once (FakeNode.commit_proposed commits it)
 
 
 @dataclass
@@ -114,33 +122,52 @@ class FakeNode:
         )
         self.settings = SimpleNamespace(config=config, node_id=2)
         self.peers = SimpleNamespace(links={1: Link(proto=object(), sent=10, dropped=1), 3: Link(sent=4, dropped=7)})
-        self.intake = FrameIntake(self.driver, self.state, HashAnalyzer(), LOTS, self.clock)
+        self.registry = CameraRegistry(self.driver, self.state, self.clock)
+        self.intake = FrameIntake(self.driver, self.state, HashAnalyzer(), LOTS, self.clock, self.registry)
         self.membership = MembershipManager(self.driver, None, members, self.clock)
         self.reads = ReadBarrier(self.driver, self.clock)
-        self.metrics = NodeMetrics(self.driver, self.state, self.peers, self.intake, list(LOTS))
+        self.metrics = NodeMetrics(self.driver, self.state, self.peers, self.intake, list(LOTS), clock=self.clock)
+        self.alarms = Alarms(node_id=2)
+        self.free_disk = 10_000 * MIB  # what the disk monitor's free-space function answers
+        self.disk = DiskMonitor("/nonexistent", "/nonexistent/node.db", self.alarms, 256 * MIB, self.driver,
+                                free=lambda _path: self.free_disk)  # fmt: skip
+        self.disk.check()
+        self.metrics.watch_disk(self.disk, self.alarms)
         self.build_site()
         self.index = 0
 
-    def build_site(self):
-        """The HTTP port over this node's parts (again, after a test replaced one)."""
+    def build_site(self, **options):
+        """The HTTP port over this node's parts (again, after a test replaced one; ``options``: e.g. access)."""
         self.site = build_site(
             clock=self.clock, state=self.state, driver=self.driver, membership=self.membership, reads=self.reads,
-            metrics=self.metrics, lot_ids=list(LOTS), camera_interval=INTERVAL,
+            metrics=self.metrics, lot_ids=list(LOTS), camera_interval=INTERVAL, registry=self.registry,
+            alarms=self.alarms, readiness=node_readiness(self), **options,
         )  # fmt: skip
 
     # -- the replicated state
 
-    def apply(self, camera_id, seq, free, lot="north", at=None):
+    def apply(self, camera_id, seq, free, lot="north", at=None, incarnation=0):
         """Commit and apply one frame entry (as the driver would), telling the listeners."""
-        return self.apply_batch([(camera_id, seq, free, lot, at)])
+        return self.apply_batch([(camera_id, seq, free, lot, at, incarnation)])
 
     def apply_batch(self, frames):
-        """Commit and apply (camera_id, seq, free, lot, at) frames in one batch."""
-        entries = []
-        for camera_id, seq, free, lot, at in frames:
-            self.index += 1
+        """Commit and apply (camera_id, seq, free, lot, at[, incarnation]) frames in one batch."""
+        datas = []
+        for camera_id, seq, free, lot, at, *incarnation in frames:
             captured = NOW - 1.0 if at is None else at
-            data = encode(FrameResult(camera_id, lot, seq, captured, free))
+            datas.append(encode(FrameResult(camera_id, lot, seq, captured, free, *incarnation)))
+        return self.apply_datas(datas)
+
+    def commit_proposed(self):
+        """Commit and apply what was proposed through the driver (a leader's entries)."""
+        datas, self.driver.proposed = self.driver.proposed, []
+        return self.apply_datas(datas)
+
+    def apply_datas(self, datas):
+        """Commit and apply NORMAL entries with these data in one batch."""
+        entries = []
+        for data in datas:
+            self.index += 1
             entries.append(Entry(self.index, self.core.term, EntryKind.NORMAL, data))
         results = self.state.apply(entries)
         driver = self.driver

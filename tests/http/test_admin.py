@@ -11,12 +11,15 @@ from twisted.internet import defer
 
 from parkd.config import Member, parse_address
 from parkd.node.membership import ChangeLost, ChangeRefused, ChangeTimeout, NotLeader
+from parkd.raft.core import Role
 from parkd.raft.types import Membership
 
 ADD = "/api/v1/admin/add-node"
 REMOVE = "/api/v1/admin/remove-node"
 TRANSFER = "/api/v1/admin/transfer-leader"
 NEW = {"id": 4, "raft": "127.0.0.1:7104", "client": "127.0.0.1:7204", "http": "127.0.0.1:7304"}
+DISABLE = "/api/v1/admin/camera-disable"
+ENABLE = "/api/v1/admin/camera-enable"
 
 
 class StubMembership:
@@ -66,7 +69,8 @@ def answer(request):
 # ------------------------------------------------------------------ where to send it
 
 
-@pytest.mark.parametrize("path, body", [(ADD, NEW), (REMOVE, {"id": 3}), (TRANSFER, {}), (TRANSFER, None)])
+@pytest.mark.parametrize("path, body", [(ADD, NEW), (REMOVE, {"id": 3}), (TRANSFER, {}), (TRANSFER, None),
+                                        (DISABLE, {"id": 7}), (ENABLE, {"id": 7})])  # fmt: skip
 def test_a_follower_names_the_leader_and_its_http_address(node, path, body):
     status, doc = answer(node.post(path, body))
     assert status == 421
@@ -198,6 +202,12 @@ def test_the_client_going_away_is_harmless(node, stub, logged_errors, fire):
         (REMOVE, {"id": 1.5}, "id: expected a node id"),
         (TRANSFER, {"id": "x"}, "id: expected a node id"),
         (TRANSFER, {"target": 3}, "unknown field 'target' (allowed: id, timeout)"),
+        (DISABLE, {}, "id: missing (a camera id)"),
+        (DISABLE, {"id": 0}, "id: expected a camera id in 1..4294967295, got 0"),
+        (ENABLE, {"id": 2**32}, "id: expected a camera id in 1..4294967295"),
+        (ENABLE, {"id": "7"}, "id: expected a camera id"),
+        (DISABLE, {"id": True}, "id: expected a camera id"),
+        (DISABLE, {"id": 7, "lot": "north"}, "unknown field 'lot' (allowed: id, timeout)"),
         (ADD, [1, 2], "body must be a JSON object"),
         (ADD + "?id=4", NEW, "admin operations take a JSON body, not query parameters"),
     ],
@@ -222,7 +232,48 @@ def test_methods_and_unknown_operations(node, stub):
     assert response.status == 405 and response.headers["allow"] == "POST"
     assert "use POST" in response.json()["error"]
     status, doc = answer(node.post("/api/v1/admin/frobnicate", {}))
-    assert status == 404 and "known: add-node, remove-node, transfer-leader" in doc["error"]
+    assert status == 404
+    assert "known: add-node, remove-node, transfer-leader, camera-disable, camera-enable" in doc["error"]
     status, _ = answer(node.post("/api/v1/admin", {}))
     assert status == 404
     assert node.get("/api/v1/lots?consistency=local", method="POST").status == 405  # reads stay GET-only
+
+
+# ------------------------------------------------------------------ the camera registry
+
+
+@pytest.fixture
+def leader(node):
+    """Node 2 leads; camera 7 has sent a frame."""
+    node.core.role, node.core.leader_id = Role.LEADER, 2
+    node.apply(7, 1, 40)
+    return node
+
+
+def test_disable_and_enable_answer_once_the_entry_is_applied(leader):
+    request = leader.post(DISABLE, {"id": 7})
+    assert request.response() is None  # proposed, waiting for the commit
+    leader.commit_proposed()
+    assert answer(request) == (200, {"camera_id": 7, "enabled": False, "index": 2})
+    assert leader.get("/api/v1/cameras/7?consistency=local").json()["enabled"] is False
+    request = leader.post(ENABLE, {"id": 7, "timeout": 3})
+    leader.commit_proposed()
+    assert answer(request) == (200, {"camera_id": 7, "enabled": True, "index": 3})
+
+
+def test_a_camera_that_never_sent_a_frame_is_404(leader):
+    status, doc = answer(leader.post(DISABLE, {"id": 8}))
+    assert (status, doc) == (404, {"error": "camera 8 has sent no frame to this cluster"})
+    assert leader.driver.proposed == []
+
+
+def test_a_registry_change_not_applied_in_time_is_504_and_a_lost_one_503(leader):
+    slow = leader.post(DISABLE, {"id": 7, "timeout": 2})
+    leader.clock.advance(2.5)
+    status, doc = answer(slow)
+    assert status == 504 and "disabling camera 7 (index 2) did not commit within 2 s" in doc["error"]
+    lost = leader.post(DISABLE, {"id": 7})
+    leader.core.term = 4  # a new leader's entry took index 3
+    leader.commit_proposed()
+    status, doc = answer(lost)
+    assert status == 503 and "leadership changed before the registry change" in doc["error"]

@@ -48,23 +48,66 @@ def test_lots_cameras_and_frames_after_frames(node):
     ]
     cameras = node.get(local("/api/v1/cameras")).json()["cameras"]
     assert cameras == [
-        {"camera_id": 7, "lot": "north", "free": 41, "last_seq": 2, "last_seen": NOW - 4, "status": "active"},
-        {"camera_id": 8, "lot": "south", "free": 12, "last_seq": 1, "last_seen": NOW - 100, "status": "stale"},
-    ]
+        {"camera_id": 7, "lot": "north", "free": 41, "last_seq": 2, "last_seen": NOW - 4, "status": "active",
+         "incarnation": 0, "enabled": True},
+        {"camera_id": 8, "lot": "south", "free": 12, "last_seq": 1, "last_seen": NOW - 100, "status": "stale",
+         "incarnation": 0, "enabled": True},
+    ]  # fmt: skip
     assert node.get(local("/api/v1/cameras?lot=south")).json()["cameras"] == cameras[1:]
-    assert node.get(local("/api/v1/cameras/7")).json() == cameras[0]
+    one = {**cameras[0], "incarnations": [{"incarnation": 0, "last_seq": 2, "superseded_index": None}]}
+    assert node.get(local("/api/v1/cameras/7")).json() == one
     assert node.get(local("/api/v1/lots/south")).json() == lots[1]
     frames = node.get(local("/api/v1/cameras/7/frames")).json()
     assert frames == {
         "camera_id": 7,
+        "incarnation": 0,
         "frames": [
-            {"seq": 1, "free": 40, "captured_at": NOW - 5, "index": 1},
-            {"seq": 2, "free": 41, "captured_at": NOW - 4, "index": 2},
+            {"seq": 1, "incarnation": 0, "free": 40, "captured_at": NOW - 5, "index": 1},
+            {"seq": 2, "incarnation": 0, "free": 41, "captured_at": NOW - 4, "index": 2},
         ],
         "next_since": None,
     }
     assert node.get(local("/api/v1/cameras/7/frames?since=1")).json()["frames"] == frames["frames"][1:]
     assert node.get(local("/api/v1/cameras/7/frames?since=2")).json()["frames"] == []
+
+
+BIG = 2**64 - 1  # an incarnation beyond JavaScript's exact integers and SQLite's signed ones
+
+
+def test_a_camera_with_a_new_state_dir_shows_its_new_incarnation_and_pages_each_one(node):
+    for seq in (1, 2, 3):
+        node.apply(7, seq, 10 + seq, at=NOW - 100 + seq)
+    node.apply(7, 1, 50, at=NOW - 5, incarnation=BIG)  # the state dir was replaced: seq 1 again
+    node.apply(7, 2, 51, at=NOW - 4, incarnation=BIG)
+    camera = node.get(local("/api/v1/cameras/7")).json()
+    assert (camera["incarnation"], camera["last_seq"], camera["free"]) == (BIG, 2, 51)
+    assert camera["incarnations"] == [
+        {"incarnation": 0, "last_seq": 3, "superseded_index": 4},
+        {"incarnation": BIG, "last_seq": 2, "superseded_index": None},
+    ]
+    assert node.get(local("/api/v1/lots/north")).json()["free"] == 51
+    current = node.get(local("/api/v1/cameras/7/frames")).json()
+    assert current["incarnation"] == BIG and [(f["seq"], f["free"]) for f in current["frames"]] == [(1, 50), (2, 51)]
+    assert {f["incarnation"] for f in current["frames"]} == {BIG}
+    assert node.get(local(f"/api/v1/cameras/7/frames?incarnation={BIG}")).json() == current  # all 20 digits
+    page = node.get(local("/api/v1/cameras/7/frames?incarnation=0&limit=2")).json()
+    assert page["incarnation"] == 0 and [f["seq"] for f in page["frames"]] == [1, 2] and page["next_since"] == 2
+    page = node.get(local("/api/v1/cameras/7/frames?incarnation=0&limit=2&since=2")).json()
+    assert [f["seq"] for f in page["frames"]] == [3] and page["next_since"] is None
+    r = node.get(local("/api/v1/cameras/7/frames?incarnation=5"))
+    assert r.status == 404
+    assert r.json() == {"error": f"camera 7 has no incarnation 5 (its incarnations, oldest first: 0, {BIG})"}
+
+
+def test_a_disabled_camera_is_shown_as_such(node):
+    node.apply(7, 1, 40)
+    node.apply(8, 1, 41)
+    node.core.role, node.core.leader_id = Role.LEADER, 2
+    node.registry.set_enabled(7, False)
+    node.commit_proposed()
+    cameras = node.get(local("/api/v1/cameras")).json()["cameras"]
+    assert [(c["camera_id"], c["enabled"]) for c in cameras] == [(7, False), (8, True)]
+    assert node.get(local("/api/v1/cameras/7")).json()["enabled"] is False
 
 
 def test_camera_status_is_active_for_three_intervals():
@@ -138,6 +181,8 @@ def test_cluster_describes_this_nodes_view(node):
              "http": f"127.0.0.1:{7300 + i}", "match_index": None, "membership": "voter"}
             for i in (1, 2, 3)
         ],
+        "reactor_lag_ms": 0.0,
+        "alarms": [],
     }  # fmt: skip
     node.core.role, node.core.leader_id = Role.LEADER, 2
     node.core.match_indexes = {1: 1, 2: 1, 3: 0}
@@ -189,6 +234,10 @@ def test_trailing_slash_and_head(node):
         ("/api/v1/cameras/7/frames?limit=0", 400, "limit must be a whole number in 1..10000"),
         ("/api/v1/cameras/7/frames?since=1&since=2", 400, "parameter 'since' given 2 times"),
         ("/api/v1/cameras/7/frames?sinse=1", 400, "unknown parameter 'sinse'"),
+        ("/api/v1/cameras/7/frames?incarnation=18446744073709551616", 400,
+         "incarnation must be a whole number in 0..18446744073709551615"),
+        ("/api/v1/cameras/7/frames?incarnation=-1", 400, "incarnation must be a whole number"),
+        ("/api/v1/cameras/7/frames?incarnation=0x5", 400, "incarnation must be a whole number"),
         ("/api/v1/lots?consistency=strong", 400, "consistency must be 'linearizable' or 'local', got 'strong'"),
         ("/api/v1/cluster?consistency=", 400, "consistency must be"),
         ("/api/v1/lots/north/history?window=0", 400, "window must be"),
@@ -255,9 +304,8 @@ _WHERE = (
 # ... an absolute URL (any scheme but data:) or a protocol-relative one (//host).
 _ABSOLUTE = r"\s*(?:(?!data:)[a-z][a-z0-9+.-]*:|//)"
 NETWORK_REFERENCE = re.compile(rf"(?:{_WHERE}){_ABSOLUTE}[^\s\"'`)]*", re.IGNORECASE)
-# A member's own dashboard: the address comes from the cluster API (the campus
-# network, not a CDN) and it is a link the user follows, not something the page loads.
-ALLOWED_REFERENCES = {("dashboard.js", "href: `http://${m.http}/")}
+# (A member's own dashboard is linked as `${location.protocol}//${m.http}/`: an address
+# from the cluster API, on the page's own scheme, which this pattern does not match.)
 
 
 def test_the_dashboard_loads_nothing_from_elsewhere(node):
@@ -270,8 +318,7 @@ def test_the_dashboard_loads_nothing_from_elsewhere(node):
         response = node.get(f"/static/{name}")
         assert response.status == 200, name
         found |= {(name, m.group(0)) for m in NETWORK_REFERENCE.finditer(response.body.decode("utf-8"))}
-    assert sorted(found - ALLOWED_REFERENCES) == []
-    assert found == ALLOWED_REFERENCES  # and the allowance is still needed
+    assert sorted(found) == []
 
 
 @pytest.mark.parametrize(

@@ -30,8 +30,10 @@ def processes_mentioning(text: str) -> list[int]:
 
 
 def test_demo_prints_urls_and_status_and_stops_everything_on_ctrl_c(tmp_path):
+    """Secure by default: the config names a PKI that is not there yet; the demo makes it."""
+    pki = tmp_path / "pki"
     config_path = write_config(str(tmp_path / "parkd.toml"), nodes=3, lots={"north": 100, "south": 60},
-                               election_timeout_ms=600, heartbeat_ms=50)  # fmt: skip
+                               election_timeout_ms=600, heartbeat_ms=50, pki=str(pki))  # fmt: skip
     config = load_config(config_path)
     workdir = str(tmp_path / "demo")
     demo = subprocess.Popen(
@@ -48,7 +50,9 @@ def test_demo_prints_urls_and_status_and_stops_everything_on_ctrl_c(tmp_path):
         out = "".join(lines)
         assert demo.poll() is None, out
         for member in config.members:
-            assert f"node {member.id}: dashboard http://{member.http}/" in out
+            assert f"node {member.id}: dashboard https://{member.http}/" in out
+        assert f"making a PKI for the demo in {pki}/" in out and (pki / "operator-admin.key").exists()
+        assert "export PARKD_TLS_CA=" in out and "curl --cacert" in out
         assert "(leader)" in out
         assert "NODE  HTTP" in out and "leader: node " in out
         assert len(set(processes_mentioning(workdir)) - {demo.pid}) == 5  # 3 nodes + 2 cameras

@@ -103,8 +103,8 @@ def test_every_node_serves_every_endpoint(live_cluster):
         acked = cluster.acked()
         view = cluster.get(leader, "/api/v1/cluster?consistency=local")
         return (
-            {(1, 1), (1, 2)} <= set(acked)
-            and {camera_id for camera_id, _ in acked} == {1, 2, 3}
+            {(1, 1), (1, 2)} <= {(camera_id, seq) for camera_id, _, seq in acked}
+            and {camera_id for camera_id, *_ in acked} == {1, 2, 3}
             and view is not None
             and all(m["match_index"] for m in view["members"])
         )
@@ -157,8 +157,8 @@ def test_a_follower_read_right_after_an_ack_includes_the_frame(live_cluster):
             seen = get_json(cluster, follower, "/api/v1/cameras/50")
             assert seen["last_seq"] >= seq, (seq, seen)
             frames = get_json(cluster, follower, f"/api/v1/cameras/50/frames?since={seq - 1}")["frames"]
-            assert frames[0] == {"seq": seq, "free": ack.free, "captured_at": frames[0]["captured_at"],
-                                 "index": ack.index}  # fmt: skip
+            assert frames[0] == {"seq": seq, "incarnation": 0, "free": ack.free,
+                                 "captured_at": frames[0]["captured_at"], "index": ack.index}  # fmt: skip
             ack = camera.frame(seq + 1000)
             status, _, body = http_get(cluster, follower, "/api/v1/cameras/50?consistency=local")
             local_misses += status != 200 or json.loads(body)["last_seq"] < seq + 1000

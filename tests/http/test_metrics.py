@@ -33,6 +33,7 @@ class Conn:
 
     def __init__(self, camera_id, lot):
         self.camera_id, self.lot = camera_id, lot
+        self.incarnation = 0
         self.waiting_for = set()
         self.acks, self.errors, self.envelopes = [], [], []
 
@@ -183,3 +184,24 @@ def test_each_node_has_its_own_registry(node):
     from prometheus_client import REGISTRY
 
     assert REGISTRY.get_sample_value("parkd_term") is None
+
+
+def test_reactor_lag_is_how_late_a_frequent_timer_fires(node):
+    """A stall of the reactor thread shows in the histogram and in /api/v1/cluster."""
+    lag = node.metrics.reactor_lag
+    lag.start()
+    try:
+        for _ in range(20):
+            node.clock.advance(lag.interval)  # on time
+        node.clock.advance(lag.interval + 0.75)  # the reactor was busy for 0.75 s
+        s = scrape(node)
+        assert value(s, "parkd_reactor_lag_seconds_count") == 21
+        assert value(s, "parkd_reactor_lag_seconds_bucket", le="0.001") == 20
+        assert value(s, "parkd_reactor_lag_seconds_bucket", le="0.5") == 20
+        assert value(s, "parkd_reactor_lag_seconds_bucket", le="1.0") == 21
+        assert node.get("/api/v1/cluster").json()["reactor_lag_ms"] == 750.0
+        for _ in range(round(lag.window / lag.interval) + 1):  # on time again, until the stall leaves the window
+            node.clock.advance(lag.interval)
+        assert lag.recent_max() == 0.0
+    finally:
+        lag.stop()

@@ -2,6 +2,7 @@
 
 
 from twisted.internet.task import Clock
+from twisted.logger import Logger
 from twisted.internet.testing import StringTransport
 
 from parkd.db import open_engine
@@ -168,3 +169,110 @@ def test_applied_cameras_are_read_in_one_query_and_kept_current():
     send(protos[9], submit_frame=frame(1, camera_id=9, payload=b"again"))
     assert [e.frame_ack.seq for e in received(protos[9])] == [1, 1]  # applied() made camera 9 known
     assert cluster.pending == [] and queries == ["all"]
+
+
+# -- incarnations (CONTRACT §9) -------------------------------------------------------------------
+
+OLD, NEW = 0, 2**64 - 5
+
+
+def hello(proto, incarnation, camera_id=7):
+    send(proto, hello=pb.Hello(camera_id=camera_id, lot="north", incarnation=incarnation))
+
+
+def test_a_camera_with_a_new_state_dir_is_applied_from_seq_1_and_moves_its_lot():
+    """The issue's bug: its seq 1 was acked with the old seq 1's result and its lot never moved."""
+    state, cluster, intake, factory = setup()
+    old = connect(factory)
+    hello(old, OLD)
+    for seq in (1, 2, 3):
+        send(old, submit_frame=frame(seq, payload=b"old %d" % seq))
+    cluster.commit(state)
+    old_acks = [e.frame_ack for e in received(old)]
+    old.connectionLost(None)
+    new = connect(factory)
+    hello(new, NEW)
+    lookups = []
+    lookup = state.lookup
+    state.lookup = lambda *key: lookups.append(key) or lookup(*key)
+    send(new, submit_frame=frame(1, payload=b"new picture"))
+    assert received(new) == []  # not answered from the old incarnation's seq 1
+    assert lookups == []  # nor looked up: nothing of this incarnation was applied
+    [data] = cluster.pending
+    assert decode(data).incarnation == NEW
+    cluster.commit(state)
+    [ack] = [e.frame_ack for e in received(new)]
+    free = HashAnalyzer().free_spaces(b"new picture", 100)
+    assert ack == pb.FrameAck(camera_id=7, seq=1, index=4, free=free) != old_acks[0]
+    assert (state.camera(7).incarnation, state.camera(7).free) == (NEW, free)
+    assert state.lots()[0].free == free
+
+
+def test_a_retry_is_answered_from_its_own_incarnation():
+    state, cluster, intake, factory = setup()
+    a, b = connect(factory), connect(factory)
+    hello(a, OLD)
+    hello(b, NEW)
+    send(a, submit_frame=frame(1, payload=b"a"))
+    send(b, submit_frame=frame(1, payload=b"b"))
+    cluster.commit(state)
+    [ack_a], [ack_b] = [e.frame_ack for e in received(a)], [e.frame_ack for e in received(b)]
+    assert (ack_a.index, ack_b.index) == (1, 2)  # two frames: one per incarnation
+    send(a, submit_frame=frame(1, payload=b"again"))
+    send(b, submit_frame=frame(1, payload=b"again"))
+    assert [e.frame_ack for e in received(a)] == [ack_a] and [e.frame_ack for e in received(b)] == [ack_b]
+    assert cluster.pending == []
+
+
+def test_waiting_frames_are_keyed_by_incarnation():
+    state, cluster, intake, factory = setup()
+    a, b = connect(factory), connect(factory)
+    hello(a, OLD)
+    hello(b, NEW)
+    send(a, submit_frame=frame(1))
+    send(b, submit_frame=frame(1))
+    assert set(intake.waiting) == {(7, OLD, 1), (7, NEW, 1)}
+    assert a.waiting_for == {(7, OLD, 1)} and b.waiting_for == {(7, NEW, 1)}
+    cluster.commit(state)
+    assert [e.frame_ack.index for e in received(a)] == [1] and [e.frame_ack.index for e in received(b)] == [2]
+
+
+def test_a_hello_without_an_incarnation_is_incarnation_0():
+    """A camera of the previous release: its frames dedup against those already in the cluster."""
+    state, cluster, intake, factory = setup()
+    proto = connect(factory)
+    send(proto, hello=pb.Hello(camera_id=7, lot="north"))
+    assert proto.incarnation == 0
+    send(proto, submit_frame=frame(1))
+    assert decode(cluster.pending[0]).incarnation == 0
+
+
+def test_the_first_frame_of_an_incarnation_is_an_event():
+    state, cluster, intake, factory = setup()
+    events = []
+    intake.log = Logger(observer=events.append)
+    proto = connect(factory)
+    hello(proto, NEW)
+    send(proto, submit_frame=frame(1))
+    send(proto, submit_frame=frame(2))
+    cluster.commit(state)
+    [started] = [e for e in events if e.get("parkd_event") == "incarnation_started"]
+    assert (started["camera_id"], started["incarnation"], started["index"]) == (7, NEW, 1)
+
+
+def test_after_a_restart_the_intake_knows_every_incarnations_frames():
+    state, cluster, intake, factory = setup()
+    for incarnation in (OLD, NEW):
+        proto = connect(factory)
+        hello(proto, incarnation)
+        send(proto, submit_frame=frame(1))
+    cluster.commit(state)
+    cluster.unsubscribe_all()
+    restarted = FrameIntake(cluster, state, HashAnalyzer(), LOTS, Clock())
+    factory = ClientPortFactory(Clock(), 4 << 20, restarted)
+    for incarnation, index in ((OLD, 1), (NEW, 2)):
+        proto = connect(factory)
+        hello(proto, incarnation)
+        send(proto, submit_frame=frame(1, payload=b"retry"))
+        assert [e.frame_ack.index for e in received(proto)] == [index]
+    assert cluster.pending == []

@@ -34,8 +34,9 @@ def frame(index: int, camera_id: int, seq: int, free: int, lot: str = "north", a
     return Entry(index, 1, EntryKind.NORMAL, encode(FrameResult(camera_id, lot, seq, captured_at, free)))
 
 
-def applied(index: int, camera_id: int, seq: int, free: int, lot: str = "north") -> ApplyResult:
-    return ApplyResult(index, Outcome.APPLIED, camera_id, seq, lot, index, free)
+def applied(index: int, camera_id: int, seq: int, free: int, lot: str = "north", started: bool = False) -> ApplyResult:
+    """An applied frame of incarnation 0; ``started``: the first of its incarnation."""
+    return ApplyResult(index, Outcome.APPLIED, camera_id, seq, lot, index, free, incarnation_started=started)
 
 
 def dump(engine) -> dict[str, list[tuple]]:
@@ -43,7 +44,7 @@ def dump(engine) -> dict[str, list[tuple]]:
     with engine.connect() as conn:
         return {
             t: conn.exec_driver_sql(f"SELECT * FROM {t} ORDER BY 1, 2").all()
-            for t in ("lots", "cameras", "frames", "applied")
+            for t in ("lots", "cameras", "incarnations", "frames", "camera_registry", "applied")
         }
 
 
@@ -57,7 +58,7 @@ def test_fresh_state(state):
 
 def test_apply_updates_camera_lot_and_history(state):
     results = state.apply([Entry(1, 1, EntryKind.NOOP), frame(2, 7, 1, 30), frame(3, 7, 2, 25, at=1_500.0)])
-    assert results == [applied(2, 7, 1, 30), applied(3, 7, 2, 25)]
+    assert results == [applied(2, 7, 1, 30, started=True), applied(3, 7, 2, 25)]
     assert state.last_applied() == 3
     assert state.cameras() == [CameraView(7, "north", 25, 2, 1_500.0)]
     assert state.camera(7) == CameraView(7, "north", 25, 2, 1_500.0)
@@ -79,7 +80,7 @@ def test_duplicate_reports_the_original_and_changes_nothing(state, engine):
     assert after.pop("applied") == [(1, 4)]
     before.pop("applied")
     assert after == before
-    assert state.lookup(7, 1) == Receipt(7, 1, 1, 30)
+    assert state.lookup(7, 0, 1) == Receipt(7, 1, 1, 30)
 
 
 def test_highest_seq_wins_and_late_frames_join_the_history(state):
@@ -88,8 +89,8 @@ def test_highest_seq_wins_and_late_frames_join_the_history(state):
     assert state.camera(7) == CameraView(7, "north", 50, 5, 1_005.0)
     assert state.lots()[0].free == 50
     assert [f.seq for f in state.frames(7)] == [3, 5]
-    assert state.lookup(7, 3) == Receipt(7, 3, 2, 30)
-    assert state.lookup(7, 4) is None  # never applied
+    assert state.lookup(7, 0, 3) == Receipt(7, 3, 2, 30)
+    assert state.lookup(7, 0, 4) is None  # never applied
 
 
 def test_lot_follows_the_camera_that_advanced_last(state):
@@ -187,15 +188,15 @@ def test_failure_mid_apply_writes_nothing(state, engine):
         state.apply(batch)
     raw.set_authorizer(None)
     assert dump(engine) == before
-    assert state.apply(batch) == [applied(2, 7, 2, 6), applied(3, 8, 1, 7, "south")]
+    assert state.apply(batch) == [applied(2, 7, 2, 6), applied(3, 8, 1, 7, "south", started=True)]
 
 
 def test_trimmed_history_still_deduplicates(state, engine):
     state.apply([frame(i, 7, i, i) for i in range(1, 6)])
     with engine.begin() as conn:  # what a retention job is required to do
         conn.exec_driver_sql("DELETE FROM frames WHERE camera_id = 7 AND seq <= 3")
-        conn.exec_driver_sql("UPDATE cameras SET trimmed_seq = 3 WHERE camera_id = 7")
-    assert state.lookup(7, 2) == Receipt(7, 2, None, None)
+        conn.exec_driver_sql("UPDATE incarnations SET trimmed_seq = 3 WHERE camera_id = 7")
+    assert state.lookup(7, 0, 2) == Receipt(7, 2, None, None)
     assert state.apply([frame(6, 7, 2, 50)]) == [ApplyResult(6, Outcome.DUPLICATE, 7, 2, "north")]
     assert state.apply([frame(7, 7, 4, 50)]) == [ApplyResult(7, Outcome.DUPLICATE, 7, 4, "north", 4, 4)]
     assert [f.seq for f in state.frames(7)] == [4, 5]
@@ -261,7 +262,7 @@ def test_batching_does_not_change_the_outcome(stream, data):
             split += split_state.apply(entries[lo:hi])
         assert split == whole
         assert dump(many) == dump(one)
-        assert len({(r.camera_id, r.seq) for r in whole if r.outcome is Outcome.APPLIED}) == sum(
+        assert len({r.key for r in whole if r.outcome is Outcome.APPLIED}) == sum(
             r.outcome is Outcome.APPLIED for r in whole
         )
     finally:
@@ -297,6 +298,7 @@ _any_result = st.builds(
     seq=st.integers(1, 4) | st.integers(0, 2**64 - 1),
     captured_at=st.floats(0, 2e9) | st.sampled_from([math.nan, math.inf, -math.inf]) | st.floats(),
     free=st.integers(0, 60) | st.integers(0, 2**32 - 1),
+    incarnation=st.sampled_from([0, 1, 2**63, 2**64 - 1]) | st.integers(0, 2**64 - 1),
 )
 _any_data = st.builds(encode, _any_result) | st.binary(max_size=40)
 

@@ -27,16 +27,19 @@ from parkd.parking.retention import (
     retention_entry,
     trim_history,
 )
+from parkd.parking.schema import incarnation_to_db
 from parkd.parking.state import ApplyResult, Outcome, ParkingState, Receipt
 from parkd.raft.types import Entry, EntryKind
 
 LOTS = {"north": 100, "south": 60}
 
 
-def frame(index: int, camera_id: int, seq: int, free: int = 10, lot: str = "north", at: float | None = None):
-    """A committed frame entry captured at 1000 + 10 * seq unless ``at`` says otherwise."""
+def frame(
+    index: int, camera_id: int, seq: int, free: int = 10, lot: str = "north", at: float | None = None, inc: int = 0
+):
+    """A committed frame entry of incarnation ``inc``, captured at 1000 + 10 * seq unless ``at`` says otherwise."""
     captured_at = 1_000.0 + 10 * seq if at is None else at
-    return Entry(index, 1, EntryKind.NORMAL, encode(FrameResult(camera_id, lot, seq, captured_at, free)))
+    return Entry(index, 1, EntryKind.NORMAL, encode(FrameResult(camera_id, lot, seq, captured_at, free, inc)))
 
 
 def retention(index: int, cutoff: float) -> Entry:
@@ -47,17 +50,20 @@ def dump(engine) -> dict[str, list[tuple]]:
     with engine.connect() as conn:
         return {
             t: conn.exec_driver_sql(f"SELECT * FROM {t} ORDER BY 1, 2").all()
-            for t in ("lots", "cameras", "frames", "applied")
+            for t in ("lots", "cameras", "incarnations", "frames", "camera_registry", "applied")
         }
 
 
-def seqs(state, camera_id: int) -> list[int]:
-    return [f.seq for f in state.frames(camera_id, limit=10_000)]
+def seqs(state, camera_id: int, inc: int | None = None) -> list[int]:
+    """The seqs in the history of the camera's incarnation ``inc`` (default: its current one)."""
+    return [f.seq for f in state.frames(camera_id, limit=10_000, incarnation=inc)]
 
 
-def trimmed_seq(engine, camera_id: int) -> int:
+def trimmed_seq(engine, camera_id: int, inc: int = 0) -> int:
     with engine.connect() as conn:
-        return conn.exec_driver_sql(f"SELECT trimmed_seq FROM cameras WHERE camera_id = {camera_id}").scalar()
+        return conn.exec_driver_sql(
+            f"SELECT trimmed_seq FROM incarnations WHERE camera_id = {camera_id} AND incarnation = {inc}"
+        ).scalar()
 
 
 # -- the entry format -----------------------------------------------------------------------
@@ -94,7 +100,7 @@ def test_trim_deletes_frames_before_the_cutoff_and_raises_trimmed_seq(state, eng
     before = state.cameras(), state.lots()
     results = state.apply([retention(11, 1_055.0)])
     assert results == []  # like a NOOP: no frame, nothing to ack
-    assert state.trims == [TrimResult(1_055.0, 5, ((7, 5),))]
+    assert state.trims == [TrimResult(1_055.0, 5, ((7, 0, 5),))]
     assert seqs(state, 7) == [6, 7, 8, 9, 10]
     assert trimmed_seq(engine, 7) == 5
     assert (state.cameras(), state.lots()) == before  # current values untouched
@@ -106,7 +112,7 @@ def test_each_cameras_current_frame_is_kept_however_old(state, engine):
     state.apply([retention(4, 1e9)])
     assert seqs(state, 7) == [1] and seqs(state, 8) == [2]
     assert trimmed_seq(engine, 7) == 0 and trimmed_seq(engine, 8) == 1
-    assert state.trims == [TrimResult(1e9, 1, ((8, 1),))]
+    assert state.trims == [TrimResult(1e9, 1, ((8, 0, 1),))]
 
 
 def test_a_retry_of_a_trimmed_frame_is_still_a_duplicate(state, engine):
@@ -116,7 +122,7 @@ def test_a_retry_of_a_trimmed_frame_is_still_a_duplicate(state, engine):
     results = state.apply([frame(7, 7, 2, free=99), frame(8, 7, 3, free=98)])
     assert [r.outcome for r in results] == [Outcome.DUPLICATE, Outcome.DUPLICATE]
     assert results[0] == ApplyResult(7, Outcome.DUPLICATE, 7, 2, "north")  # no index: trimmed
-    assert state.lookup(7, 2) == Receipt(7, 2, None, None)
+    assert state.lookup(7, 0, 2) == Receipt(7, 2, None, None)
     changed = dump(engine)
     assert changed.pop("applied") != after_trim.pop("applied")
     assert changed == after_trim  # never re-applied: no row came back
@@ -140,7 +146,7 @@ def test_trimmed_seq_never_goes_down(state, engine):
     state.apply([frame(i, 7, i) for i in range(1, 11)])
     state.apply([retention(11, 1_075.0), retention(12, 1_020.0)])
     assert trimmed_seq(engine, 7) == 7
-    assert state.trims == [TrimResult(1_075.0, 7, ((7, 7),)), TrimResult(1_020.0, 0)]
+    assert state.trims == [TrimResult(1_075.0, 7, ((7, 0, 7),)), TrimResult(1_020.0, 0)]
 
 
 def test_the_entry_trims_at_its_position_in_a_batch(state, engine):
@@ -182,10 +188,10 @@ def test_replayed_retention_entries_are_skipped(state, engine):
 
 def test_trim_history_on_its_own_does_not_move_last_applied(state, engine):
     state.apply([frame(i, 7, i) for i in range(1, 5)])
-    assert trim_history(state, 1_025.0) == TrimResult(1_025.0, 2, ((7, 2),))
+    assert trim_history(state, 1_025.0) == TrimResult(1_025.0, 2, ((7, 0, 2),))
     assert trim_history(engine, 1_025.0) == TrimResult(1_025.0, 0)
     with engine.connect() as conn:
-        assert trim_history(conn, 1_035.0) == TrimResult(1_035.0, 1, ((7, 3),))
+        assert trim_history(conn, 1_035.0) == TrimResult(1_035.0, 1, ((7, 0, 3),))
     assert state.last_applied() == 4 and seqs(state, 7) == [4]
 
 
@@ -216,8 +222,8 @@ def test_the_index_changes_nothing_but_speed(tmp_path):
 
 _ops = st.lists(
     st.one_of(
-        # a frame: camera, seq, captured_at offset
-        st.tuples(st.integers(1, 3), st.integers(1, 25), st.integers(0, 300)),
+        # a frame: camera, seq, captured_at offset, incarnation (a camera whose state dir was replaced)
+        st.tuples(st.integers(1, 3), st.integers(1, 25), st.integers(0, 300), st.sampled_from([0, 0, 0, 5, 2**64 - 1])),
         # a retention entry: cutoff
         st.tuples(st.integers(0, 320)),
     ),
@@ -233,8 +239,8 @@ def _entries(ops) -> tuple[list[Entry], list[Entry]]:
             with_retention.append(retention(index, 1_000.0 + op[0]))
             without.append(Entry(index, 1, EntryKind.NOOP))
         else:
-            camera_id, seq, at = op
-            entry = frame(index, camera_id, seq, free=(seq * 7) % 60, lot="south", at=1_000.0 + at)
+            camera_id, seq, at, inc = op
+            entry = frame(index, camera_id, seq, free=(seq * 7) % 60, lot="south", at=1_000.0 + at, inc=inc)
             with_retention.append(entry)
             without.append(entry)
     return with_retention, without
@@ -256,25 +262,27 @@ def test_retention_never_reapplies_and_never_changes_current_values(ops, batch):
             outcomes[2] += plain.apply(without[start : start + batch])
         # Every node that applies the same entries reaches the same tables.
         assert dump(engines[0]) == dump(engines[1]) and outcomes[0] == outcomes[1]
-        # Exactly once: no (camera, seq) is applied twice, and only frames applied without
-        # retention are applied with it (a trim can only turn "applied" into "duplicate").
-        applied = [(r.camera_id, r.seq) for r in outcomes[0] if r.outcome is Outcome.APPLIED]
+        # Exactly once: no (camera, incarnation, seq) is applied twice, and only frames applied
+        # without retention are applied with it (a trim can only turn "applied" into "duplicate").
+        applied = [r.key for r in outcomes[0] if r.outcome is Outcome.APPLIED]
         assert len(applied) == len(set(applied))
-        plain_applied = {(r.camera_id, r.seq) for r in outcomes[2] if r.outcome is Outcome.APPLIED}
+        plain_applied = {r.key for r in outcomes[2] if r.outcome is Outcome.APPLIED}
         assert set(applied) <= plain_applied
         # Current values and lots are those of the run without retention.
         assert trimmed.cameras() == plain.cameras() and trimmed.lots() == plain.lots()
-        # The history is the plain one minus trimmed rows, all at or below trimmed_seq.
+        # The history is the plain one minus trimmed rows, all at or below their incarnation's
+        # trimmed_seq; the incarnations (dedup positions) are all kept.
         kept, full = dump(engines[0])["frames"], dump(engines[2])["frames"]
         assert set(kept) <= set(full)
-        floor = {c: t for c, _, _, _, _, t in dump(engines[0])["cameras"]}
-        for camera_id, seq, *_ in set(full) - set(kept):
-            assert seq <= floor[camera_id]
+        floor = {(c, i): t for c, i, *_, t, _ in dump(engines[0])["incarnations"]}
+        assert set(floor) == {(c, i) for c, i, *_ in dump(engines[2])["incarnations"]}
+        for camera_id, stored, seq, *_ in set(full) - set(kept):
+            assert seq <= floor[camera_id, stored]
         # A frame that would be applied without retention but is not with it was more than a
-        # whole window late: a higher seq of its camera had been trimmed already.
+        # whole window late: a higher seq of its incarnation had been trimmed already.
         for r in outcomes[0]:
             if r.outcome is Outcome.DUPLICATE and r.index is None:
-                assert r.seq <= floor[r.camera_id]
+                assert r.seq <= floor[r.camera_id, incarnation_to_db(r.incarnation)]
                 event("a retry of a trimmed frame")  # see --hypothesis-show-statistics
         if set(full) - set(kept):
             event("history trimmed")

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from parkd.db import open_engine
-from parkd.parking.codec import FrameResult, encode
+from parkd.parking.codec import FrameResult, RegistryCommand, encode, encode_registry
 from parkd.parking.retention import retention_entry
 from parkd.parking.snapshot import (
     SnapshotContents,
@@ -20,7 +20,7 @@ from parkd.parking.snapshot import (
     read_snapshot_meta,
     restore_snapshot,
 )
-from parkd.parking.state import Outcome, ParkingState
+from parkd.parking.state import Outcome, ParkingState, Rejection
 from parkd.raft.storage import SqliteStorage, install_snapshot_in
 from parkd.raft.types import Entry, EntryKind, HardState, Membership, PersistedState, SnapshotMeta
 
@@ -28,18 +28,23 @@ LOTS = {"north": 100, "south": 60}
 CONFIG = Membership(voters=(1, 2, 3), learners=(4,))
 MEMBERS = tuple({"id": i, "raft": f"127.0.0.1:710{i}", "client": f"127.0.0.1:720{i}"} for i in (1, 2, 3, 4))
 WAIT_S = 30  # a bound on every wait for the writer thread, never a pause
-TABLES = ("lots", "cameras", "frames", "applied")
+TABLES = ("lots", "cameras", "incarnations", "frames", "camera_registry", "applied")
 FORMAT_1 = Path(__file__).parent / "data" / "snapshot-format-1.sql"
 
 
 def frame_entry(index: int, term: int = 1) -> Entry:
-    """The entry at ``index`` of a deterministic history: 4 cameras, now and then a late or repeated frame."""
+    """The entry at ``index`` of a deterministic history: 4 cameras, now and then a late or repeated
+    frame; camera 3's state dir is replaced at 150 (a new incarnation); camera 2 is disabled at
+    every 97th entry and enabled again at the next."""
+    if index % 97 == 0:
+        return Entry(index, term, EntryKind.NORMAL, encode_registry(RegistryCommand(2, (index // 97) % 2 == 0)))
     camera = 1 + index % 4
     seq = 1 + index // 4
     if index % 11 == 0:
         seq = max(1, seq - 3)  # a late frame or a retry
     lot = "north" if camera % 2 else "south"
-    result = FrameResult(camera, lot, seq, 1_000.0 + 10 * seq, (index * 7) % 61)
+    incarnation = 2**64 - 3 if camera == 3 and index >= 150 else 0
+    result = FrameResult(camera, lot, seq, 1_000.0 + 10 * seq, (index * 7) % 61, incarnation)
     return Entry(index, term, EntryKind.NORMAL, encode(result))
 
 
@@ -257,24 +262,76 @@ def format_1_file(tmp_path) -> Path:
     return path
 
 
-def test_a_file_written_by_the_previous_code_reads_and_restores(follower, tmp_path):
+def upgraded(old_tables: dict[str, list[tuple]]) -> dict[str, list[tuple]]:
+    """What parking schema 1's tables become at schema 2: every camera and frame in incarnation 0."""
+    return {
+        "lots": old_tables["lots"],
+        "cameras": [(c, lot, 0) for c, lot, *_ in old_tables["cameras"]],
+        "incarnations": [
+            (c, 0, seq, free, seen, trimmed, None) for c, _, seq, free, seen, trimmed in old_tables["cameras"]
+        ],
+        "frames": sorted((c, 0, seq, *rest) for c, seq, *rest in old_tables["frames"]),
+        "camera_registry": [],
+        "applied": old_tables["applied"],
+    }
+
+
+def test_a_file_of_the_previous_schema_is_restored_from_an_upgraded_copy(follower, tmp_path):
     old = format_1_file(tmp_path)
+    before = file_tables(old, ("lots", "cameras", "frames", "applied"))
     contents = read_snapshot_meta(old)
     assert contents == SnapshotContents(SnapshotMeta(14, 2, (1, 2, 3), (4,)), MEMBERS, 11)
     assert follower.install(old) == contents
-    assert follower.tables() == file_tables(old)
+    assert follower.tables() == upgraded(before)
     assert follower.storage.load() == PersistedState(HardState(2, 0, 14), (), contents.meta)
-    [retry] = follower.state.apply([Entry(15, 2, EntryKind.NORMAL, encode(FrameResult(1, "north", 2, 1_030.0, 1)))])
+    # The file itself is untouched (it may still be sent to another node), the copy is gone.
+    assert file_tables(old, ("lots", "cameras", "frames", "applied")) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["follower.db", "follower.db-shm", "follower.db-wal", old.name]
+    retry, replaced = follower.state.apply([
+        Entry(15, 2, EntryKind.NORMAL, encode(FrameResult(1, "north", 2, 1_030.0, 1))),
+        Entry(16, 2, EntryKind.NORMAL, encode(FrameResult(1, "north", 2, 1_300.0, 7, incarnation=99))),
+    ])  # fmt: skip
     assert retry.outcome is Outcome.DUPLICATE  # below the trimmed seq the old file recorded
+    assert replaced.outcome is Outcome.APPLIED and replaced.incarnation_started
+    assert follower.state.camera(1).free == 7
 
 
-def test_the_format_is_unchanged_a_new_file_is_the_old_one(follower, tmp_path):
+def test_a_snapshot_taken_after_restoring_an_old_file_has_the_current_schema(follower, leader, tmp_path):
     old = format_1_file(tmp_path)
     follower.install(old)
     new = follower.snapshot(tmp_path / "new.db", term=2, config=Membership((1, 2, 3), (4,), index=11))
-    assert file_schema(new.path) == file_schema(old)
-    everything = (*TABLES, "snapshot_meta", "members")
-    assert file_tables(new.path, everything) == file_tables(old, everything)
+    fresh = leader.snapshot(tmp_path / "fresh.db")
+    assert file_schema(new.path) == file_schema(fresh.path)
+    assert file_tables(new.path) == follower.tables()
+    assert file_tables(new.path, ("snapshot_meta",))["snapshot_meta"][0][:3] == (1, 1, 2)  # id, format, schema 2
+
+
+def test_a_file_of_a_newer_schema_is_refused(leader, follower, tmp_path):
+    leader.log(history(1, 20))
+    snap = leader.snapshot(tmp_path / "snap.db")
+    conn = sqlite3.connect(snap.path)
+    conn.execute("UPDATE snapshot_meta SET parking_schema = 3")
+    conn.commit()
+    conn.close()
+    with pytest.raises(SnapshotError, match="parking schema 3, expected 1 / 2"):
+        read_snapshot_meta(snap.path)
+    with pytest.raises(SnapshotError):
+        follower.install(snap.path)
+    assert follower.state.last_applied() == 0
+
+
+def test_an_old_file_the_upgrade_cannot_read_is_refused_and_nothing_changes(follower, tmp_path):
+    old = format_1_file(tmp_path)
+    conn = sqlite3.connect(old)
+    conn.execute("ALTER TABLE cameras DROP COLUMN trimmed_seq")
+    conn.commit()
+    conn.close()
+    follower.log(history(1, 5))
+    before = follower.tables()
+    with pytest.raises(SnapshotError, match="cannot upgrade parking schema 1 to 2"):
+        restore_snapshot(follower.engine, old, lambda conn: None)
+    assert follower.tables() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".upgrade")]
 
 
 # -- restoring ------------------------------------------------------------------------------------------
@@ -417,6 +474,8 @@ def test_dedup_state_survives_retention_snapshot_and_install(leader, follower, t
     retries = [Entry(101 + i, 1, EntryKind.NORMAL, frame_entry(i).data) for i in range(1, 41)]
     for node in (leader, follower):
         results = node.state.apply(retries)
-        assert {r.outcome for r in results} == {Outcome.DUPLICATE}
+        # camera 2 is still disabled (the registry travels in the snapshot): refused, the rest duplicates
+        assert {r.outcome for r in results if r.camera_id != 2} == {Outcome.DUPLICATE}
+        assert {r.rejection for r in results if r.camera_id == 2} == {Rejection.PERMISSION_DENIED}
         assert len(node.tables()["frames"]) == frames_left
     assert follower.tables() == leader.tables()

@@ -7,13 +7,11 @@ each scenario every frame a camera logged as acked must be applied exactly once
 on every remaining node, at the same index, with the same result.
 """
 
-import io
 import os
 import signal
 import subprocess
 import sys
 
-from parkd import ctl
 from parkd.chaos import checker
 
 CAMERAS = {1: "north", 2: "south", 3: "east"}
@@ -32,13 +30,6 @@ def start(make_cluster, joiners):
     return cluster
 
 
-def parkctl(cluster, *args):
-    out, err = io.StringIO(), io.StringIO()
-    code = ctl.main(["--config", cluster.config_path, *map(str, args)], out=out, err=err, environ={})
-    assert code == 0, err.getvalue()
-    return out.getvalue()
-
-
 def add(cluster, node_id, script=False):
     """Start ``node_id`` with --join and add it; parkctl returns once it is a voter."""
     cluster.start_nodes(node_id)
@@ -47,17 +38,18 @@ def add(cluster, node_id, script=False):
     if script:
         command = [os.path.join(os.path.dirname(sys.executable), "parkctl"), "--config", cluster.config_path,
                    *map(str, args)]  # fmt: skip
-        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60,
+                              env={**os.environ, **cluster.operator_env()})  # fmt: skip
         assert done.returncode == 0, done.stderr
         out = done.stdout
     else:
-        out = parkctl(cluster, *args)
+        out = cluster.parkctl(*args)
     assert out.startswith(f"node {node_id} added and promoted to voter"), out
 
 
 def remove(cluster, node_id, members):
     """Remove ``node_id`` (the leader too), wait for a leader among the rest, stop the node."""
-    parkctl(cluster, "remove-node", node_id)
+    cluster.parkctl("remove-node", node_id)
     rest = [n for n in members if n != node_id]
     cluster.leader(among=rest)
     cluster.nodes[node_id].stop()
@@ -88,7 +80,7 @@ def finish(cluster, members):
     for camera in cluster.cameras.values():
         camera.stop()
     acked, _ = cluster.check_exactly_once(members)
-    assert {camera for camera, _ in acked} == set(CAMERAS)
+    assert {camera for camera, *_ in acked} == set(CAMERAS)
     return acked
 
 

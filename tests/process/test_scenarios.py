@@ -24,7 +24,7 @@ def test_1_stability(make_cluster):
     for camera in cluster.cameras.values():
         camera.stop()
     acked, tables = cluster.check_exactly_once()
-    assert {camera for camera, _ in acked} == set(cluster.cameras)
+    assert {camera for camera, *_ in acked} == set(cluster.cameras)
 
 
 def kill_leader_and_time_failover(cluster):
@@ -78,11 +78,13 @@ def test_3_camera_failure_and_5_camera_recovery(make_cluster):
     # Every frame camera 2 captured left its outbox only once acked, so the
     # applied seqs have no gap (a frame whose ack died with the camera is
     # applied once and not re-sent), and the restart did not reuse a seq.
-    applied = sorted(seq for camera, seq in tables[1] if camera == 2)
+    applied = sorted(seq for camera, _, seq in tables[1] if camera == 2)
     assert applied == list(range(1, applied[-1] + 1)), "camera 2 lost a frame across its restart"
-    assert {seq for camera, seq in acked if camera == 2} <= set(applied)
+    assert {seq for camera, _, seq in acked if camera == 2} <= set(applied)
+    # The same state dir is the same incarnation (CONTRACT §9): one for all of camera 2's frames.
+    assert len({incarnation for camera, incarnation, _ in tables[1] if camera == 2}) == 1
     starts = [e["next_seq"] for e in cluster.events(cluster.cameras[2], "camera_started")]
-    assert len(starts) == 2 and starts[1] > max(seq for _, seq in acked_before_kill)
+    assert len(starts) == 2 and starts[1] > max(seq for _, _, seq in acked_before_kill)
 
 
 def test_4_node_recovery_catches_up(make_cluster):

@@ -99,7 +99,7 @@ def still_acked(cluster):
 
 
 def applied_seqs(cluster, node_id, camera_id):
-    return {seq for (camera, seq) in cluster.applied(node_id) if camera == camera_id}
+    return {seq for (camera, _incarnation, seq) in cluster.applied(node_id) if camera == camera_id}
 
 
 # ------------------------------------------------------------------ no TLS, wrong CA, expired, revoked
@@ -236,5 +236,5 @@ def test_a_burst_of_bad_handshakes_is_summed_up_and_loses_no_acked_frame(cluster
 def test_a_camera_with_the_right_certificate_is_acked(cluster):
     """The other side of every refusal above: the honest cameras' frames arrive exactly once."""
     acked, _ = cluster.check_exactly_once()
-    assert {camera for camera, _ in acked} >= {1, 2, 3}
+    assert {camera for camera, _, _ in acked} >= {1, 2, 3}
     assert os.path.exists(cluster.config.tls.ca)
