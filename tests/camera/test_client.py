@@ -78,7 +78,7 @@ def test_over_tls_hello_and_frames_wait_for_the_handshake_and_so_does_the_ack_ti
     assert not net.proto.transport.disconnected and len(net.attempts) == 1
     net.proto.handshakeCompleted()
     envelopes = sent(net.proto)
-    assert envelopes[0].hello == pb.Hello(camera_id=7, lot="north")
+    assert envelopes[0].hello == pb.Hello(camera_id=7, lot="north", incarnation=box.incarnation)
     assert [e.submit_frame.seq for e in envelopes[1:]] == [1, 2]
     clock.advance(2.6)  # from now on the ack timeout counts
     assert net.proto.transport.disconnected
