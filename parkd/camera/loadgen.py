@@ -376,7 +376,7 @@ class Storm:
 
         def until(share: float):
             needed = math.ceil(share * len(self.marks))
-            return round(times[-1], 3) if times else None
+            return round(times[needed - 1], 3) if 0 < needed <= len(times) else None
 
         per_second = Counter(int(t) for t in times)
         return dict(cameras=len(self.marks), recovered=len(times), t50_s=until(0.5), t99_s=until(0.99),
