@@ -197,7 +197,8 @@ def tls_and_plaintext(
         figures = {**median_of(runs[True]), **{f"plain_{k}": v for k, v in median_of(runs[False]).items()}}
         for key in ratio_of:
             ours, theirs = figures.get(key), figures.get(f"plain_{key}")
-            figures[f"{key}_tls_ratio"] = round(ours / theirs, 3) if _number(ours) and _number(theirs) and theirs else None
+            measured = _number(ours) and _number(theirs) and theirs
+            figures[f"{key}_tls_ratio"] = round(ours / theirs, 3) if measured else None
         return figures
 
     return both
@@ -243,7 +244,7 @@ def measure_planned_stop(workdir):
 
 
 def measure_scale(workdir, quick, profile: str | None = None, tls: bool = True, warm: bool = False):
-    """10,000 TLS cameras, one frame every 10 s each, started over 60 s (a fleet does not start in one millisecond).
+    """10,000 TLS cameras, one frame every 10 s each, started over 150 s (a fleet does not start in one millisecond).
 
     Each camera's first TLS handshake costs its node about 2.4 ms of CPU and
     the generator, which plays every camera, as much: 10,000 take some 50
