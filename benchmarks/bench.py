@@ -1,55 +1,85 @@
 """``make bench``: one table, every row measured in this run on this machine.
 
+Every parkd row runs with TLS on (mutual TLS on every port, each camera with
+its own certificate, as deployed); throughput and low-load latency are also
+measured in plaintext (``insecure = true``) in the same round, in alternating
+order, with the ratio TLS/plaintext.  The benchmark PKI (CA, nodes 1-5,
+cameras 1-20 and 100000-109999) is made once under ``run/bench-pki`` and reused.
+
 Rows: durable throughput at saturation (3 nodes, fsync before ack, pipelining
 camera connections from the load generator), ack latency at low load (one
 frame in flight), kill -9 failover (median of 5), planned leader stop (longest
-gap in acks), 10,000 connected cameras (p99 latency, errors, node RSS), and two
-peers on the same machine for comparison: PySyncObj (benchmarks/peer_pysyncobj.py,
-installed into its own venv) and etcd (benchmarks/peer_etcd.py, apt-get
-installed when missing; its figures and the parkd/etcd ratio sit next to
-parkd's rows).
+gap in acks), 10,000 connected cameras (p99 latency, errors, node RSS) and then
+a reconnect storm (kill -9 of the leader while they are connected: time until
+99 % and 100 % of the cameras are acked again, TLS handshakes per second on the
+surviving nodes), and two peers on the same machine for comparison: PySyncObj
+(benchmarks/peer_pysyncobj.py, installed into its own venv) and etcd
+(benchmarks/peer_etcd.py, apt-get installed when missing; its figures and the
+parkd/etcd ratio sit next to parkd's rows).
 
-The rows compared with etcd are measured ``--rounds`` times, interleaved with
-etcd (parkd, etcd, parkd, etcd, ...); each figure is the median over the rounds,
-the figures of every round are kept in the JSON.  The other rows run once.
+The rows compared with etcd and the TLS/plaintext pairs are measured
+``--rounds`` times, interleaved with etcd (parkd, etcd, parkd, etcd, ...);
+each figure is the median over the rounds, the figures of every round are kept
+in the JSON.  The other rows run once.  ``--profile DIR`` records the surviving
+nodes and the load generator with py-spy during the storm (flame graphs in DIR).
 
-    python benchmarks/bench.py [--quick] [--skip-peer] [--only ROW] [--rounds N] [--json-out FILE]
+    python benchmarks/bench.py [--quick] [--skip-peer] [--only ROW] [--rounds N] [--json-out FILE] [--profile DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
+import queue
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
 
 from parkd.chaos.checker import read_events  # noqa: E402
 from parkd.config import load_config  # noqa: E402
-from parkd.launcher import camera_daemon, node_daemon, wait_for, wait_listening, write_config  # noqa: E402
+from parkd.launcher import (  # noqa: E402
+    camera_daemon, get_json, make_pki, node_daemon, wait_for, wait_listening, write_config,
+)  # fmt: skip
 
 LOTS = {"north": 100, "south": 60, "east": 250}
+PKI = os.path.join(ROOT, "run", "bench-pki")
+FIRST_CAMERA = 100000  # the load generator's first camera id (its default)
+MAX_CAMERAS = 10000
+
+
+def bench_pki() -> str:
+    """The benchmark's PKI, made once under run/bench-pki (10,000 camera certificates take 6-15 s to issue)."""
+    if not os.path.exists(os.path.join(PKI, f"camera-{FIRST_CAMERA + MAX_CAMERAS - 1}.key")):
+        print(f"making the benchmark PKI in {PKI} (once) …", flush=True)
+    cameras = [*range(1, 21), *range(FIRST_CAMERA, FIRST_CAMERA + MAX_CAMERAS)]
+    return make_pki(PKI, cameras=cameras)
 
 
 class BenchCluster:
-    def __init__(self, workdir: str, nodes: int = 3, camera_interval: float | None = None):
+    def __init__(self, workdir: str, nodes: int = 3, camera_interval: float | None = None, tls: bool = True):
         self.workdir = workdir
         os.makedirs(workdir, exist_ok=True)
+        self.pki = bench_pki() if tls else None
         self.config_path = write_config(os.path.join(workdir, "parkd.toml"), nodes=nodes, lots=LOTS,
-                                        camera_interval=camera_interval)  # fmt: skip
+                                        camera_interval=camera_interval, pki=self.pki)  # fmt: skip
         self.config = load_config(self.config_path)
         self.nodes = {m.id: node_daemon(self.config_path, m.id, workdir) for m in self.config.members}
         self.cameras = []
+        self._next_camera = FIRST_CAMERA  # the load generator's next camera id (see loadgen_command)
 
     def __enter__(self):
         for node in self.nodes.values():
@@ -63,18 +93,11 @@ class BenchCluster:
         for daemon in [*self.cameras, *self.nodes.values()]:
             daemon.stop()
 
-    def client_addresses(self) -> str:
-        return ",".join(str(m.client) for m in self.config.members)
+    def client_addresses(self, nodes=None) -> str:
+        return ",".join(str(m.client) for m in self.config.members if nodes is None or m.id in nodes)
 
     def status(self, node_id):
-        import urllib.request
-
-        http = self.config.member(node_id).http
-        try:
-            with urllib.request.urlopen(f"http://{http}/api/v1/cluster?consistency=local", timeout=2) as r:
-                return json.load(r)
-        except (OSError, ValueError):
-            return None
+        return get_json(self.config, node_id, "/api/v1/cluster?consistency=local")
 
     def leader(self):
         for node_id, node in self.nodes.items():
@@ -84,11 +107,23 @@ class BenchCluster:
                     return node_id
         return None
 
-    def loadgen(self, *args: str) -> dict:
-        out = subprocess.run(
-            [sys.executable, "-m", "parkd.camera.loadgen", "--cluster", self.client_addresses(), *args],
-            capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
+    def loadgen_command(self, cameras: int, *args: str, nodes=None) -> list[str]:
+        """The load generator's command line: ``cameras`` cameras new to this cluster, talking to ``nodes`` (default all).
+
+        Each run gets camera ids no earlier run on this cluster used: a camera
+        id that starts again at seq 1 would be answered from the first run's
+        results, without a round through the log.
+        """
+        if self._next_camera + cameras > FIRST_CAMERA + MAX_CAMERAS:
+            raise ValueError(f"the benchmark PKI has no certificates for {cameras} more cameras")
+        first, self._next_camera = self._next_camera, self._next_camera + cameras
+        tls = ["--pki", self.pki] if self.pki is not None else []
+        return [sys.executable, "-m", "parkd.camera.loadgen", "--cluster", self.client_addresses(nodes), *tls,
+                "--cameras", str(cameras), "--first-camera", str(first), *args]  # fmt: skip
+
+    def loadgen(self, cameras: int, *args: str, nodes=None) -> dict:
+        command = self.loadgen_command(cameras, *args, nodes=nodes)
+        out = subprocess.run(command, capture_output=True, text=True, timeout=600)
         if out.returncode != 0:
             raise RuntimeError(out.stderr[-2000:])
         return json.loads(out.stdout.strip().splitlines()[-1])
@@ -109,20 +144,69 @@ class BenchCluster:
         for i in range(1, count + 1):
             self.cameras.append(camera_daemon(self.config_path, i, lots[(i - 1) % len(lots)], self.workdir).start())
 
+    def hellos(self, node_id: int, since: float) -> list[float]:
+        """When cameras said Hello to a node since ``since`` (each just after its TLS handshake), from its JSON log."""
+        times = []
+        with open(self.nodes[node_id].json_path, encoding="utf-8") as f:
+            for line in f:
+                if '"camera {camera_id} connected (lot {lot})"' in line:
+                    at = json.loads(line.lstrip("\x1e"))["log_time"]
+                    if at >= since:
+                        times.append(at)
+        return times
+
     def acks(self) -> list[dict]:
         return [e for c in self.cameras for e in read_events(c.json_path, "frame_acked")]
 
 
-def measure_throughput(workdir, quick):
-    with BenchCluster(workdir) as c:
-        r = c.loadgen("--cameras", "16", "--window", "128", "--duration", "5" if quick else "10")
+def measure_throughput(c: BenchCluster, quick: bool) -> dict:
+    r = c.loadgen(16, "--window", "128", "--duration", "3" if quick else "5")
     return {"rate": r["rate"], "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"], "errors": r["errors"]}
 
 
-def measure_latency(workdir, quick):
-    with BenchCluster(workdir) as c:
-        r = c.loadgen("--cameras", "1", "--window", "1", "--duration", "5" if quick else "10")
-    return {"p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"], "rate": r["rate"]}
+def measure_latency(c: BenchCluster, quick: bool) -> dict:
+    """One camera, one frame in flight: on the leader (etcd's puts go to its leader too), then on a follower."""
+    leader = c.leader()
+    follower = next(n for n in c.nodes if n != leader)
+    figures = {}
+    for where, node in (("", leader), ("follower_", follower)):
+        r = c.loadgen(1, "--window", "1", "--duration", "3" if quick else "5", nodes=[node])
+        figures.update({f"{where}p50_ms": r["p50_ms"], f"{where}p99_ms": r["p99_ms"], f"{where}rate": r["rate"]})
+    return figures
+
+
+def tls_and_plaintext(
+    measure: Callable[[BenchCluster], dict], ratio_of: tuple[str, ...], cluster=BenchCluster
+) -> Callable[[str], dict]:
+    """A step: a TLS and a plaintext cluster up side by side, ``measure(cluster)`` on each in turn, twice.
+
+    The order is ABBA, then BAAB on the next call, so that neither side always
+    comes first; the other cluster idles meanwhile (heartbeats only).  Figures:
+    TLS's (the median of its two runs), plaintext's prefixed ``plain_``, and
+    ``<key>_tls_ratio`` = TLS / plaintext for each key of ``ratio_of``.
+    ``cluster``: what starts a cluster (BenchCluster; tests give a stand-in).
+    """
+    orders = itertools.cycle([(True, False, False, True), (False, True, True, False)])
+
+    def both(workdir: str) -> dict:
+        runs: dict[bool, list[dict]] = {True: [], False: []}
+        with cluster(os.path.join(workdir, "tls"), tls=True) as tls, \
+                cluster(os.path.join(workdir, "plain"), tls=False) as plain:  # fmt: skip
+            for side in next(orders):
+                runs[side].append(measure(tls if side else plain))
+        figures = {**median_of(runs[True]), **{f"plain_{k}": v for k, v in median_of(runs[False]).items()}}
+        for key in ratio_of:
+            ours, theirs = figures.get(key), figures.get(f"plain_{key}")
+            measured = _number(ours) and _number(theirs) and theirs
+            figures[f"{key}_tls_ratio"] = round(ours / theirs, 3) if measured else None
+        return figures
+
+    return both
+
+
+def median_of(runs: list[dict]) -> dict:
+    """Each numeric figure's median over ``runs``."""
+    return {k: round(statistics.median(r[k] for r in runs), 3) for k in runs[0] if all(_number(r.get(k)) for r in runs)}
 
 
 def measure_failover(workdir, runs):
@@ -159,23 +243,134 @@ def measure_planned_stop(workdir):
     return {"longest_gap_ms": round(gap * 1000, 1)}
 
 
-def measure_scale(workdir, quick):
-    """10,000 cameras, one frame every 10 s each, started over 5 s (a fleet does not start in one millisecond).
+def measure_scale(workdir, quick, profile: str | None = None, tls: bool = True, warm: bool = False):
+    """10,000 TLS cameras, one frame every 10 s each, started over 150 s (a fleet does not start in one millisecond).
 
-    The loadgen opens its window once all are connected and no frame older than
-    1 s waits (at the earliest after 15 s), then counts every frame captured in
-    the window, from capture to ack; frames of the window never acked count as
+    Each camera's first TLS handshake costs its node about 2.4 ms of CPU and
+    the generator, which plays every camera, as much: 10,000 take some 50
+    CPU-seconds, which 2 shared cores do not find in less than a minute.  The
+    loadgen opens its window once all are connected and no frame older than 1 s
+    waits (at the earliest after 15 s), then counts every frame captured in the
+    window, from capture to ack; frames of the window never acked count as
     errors.  ``warmup_s``, ``reconnects`` and the generator's own CPU and timer
-    lag are reported with the row.
+    lag are reported with the row.  Then the reconnect storm (:func:`reconnect_storm`).
     """
-    cameras = 2000 if quick else 10000
-    with BenchCluster(workdir) as c:
-        r = c.loadgen("--cameras", str(cameras), "--interval", "10", "--window", "4", "--ramp", "5",
-                      "--warmup", "15", "--duration", "20" if quick else "40")  # fmt: skip
-        rss = c.rss_mb()
+    cameras, ramp = (2000, 30) if quick else (MAX_CAMERAS, 150)
+    with BenchCluster(workdir, tls=tls) as c:
+        gen = LoadgenRun(c.loadgen_command(cameras, "--interval", "10", "--window", "4", "--ramp", str(ramp),
+                                           "--warmup", "15", "--max-warmup", str(ramp + 120),
+                                           "--duration", "20" if quick else "40",
+                                           "--storm", "--storm-wait", str(STORM_WAIT),
+                                           *(["--warm-sessions"] if warm else [])), workdir)  # fmt: skip
+        try:
+            r = gen.next_json(600)
+            rss = c.rss_mb()
+            storm = reconnect_storm(c, gen, profile)
+        finally:
+            gen.stop()
     keys = ("connected", "rate", "p50_ms", "p99_ms", "max_ms", "errors", "unacked", "refused", "reconnects",
             "warmup_s", "settled", "gen_cpu", "gen_lag_p99_ms")  # fmt: skip
-    return {"cameras": cameras, **{k: r.get(k) for k in keys}, "node_rss_mb": round(rss, 1)}
+    return {"cameras": cameras, **{k: r.get(k) for k in keys}, "node_rss_mb": round(rss, 1), **storm,
+            **({"warm_sessions": r.get("warm_sessions")} if warm else {})}
+
+
+STORM_WAIT = 60  # seconds: for every camera to be acked again after the kill
+PROFILE_SECONDS = 20
+PROFILE_FORMAT = ("flamegraph", "svg")  # or ("raw", "txt"): collapsed stacks, one line per stack
+
+
+def reconnect_storm(c: BenchCluster, gen: LoadgenRun, profile: str | None) -> dict:
+    """kill -9 the leader while the load generator's cameras are connected; how they come back.
+
+    At the kill every camera captures a frame (the generator's ``--storm``):
+    ``storm_t99_s``/``storm_t100_s`` are the times until 99 % / 100 % of those
+    frames are acked.  On the surviving nodes: cameras' Hellos per second (each
+    follows a TLS handshake: the best second on one node, ``handshakes_peak_per_s``,
+    and in all, ``handshakes``), their CPU share during the storm, their peak RSS.
+    """
+    leader = c.leader()
+    survivors = [n for n, node in c.nodes.items() if n != leader and node.alive()]
+    pids = {f"node-{n}": c.nodes[n].pid for n in survivors}
+    cpu = {n: cpu_seconds(c.nodes[n].pid) for n in survivors}
+    spies = py_spy(profile, {**pids, "loadgen": gen.proc.pid}) if profile else []
+    killed = time.time()
+    gen.proc.send_signal(signal.SIGUSR1)
+    c.nodes[leader].kill()
+    r = gen.next_json(STORM_WAIT + 60).get("storm", {})
+    seconds = time.time() - killed
+    node_cpu = [round((cpu_seconds(c.nodes[n].pid) - cpu[n]) / seconds, 2) for n in survivors]
+    for spy in spies:
+        spy.wait(PROFILE_SECONDS + 30)
+    hellos = [c.hellos(n, killed) for n in survivors]
+    elected = [e["log_time"] - killed for n in survivors for e in read_events(c.nodes[n].json_path, "leader_elected")
+               if e["log_time"] > killed]  # fmt: skip
+    peak = max((max(Counter(int(t - killed) for t in times).values(), default=0) for times in hellos), default=0)
+    def within_wait(key):  # None: not reached before the generator gave up
+        return r[key] if r.get(key) is not None else f"> {STORM_WAIT}"
+
+    return {"storm_t50_s": within_wait("t50_s"), "storm_t99_s": within_wait("t99_s"),
+            "storm_t100_s": within_wait("t100_s"),
+            "storm_recovered": r.get("recovered"), "storm_connects": r.get("connects"), "storm_refused": r.get("refused"),
+            "storm_moved": r.get("moved"), "storm_resumed": r.get("resumed"),
+            "storm_elected_s": round(min(elected), 3) if elected else None, "storm_by_second": r.get("by_second"),
+            "storm_gen_cpu": r.get("gen_cpu"), "storm_client_events": r.get("client_events", r.get("error")),
+            "handshakes": sum(len(times) for times in hellos), "handshakes_peak_per_s": peak,
+            "storm_node_cpu": node_cpu, "node_rss_after_storm_mb": round(c.rss_mb(), 1)}  # fmt: skip
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def py_spy(directory: str, pids: dict[str, int]) -> list[subprocess.Popen]:
+    """``py-spy record`` on each process for PROFILE_SECONDS (flame graphs DIRECTORY/NAME.svg; see PROFILE_FORMAT)."""
+    spy = shutil.which("py-spy", path=os.path.dirname(sys.executable)) or shutil.which("py-spy")
+    if spy is None:
+        print("  no py-spy (pip install py-spy): not profiling", flush=True)
+        return []
+    os.makedirs(directory, exist_ok=True)
+    kind, ext = PROFILE_FORMAT
+    return [subprocess.Popen([spy, "record", "--pid", str(pid), "--duration", str(PROFILE_SECONDS), "--rate", "100",
+                              "--format", kind, "--output", os.path.join(directory, f"{name}.{ext}"), "--nonblocking"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for name, pid in pids.items()]  # fmt: skip
+
+
+class LoadgenRun:
+    """A load generator in the background: its JSON lines as they come, its stderr in WORKDIR/loadgen.err."""
+
+    def __init__(self, command: list[str], workdir: str):
+        self.err_path = os.path.join(workdir, "loadgen.err")
+        with open(self.err_path, "wb") as err:
+            self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, text=True)
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def next_json(self, timeout: float) -> dict:
+        """The next JSON line it prints, within ``timeout`` s (RuntimeError if it exits or stays silent)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise RuntimeError(f"no figures from the load generator within {timeout:g} s") from None
+            if line is None:
+                with open(self.err_path, encoding="utf-8", errors="replace") as f:
+                    raise RuntimeError(f"load generator exited with {self.proc.wait(5)}: {f.read()[-2000:]}")
+            if line.startswith("{"):
+                return json.loads(line)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(5)
 
 
 def measure_peer(workdir, quick):
@@ -214,7 +409,10 @@ def measure_etcd(workdir, quick):
 
 @dataclass(frozen=True)
 class Step:
-    """One row's measurement, ``measure(workdir)`` -> figures; ``paired`` rows run every round, between etcd's."""
+    """One row's measurement, ``measure(workdir)`` -> figures; ``paired`` rows run every round, between etcd's.
+
+    (Paired: compared with etcd, or a TLS/plaintext pair, whose ratio is noisy.)
+    """
 
     name: str
     measure: Callable[[str], dict]
@@ -231,18 +429,21 @@ def main(argv=None) -> int:
     parser.add_argument("--only", action="append", choices=ROWS, metavar="ROW",
                         help=f"measure only this row (repeatable): {', '.join(ROWS)}")
     parser.add_argument("--rounds", type=int, metavar="N",
-                        help="rounds of the rows compared with etcd, interleaved with etcd (default 3, 1 with --quick)")
+                        help="rounds of the rows compared with etcd and of the TLS/plaintext pairs, interleaved with "
+                             "etcd (default 3, 1 with --quick)")
     parser.add_argument("--json-out")
+    parser.add_argument("--profile", metavar="DIR", help="py-spy flame graphs of the nodes and generator in the storm")
     args = parser.parse_args(argv)
     rounds = args.rounds or (1 if args.quick else 3)
     if rounds < 1:
         parser.error("--rounds must be at least 1")
     steps = [
-        Step("throughput", lambda d: measure_throughput(d, args.quick)),
-        Step("latency", lambda d: measure_latency(d, args.quick), paired=True),
+        Step("throughput", tls_and_plaintext(lambda c: measure_throughput(c, args.quick), ("rate",)), paired=True),
+        Step("latency", tls_and_plaintext(lambda c: measure_latency(c, args.quick), ("p50_ms", "follower_p50_ms")),
+             paired=True),
         Step("failover", lambda d: measure_failover(d, 2 if args.quick else 5), paired=True),
         Step("planned_stop", measure_planned_stop),
-        Step("scale", lambda d: measure_scale(d, args.quick)),
+        Step("scale", lambda d: measure_scale(d, args.quick, args.profile)),
     ]
     if not args.skip_peer:
         steps.append(Step("pysyncobj", lambda d: measure_peer(d, args.quick)))
@@ -321,16 +522,31 @@ class Row:
 
 
 TABLE = (
-    Row("Durable throughput (acked frames/s, 3 nodes)", "throughput", ("rate",), target="≥ 5,000", fmt="{:,.0f}"),
-    Row("Low-load ack latency p50 / p99 (ms); etcd: sequential put", "latency", ("p50_ms", "p99_ms"),
-        ("put_p50_ms", "put_p99_ms"), "≤ 2 / ≤ 10"),
+    Row("Durable throughput, TLS (acked frames/s, 3 nodes)", "throughput", ("rate",), target="≥ 5,000",
+        fmt="{:,.0f}"),
+    Row("Durable throughput, plaintext", "throughput", ("plain_rate",), target="≥ 5,000", fmt="{:,.0f}"),
+    Row("Durable throughput TLS / plaintext", "throughput", ("rate_tls_ratio",), target="≥ 0.85", fmt="{:.2f}"),
+    Row("Low-load ack latency, TLS: p50 / p99 (ms), camera on the leader; etcd: sequential put", "latency",
+        ("p50_ms", "p99_ms"), ("put_p50_ms", "put_p99_ms"), "≤ 2 / ≤ 10"),
+    Row("Low-load ack latency, plaintext: p50 / p99 (ms), camera on the leader", "latency",
+        ("plain_p50_ms", "plain_p99_ms"), ("put_p50_ms", "put_p99_ms"), "≤ 2 / ≤ 10"),
+    Row("Low-load ack latency p50 TLS / plaintext, camera on the leader", "latency", ("p50_ms_tls_ratio",),
+        target="≤ 1.2", fmt="{:.2f}"),
+    Row("Low-load ack latency p50 (ms), camera on a follower: TLS / plaintext", "latency",
+        ("follower_p50_ms", "plain_follower_p50_ms"), target="(none set)"),
+    Row("Low-load ack latency p50 TLS / plaintext, camera on a follower", "latency", ("follower_p50_ms_tls_ratio",),
+        target="≤ 1.2", fmt="{:.2f}"),
     Row("Linearizable read p50 / p99 (ms), leader, 1 client", etcd=("read_p50_ms", "read_p99_ms"), target="p50 ≤ 2"),
     Row("Linearizable reads/s, 16 clients", etcd=("read_rate",), target="≥ 3,000", fmt="{:,.0f}"),
     Row("kill -9 leader → first new ack/put, median of runs (s)", "failover", ("median_s",), ("failover_median_s",),
         "≤ 1.0"),
     Row("Planned leader stop: longest ack gap (ms)", "planned_stop", ("longest_gap_ms",), target="(none set)"),
-    Row("{cameras} cameras: p99 (ms) / errors / node RSS (MB)", "scale", ("p99_ms", "errors", "node_rss_mb"),
-        target="≤ 250 / 0 / ≤ 300"),
+    Row("{cameras} TLS cameras: p99 (ms) / errors / node RSS (MB)", "scale", ("p99_ms", "errors", "node_rss_mb"),
+        target="≤ 250 / 0 / ≤ 400"),
+    Row("Reconnect storm (kill -9 leader): 99 % / 100 % acked again (s)", "scale", ("storm_t99_s", "storm_t100_s"),
+        target="99 % ≤ 10"),
+    Row("Storm: TLS handshakes/s, best second on a node / node RSS (MB)", "scale",
+        ("handshakes_peak_per_s", "node_rss_after_storm_mb"), target="(report) / ≤ 400"),
 )  # fmt: skip
 
 

@@ -215,7 +215,7 @@ ETCD = {"version": "3.4.23", "go": "go1.19.8", "put_p50_ms": 1.5, "put_p99_ms": 
 
 def test_table_prints_etcd_and_the_ratio_next_to_parkd():
     text = bench.table({"latency": {"p50_ms": 3.0, "p99_ms": 8.0}, "failover": {"median_s": 0.65}, "etcd": ETCD}, 3)
-    assert line(text, "Low-load ack latency")[1:4] == ["3.0 / 8.0", "1.5 / 4.0", "2.00"]
+    assert line(text, "Low-load ack latency, TLS")[1:4] == ["3.0 / 8.0", "1.5 / 4.0", "2.00"]
     assert line(text, "kill -9 leader")[1:4] == ["0.65", "1.3", "0.50"]
     assert line(text, "Linearizable read p50")[1:4] == ["—", "0.8 / 3.0", ""]  # no parkd row for reads yet
     assert line(text, "Linearizable reads/s")[1:4] == ["—", "2,500", ""]
@@ -224,13 +224,67 @@ def test_table_prints_etcd_and_the_ratio_next_to_parkd():
 
 def test_table_without_etcd_keeps_parkd_rows_only():
     text = bench.table({"latency": {"p50_ms": 3.0, "p99_ms": 8.0}})
-    assert line(text, "Low-load ack latency")[1:4] == ["3.0 / 8.0", "", ""]
+    assert line(text, "Low-load ack latency, TLS")[1:4] == ["3.0 / 8.0", "", ""]
     assert "Linearizable" not in text and "etcd 3" not in text
 
 
 def test_table_says_when_etcd_could_not_be_measured():
     etcd = {"error": "not measured: apt-get is not available", "unavailable": "apt-get is not available"}
     text = bench.table({"latency": {"p50_ms": 3.0, "p99_ms": 8.0}, "etcd": etcd})
-    assert line(text, "Low-load ack latency")[1:4] == ["3.0 / 8.0", "", ""]
+    assert line(text, "Low-load ack latency, TLS")[1:4] == ["3.0 / 8.0", "", ""]
     assert "Linearizable" not in text
     assert text.splitlines()[-1] == "etcd NOT MEASURED: apt-get is not available"
+
+
+# ------------------------------------------------------------------ TLS next to plaintext
+
+
+class StandInCluster:
+    """What tls_and_plaintext needs of a BenchCluster: a context manager that knows whether it speaks TLS."""
+
+    started: list = []
+
+    def __init__(self, workdir, tls):
+        self.tls = tls
+        StandInCluster.started.append(tls)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_tls_and_plaintext_take_turns_abba_then_baab_and_give_the_ratio():
+    seen = []
+
+    def measure(cluster):
+        seen.append("T" if cluster.tls else "P")
+        return {"rate": 90.0 + len(seen) if cluster.tls else 100.0, "note": "x"}
+
+    step = bench.tls_and_plaintext(measure, ("rate",), cluster=StandInCluster)
+    first = step("/nowhere")
+    second = step("/nowhere")
+    assert "".join(seen) == "TPPT" "PTTP"
+    assert StandInCluster.started[-4:] == [True, False, True, False]  # both clusters up during each step
+    assert first == {"rate": 92.5, "plain_rate": 100.0, "rate_tls_ratio": 0.925}  # medians of the two runs
+    assert second["rate"] == 96.5 and second["rate_tls_ratio"] == 0.965  # TLS ran 6th and 7th
+
+
+def test_table_prints_tls_and_plaintext_rows_with_their_ratios_and_the_storm():
+    text = bench.table({
+        "throughput": {"rate": 4500.0, "plain_rate": 5000.0, "rate_tls_ratio": 0.9},
+        "latency": {"p50_ms": 6.0, "p99_ms": 12.0, "plain_p50_ms": 5.0, "plain_p99_ms": 11.0, "p50_ms_tls_ratio": 1.2,
+                    "follower_p50_ms": 8.0, "plain_follower_p50_ms": 7.0, "follower_p50_ms_tls_ratio": 1.143},
+        "scale": {"cameras": 10000, "p99_ms": 120.0, "errors": 0, "node_rss_mb": 300.0, "storm_t99_s": 8.5,
+                  "storm_t100_s": "> 60", "handshakes_peak_per_s": 310, "node_rss_after_storm_mb": 350.0},
+    })  # fmt: skip
+    assert line(text, "Durable throughput, TLS")[1] == "4,500"
+    assert line(text, "Durable throughput, plaintext")[1] == "5,000"
+    assert line(text, "Durable throughput TLS / plaintext")[1::3] == ["0.90", "≥ 0.85"]
+    assert line(text, "Low-load ack latency, plaintext")[1] == "5.0 / 11.0"
+    assert line(text, "Low-load ack latency p50 TLS / plaintext, camera on the leader")[1] == "1.20"
+    assert line(text, "Low-load ack latency p50 TLS / plaintext, camera on a follower")[1] == "1.14"
+    assert line(text, "10000 TLS cameras")[1] == "120.0 / 0 / 300.0"
+    assert line(text, "Reconnect storm")[1] == "8.5 / > 60"
+    assert line(text, "Storm: TLS handshakes/s")[1] == "310 / 350.0"

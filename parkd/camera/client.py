@@ -3,8 +3,13 @@
 One connection at a time, to any node.  ``Hello`` names the camera, its lot and
 its incarnation (the outbox's, CONTRACT §9).  Unacknowledged frames are sent in seq
 order, at most ``window`` in flight; an ack deletes the frame from the outbox
-and logs ``frame_acked``.  A disconnect, an ack that takes longer than
-``ack_timeout``, or ``Unavailable`` moves the camera to another node after a
+and logs ``frame_acked``.  Over TLS the camera says Hello and sends frames
+once the handshake is done: the ack timeout counts from there, so a node slow
+to answer handshakes (thousands of cameras failing over to it at once) is not
+left, and its handshake work wasted, before it could see a frame; a handshake
+that does not finish is cut by the TLS layer's deadline.  A disconnect, an ack that takes longer than
+``ack_timeout``, or ``Unavailable`` moves the camera to another node (any
+other, at random: a dead node's cameras spread over the rest) after a
 jittered exponential backoff; a ``Redirect`` names the node to try next.  The
 camera never gives up.
 
@@ -19,8 +24,11 @@ from __future__ import annotations
 
 import random
 
-from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from parkd.config import Address, parse_address
 from parkd.events import FRAME_EVENTS, FrameEvents
@@ -47,6 +55,7 @@ class Backoff:
         self.attempt = 0
 
 
+@implementer(IHandshakeListener)
 class CameraConnection(EnvelopeProtocol):
     rules = CAMERA_SIDE
     # Set once the camera decided to leave this connection (it is being aborted).
@@ -54,6 +63,7 @@ class CameraConnection(EnvelopeProtocol):
     # of frames are facts and count; Redirect and Unavailable are not acted on
     # again (the first decision stands).
     leaving = False
+    greeted = False  # Hello sent: frames may follow
 
     def __init__(self, client: CameraClient):
         self.client = client
@@ -61,12 +71,28 @@ class CameraConnection(EnvelopeProtocol):
     def connectionMade(self) -> None:
         self.client.connected(self)
 
+    def handshakeCompleted(self) -> None:
+        """TLS: the handshake is done (called by the TLS layer)."""
+        self.client.handshake_done(self)
+
     def envelopeReceived(self, kind, body) -> None:
         getattr(self.client, f"on_{kind}")(self, body)
 
     def connectionLost(self, reason) -> None:
         super().connectionLost(reason)
         self.client.disconnected(self, reason)
+
+
+class _ThisProtocol(Factory):
+    """A factory for one connection's protocol (``connectProtocol``'s, without its log line per connection)."""
+
+    noisy = False
+
+    def __init__(self, proto: CameraConnection):
+        self.proto = proto
+
+    def buildProtocol(self, addr):
+        return self.proto
 
 
 class CameraClient:
@@ -88,7 +114,10 @@ class CameraClient:
         connect=None,
         events: FrameEvents = FRAME_EVENTS,
         trust=None,
+        endpoint=None,
     ):
+        """``connect(address, proto)``: open a connection (default: through ``endpoint(address)``, a client
+        endpoint to a node, HostnameEndpoint by default, wrapped in TLS when ``trust`` is given)."""
         self.camera_id, self.lot, self.outbox = camera_id, lot, outbox
         self.incarnation: int = outbox.incarnation
         self.cluster = cluster
@@ -100,6 +129,7 @@ class CameraClient:
         self.rng = rng or random.Random()
         self.backoff = Backoff(self.rng)
         self._connect = connect or self._tcp_connect
+        self._endpoint = endpoint or self._hostname_endpoint
         self.trust = trust  # TLS: the camera's certificate; any node-* of its CA may answer
         self._endpoints: dict[Address, object] = {}  # one per node: TLS sessions are resumed per node
         self.next_node = self.rng.randrange(len(cluster))
@@ -135,19 +165,27 @@ class CameraClient:
             return
         address = self.redirect_to or self.cluster[self.next_node % len(self.cluster)]
         self.redirect_to = None
-        self.next_node += 1
+        # The next try goes to another node, chosen at random: when a node dies,
+        # its cameras spread over the others instead of all landing on its successor.
+        self.next_node += 1 + self.rng.randrange(max(1, len(self.cluster) - 1))
         self.log.debug("camera {camera_id} connecting to {address}", camera_id=self.camera_id, address=str(address))
         self._connect(address, CameraConnection(self)).addErrback(self._connect_failed, address)
 
     def _tcp_connect(self, address: Address, proto: CameraConnection):
+        return self.endpoint(address).connect(_ThisProtocol(proto))
+
+    def endpoint(self, address: Address):
+        """The client endpoint to a node (over TLS: it keeps the camera's session with that node)."""
         endpoint = self._endpoints.get(address)
         if endpoint is None:
-            timeout = max(1, int(self.ack_timeout))
-            endpoint = HostnameEndpoint(self.reactor, address.host, address.port, timeout=timeout)
+            endpoint = self._endpoint(address)
             if self.trust is not None:
                 endpoint = self.trust.client_endpoint(endpoint, f"node at {address}", expect="node")
             self._endpoints[address] = endpoint
-        return connectProtocol(endpoint, proto)
+        return endpoint
+
+    def _hostname_endpoint(self, address: Address):
+        return HostnameEndpoint(self.reactor, address.host, address.port, timeout=max(1, int(self.ack_timeout)))
 
     def _connect_failed(self, failure, address) -> None:
         self.log.info("camera {camera_id}: cannot reach {address}: {error}",
@@ -169,6 +207,15 @@ class CameraClient:
         peer = proto.transport.getPeer()
         self.log.info("camera {camera_id} connected to {host}:{port}",
                       camera_id=self.camera_id, host=peer.host, port=peer.port)
+        if self.trust is None:
+            self._greet(proto)
+
+    def handshake_done(self, proto: CameraConnection) -> None:
+        if proto is self.proto and not proto.leaving:
+            self._greet(proto)
+
+    def _greet(self, proto: CameraConnection) -> None:
+        proto.greeted = True
         hello = pb.Hello(camera_id=self.camera_id, lot=self.lot, incarnation=self.incarnation)
         proto.sendEnvelope(pb.Envelope(hello=hello))
         self.pump()
@@ -197,7 +244,7 @@ class CameraClient:
 
     def pump(self) -> None:
         """Send unacknowledged frames in seq order, up to the window."""
-        if self.proto is None or self.proto.leaving:
+        if self.proto is None or self.proto.leaving or not self.proto.greeted:
             return
         room = self.window - len(self.in_flight)
         if room <= 0:

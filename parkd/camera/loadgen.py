@@ -7,6 +7,7 @@ cluster, not the camera's disk.
 
     python -m parkd.camera.loadgen --cluster HOST:PORT,... --cameras 16 --window 64 --duration 10
     python -m parkd.camera.loadgen --cluster ... --cameras 10000 --interval 10 --ramp 5 --duration 60
+    python -m parkd.camera.loadgen --cluster ... --pki run/bench-pki ...   # TLS, camera-<id>'s certificate each
 
 Prints one JSON line.  What is counted: every frame *captured* inside the
 measurement window, from its capture time to its ack (``p50_ms``, ``p99_ms``,
@@ -19,6 +20,16 @@ refused by a node during the whole run + frames of the window never acked
 camera (failovers, ack timeouts), ``client_events`` why; ``gen_cpu`` (share of one
 core) and ``gen_lag_p99_ms`` (how late a 50 ms timer fires) show whether the
 generator itself kept up during the window.
+
+With ``--pki DIR`` every camera speaks TLS and presents its own certificate
+(``camera-<id>``, ids from ``--first-camera``; :class:`~parkd.trust.fleet.CameraFleet`:
+one client context for all).  With ``--storm`` the run goes on after the
+window: it prints the figures so far as a JSON line with ``"storm_ready":
+true`` and waits (up to ``--storm-wait`` s) for SIGUSR1, sent when the caller
+kills a node.  At that moment every camera captures one frame; the ``storm``
+figures are the time from the signal until 99 % and 100 % of the cameras have
+that frame acked (``t99_s``, ``t100_s``; null if not reached within
+``--storm-wait``), with the connection attempts made meanwhile.
 """
 
 from __future__ import annotations
@@ -26,21 +37,28 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import random
+import signal
 import sys
 import time
 from collections import Counter, OrderedDict
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import ClientFactory
+from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+from twisted.internet.interfaces import IHandshakeListener, IStreamClientEndpoint
+from twisted.internet.protocol import ClientFactory, Protocol
+from zope.interface import implementer
 
 from parkd.camera.client import CameraClient
 from parkd.camera.outbox import Frame, new_incarnation
 from parkd.config import parse_cluster_addresses
 from parkd.daemon import raise_file_limit
+from parkd.ratelimit import RateLimitedLog
 
 PAYLOAD = b"x" * 64
+TLS_FAILED = "{count} more failed TLS handshakes"
 LAG_PROBE = 0.05  # seconds between two probes of the generator's own event-loop lag
 
 
@@ -97,15 +115,48 @@ class _OneConnection(ClientFactory):
 
     noisy = False
 
-    def __init__(self, proto, result: Deferred):
-        self.proto, self.result = proto, result
+    def __init__(self, factory, result: Deferred):
+        self.factory, self.result = factory, result
+
+    def doStart(self):
+        self.factory.doStart()
+
+    def doStop(self):
+        self.factory.doStop()
 
     def buildProtocol(self, addr):
-        self.result.callback(self.proto)
-        return self.proto
+        proto = self.factory.buildProtocol(addr)
+        self.result.callback(proto)
+        return proto
 
     def clientConnectionFailed(self, connector, reason):
         self.result.errback(reason)
+
+
+@implementer(IStreamClientEndpoint)
+class _DirectEndpoint:
+    """What HostnameEndpoint does, minus a name lookup in a thread per connection for an IP literal."""
+
+    def __init__(self, gen: LoadGenerator, address):
+        self.gen, self.address = gen, address
+
+    def connect(self, factory) -> Deferred:
+        self.gen.connects += 1
+        result = Deferred()
+        self.gen.reactor.connectTCP(self.address.host, self.address.port, _OneConnection(factory, result), timeout=5)
+        return result
+
+
+@implementer(IStreamClientEndpoint)
+class _CountedEndpoint:
+    """Another endpoint, counting its connection attempts."""
+
+    def __init__(self, gen: LoadGenerator, endpoint):
+        self.gen, self.endpoint = gen, endpoint
+
+    def connect(self, factory) -> Deferred:
+        self.gen.connects += 1
+        return self.endpoint.connect(factory)
 
 
 class LoadGenerator:
@@ -120,7 +171,11 @@ class LoadGenerator:
     """
 
     def __init__(self, reactor, cluster, cameras: int, window: int, interval: float | None, lots: list[str],
-                 first_camera: int = 100000, seed: int = 1, ramp: float = 0.0):  # fmt: skip
+                 first_camera: int = 100000, seed: int = 1, ramp: float = 0.0, pki: str | None = None):  # fmt: skip
+        """``pki``: a ``parkctl pki`` directory with every camera's certificate (TLS), or None (plaintext).
+
+        TrustError if a camera's files are missing or unusable.
+        """
         self.reactor = reactor
         self.interval = interval
         self.window = window
@@ -133,7 +188,15 @@ class LoadGenerator:
         self.refused = 0  # ... and refused by a node (dropped from the outbox)
         self.connects = 0  # connection attempts (beyond one per camera: failovers and timeouts)
         self.rng = random.Random(seed)
+        self.storm: Storm | None = None
+        self.cluster = cluster
         self.log = _CountingLog()
+        fleet = None
+        if pki is not None:
+            from parkd.trust.fleet import CameraFleet
+
+            refusals = RateLimitedLog(self.log, TLS_FAILED, burst=1 << 30, clock=reactor)  # count every one
+            fleet = CameraFleet(pki, range(first_camera, first_camera + cameras), clock=reactor, refusals=refusals)
         direct = all(isIPAddress(a.host) or isIPv6Address(a.host) for a in cluster)
         self.clients = []
         for i in range(cameras):
@@ -141,29 +204,20 @@ class LoadGenerator:
             client = CameraClient(
                 first_camera + i, lots[i % len(lots)], outbox, cluster, reactor,
                 ack_timeout=5.0, max_message_bytes=16 << 20, window=window, rng=random.Random(self.rng.random()),
-                connect=self._connect_direct if direct else None,
+                endpoint=self._direct_endpoint if direct else self._hostname_endpoint,
+                trust=None if fleet is None else fleet.camera(first_camera + i),
             )  # fmt: skip
             client.log = self.log
-            if not direct:
-                client._connect = self._counting(client._connect)
             outbox.client = client
             self.clients.append(client)
 
     # ------------------------------------------------------------ connections
 
-    def _connect_direct(self, address, proto) -> Deferred:
-        """What HostnameEndpoint does, minus a name lookup in a thread per connection for an IP literal."""
-        self.connects += 1
-        result = Deferred()
-        self.reactor.connectTCP(address.host, address.port, _OneConnection(proto, result), timeout=5)
-        return result
+    def _direct_endpoint(self, address) -> _DirectEndpoint:
+        return _DirectEndpoint(self, address)
 
-    def _counting(self, connect):
-        def counted(address, proto):
-            self.connects += 1
-            return connect(address, proto)
-
-        return counted
+    def _hostname_endpoint(self, address) -> _CountedEndpoint:
+        return _CountedEndpoint(self, HostnameEndpoint(self.reactor, address.host, address.port, timeout=5))
 
     def connected(self) -> int:
         return sum(c.proto is not None for c in self.clients)
@@ -182,6 +236,8 @@ class LoadGenerator:
         if self.in_window(frame.captured_at):
             self.acked += 1
             self.latencies.append(now - frame.captured_at)
+        if self.storm is not None:
+            self.storm.acked(client, frame, now)
         if self.interval is None and self.window_end is None:  # saturation: keep every window full
             self._capture(client, now)
 
@@ -227,6 +283,108 @@ class LoadGenerator:
     def errors(self) -> int:
         return sum(c.outbox.dropped for c in self.clients)
 
+    def warm_sessions(self, concurrency: int = 100) -> Deferred:
+        """TLS: give every camera a session with each node it is not on (as a camera that had been there before).
+
+        Each such connection ends after its handshake and the session tickets
+        (no Hello: the node counts no camera).  Fires with the counts.
+        """
+        jobs = [(c, a) for c in self.clients for a in self.cluster if c.proto is None or not _is_peer(c.proto, a)]
+        done, counts = Deferred(), Counter()
+
+        def next_job(_=None):
+            if jobs:
+                client, address = jobs.pop()
+                connected = connectProtocol(client.endpoint(address), _Warm(self.reactor))
+                connected.addCallback(lambda proto: proto.ended).addCallbacks(
+                    lambda how: counts.update([how]), lambda _: counts.update(["failed"])).addBoth(next_job)
+            elif sum(counts.values()) == total and not done.called:
+                done.callback(dict(counts))
+
+        total = len(jobs)
+        for _ in range(min(concurrency, total) or 1):
+            next_job()
+        return done
+
+    def begin_storm(self, started: float) -> Storm:
+        """A node was just killed (at ``started``): every camera captures a frame now, and the storm is timed."""
+        self.storm = Storm(self, started)
+        for client in self.clients:
+            self.storm.mark(client, client.outbox.add(PAYLOAD, started))
+            client.frame_added()
+        return self.storm
+
+
+def _is_peer(proto, address) -> bool:
+    peer = proto.transport.getPeer()
+    return (peer.host, peer.port) == (address.host, address.port)
+
+
+@implementer(IHandshakeListener)
+class _Warm(Protocol):
+    """A connection only for a TLS session: closed once the handshake is done and the tickets are in."""
+
+    TICKETS = 0.5  # seconds to wait for the session tickets after the handshake
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.ended = Deferred()
+        self._handshaken = False
+
+    def handshakeCompleted(self):
+        self._handshaken = True
+        self.clock.callLater(self.TICKETS, self.transport.loseConnection)
+
+    def connectionLost(self, reason):
+        self.ended.callback("resumed" if self._handshaken and self.transport.resumed else
+                            "warmed" if self._handshaken else "failed")  # fmt: skip
+
+
+class Storm:
+    """A reconnect storm: for each camera, the time from ``started`` to the ack of the frame it captured then."""
+
+    def __init__(self, gen: LoadGenerator, started: float):
+        self.gen = gen
+        self.started = started
+        self.connects_before = gen.connects
+        self.refused_before = gen.errors()
+        self.events_before = Counter(gen.log.counts)
+        self.marks: dict[int, int] = {}  # camera id -> seq of its frame captured at ``started``
+        self.recovered: dict[int, float] = {}  # camera id -> seconds from ``started`` to that frame's ack
+        self.before = {c.camera_id: c.proto for c in gen.clients}  # each camera's connection at ``started``
+        self.moved = self.resumed = 0  # cameras acked again on a new connection; ... that resumed a TLS session
+
+    def mark(self, client, frame: Frame) -> None:
+        self.marks[client.camera_id] = frame.seq
+
+    def acked(self, client, frame: Frame, now: float) -> None:
+        if frame.seq == self.marks.get(client.camera_id) and client.camera_id not in self.recovered:
+            self.recovered[client.camera_id] = now - self.started
+            if client.proto is not self.before.get(client.camera_id):
+                self.moved += 1
+                self.resumed += bool(getattr(client.proto.transport, "resumed", False))
+
+    def done(self) -> bool:
+        return len(self.recovered) == len(self.marks)
+
+    def result(self) -> dict:
+        """``t50_s``, ``t99_s``, ``t100_s``: when that share of the cameras had been acked again (None: not yet).
+
+        ``by_second``: how many were acked again in each second after ``started``.
+        """
+        times = sorted(self.recovered.values())
+
+        def until(share: float):
+            needed = math.ceil(share * len(self.marks))
+            return round(times[needed - 1], 3) if 0 < needed <= len(times) else None
+
+        per_second = Counter(int(t) for t in times)
+        return dict(cameras=len(self.marks), recovered=len(times), t50_s=until(0.5), t99_s=until(0.99),
+                    by_second=[per_second[i] for i in range(int(times[-1]) + 1 if times else 0)],
+                    t100_s=until(1.0), connects=self.gen.connects - self.connects_before,
+                    refused=self.gen.errors() - self.refused_before, moved=self.moved, resumed=self.resumed,
+                    client_events=dict(self.gen.log.counts - self.events_before))  # fmt: skip
+
 
 class _CountingLog:
     """Stands in for the clients' Logger: counts what they would log instead of formatting it.
@@ -255,6 +413,13 @@ class _CountingLog:
 
     error = critical = failure = warn
 
+    def emit(self, level, format, **kw):
+        """A failed TLS handshake (the fleet's refusals): counted under its reason."""
+        if "problem" in kw:
+            self.counts["TLS: " + kw["problem"][:60]] += 1
+        else:
+            self.warn(format, **kw)
+
 
 def percentile(values: list[float], p: float) -> float:
     if not values:
@@ -280,12 +445,28 @@ def main(argv=None) -> int:
                         help="seconds after the window to wait for acks of frames captured in it")
     parser.add_argument("--lots", default="north,south,east")
     parser.add_argument("--first-camera", type=int, default=100000)
+    parser.add_argument("--pki", metavar="DIR",
+                        help="speak TLS, each camera with its certificate camera-<id>.pem/.key from DIR")
+    parser.add_argument("--storm", action="store_true",
+                        help="after the window, wait for SIGUSR1 (a node killed) and time the recovery")
+    parser.add_argument("--warm-sessions", action="store_true",
+                        help="before the storm, give each camera a TLS session with every node (needs --pki)")
+    parser.add_argument("--storm-wait", type=float, default=60.0,
+                        help="seconds to wait for SIGUSR1, then for every camera to be acked again")
     args = parser.parse_args(argv)
+    if args.storm and args.interval is None:
+        parser.error("--storm needs --interval")
     from twisted.internet import reactor
 
+    from parkd.trust import TrustError
+
     raise_file_limit()
-    gen = LoadGenerator(reactor, parse_cluster_addresses(args.cluster), args.cameras, args.window, args.interval,
-                        args.lots.split(","), first_camera=args.first_camera, ramp=args.ramp)  # fmt: skip
+    try:
+        gen = LoadGenerator(reactor, parse_cluster_addresses(args.cluster), args.cameras, args.window, args.interval,
+                            args.lots.split(","), first_camera=args.first_camera, ramp=args.ramp, pki=args.pki)  # fmt: skip
+    except TrustError as e:
+        print(f"parkd-loadgen: {e}", file=sys.stderr)
+        return 1
     gc.freeze()  # the clients, see maybe_begin()
     began = time.time()
     result = {}
@@ -342,6 +523,48 @@ def main(argv=None) -> int:
             refused=gen.errors(), unacked=unacked, reconnects=gen.connects - args.cameras,
             gen_lag_p99_ms=round(percentile(lags, 99) * 1000, 2), client_events=dict(gen.log.counts),
         )  # fmt: skip
+        if args.storm and args.warm_sessions and args.pki:
+            gen.warm_sessions().addCallback(lambda counts: result.update(warm_sessions=counts)).addBoth(
+                lambda _: wait_for_storm())
+        elif args.storm:
+            wait_for_storm()
+        else:
+            reactor.stop()
+
+    def wait_for_storm():
+        """Tell the caller we are ready; SIGUSR1 (a node just killed) starts the storm, or time runs out."""
+        deadline = reactor.callLater(args.storm_wait, storm_over, "no SIGUSR1 within --storm-wait")
+
+        def signalled(signum, frame):
+            started = time.time()  # now, not when the reactor gets to it
+            reactor.callFromThread(storm_begins, started, deadline)
+
+        signal.signal(signal.SIGUSR1, signalled)
+        print(json.dumps({"storm_ready": True, **result}), flush=True)
+
+    def storm_begins(started, deadline):
+        if gen.storm is not None or not deadline.active():
+            return
+        deadline.cancel()
+        result["storm_cpu_start"] = time.process_time()
+        gen.begin_storm(started)
+        watch_storm(reactor.callLater(args.storm_wait, storm_over, None))
+
+    def watch_storm(deadline):
+        if gen.storm.done():
+            deadline.cancel()
+            storm_over(None)
+        elif deadline.active():
+            reactor.callLater(0.05, watch_storm, deadline)
+
+    def storm_over(error):
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        if gen.storm is None:
+            result["storm"] = {"error": error}
+        else:
+            seconds = time.time() - gen.storm.started
+            cpu = (time.process_time() - result.pop("storm_cpu_start")) / max(seconds, 1e-9)
+            result["storm"] = {**gen.storm.result(), "gen_cpu": round(cpu, 3)}
         reactor.stop()
 
     reactor.callWhenRunning(gen.start)

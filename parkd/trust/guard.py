@@ -19,6 +19,12 @@ connections
   certificate", "not TLS", or the deadline;
 - remember the peer's :class:`~parkd.trust.identity.Identity` once the
   handshake is done (``protocol.peer_identity``);
+- take turns through a :class:`HandshakeGate`, if the factory has one: about
+  50 ms of handshake work per reactor turn (a step costs a node 0.5-2 ms of
+  CPU), the others wait, unread, for the next turns.  Thousands of cameras
+  failing over to a node at once otherwise made single reactor turns of
+  seconds, in which no heartbeat went out: the survivors lost their leader
+  over and over while the cameras' handshakes timed out and started again;
 - on the client side, keep the last TLS session in a :class:`SessionSlot` to
   offer it on the next connection (resumption), as long as it came from the
   current context.
@@ -31,6 +37,8 @@ or in ``handshakeCompleted()`` (``IHandshakeListener``).
 
 from __future__ import annotations
 
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -41,13 +49,14 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.logger import Logger
-from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from parkd.trust.identity import KINDS, Identity, identity_of_certificate
 from parkd.ratelimit import RateLimitedLog
 
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0  # seconds
+HANDSHAKE_BUDGET_PER_TURN = 0.05  # seconds of handshake work per reactor turn (then heartbeats and the rest)
 
 log = Logger()
 
@@ -158,8 +167,16 @@ def info_callback(connection: SSL.Connection, where: int, value: int) -> None:
 # ------------------------------------------------------------------ protocol and factory
 
 
-class GuardedTLSProtocol(BufferingTLSTransport):
-    """One TLS connection with a handshake deadline, a failure reason and the peer's identity."""
+class GuardedTLSProtocol(TLSMemoryBIOProtocol):
+    """One TLS connection with a handshake deadline, a failure reason and the peer's identity.
+
+    Each write goes out at once as a TLS record, not held for the next reactor
+    turn as Twisted's default (``BufferingTLSTransport``) does.  Two TLS
+    clusters side by side on 2 shared cores, 3 rounds of two runs each
+    (medians of the rounds): low-load ack latency p50 11.1 -> 8.4 ms with the
+    camera on the leader, 13.0 -> 9.0 ms on a follower; durable throughput
+    3,740 -> 5,020 frames/s (noisy, but no worse).
+    """
 
     factory: GuardedTLSFactory
     # Class defaults: ProtocolWrapper hands unknown attributes to the transport.
@@ -169,6 +186,9 @@ class GuardedTLSProtocol(BufferingTLSTransport):
     _problem: str | None = None
     _identity: Identity | None = None
     _verified = False
+    _waiting: list[bytes] | None = None  # bytes read while waiting for the gate
+    _stepped = False  # a handshake step ran (the next one continues it)
+    closed = False
 
     def makeConnection(self, transport):
         self._deadline = self.factory.clock.callLater(self.factory.handshake_timeout, self._too_slow)
@@ -176,7 +196,31 @@ class GuardedTLSProtocol(BufferingTLSTransport):
 
     def dataReceived(self, data):
         self._got_bytes = True
-        super().dataReceived(data)
+        gate = self.factory.gate
+        if gate is None or self._handshaken:
+            super().dataReceived(data)
+        elif self._waiting is not None:
+            self._waiting.append(data)
+        elif gate.admit(self._stepped):
+            self._step(data)
+        else:
+            self._waiting = [data]
+            self.transport.pauseProducing()  # read nothing more until our turn
+            gate.wait(self, self._stepped)
+
+    def take_turn(self) -> None:
+        """The gate's turn for this handshake: what was read meanwhile, then read again."""
+        data, self._waiting = b"".join(self._waiting), None
+        self.transport.resumeProducing()
+        self._step(data)
+
+    def _step(self, data: bytes) -> None:
+        self._stepped = True
+        started = time.perf_counter()
+        try:
+            super().dataReceived(data)
+        finally:
+            self.factory.gate.ran(time.perf_counter() - started)
 
     @property
     def handshaken(self) -> bool:
@@ -223,6 +267,7 @@ class GuardedTLSProtocol(BufferingTLSTransport):
             self._deadline = None
 
     def connectionLost(self, reason):
+        self.closed = True
         self._cancel_deadline()
         if not self._handshaken and self._problem is None and not self.disconnecting:  # (not closed by us)
             self._problem = "not TLS, or closed during the TLS handshake" if self._got_bytes else (
@@ -264,11 +309,16 @@ class GuardedTLSFactory(TLSMemoryBIOFactory):
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         session: SessionSlot | None = None,
         clock=None,
+        credentials: tuple | None = None,
+        gate: HandshakeGate | None = None,
     ):
         """``context()`` gives the current SSL context (it changes on reload); ``name`` labels log lines.
 
         ``session`` (clients only): where the last TLS session to this
         destination is kept for resumption; None to resume nothing.
+        ``credentials``: the (certificate, key) each connection presents, when
+        not the context's (many cameras sharing one context: :mod:`.fleet`).
+        ``gate``: the :class:`HandshakeGate` its handshakes take turns through, if any.
         """
         if clock is None:
             from twisted.internet import reactor as clock
@@ -283,11 +333,16 @@ class GuardedTLSFactory(TLSMemoryBIOFactory):
         self.handshake_timeout = handshake_timeout
         self.session = session if is_client else None
         self.clock = clock
+        self.credentials = credentials
+        self.gate = gate
 
     def new_connection(self, protocol: GuardedTLSProtocol) -> SSL.Connection:
         context = self.context()
         connection = SSL.Connection(context, None)
         connection.set_app_data(protocol)
+        if self.credentials is not None:
+            connection.use_certificate(self.credentials[0])
+            connection.use_privatekey(self.credentials[1])
         if self.is_client:
             connection.set_connect_state()
             if self.session is not None:
@@ -304,6 +359,61 @@ class GuardedTLSFactory(TLSMemoryBIOFactory):
             self.refusals.emit("{name}: TLS with {peer} failed: {problem}", name=self.name, peer=where, problem=problem)
         elif self.session is not None and protocol.handshaken:
             self.session.keep(protocol.getHandle())
+
+
+class HandshakeGate:
+    """About ``budget`` seconds of handshake work per reactor turn; the rest waits for later turns.
+
+    A step is one read that moves a handshake on (a ClientHello, a client's
+    certificate and Finished, a server's answer); it costs 0.5-2 ms of CPU.
+    ``admit(continuing)`` says whether a step may run now, and ``ran(seconds)``
+    counts what it took.  A step that may not run is ``wait``-ed with its
+    protocol, which stops reading and has its ``take_turn()`` called on a later
+    turn: steps of handshakes already under way first (they finish a
+    handshake, and free a client to send), then new ones, each in arrival
+    order.  A protocol closed while waiting (its handshake deadline ran out) is
+    skipped.  The gate does not bound how many connections handshake at once,
+    so a client that stalls its handshake holds no place: its deadline cuts it.
+    """
+
+    def __init__(self, clock, budget: float = HANDSHAKE_BUDGET_PER_TURN):
+        if budget <= 0:
+            raise ValueError("budget must be positive")
+        self.clock = clock
+        self.budget = budget
+        self.waited = 0  # steps that had to wait for a later turn, in all
+        self._spent = 0.0  # seconds of handshake steps in this turn
+        self._continuing: deque = deque()
+        self._new: deque = deque()
+        self._next_turn = None
+
+    def admit(self, continuing: bool) -> bool:
+        """Whether a step may run in this turn (``continuing``: its handshake had a step before)."""
+        self._turn_ends()
+        waiting = self._continuing if continuing else (self._continuing or self._new)
+        return not waiting and self._spent < self.budget
+
+    def ran(self, seconds: float) -> None:
+        self._spent += seconds
+
+    def wait(self, protocol, continuing: bool) -> None:
+        self.waited += 1
+        (self._continuing if continuing else self._new).append(protocol)
+
+    def _turn_ends(self) -> None:
+        if self._next_turn is None:
+            self._next_turn = self.clock.callLater(0, self._new_turn)
+
+    def _new_turn(self) -> None:
+        self._next_turn = None
+        self._spent = 0.0
+        for queue in (self._continuing, self._new):
+            while queue and self._spent < self.budget:
+                protocol = queue.popleft()
+                if not protocol.closed:
+                    protocol.take_turn()
+        if self._continuing or self._new or self._spent:
+            self._turn_ends()
 
 
 class SessionSlot:

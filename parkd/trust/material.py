@@ -60,17 +60,48 @@ class Material:
 def load_material(files: TrustFiles, expect: Identity | None = None, now: datetime.datetime | None = None) -> Material:
     """Read and check ``files``; TrustError naming the file at fault if they do not fit."""
     now = now or datetime.datetime.now(datetime.timezone.utc)
-    cas = tuple(_read(files.ca, x509.load_pem_x509_certificates, "PEM CA certificates"))
-    cert = _read(files.cert, x509.load_pem_x509_certificates, "a PEM certificate")[0]
-    key = _read(files.key, lambda data: serialization.load_pem_private_key(data, None),
+    cas = tuple(read_file(files.ca, x509.load_pem_x509_certificates, "PEM CA certificates"))
+    cert = read_file(files.cert, x509.load_pem_x509_certificates, "a PEM certificate")[0]
+    key = read_file(files.key, lambda data: serialization.load_pem_private_key(data, None),
                 "an unencrypted PEM private key")  # fmt: skip
+    identity = check_pair(files, cert, key, now, expect)
+    if not any(_issued_by(cert, ca) for ca in cas):
+        raise TrustError(f"{files.cert}: not issued by the CA in {files.ca}")
+    crl = _load_crl(files.crl, cas, files.ca, now) if files.crl is not None else None
+    return Material(files, cas, cert, key, crl, identity)
+
+
+def load_authority(
+    ca: str, crl: str | None, now: datetime.datetime | None = None
+) -> tuple[tuple[x509.Certificate, ...], x509.CertificateRevocationList | None]:
+    """The CA certificates of file ``ca``, and the CRL of file ``crl`` (if given) checked as in :func:`load_material`."""
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    cas = tuple(read_file(ca, x509.load_pem_x509_certificates, "PEM CA certificates"))
+    return cas, _load_crl(crl, cas, ca, now) if crl is not None else None
+
+
+def _load_crl(path: str, cas, ca_path: str, now: datetime.datetime) -> x509.CertificateRevocationList:
+    crl = read_file(path, x509.load_pem_x509_crl, "a PEM certificate revocation list")
+    if not any(crl.issuer == ca.subject and crl.is_signature_valid(ca.public_key()) for ca in cas):
+        raise TrustError(f"{path}: not signed by the CA in {ca_path}")
+    if crl.next_update_utc is not None and now > crl.next_update_utc:
+        raise TrustError(f"{path}: out of date since {crl.next_update_utc:%Y-%m-%d %H:%M:%S} UTC "
+                         "(revoke again to re-sign it)")  # fmt: skip
+    return crl
+
+
+def check_pair(
+    files: TrustFiles, cert: x509.Certificate, key, now: datetime.datetime, expect: Identity | None = None
+) -> Identity:
+    """The identity a certificate and its key stand for; TrustError if the key is not its own, or it is not valid now.
+
+    (Whether the CA issued it is the caller's check: it costs a signature verification.)
+    """
     if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey,
                             ed448.Ed448PrivateKey)):  # fmt: skip
         raise TrustError(f"{files.key}: unsupported key type")
     if key.public_key() != cert.public_key():
         raise TrustError(f"{files.key}: not the key of {files.cert}")
-    if not any(_issued_by(cert, ca) for ca in cas):
-        raise TrustError(f"{files.cert}: not issued by the CA in {files.ca}")
     if now < cert.not_valid_before_utc:
         raise TrustError(f"{files.cert}: not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC")
     if now > cert.not_valid_after_utc:
@@ -80,15 +111,7 @@ def load_material(files: TrustFiles, expect: Identity | None = None, now: dateti
         raise TrustError(f"{files.cert}: names no parkd identity (CN node-ID, camera-ID or operator-NAME)")
     if expect is not None and identity != expect:
         raise TrustError(f"{files.cert}: is {identity}'s certificate, expected {expect}'s")
-    crl = None
-    if files.crl is not None:
-        crl = _read(files.crl, x509.load_pem_x509_crl, "a PEM certificate revocation list")
-        if not any(crl.issuer == ca.subject and crl.is_signature_valid(ca.public_key()) for ca in cas):
-            raise TrustError(f"{files.crl}: not signed by the CA in {files.ca}")
-        if crl.next_update_utc is not None and now > crl.next_update_utc:
-            raise TrustError(f"{files.crl}: out of date since {crl.next_update_utc:%Y-%m-%d %H:%M:%S} UTC "
-                             "(revoke again to re-sign it)")  # fmt: skip
-    return Material(files, cas, cert, key, crl, identity)
+    return identity
 
 
 def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
@@ -99,7 +122,8 @@ def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
     return True
 
 
-def _read(path: str, parse, what: str):
+def read_file(path: str, parse, what: str):
+    """``parse(bytes of path)``; TrustError naming the file if it cannot be read, or is not ``what``."""
     try:
         with open(path, "rb") as f:
             data = f.read()

@@ -21,10 +21,16 @@ sneak back in on an old ticket).  Call ``reload`` from the reactor thread
 
 Cost, measured on 2 shared cores (EC P-256, TLS 1.3, one Twisted server
 process): a full mutual handshake takes about 2.4 ms of server CPU (about
-400 per CPU-second), a resumed one about 1.4 ms (about 730); issuing tickets
-adds about 0.1-0.2 ms to a full handshake.  Resumption helps a client that
-reconnects to the same node; a camera failing over to another node always
-makes a full handshake.
+400 per CPU-second), a resumed one about 1.3 ms (about 750); issuing tickets
+adds about 0.1-0.2 ms to a full handshake (``benchmarks/handshakes.py``).
+Resumption helps a client that reconnects to a node it had a session with; a
+camera failing over to a node it never talked to makes a full handshake.
+
+Memory: an open connection holds about 71 KB in OpenSSL (OpenSSL 4, TLS 1.3,
+X25519MLKEM768, the peer's certificate kept), 44 KB with
+``SSL_MODE_RELEASE_BUFFERS``, which every context sets: the record buffers
+are freed while a connection is idle (a camera sends a frame every few
+seconds), which matters with thousands of cameras per node.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from parkd.trust.guard import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     Admission,
     GuardedTLSFactory,
+    HandshakeGate,
     SessionSlot,
     TLSClientEndpoint,
     info_callback,
@@ -53,7 +60,39 @@ _CIPHERS_TLS12 = b"ECDHE+AESGCM:ECDHE+CHACHA20"
 REFUSALS_SUMMARY = "{count} more failed TLS handshakes in the last {window} s"
 
 
-class Trust:
+class Dialer:
+    """The client side of TLS (links to nodes): what :class:`Trust` and a fleet's cameras (:mod:`.fleet`) share.
+
+    A subclass gives ``refusals``, ``_resume``, ``_handshake_timeout``, ``_clock``
+    and ``_client_context()``; ``_credentials`` is the (certificate, key) each
+    connection presents when the context has none, ``_gate`` the
+    :class:`~parkd.trust.guard.HandshakeGate` many clients in one process share.
+    """
+
+    _credentials: tuple | None = None
+    _gate: HandshakeGate | None = None
+
+    def client(
+        self, factory, name: str, expect: Identity | str, session: SessionSlot | None = None
+    ) -> GuardedTLSFactory:
+        """Wrap a connecting factory; the server must be ``expect`` (an Identity, or a kind: "node").
+
+        ``session``: where to keep the TLS session for resumption (one slot per destination).
+        """
+        return GuardedTLSFactory(self._client_context, True, factory, Admission.of(expect), self.refusals, name,
+                                 self._handshake_timeout, session=session, clock=self._clock,
+                                 credentials=self._credentials, gate=self._gate)  # fmt: skip
+
+    def client_endpoint(self, endpoint, name: str, expect: Identity | str) -> TLSClientEndpoint:
+        """A client endpoint speaking TLS over ``endpoint`` (e.g. ``clientFromString``), resuming sessions."""
+        slot = SessionSlot() if self._resume else None
+        return TLSClientEndpoint(endpoint, lambda factory: self.client(factory, name, expect, slot))
+
+    def _client_context(self) -> SSL.Context:
+        raise NotImplementedError
+
+
+class Trust(Dialer):
     """One party's certificates, and the TLS factories of its ports and links."""
 
     log = Logger()
@@ -126,43 +165,40 @@ class Trust:
         """Wrap a listening factory: ``clients`` is "required" (mutual TLS) or "optional" (HTTPS).
 
         ``allow``: the identity kinds admitted (e.g. ``("node",)`` on the raft
-        port), default any identity from the CA.
+        port), default any identity from the CA.  Its handshakes take turns
+        through a :class:`~parkd.trust.guard.HandshakeGate` of their own.
         """
         if clients not in ("required", "optional"):
             raise ValueError(f"clients must be 'required' or 'optional', not {clients!r}")
         admission = Admission() if allow is None else Admission.kinds_of(allow)
         return GuardedTLSFactory(lambda: self.context(clients), False, factory, admission, self.refusals, name,
-                                 self._handshake_timeout, clock=self._clock)  # fmt: skip
+                                 self._handshake_timeout, clock=self._clock,
+                                 gate=HandshakeGate(self._clock))  # fmt: skip
 
-    def client(
-        self, factory, name: str, expect: Identity | str, session: SessionSlot | None = None
-    ) -> GuardedTLSFactory:
-        """Wrap a connecting factory; the server must be ``expect`` (an Identity, or a kind: "node").
-
-        ``session``: where to keep the TLS session for resumption (one slot per destination).
-        """
-        return GuardedTLSFactory(lambda: self.context("client"), True, factory, Admission.of(expect), self.refusals,
-                                 name, self._handshake_timeout, session=session, clock=self._clock)  # fmt: skip
-
-    def client_endpoint(self, endpoint, name: str, expect: Identity | str) -> TLSClientEndpoint:
-        """A client endpoint speaking TLS over ``endpoint`` (e.g. ``clientFromString``), resuming sessions."""
-        slot = SessionSlot() if self._resume else None
-        return TLSClientEndpoint(endpoint, lambda factory: self.client(factory, name, expect, slot))
+    def _client_context(self) -> SSL.Context:
+        return self.context("client")
 
 
 def _context(material: Material, role: str, resume: bool) -> SSL.Context:
+    context = authority_context(material.cas, material.crl, role, resume)
+    context.use_certificate(material.cert)
+    context.use_privatekey(material.key)
+    context.check_privatekey()
+    return context
+
+
+def authority_context(cas, crl, role: str, resume: bool = True) -> SSL.Context:
+    """A context for ``role`` that trusts ``cas`` (and checks ``crl``), with no certificate of its own yet."""
     context = SSL.Context(SSL.TLS_METHOD)
     context.set_min_proto_version(SSL.TLS1_2_VERSION)
     context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_CIPHER_SERVER_PREFERENCE)
     context.set_cipher_list(_CIPHERS_TLS12)
-    context.use_certificate(material.cert)
-    context.use_privatekey(material.key)
-    context.check_privatekey()
+    context.set_mode(SSL.MODE_RELEASE_BUFFERS)  # an idle connection keeps no 16 KB record buffers (see above)
     store = context.get_cert_store()
-    for ca in material.cas:
+    for ca in cas:
         store.add_cert(crypto.X509.from_cryptography(ca))
-    if material.crl is not None:
-        store.add_crl(material.crl)
+    if crl is not None:
+        store.add_crl(crl)
         store.set_flags(crypto.X509StoreFlags.CRL_CHECK)
     mode = SSL.VERIFY_PEER | (SSL.VERIFY_FAIL_IF_NO_PEER_CERT if role == "required" else 0)
     context.set_verify(mode, verify_callback)
@@ -170,7 +206,7 @@ def _context(material: Material, role: str, resume: bool) -> SSL.Context:
     context.set_info_callback(info_callback)
     if role == "client":
         return context
-    for ca in material.cas:
+    for ca in cas:
         context.add_client_ca(ca)  # tells clients (curl, browsers) which certificate to send
     if resume:
         context.set_session_id(f"parkd-{role}".encode())

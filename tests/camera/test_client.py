@@ -69,6 +69,21 @@ def test_hello_then_frames_in_order_within_the_window(tmp_path):
     assert envelopes[1].submit_frame.payload == b"payload0"
 
 
+def test_over_tls_hello_and_frames_wait_for_the_handshake_and_so_does_the_ack_timeout(tmp_path):
+    client, clock, net, box, _ = make(tmp_path)
+    client.trust = object()  # TLS (the connection here is a double: the handshake is announced by hand)
+    client.start()
+    assert sent(net.proto) == []
+    clock.advance(8.0)  # a slow handshake, past ack_timeout: nothing was sent, so nothing timed out
+    assert not net.proto.transport.disconnected and len(net.attempts) == 1
+    net.proto.handshakeCompleted()
+    envelopes = sent(net.proto)
+    assert envelopes[0].hello == pb.Hello(camera_id=7, lot="north", incarnation=box.incarnation)
+    assert [e.submit_frame.seq for e in envelopes[1:]] == [1, 2]
+    clock.advance(2.6)  # from now on the ack timeout counts
+    assert net.proto.transport.disconnected
+
+
 def test_ack_removes_from_outbox_logs_and_sends_more(tmp_path):
     client, clock, net, box, events = make(tmp_path)
     client.start()
@@ -102,6 +117,22 @@ def test_refused_connections_rotate_and_never_give_up(tmp_path):
     net.refuse = set()
     clock.advance(5.0)
     assert client.proto is not None
+
+
+def test_a_camera_leaving_a_node_tries_another_at_random_so_a_dead_nodes_cameras_spread(tmp_path):
+    chosen = set()
+    for seed in range(40):
+        client, clock, net, box, _ = make(tmp_path / str(seed))
+        client.rng.seed(seed)
+        client.next_node = 0
+        client.start()  # connects to NODES[0]
+        net.proto.connectionLost(Failure(ConnectionRefusedError()))  # the node died
+        clock.advance(10)
+        first, second = net.attempts[0][0], net.attempts[1][0]
+        assert first == NODES[0] and second != first
+        chosen.add(second)
+        box.close()
+    assert chosen == {NODES[1], NODES[2]}
 
 
 def test_backoff_grows_with_jitter_and_resets_after_an_ack(tmp_path):

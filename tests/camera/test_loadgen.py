@@ -8,6 +8,7 @@ from twisted.python.failure import Failure
 
 from parkd.camera.loadgen import LoadGenerator, percentile
 from parkd.config import Address
+from parkd.trust import Identity
 
 NODES = (Address("127.0.0.1", 7201), Address("127.0.0.1", 7202))
 
@@ -81,3 +82,47 @@ def test_direct_connect_to_an_ip_literal_fires_or_fails_like_an_endpoint():
 def test_percentile():
     assert percentile([3, 1, 2, 4], 50) == 3
     assert percentile([1] * 99 + [100], 99) == 100
+
+
+def test_over_tls_each_camera_dials_with_its_own_certificate(cluster_pki):
+    reactor = MemoryReactorClock()
+    gen = LoadGenerator(reactor, NODES, 2, window=4, interval=10.0, lots=["north"], first_camera=41,
+                        pki=cluster_pki.dir)  # fmt: skip
+    for client in gen.clients:
+        client.start()
+    dialed = [factory.factory for _, _, factory, _, _ in reactor.tcpClients]  # _OneConnection -> the TLS factory
+    assert [f.credentials[0].get_subject().CN for f in dialed] == ["camera-41", "camera-42"]
+    assert all(f.is_client and f.admission.refuses(Identity("camera", 1)) for f in dialed)  # only a node may answer
+    assert dialed[0].gate is dialed[1].gate  # one process: their handshakes take turns together
+    assert gen.connects == 2
+
+
+class Connection:
+    """A camera's connection as the storm sees it (sending nothing: it is being left)."""
+
+    leaving = True
+
+    def __init__(self, resumed):
+        self.transport = type("TLS", (), {"resumed": resumed})()
+
+
+def test_the_storm_times_each_cameras_frame_captured_at_the_kill_until_its_ack():
+    reactor, gen = make(cameras=4)
+    old = [Connection(False) for _ in gen.clients]
+    for client, proto in zip(gen.clients, old):
+        client.proto = proto
+    storm = gen.begin_storm(100.0)
+    marks = [client.outbox.pending()[-1] for client in gen.clients]
+    assert [m.captured_at for m in marks] == [100.0] * 4
+    a, b, c, d = gen.clients
+    b.proto, c.proto = Connection(True), Connection(False)  # b and c lost their node and came back
+    storm.acked(a, marks[0], 100.4)
+    storm.acked(b, marks[1], 102.5)
+    storm.acked(c, marks[2], 102.9)
+    storm.acked(a, marks[0], 109.0)  # a second ack of the same frame changes nothing
+    assert not storm.done()
+    result = storm.result()
+    assert (result["recovered"], result["t50_s"], result["t99_s"], result["t100_s"]) == (3, 2.5, None, None)
+    assert (result["moved"], result["resumed"], result["by_second"]) == (2, 1, [1, 0, 2])
+    storm.acked(d, marks[3], 103.0)
+    assert storm.done() and (storm.result()["t99_s"], storm.result()["t100_s"]) == (3.0, 3.0)
