@@ -11,6 +11,7 @@ builds, each with only what it needs:
   and the **camera registry** (``registry.py``) it asks about disabled cameras;
 - **snapshots** (``snapshots.py``): taking, sending, receiving, installing;
 - **linearizable reads** (``reads.py``);
+- **backups** (``backup.py``): taken on the leader, streamed by the HTTP port;
 - two timers: the leader's retention proposal and the text log's frame summary;
 - with a ``[tls]`` table, its TLS (``parkd/trust``): mutual TLS on both ports and
   every peer link, identities checked by the ports (CONTRACT §9).
@@ -36,6 +37,7 @@ from parkd.config import ConfigError
 from parkd.daemon import fail_on_config_error, listen_now, raise_file_limit
 from parkd.db import StorageError, open_engine
 from parkd.events import FRAME_EVENTS
+from parkd.node.backup import BackupTaker
 from parkd.node.driver import RaftDriver
 from parkd.node.frames import FrameIntake
 from parkd.node.membership import MembershipManager
@@ -161,6 +163,7 @@ class NodeService(service.Service):
         self.registry = CameraRegistry(self.driver, store.state, self.reactor)
         self.intake = FrameIntake(self.driver, store.state, HashAnalyzer(), lots, self.reactor, self.registry)
         self.reads = ReadBarrier(self.driver, self.reactor)
+        self.backups = self._build_backups(store)
         self._loops = [
             self._every(RETENTION_INTERVAL_S, self._propose_retention),
             self._every(SUMMARY_INTERVAL_S, self._summary),
@@ -175,6 +178,7 @@ class NodeService(service.Service):
         ]
         service.Service.startService(self)
         self.snapshots.start()
+        self.backups.start()
         self.peers.startService()
         self.driver.start()
         for loop, interval in self._loops:
@@ -242,6 +246,11 @@ class NodeService(service.Service):
             os.path.join(self.settings.data_dir, "snapshots"),
             thread=self._snapshot_thread,
         )
+
+    def _build_backups(self, store: Store) -> BackupTaker:
+        directory = os.path.join(self.settings.data_dir, "backups")
+        return BackupTaker(self.driver, store, self.membership, self.reads, self.reactor, directory,
+                           thread=self._snapshot_thread)  # fmt: skip
 
     def _every(self, interval: float, function) -> tuple[LoopingCall, float]:
         loop = LoopingCall(function)
@@ -331,6 +340,7 @@ class NodeService(service.Service):
                 loop.stop()
         if self.driver is not None:
             self.snapshots.stop()
+            self.backups.stop()
             self.driver.stop()
         if self.trust is not None:
             self.trust.refusals.stop()

@@ -348,3 +348,8 @@ def restored_cluster_id(backup_sha256: str) -> str:
     cluster, makes another.  32 hex digits.
     """
     return hashlib.sha256(b"parkd restored cluster\0" + bytes.fromhex(backup_sha256)).hexdigest()[:32]
+
+
+def backup_name(header: BackupHeader) -> str:
+    """A file name for a backup: ``parkd-backup-<index>-<term>.pkb``."""
+    return f"parkd-backup-{header.index}-{header.term}.pkb"
