@@ -135,13 +135,7 @@ def leader(node, tmp_path):
 
 
 def rebuild(node, access=Access()):
-    from parkd.http.site import build_site
-
-    node.site = build_site(
-        clock=node.clock, state=node.state, driver=node.driver, membership=node.membership, reads=node.reads,
-        metrics=node.metrics, lot_ids=list(LOTS), camera_interval=2.0, registry=node.registry,
-        backups=node.backups, access=access,
-    )  # fmt: skip
+    node.build_site(backups=node.backups, access=access)
 
 
 def reactor_turn(clock):
