@@ -18,6 +18,8 @@ import shutil
 import struct
 import time
 
+from harness import Cluster
+
 from parkd import ctl
 from parkd.parking.backup import MAGIC
 
@@ -79,6 +81,37 @@ def test_1_backup_kill_everything_restore_and_every_acked_frame_is_back(make_clu
         applied = cluster.applied(node_id)
         assert {key: applied.get(key) for key in before} == before  # same index, same result
     cluster.wait_for_ack_after(restarted)  # the cameras carry on with the restored cluster
+
+
+def test_1b_restore_one_node_and_add_the_others(make_cluster, tmp_path, cluster_pki):
+    """README "Backup and restore": restore node 1 alone (a config listing only it), start it,
+    then start nodes 2 and 3 with --join and add them: they catch up from the restored node."""
+    old = make_cluster().start_all()
+    old.leader()
+    old.wait_acks(20)
+    backup = str(tmp_path / "one.pkb")
+    index, _ = take_backup(old, backup)
+    before = {key: result for key, result in old.acked().items() if result[0] <= index}
+    old.stop_all()
+    (tmp_path / "new").mkdir()
+    new = Cluster(tmp_path / "new", nodes=1, joiners=2, pki=cluster_pki.dir)
+    try:
+        alone = os.path.join(new.workdir, "parkd-initial.toml")  # lists node 1 only
+        code, out, err = parkctl(new, "restore", backup, "--config", alone, "--id", 1, "--data-dir", data_dir(new, 1))
+        assert code == 0 and "voters 1;" in out, err
+        new.start_nodes(1)
+        new.leader(among=[1])
+        for node_id in (2, 3):
+            new.start_nodes(node_id)
+            m = new.config.member(node_id)
+            out = new.parkctl("add-node", node_id, m.raft, m.client, m.http)
+            assert out.startswith(f"node {node_id} added and promoted to voter"), out
+        for node_id in (1, 2, 3):
+            new.wait(lambda: (new.status(node_id) or {}).get("last_applied", 0) >= index, 30, f"node {node_id}")
+            applied = new.applied(node_id)
+            assert {key: applied.get(key) for key in before} == before
+    finally:
+        new.stop_all()
 
 
 def test_5_restore_refuses_a_flipped_byte_a_truncated_file_and_a_future_version(make_cluster, tmp_path):
