@@ -5,7 +5,7 @@ hands the request here.  Answers: 200 with the file (``application/octet-stream`
 ``Content-Length`` the file's size, ``X-Parkd-Backup-Index`` / ``-Term`` its index
 and term, a ``Content-Disposition`` file name); 421 on a follower, naming the
 leader (``leader_id``, ``leader_http``); 409 while this node takes another
-backup; 503 with ``Retry-After`` when no leader confirms the read index; 405
+backup; 507 while its ``nospace`` alarm is raised; 503 with ``Retry-After`` when no leader confirms the read index; 405
 for another method; 400 for query parameters.  A stream that fails after the
 200 is cut short: the client sees fewer bytes than ``Content-Length`` (and the
 file's own length and digest tell it too).  The work is ``parkd/node/backup.py``.
@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 from twisted.web import server
 
 from parkd.http.errors import RETRY_AFTER, ApiError, error_response
-from parkd.node.backup import BackupBusy
+from parkd.node.backup import BackupBusy, BackupNoSpace
 from parkd.node.reads import ReadUnavailable
 from parkd.parking.backup import backup_name
 from parkd.raft.core import NotLeader
@@ -44,6 +44,8 @@ def render_backup(request, backups, not_leader: Callable[[int | None], ApiError]
         return error_response(request, not_leader(e.leader_id))
     except BackupBusy as e:
         return error_response(request, ApiError(409, str(e)))
+    except BackupNoSpace as e:
+        return error_response(request, ApiError(507, str(e)))
     gone, sending = [], []
 
     def left(_):

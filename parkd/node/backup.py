@@ -36,6 +36,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from parkd import __version__
+from parkd.node.alarms import NOSPACE
 from parkd.node.snapshots import SnapshotThread, pin_snapshot
 from parkd.parking.backup import BackupHeader, backup_chunks
 from parkd.parking.schema import PARKING_SCHEMA_VERSION
@@ -45,6 +46,10 @@ from parkd.raft.core import NotLeader, Role
 
 class BackupBusy(Exception):
     """Another backup is being taken or sent by this node."""
+
+
+class BackupNoSpace(Exception):
+    """The node's ``nospace`` alarm is raised: the copy would take the space its log needs."""
 
 
 def cluster_id_of(state) -> str:
@@ -190,12 +195,14 @@ class BackupTaker:
     an index); ``store``: the data dir's database (``db_path``, ``state``);
     ``membership``: the address book; ``reads``: the read barrier;
     ``directory``: where payload files are made; ``thread``: where the copy runs
-    (a :class:`SnapshotThread` of its own by default; tests pass one that runs at once).
+    (a :class:`SnapshotThread` of its own by default; tests pass one that runs at once);
+    ``alarms``: the node's Alarms (no backup while ``nospace`` is raised: the copy is
+    as large as the state and would take the space the log needs).
     """
 
     log = Logger()
 
-    def __init__(self, driver, store, membership, reads, clock, directory: str, thread=None):
+    def __init__(self, driver, store, membership, reads, clock, directory: str, thread=None, alarms=None):
         self.driver = driver
         self.store = store
         self.membership = membership
@@ -203,6 +210,7 @@ class BackupTaker:
         self.clock = clock
         self.directory = directory
         self.busy = False
+        self.alarms = alarms
         os.makedirs(directory, exist_ok=True)
         for stale in os.listdir(directory):  # left by a node killed mid-backup: the directory is ours
             with contextlib.suppress(OSError):
@@ -218,8 +226,8 @@ class BackupTaker:
     def take(self) -> defer.Deferred:
         """Fires with a :class:`Backup` to send (and then discard), or fails.
 
-        Raises NotLeader at once on a follower and BackupBusy while another
-        backup is taken or sent; the Deferred fails with ReadUnavailable when no
+        Raises NotLeader at once on a follower, BackupBusy while another
+        backup is taken or sent, BackupNoSpace while the nospace alarm is raised; the Deferred fails with ReadUnavailable when no
         leader confirms the read index, SnapshotError when the copy fails.
         """
         driver = self.driver
@@ -227,6 +235,9 @@ class BackupTaker:
             raise NotLeader(driver.leader_id)
         if self.busy:
             raise BackupBusy("a backup is already being taken on this node; try again once it is sent")
+        if self.alarms is not None and self.alarms.is_raised(NOSPACE):
+            raise BackupNoSpace(f"node {driver.node_id} has the nospace alarm raised: a backup copies the whole "
+                                "state to its disk first; free space, then try again")  # fmt: skip
         self.busy = True
         return self.reads.read().addCallback(lambda _: self._copy()).addErrback(self._failed)
 

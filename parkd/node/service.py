@@ -168,8 +168,8 @@ class NodeService(service.Service):
         self.registry = CameraRegistry(self.driver, store.state, self.reactor)
         self.intake = FrameIntake(self.driver, store.state, HashAnalyzer(), lots, self.reactor, self.registry)
         self.reads = ReadBarrier(self.driver, self.reactor)
-        self.backups = self._build_backups(store)
         self.alarms, self.disk = self._build_disk(store)
+        self.backups = self._build_backups(store)
         self.intake.admission = self.alarms.frame_refusal
         self._loops = [
             self._every(RETENTION_INTERVAL_S, self._propose_retention),
@@ -258,7 +258,7 @@ class NodeService(service.Service):
     def _build_backups(self, store: Store) -> BackupTaker:
         directory = os.path.join(self.settings.data_dir, "backups")
         return BackupTaker(self.driver, store, self.membership, self.reads, self.reactor, directory,
-                           thread=self._snapshot_thread)  # fmt: skip
+                           thread=self._snapshot_thread, alarms=self.alarms)  # fmt: skip
 
     def _build_disk(self, store: Store) -> tuple[Alarms, DiskMonitor]:
         """The node's alarms and the disk monitor that raises ``nospace``, checked once now."""

@@ -128,7 +128,7 @@ def leader(node, tmp_path):
     node.backup_thread = HeldThread()
     node.backup_driver = Driver()
     node.backups = BackupTaker(node.backup_driver, store, node.membership, node.backup_reads, node.clock,
-                               str(tmp_path / "backups"), thread=node.backup_thread)  # fmt: skip
+                               str(tmp_path / "backups"), thread=node.backup_thread, alarms=node.alarms)  # fmt: skip
     rebuild(node)
     yield node
     store.engine.dispose()
@@ -290,6 +290,17 @@ def test_one_backup_at_a_time(leader):
     assert stream(leader, first)
     second = start_backup(leader)
     assert stream(leader, second) and second.response().status == 200
+
+
+def test_no_backup_while_the_nospace_alarm_is_raised(leader):
+    leader.alarms.raise_alarm("nospace", "12 MiB free, below min_free_disk_mb 256")
+    response = leader.get(BACKUP)
+    assert response.status == 507
+    assert "nospace alarm raised" in response.json()["error"] and "free space" in response.json()["error"]
+    assert leader.backup_reads.pending == [] and not leader.backups.busy
+    leader.alarms.clear("nospace", "space is back")
+    request = start_backup(leader)
+    assert stream(leader, request) and request.response().status == 200
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE"])
