@@ -4,6 +4,7 @@
     parkctl ... add-node [--no-wait] ID RAFT CLIENT HTTP | remove-node ID | transfer-leader [ID]
     parkctl pki init DIR | issue DIR node|camera|operator ... | revoke DIR IDENTITY   (parkd.trust.cli)
     parkctl ... camera list | camera disable ID | camera enable ID
+    parkctl ... backup FILE | restore FILE --config CFG --id N --data-dir DIR        (ctl_backup.py)
 
 Where the cluster is: ``--cluster`` (HTTP addresses), else ``--config`` (the
 ``http`` address of every ``[[node]]``), else ``$PARKD_CLUSTER``, else
@@ -28,6 +29,7 @@ import time
 from datetime import datetime
 
 from parkd.config import Address, ConfigError, load_config, parse_address, parse_cluster_addresses
+from parkd.ctl_backup import add_backup_commands, cmd_backup, cmd_restore
 from parkd.ctl_client import DEFAULT_TIMEOUT, ClusterClient, NodeError, Refused
 from parkd.trust import TrustError, https_client_context
 from parkd.trust.cli import add_pki_commands, run_pki
@@ -36,6 +38,7 @@ DEFAULT_CONFIG = os.path.join("etc", "parkd.toml")
 ENV_CLUSTER = "PARKD_CLUSTER"
 ENV_CA, ENV_CERT, ENV_KEY = "PARKD_TLS_CA", "PARKD_CERT", "PARKD_KEY"
 DEFAULT_CHANGE_TIMEOUT = 30.0  # seconds a membership change, transfer or registry change may take
+DEFAULT_BACKUP_TIMEOUT = 300.0  # seconds a backup may go without a byte (the leader copies the state first)
 MAX_CAMERA_ID = (1 << 32) - 1
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
@@ -332,6 +335,7 @@ def parser() -> argparse.ArgumentParser:
         command = cameras.add_parser(name, help=text, description=f"{name.capitalize()} camera ID: {text}.")
         command.add_argument("id", type=_camera_id)
         _common(command, suppress=True)
+    add_backup_commands(sub, _common, _node_id)
     add_pki_commands(sub)
     return top
 
@@ -410,13 +414,18 @@ def main(argv=None, out=None, err=None, environ=None) -> int:
         args = parser().parse_args(argv)
         if args.command == "pki":  # local files only: no cluster
             return run_pki(args, out, err)
+        if args.command == "restore":  # offline: local files only
+            return cmd_restore(args, out, err)
         if args.timeout is None:
             command = " ".join(filter(None, (args.command, getattr(args, "camera_command", None))))
             args.timeout = DEFAULT_CHANGE_TIMEOUT if command in ADMIN_COMMANDS else DEFAULT_TIMEOUT
+            args.timeout = DEFAULT_BACKUP_TIMEOUT if command == "backup" else args.timeout
         if args.timeout <= 0:
             raise UsageError("--timeout must be positive")
         addresses, config_ca = find_cluster(args, environ)
         cluster = ClusterClient(addresses, args.timeout, tls_context(args, environ, config_ca))
+        if args.command == "backup":
+            return cmd_backup(args, cluster, out, err)
         return COMMANDS[args.command](args, cluster, out)
     except UsageError as e:
         print(f"parkctl: {e}", file=err)

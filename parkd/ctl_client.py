@@ -34,15 +34,83 @@ class NodeError(Exception):
         self.sent = sent  # the request may have reached the node (do not repeat a POST elsewhere)
 
 
+STREAM_CHUNK = 256 * 1024  # bytes read at a time from a streamed answer
+
+
+def _connect(address: Address, timeout: float, tls):
+    if tls is None:
+        return http.client.HTTPConnection(address.host, address.port, timeout=timeout)
+    return http.client.HTTPSConnection(address.host, address.port, timeout=timeout, context=tls)
+
+
+def _failure(e: BaseException, timeout: float, tls, sent: bool) -> NodeError:
+    """One line for a transport failure of a request to one node."""
+    if isinstance(e, ConnectionRefusedError):
+        return NodeError("connection refused")
+    if isinstance(e, ssl.SSLError):
+        return NodeError(f"TLS failed: {e.reason or e}", sent=sent)
+    if isinstance(e, http.client.RemoteDisconnected):
+        hint = "" if tls is not None else " (does it speak HTTPS? give --tls-ca)"
+        return NodeError(f"closed the connection without answering{hint}", sent=sent)
+    if isinstance(e, TimeoutError):
+        return NodeError(f"no answer within {timeout:g} s", sent=sent)
+    return NodeError(str(e) or type(e).__name__, sent=sent)
+
+
+def _error_of(response, raw: bytes) -> NodeError:
+    """The NodeError of a non-200 answer (its JSON error document, if any)."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return NodeError(f"HTTP {response.status}, not JSON", response.status)
+    doc = doc if isinstance(doc, dict) else {}
+    error = doc.get("error")
+    return NodeError(f"HTTP {response.status}: {error or 'no reason given'}", response.status, doc)
+
+
+def fetch_stream(address: Address, path: str, timeout: float, sink, tls=None) -> dict[str, str]:
+    """GET ``path`` from one node and hand its body to ``sink(bytes)`` as it arrives; the headers.
+
+    Nothing reaches ``sink`` unless the answer is 200.  NodeError for a refusal
+    (its JSON error document) or a stream that ends before its Content-Length
+    (``status`` 200: bytes may have reached ``sink``).  ``timeout`` bounds each
+    wait for bytes, not the whole transfer.
+    """
+    conn = _connect(address, timeout, tls)
+    sent = False
+    try:
+        conn.request("GET", path, headers={"accept": "application/octet-stream, application/json"})
+        sent = True
+        response = conn.getresponse()
+        if response.status != 200:
+            raise _error_of(response, response.read())
+        headers = {k.lower(): v for k, v in response.getheaders()}
+        received = 0
+        try:
+            while chunk := response.read1(STREAM_CHUNK):
+                received += len(chunk)
+                sink(chunk)
+        except http.client.IncompleteRead:
+            pass
+        except (OSError, http.client.HTTPException) as e:
+            raise NodeError(f"the stream broke after {received} bytes: {_failure(e, timeout, tls, True)}", 200,
+                            sent=True) from None  # fmt: skip
+        expected = headers.get("content-length")
+        if expected is not None and received != int(expected):
+            raise NodeError(f"the stream ended after {received} of {expected} bytes", 200, sent=True)
+        return headers
+    except (OSError, http.client.HTTPException) as e:
+        raise _failure(e, timeout, tls, sent) from None
+    finally:
+        conn.close()
+
+
 def fetch(address: Address, path: str, timeout: float, body: dict | None = None, tls=None) -> dict:
     """GET ``path`` from one node (POST ``body`` if given); the JSON document, or NodeError.
 
     ``tls``: an ``ssl.SSLContext`` for HTTPS (the node's host name is checked), else plain HTTP.
     """
-    if tls is None:
-        conn = http.client.HTTPConnection(address.host, address.port, timeout=timeout)
-    else:
-        conn = http.client.HTTPSConnection(address.host, address.port, timeout=timeout, context=tls)
+    conn = _connect(address, timeout, tls)
     sent = False
     try:
         if body is None:
@@ -54,28 +122,16 @@ def fetch(address: Address, path: str, timeout: float, body: dict | None = None,
         sent = True
         response = conn.getresponse()
         raw = response.read()
-    except ConnectionRefusedError:
-        raise NodeError("connection refused") from None
-    except ssl.SSLError as e:
-        raise NodeError(f"TLS failed: {e.reason or e}", sent=sent) from None
-    except http.client.RemoteDisconnected:
-        hint = "" if tls is not None else " (does it speak HTTPS? give --tls-ca)"
-        raise NodeError(f"closed the connection without answering{hint}", sent=sent) from None
-    except TimeoutError:
-        raise NodeError(f"no answer within {timeout:g} s", sent=sent) from None
     except (OSError, http.client.HTTPException) as e:
-        raise NodeError(str(e) or type(e).__name__, sent=sent) from None
+        raise _failure(e, timeout, tls, sent) from None
     finally:
         conn.close()
+    if response.status != 200:
+        raise _error_of(response, raw)
     try:
-        doc = json.loads(raw)
+        return json.loads(raw)
     except ValueError:
         raise NodeError(f"HTTP {response.status}, not JSON", response.status) from None
-    if response.status != 200:
-        doc = doc if isinstance(doc, dict) else {}
-        error = doc.get("error")
-        raise NodeError(f"HTTP {response.status}: {error or 'no reason given'}", response.status, doc)
-    return doc
 
 
 class ClusterClient:
@@ -132,6 +188,32 @@ class ClusterClient:
                         raise Refused(e.doc.get("error") or str(e)) from None
                     elif e.sent:
                         raise Refused(f"{address}: {e}; the change may have been made, see parkctl status") from None
+            if time.monotonic() + 0.5 > deadline:
+                raise Refused("no leader could take the request (" + "; ".join(problems[-len(self.addresses):]) + ")")
+            time.sleep(0.5)  # an election is under way: ask again
+
+    def download(self, path: str, sink, wait: float) -> dict[str, str]:
+        """Stream ``path`` from the leader into ``sink`` (:func:`fetch_stream`); its headers.
+
+        Follows 421 hints and retries 503s until ``wait`` is over, as long as
+        no byte has reached ``sink``; a stream that breaks is Refused.
+        """
+        deadline = time.monotonic() + wait
+        problems: list[str] = []
+        hops = 0
+        while True:
+            todo = list(self.addresses)
+            while todo:
+                address = todo.pop(0)
+                try:
+                    return fetch_stream(address, path, self.timeout, sink, tls=self.tls)
+                except NodeError as e:
+                    problems.append(f"{address}: {e}")
+                    if e.status == 421 and e.doc.get("leader_http") and hops < MAX_HOPS:
+                        hops += 1
+                        todo.insert(0, _address(e.doc["leader_http"]))
+                    elif e.status is not None and e.status not in (421, 503):
+                        raise Refused(f"{address}: " + (e.doc.get("error") or str(e))) from None
             if time.monotonic() + 0.5 > deadline:
                 raise Refused("no leader could take the request (" + "; ".join(problems[-len(self.addresses):]) + ")")
             time.sleep(0.5)  # an election is under way: ask again

@@ -1,10 +1,11 @@
-"""The admin API of the HTTP port: membership changes, leadership transfer, the camera registry.
+"""The admin API of the HTTP port: membership changes, leadership transfer, the camera registry, backups.
 
     POST /api/v1/admin/add-node               {"id", "raft", "client", "http"[, "wait", "timeout"]}
     POST /api/v1/admin/remove-node            {"id"[, "timeout"]}
     POST /api/v1/admin/transfer-leader        {["id", "timeout"]}
     POST /api/v1/admin/camera-disable         {"id"[, "timeout"]}
     POST /api/v1/admin/camera-enable          {"id"[, "timeout"]}
+    GET  /api/v1/admin/backup                 the leader streams a backup file (``backup.py``)
 
 Each takes a JSON body (``Content-Type: application/json``, which a cross-site
 form cannot send) and answers once the change has committed (a camera change:
@@ -27,6 +28,7 @@ from twisted.web import server
 
 from parkd.config import ConfigError
 from parkd.http.access import Access
+from parkd.http.backup import render_backup
 from parkd.http.errors import RETRY_AFTER, ApiError, error_response, json_response
 from parkd.node.addresses import member_from_json
 from parkd.node.membership import (
@@ -50,26 +52,30 @@ ADMIN_OPERATIONS = ("add-node", "remove-node", "transfer-leader", "camera-disabl
 
 
 class Admin:
-    """``POST /api/v1/admin/<operation>``: membership changes, leadership transfer, the camera registry.
+    """``POST /api/v1/admin/<operation>``: membership changes, leadership transfer, the camera registry;
+    ``GET /api/v1/admin/backup``.
 
     Each operation checks its JSON body (400), asks the node's
     MembershipManager (``membership``) or CameraRegistry (``registry``) and
     answers once the outcome is known; ``status`` is the node's Raft status
-    (the driver's read-only view).
+    (the driver's read-only view).  A backup is the BackupTaker's (``backups``).
     """
 
     log = Logger()
 
-    def __init__(self, membership, status, access: Access = Access(), registry=None):
+    def __init__(self, membership, status, access: Access = Access(), registry=None, backups=None):
         self.membership = membership
         self.status = status
         self.access = access
         self.registry = registry
+        self.backups = backups  # the node's BackupTaker
 
     def render(self, request, operation: str):
         refusal = self.access.admin_refusal(request)
         if refusal is not None:
             return error_response(request, refusal)
+        if operation == "backup":
+            return render_backup(request, self.backups, self._not_leader)
         if request.method != b"POST":
             request.setHeader(b"allow", b"POST")
             method = request.method.decode(errors="replace")

@@ -105,19 +105,20 @@ def web_dir() -> str:
 
 
 def build_site(*, clock, state, driver, membership, reads, metrics: NodeMetrics, lot_ids, camera_interval,
-               alarms, readiness: Readiness, access: Access = Access(), registry=None) -> server.Site:  # fmt: skip
+               alarms, readiness: Readiness, access: Access = Access(), registry=None,
+               backups=None) -> server.Site:  # fmt: skip
     """The HTTP port over a node's parts: ``state`` (ParkingState), ``driver`` (Raft
     status), ``membership`` (members and admin operations), ``reads`` (ReadBarrier),
     ``alarms`` (the node's Alarms), ``readiness`` (``/readyz``'s checks), ``registry``
-    (the camera registry's admin operations); ``access`` says who may read and who
-    may administer."""
+    (the camera registry's admin operations), ``backups`` (BackupTaker); ``access``
+    says who may read and who may administer."""
     api = Api(state, driver, membership.members, clock, tuple(lot_ids), camera_interval, metrics.reactor_lag.recent_max,
               alarms=alarms.active)  # fmt: skip
     directory = web_dir()
     root = Root(directory, access)
     root.putChild(b"livez", HealthResource(liveness(driver, metrics.reactor_lag.recent_max)))
     root.putChild(b"readyz", HealthResource(readiness.report))
-    root.putChild(b"api", ApiResource(api, reads, Admin(membership, driver, access, registry), metrics.read))
+    root.putChild(b"api", ApiResource(api, reads, Admin(membership, driver, access, registry, backups), metrics.read))
     root.putChild(b"metrics", MetricsResource(metrics))
     root.putChild(b"static", WebFiles(directory))
     site = server.Site(root, reactor=clock)
@@ -148,7 +149,7 @@ class HttpService(service.Service):
         site = build_site(
             clock=node.reactor, state=state, driver=node.driver, membership=node.membership, reads=node.reads,
             metrics=self.metrics, lot_ids=lot_ids, camera_interval=config.camera.interval, access=access,
-            registry=node.registry,
+            registry=node.registry, backups=node.backups,
             alarms=node.alarms, readiness=node_readiness(node),
         )  # fmt: skip
         listening = site if trust is None else trust.server(site, "https", clients="optional")

@@ -11,6 +11,7 @@ builds, each with only what it needs:
   and the **camera registry** (``registry.py``) it asks about disabled cameras;
 - **snapshots** (``snapshots.py``): taking, sending, receiving, installing;
 - **linearizable reads** (``reads.py``);
+- **backups** (``backup.py``): taken on the leader, streamed by the HTTP port;
 - three timers: the leader's retention proposal, the text log's frame summary,
   and the **disk monitor** (``disk.py``), which raises the node's ``nospace``
   alarm (``alarms.py``): new frames wait while the disk is low;
@@ -39,6 +40,7 @@ from parkd.daemon import fail_on_config_error, listen_now, raise_file_limit
 from parkd.db import StorageError, open_engine
 from parkd.events import FRAME_EVENTS
 from parkd.node.alarms import Alarms
+from parkd.node.backup import BackupTaker
 from parkd.node.disk import CHECK_INTERVAL_S, MIB, DiskMonitor, free_bytes
 from parkd.node.driver import RaftDriver
 from parkd.node.frames import FrameIntake
@@ -167,6 +169,7 @@ class NodeService(service.Service):
         self.intake = FrameIntake(self.driver, store.state, HashAnalyzer(), lots, self.reactor, self.registry)
         self.reads = ReadBarrier(self.driver, self.reactor)
         self.alarms, self.disk = self._build_disk(store)
+        self.backups = self._build_backups(store)
         self.intake.admission = self.alarms.frame_refusal
         self._loops = [
             self._every(RETENTION_INTERVAL_S, self._propose_retention),
@@ -183,6 +186,7 @@ class NodeService(service.Service):
         ]
         service.Service.startService(self)
         self.snapshots.start()
+        self.backups.start()
         self.peers.startService()
         self.driver.start()
         for loop, interval in self._loops:
@@ -250,6 +254,11 @@ class NodeService(service.Service):
             os.path.join(self.settings.data_dir, "snapshots"),
             thread=self._snapshot_thread,
         )
+
+    def _build_backups(self, store: Store) -> BackupTaker:
+        directory = os.path.join(self.settings.data_dir, "backups")
+        return BackupTaker(self.driver, store, self.membership, self.reads, self.reactor, directory,
+                           thread=self._snapshot_thread, alarms=self.alarms)  # fmt: skip
 
     def _build_disk(self, store: Store) -> tuple[Alarms, DiskMonitor]:
         """The node's alarms and the disk monitor that raises ``nospace``, checked once now."""
@@ -347,6 +356,7 @@ class NodeService(service.Service):
                 loop.stop()
         if self.driver is not None:
             self.snapshots.stop()
+            self.backups.stop()
             self.driver.stop()
         if self.trust is not None:
             self.trust.refusals.stop()

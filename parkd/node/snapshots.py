@@ -40,10 +40,17 @@ from twisted.python.threadpool import ThreadPool
 from parkd.db import is_disk_full
 from parkd.node.driver import EntriesApplied, LogCompacted
 from parkd.node.snapshot_stream import CHUNK_SIZE, SnapshotReceiver, read_chunk, snapshot_sha256, transfer_size
-from parkd.parking.snapshot import SnapshotError, SnapshotInfo, pin_state, read_snapshot_meta, restore_snapshot
+from parkd.parking.snapshot import (
+    PinnedState,
+    SnapshotError,
+    SnapshotInfo,
+    pin_state,
+    read_snapshot_meta,
+    restore_snapshot,
+)
 from parkd.raft.messages import InstallSnapshot, SnapshotResponse
 from parkd.raft.storage import install_snapshot_in
-from parkd.raft.types import SnapshotMeta
+from parkd.raft.types import Membership, SnapshotMeta
 
 SEND_TIMEOUT = 5.0  # seconds without an answer before a transfer is given up
 RETAKE_AFTER_S = 30.0  # after a failed snapshot (a full disk), wait this long before the next try
@@ -76,7 +83,7 @@ class CompactionPolicy:
 
 
 class SnapshotThread(ThreadPool):
-    """The one worker that copies and installs snapshots, off the reactor.
+    """The one worker that copies and installs snapshots, off the reactor (a backup has its own).
 
     It never keeps the process alive: an unfinished copy or install is a
     temporary file or a rolled-back transaction, both harmless.
@@ -86,13 +93,56 @@ class SnapshotThread(ThreadPool):
     def threadFactory(*args, **kwargs) -> threading.Thread:
         return threading.Thread(*args, daemon=True, **kwargs)
 
-    def __init__(self, clock):
-        super().__init__(1, 1, name="parkd-snapshot")
+    def __init__(self, clock, name: str = "parkd-snapshot"):
+        super().__init__(1, 1, name=name)
         self.clock = clock
 
     def run(self, function, *args, **kwargs) -> defer.Deferred:
         """``function(*args, **kwargs)`` on the worker; its result on the reactor."""
         return deferToThreadPool(self.clock, self, function, *args, **kwargs)
+
+
+@dataclass(eq=False)
+class PinnedSnapshot:
+    """The parking state pinned at :attr:`index` and what Raft says of that index (:func:`pin_snapshot`)."""
+
+    pinned: PinnedState
+    term: int
+    config: Membership
+    members: list
+
+    @property
+    def index(self) -> int:
+        return self.pinned.index
+
+    def write(self, path: str) -> SnapshotInfo:
+        """Copy the pinned state to a snapshot file at ``path`` (slow: on a worker thread), then close."""
+        config = self.config
+        return self.pinned.write(path, term=self.term, voters=config.voters, learners=config.learners,
+                                 config_index=config.index, members=self.members)  # fmt: skip
+
+    def close(self) -> None:
+        self.pinned.close()
+
+
+def pin_snapshot(db_path: str, driver, membership) -> PinnedSnapshot:
+    """Pin the applied state of ``db_path`` now (on the reactor thread), with its term and configuration.
+
+    The index is the applied state's as of this reactor turn, which the core's
+    log holds (it is at or above the core's snapshot); the term and
+    configuration come from the driver at that index, and the address book from
+    ``membership``, so the copy needs nothing from Raft.  SnapshotError if the
+    state cannot be pinned.
+    """
+    pinned = pin_state(db_path)
+    try:
+        term = driver.term_at(pinned.index)
+        if term is None:
+            raise SnapshotError(f"the term of index {pinned.index} is not in the log")
+        return PinnedSnapshot(pinned, term, driver.config_at(pinned.index), membership.members_for_snapshot())
+    except BaseException:
+        pinned.close()
+        raise
 
 
 @dataclass(eq=False)
@@ -185,29 +235,13 @@ class SnapshotManager:
         return self._thread.run(copy).addCallbacks(self._taken, self._take_failed)
 
     def pin(self) -> Callable[[], SnapshotInfo]:
-        """Fix the state to snapshot and what Raft says of its index, now; returns the copy to run.
-
-        The index is the applied state's as of this reactor turn, which the core's
-        log holds (it is at or above the core's snapshot); the term and
-        configuration come from the driver at that index, so the copy needs nothing
-        from Raft.  The copy also computes the file's digest for sending it.
-        """
-        pinned = pin_state(self.store.db_path)
-        try:
-            index = pinned.index
-            term = self.driver.term_at(index)
-            if term is None:
-                raise SnapshotError(f"the term of index {index} is not in the log")
-            config = self.driver.config_at(index)
-            members = self.membership.members_for_snapshot()
-        except BaseException:
-            pinned.close()
-            raise
-        path = os.path.join(self.directory, f"snapshot-{index}-{next(self._names)}.db")
+        """Fix the state to snapshot and what Raft says of its index, now (:func:`pin_snapshot`);
+        returns the copy to run.  The copy also computes the file's digest for sending it."""
+        pinned = pin_snapshot(self.store.db_path, self.driver, self.membership)
+        path = os.path.join(self.directory, f"snapshot-{pinned.index}-{next(self._names)}.db")
 
         def copy() -> SnapshotInfo:  # on the snapshot thread
-            info = pinned.write(path, term=term, voters=config.voters, learners=config.learners,
-                                config_index=config.index, members=members)  # fmt: skip
+            info = pinned.write(path)
             snapshot_sha256(info.path)  # the transfer's trailer, computed here rather than at sending
             return info
 
