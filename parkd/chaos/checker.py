@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from twisted.logger import eventsFromJSONLogFile
@@ -34,21 +35,47 @@ def read_events(path: str, name: str) -> list[dict]:
 Key = tuple[int, int, int]  # (camera_id, incarnation, seq)
 
 
+@contextmanager
+def _reading(db_path: str):
+    """One read transaction on a node's database: every query in it sees the same commit."""
+    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10, isolation_level=None)
+    try:
+        db.execute("BEGIN")
+        yield db
+        db.execute("COMMIT")
+    finally:
+        db.close()
+
+
+def _frames(db) -> dict[Key, tuple[int, int]]:
+    rows = db.execute("SELECT camera_id, incarnation, seq, log_index, free FROM frames").fetchall()
+    return {(c, u64_from_sqlite(n), s): (i, f) for c, n, s, i, f in rows}
+
+
+def _cameras(db) -> dict[int, tuple[int, int, int]]:
+    rows = db.execute(
+        "SELECT c.camera_id, c.incarnation, i.last_seq, i.free FROM cameras AS c JOIN incarnations AS i "
+        "ON i.camera_id = c.camera_id AND i.incarnation = c.incarnation"
+    ).fetchall()
+    return {c: (u64_from_sqlite(n), s, f) for c, n, s, f in rows}
+
+
 def read_frames(db_path: str) -> dict[Key, tuple[int, int]]:
     """``{(camera_id, incarnation, seq): (log index, free)}`` from a node's database."""
-    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10) as db:
-        rows = db.execute("SELECT camera_id, incarnation, seq, log_index, free FROM frames").fetchall()
-    return {(c, u64_from_sqlite(n), s): (i, f) for c, n, s, i, f in rows}
+    with _reading(db_path) as db:
+        return _frames(db)
 
 
 def read_cameras(db_path: str) -> dict[int, tuple[int, int, int]]:
     """``{camera_id: (incarnation, last_seq, free)}``: each camera's current value on a node."""
-    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10) as db:
-        rows = db.execute(
-            "SELECT c.camera_id, c.incarnation, i.last_seq, i.free FROM cameras AS c JOIN incarnations AS i "
-            "ON i.camera_id = c.camera_id AND i.incarnation = c.incarnation"
-        ).fetchall()
-    return {c: (u64_from_sqlite(n), s, f) for c, n, s, f in rows}
+    with _reading(db_path) as db:
+        return _cameras(db)
+
+
+def read_node(db_path: str) -> tuple[dict[Key, tuple[int, int]], dict[int, tuple[int, int, int]]]:
+    """A running node's frames and current values as of one commit (the node may be applying)."""
+    with _reading(db_path) as db:
+        return _frames(db), _cameras(db)
 
 
 def event_key(event: dict) -> Key:
@@ -79,8 +106,7 @@ def collect(camera_logs: list[str], node_logs: dict[int, str], node_dbs: dict[in
         evidence.applied_events[node_id] = read_events(path, "frame_applied")
         evidence.leaders += read_events(path, "leader_elected")
     for node_id, path in node_dbs.items():
-        evidence.frames[node_id] = read_frames(path)
-        evidence.cameras[node_id] = read_cameras(path)
+        evidence.frames[node_id], evidence.cameras[node_id] = read_node(path)
     return evidence
 
 

@@ -145,7 +145,7 @@ def test_a_node_database_is_read_per_incarnation(tmp_path):
     from parkd.parking.state import ParkingState
     from parkd.raft.types import Entry, EntryKind
 
-    from parkd.chaos.checker import read_cameras, read_frames
+    from parkd.chaos.checker import read_cameras, read_frames, read_node
 
     path = str(tmp_path / "node.db")
     engine = open_engine(path)
@@ -156,3 +156,4 @@ def test_a_node_database_is_read_per_incarnation(tmp_path):
     engine.dispose()
     assert read_frames(path) == {(1, 0, 1): (1, 5), (1, 0, 2): (2, 6), (1, 2**64 - 1, 1): (3, 7)}
     assert read_cameras(path) == {1: (2**64 - 1, 1, 7)}
+    assert read_node(path) == (read_frames(path), read_cameras(path))  # both from one read transaction
