@@ -154,9 +154,19 @@ def result_of(box: list):
 
 
 def start_compaction(reactor: Reactor, meta: SnapshotMeta, upto: int):
-    """The driver's compaction: one DELETE on the reactor thread; returns "is it done?"."""
+    """The driver's compaction (the meta and a first batch), then one ``trim`` batch per wake-up
+    between the applies, as the snapshot manager schedules them; returns "is it done?"."""
     reactor.timed(reactor.storage.compact, upto, meta)
-    return lambda: True
+    left = [True]
+
+    def done() -> bool:
+        if left[0]:
+            started = time.perf_counter()
+            left[0] = reactor.storage.trim()
+            reactor.work.append(time.perf_counter() - started)
+        return not left[0]
+
+    return done
 
 
 def start_install(reactor: Reactor, snap: str, meta: SnapshotMeta) -> tuple[threading.Thread, list]:

@@ -37,6 +37,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from parkd.db import StorageError
 from parkd.node.driver import EntriesApplied, LogCompacted
 from parkd.node.snapshot_stream import CHUNK_SIZE, SnapshotReceiver, read_chunk, snapshot_sha256, transfer_size
 from parkd.parking.snapshot import SnapshotError, SnapshotInfo, pin_state, read_snapshot_meta, restore_snapshot
@@ -129,6 +130,7 @@ class SnapshotManager:
         self.sending: dict[int, _Sending] = {}
         self.received: dict[tuple[int, int], str] = {}  # (index, term) -> a complete, verified file
         self.taking = False
+        self._trimming = None  # the next batch of log compaction, scheduled
         self._recorded = self.latest  # the file storage records (others go once superseded)
         self._names = itertools.count()
         self._thread = thread if thread is not None else SnapshotThread(clock)
@@ -141,6 +143,9 @@ class SnapshotManager:
         self._thread.start()
 
     def stop(self) -> None:
+        if self._trimming is not None and self._trimming.active():
+            self._trimming.cancel()
+        self._trimming = None
         for transfer in self.sending.values():
             if transfer.timeout is not None and transfer.timeout.active():
                 transfer.timeout.cancel()
@@ -231,9 +236,25 @@ class SnapshotManager:
         self.log.failure("taking a snapshot failed", failure)
 
     def _compacted(self, event: LogCompacted) -> None:
-        """Storage recorded the snapshot the latest file holds: the one before may go."""
+        """Storage recorded the snapshot the latest file holds: the one before may go.
+
+        Storage dropped only the first batch of the compacted entries; the rest go
+        one batch per reactor turn (:meth:`_trim`), between the node's other work.
+        """
         if self.latest is not None and self.latest.meta == event.meta:
             self._replace_recorded(self.latest)
+        if self._trimming is None:
+            self._trimming = self.clock.callLater(0, self._trim)
+
+    def _trim(self) -> None:
+        self._trimming = None
+        try:
+            more = self.store.storage.trim()
+        except StorageError as e:
+            self.log.error("compacting the Raft log failed: {error}", error=str(e))
+            return  # the next compaction tries again
+        if more:
+            self._trimming = self.clock.callLater(0, self._trim)
 
     def _replace_recorded(self, info: SnapshotInfo) -> None:
         previous, self._recorded = self._recorded, info
