@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 from twisted.internet import defer, task
 
-from parkd.node.driver import LogCompacted
+from parkd.node.driver import EntriesApplied, LogCompacted
 from parkd.node.snapshots import SEND_TIMEOUT, CompactionPolicy, SnapshotManager
 from parkd.raft.types import SnapshotMeta
 
@@ -93,3 +93,30 @@ def test_7_the_compacted_log_is_trimmed_one_batch_per_reactor_turn(tmp_path):
     assert turn(clock) == 1 and storage.calls == 2
     assert turn(clock) == 1 and storage.calls == 3 and storage.left == 0
     assert turn(clock) == 0 and storage.calls == 3
+
+
+def test_7_members_snapshot_at_staggered_indexes():
+    """§7 each server snapshots independently: members 1, 2, 3 at thresholds 15 % of max_entries apart."""
+    policy = CompactionPolicy(max_entries=1000)
+    due = {n: next(i for i in range(0, 3000) if policy.should_snapshot(i, 0, n)) for n in (1, 2, 3, 4)}
+    assert due == {1: 1151, 2: 1301, 3: 1451, 4: 1001}
+    assert policy.should_snapshot(0, policy.max_bytes + 1, 3)  # the byte bound is not staggered
+
+
+def test_7_a_member_takes_its_snapshot_at_its_own_threshold(tmp_path):
+    """§7: after each applied batch the manager asks the policy with its own node id."""
+    taken = []
+
+    class Recording(SnapshotManager):
+        def take(self):
+            taken.append(self.driver.snapshot.index)
+
+    driver = FakeDriver(node_id=2)
+    membership = SimpleNamespace(restore_members=lambda members: None)
+    Recording(driver, SimpleNamespace(storage=None), membership, [].append, task.Clock(),
+              CompactionPolicy(max_entries=100), str(tmp_path / "snaps"), thread=InlineThread())  # fmt: skip
+    driver.publish(EntriesApplied((), [], 101))
+    driver.publish(EntriesApplied((), [], 130))
+    assert taken == []  # member 1 would have taken one at 101
+    driver.publish(EntriesApplied((), [], 131))
+    assert taken == [0]
