@@ -46,6 +46,7 @@ from parkd.raft.storage import install_snapshot_in
 from parkd.raft.types import SnapshotMeta
 
 SEND_TIMEOUT = 5.0  # seconds without an answer before a transfer is given up
+INSTALL_PROGRESS_S = 1.0  # a follower installing a snapshot says so this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +108,16 @@ class SnapshotThread(ThreadPool):
 
 
 @dataclass(eq=False)
+class _Installing:
+    """A received snapshot the driver installs: whom to tell, and the file's size."""
+
+    leader: int
+    meta: SnapshotMeta
+    size: int
+    timer: object = None
+
+
+@dataclass(eq=False)
 class _Sending:
     info: SnapshotInfo
     term: int
@@ -143,6 +154,7 @@ class SnapshotManager:
         self.received: dict[tuple[int, int], str] = {}  # (index, term) -> a complete, verified file
         self.taking = False
         self._trimming = None  # the next batch of log compaction, scheduled
+        self._installing: _Installing | None = None  # a received snapshot being installed
         self._recorded = self.latest  # the file storage records (others go once superseded)
         self._names = itertools.count()
         self._thread = thread if thread is not None else SnapshotThread(clock)
@@ -162,6 +174,9 @@ class SnapshotManager:
             if transfer.timeout is not None and transfer.timeout.active():
                 transfer.timeout.cancel()
         self.sending.clear()
+        job, self._installing = self._installing, None
+        if job is not None and job.timer is not None and job.timer.active():
+            job.timer.cancel()
         self._thread.stop()
 
     def _find_latest(self) -> SnapshotInfo | None:
@@ -303,6 +318,9 @@ class SnapshotManager:
                 offset + len(data) >= transfer.total, tuple(info.voters), tuple(info.learners),
             )
         )  # fmt: skip
+        self._rearm(peer, transfer)
+
+    def _rearm(self, peer: int, transfer: _Sending) -> None:
         if transfer.timeout is not None and transfer.timeout.active():
             transfer.timeout.cancel()
         transfer.timeout = self.clock.callLater(SEND_TIMEOUT, self._give_up, peer)
@@ -314,10 +332,13 @@ class SnapshotManager:
             self.driver.snapshot_status(peer, False)
 
     def on_response(self, m: SnapshotResponse) -> None:
+        """The follower's answer: send the next chunk; or it installs the whole file: wait; or done."""
         transfer = self.sending.get(m.src)
         if transfer is None or m.last_index != transfer.info.index:
             return
-        if m.done:
+        if m.installing and not m.done and m.next_offset >= transfer.total:
+            self._rearm(m.src, transfer)  # healthy, busy: give it another SEND_TIMEOUT
+        elif m.done:
             del self.sending[m.src]
             if transfer.timeout is not None and transfer.timeout.active():
                 transfer.timeout.cancel()
@@ -329,20 +350,59 @@ class SnapshotManager:
     # ------------------------------------------------------------ receiving
 
     def on_chunk(self, m: InstallSnapshot) -> None:
+        """A chunk from the leader: store it and answer; a complete file goes to the core.
+
+        When the core takes the file to install it, the answer to the last chunk
+        says ``installing`` (not ``done``) and is repeated every
+        :data:`INSTALL_PROGRESS_S` until the install is over, which ``done`` then
+        says: the leader keeps the transfer open meanwhile instead of giving it up
+        after :data:`SEND_TIMEOUT` (a 2 M-frame install takes seconds).
+        """
         driver = self.driver
         if m.term < driver.term:
             return  # from a deposed leader
         received = self.receiver.accept(m.last_index, m.last_term, m.offset, m.data, m.done)
-        self.send_message(
-            SnapshotResponse(driver.term, driver.node_id, m.src, m.last_index, received.next_offset, received.done)
-        )
-        if received.done and received.path:
-            meta = read_snapshot_meta(received.path).meta
-            self.received[meta.index, meta.term] = received.path
-            driver.step(
-                InstallSnapshot(m.term, m.src, driver.node_id, meta.index, meta.term, received.next_offset, b"",
-                                True, meta.voters, meta.learners)
-            )  # fmt: skip
+        if not (received.done and received.path):
+            self._answer(m.src, m.last_index, received.next_offset, received.done)
+            return
+        meta = read_snapshot_meta(received.path).meta
+        if self._installing is not None and self._installing.meta == meta:  # a resent last chunk
+            self._answer(m.src, meta.index, received.next_offset, False, installing=True)
+            return
+        self.received[meta.index, meta.term] = received.path
+        before = driver.snapshot
+        driver.step(
+            InstallSnapshot(m.term, m.src, driver.node_id, meta.index, meta.term, received.next_offset, b"",
+                            True, meta.voters, meta.learners)
+        )  # fmt: skip
+        if driver.snapshot == meta != before:  # the core adopted it: the driver installs it next
+            self._installing = _Installing(m.src, meta, received.next_offset)
+            self._still_installing()
+        else:  # not needed (or one is already being installed): the core has answered the leader
+            self.received.pop((meta.index, meta.term), None)
+            self._answer(m.src, meta.index, received.next_offset, True)
+
+    def _answer(self, leader: int, index: int, next_offset: int, done: bool, installing: bool = False) -> None:
+        driver = self.driver
+        self.send_message(SnapshotResponse(driver.term, driver.node_id, leader, index, next_offset, done, installing))
+
+    def _still_installing(self) -> None:
+        """Tell the leader the complete file is being installed; again every INSTALL_PROGRESS_S until done."""
+        job = self._installing
+        if job is None:
+            return
+        self._answer(job.leader, job.meta.index, job.size, False, installing=True)
+        job.timer = self.clock.callLater(INSTALL_PROGRESS_S, self._still_installing)
+
+    def _install_ended(self, meta: SnapshotMeta, ok: bool) -> None:
+        job = self._installing
+        if job is None or job.meta != meta:
+            return
+        self._installing = None
+        if job.timer is not None and job.timer.active():
+            job.timer.cancel()
+        if ok:
+            self._answer(job.leader, meta.index, job.size, True)
 
     def install(self, meta: SnapshotMeta) -> defer.Deferred:
         """Replace the parking tables and the Raft log by the received snapshot ``meta``.
@@ -365,8 +425,13 @@ class SnapshotManager:
             if unrecorded is not None and not self._is_sending(unrecorded):
                 _remove(unrecorded.path)  # taken, but superseded by this one before storage recorded it
             self.log.info("installed snapshot {index} (term {term}) from the leader", index=meta.index, term=meta.term)
+            self._install_ended(meta, True)
 
-        return self._thread.run(in_thread).addCallback(installed)
+        def failed(failure):
+            self._install_ended(meta, False)  # the driver stops the node; the leader gives the transfer up
+            return failure
+
+        return self._thread.run(in_thread).addCallbacks(installed, failed)
 
 
 def _info(path: str, meta: SnapshotMeta) -> SnapshotInfo:

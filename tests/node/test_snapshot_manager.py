@@ -12,7 +12,10 @@ from types import SimpleNamespace
 from twisted.internet import defer, task
 
 from parkd.node.driver import EntriesApplied, LogCompacted
-from parkd.node.snapshots import SEND_TIMEOUT, CompactionPolicy, SnapshotManager
+from parkd.node.snapshot_stream import read_chunk, transfer_size
+from parkd.node.snapshots import INSTALL_PROGRESS_S, SEND_TIMEOUT, CompactionPolicy, SnapshotManager
+from parkd.parking.snapshot import SnapshotInfo, read_snapshot_meta
+from parkd.raft.messages import InstallSnapshot, SnapshotResponse
 from parkd.raft.types import SnapshotMeta
 
 
@@ -120,3 +123,134 @@ def test_7_a_member_takes_its_snapshot_at_its_own_threshold(tmp_path):
     assert taken == []  # member 1 would have taken one at 101
     driver.publish(EntriesApplied((), [], 131))
     assert taken == [0]
+
+
+# -- the transfer: the receiver says it is installing ------------------------------------
+
+
+class ManualThread(InlineThread):
+    """The snapshot thread of a long install: its work ends when the test says so."""
+
+    def __init__(self) -> None:
+        self.pending: list[defer.Deferred] = []
+
+    def run(self, function, *args, **kwargs):
+        self.pending.append(defer.Deferred())
+        return self.pending[-1]
+
+
+def snapshot_file(tmp_path, index: int = 50) -> str:
+    """A real (small) snapshot file at ``index``, term 2, voters 1-3."""
+    import sqlite3
+
+    from parkd.db import open_engine
+    from parkd.parking.snapshot import pin_state
+    from parkd.parking.state import ParkingState
+
+    db = str(tmp_path / "source.db")
+    engine = open_engine(db)
+    ParkingState(engine, {"north": 10})
+    engine.dispose()
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE applied SET last_applied = ?", (index,))
+    conn.commit()
+    conn.close()
+    return pin_state(db).write(str(tmp_path / "snapshot.db"), term=2, voters=(1, 2, 3), learners=(),
+                               config_index=0).path  # fmt: skip
+
+
+class Adopting(FakeDriver):
+    """A core that takes a whole snapshot to install (``adopt``) or finds it not needed."""
+
+    adopt = True
+
+    def step(self, message) -> None:
+        super().step(message)
+        if isinstance(message, InstallSnapshot) and message.done and self.adopt:
+            self.snapshot = SnapshotMeta(message.last_index, message.last_term, message.voters, message.learners)
+
+
+def receiver(tmp_path, adopt: bool = True):
+    sent: list = []
+    driver = Adopting(node_id=2)
+    driver.adopt = adopt
+    thread = ManualThread()
+    store = SimpleNamespace(storage=SimpleNamespace(refresh=lambda: None), engine=None)
+    membership = SimpleNamespace(restore_members=lambda members: None)
+    clock = task.Clock()
+    made = SnapshotManager(driver, store, membership, sent.append, clock, CompactionPolicy(),
+                           str(tmp_path / "snaps"), thread=thread)  # fmt: skip
+    return made, driver, clock, thread, sent
+
+
+def deliver_file(snapshots, path: str, leader: int = 1, term: int = 3) -> int:
+    """Every chunk of ``path`` from ``leader``; the transfer's size."""
+    meta = read_snapshot_meta(path).meta
+    total, offset = transfer_size(path), 0
+    while offset < total:
+        data = read_chunk(path, offset, 4096)
+        snapshots.on_chunk(InstallSnapshot(term, leader, 2, meta.index, meta.term, offset, data,
+                                           offset + len(data) >= total, meta.voters, meta.learners))  # fmt: skip
+        offset += len(data)
+    return total
+
+
+def test_7_a_follower_installing_a_snapshot_tells_the_leader_until_it_is_done(tmp_path):
+    """§7: the answer to the last chunk says "installing", every second, then "done" once installed."""
+    snapshots, driver, clock, thread, sent = receiver(tmp_path)
+    total = deliver_file(snapshots, snapshot_file(tmp_path))
+    last = sent[-1]
+    assert (last.next_offset, last.done, last.installing) == (total, False, True) and last.dst == 1
+    meta = driver.snapshot
+    assert meta.index == 50
+    snapshots.install(meta)  # what the driver does next; the copy takes a while
+    for _ in range(7):
+        clock.advance(INSTALL_PROGRESS_S)
+    progress = [r for r in sent if r.installing]
+    assert len(progress) == 8 and not any(r.done for r in progress)
+    thread.pending[0].callback(SimpleNamespace(members=()))
+    assert (sent[-1].done, sent[-1].installing, sent[-1].next_offset) == (True, False, total)
+    count = len(sent)
+    clock.advance(10 * INSTALL_PROGRESS_S)
+    assert len(sent) == count  # no more progress once done
+
+
+def test_7_a_snapshot_the_core_does_not_need_is_answered_done_at_once(tmp_path):
+    snapshots, driver, clock, thread, sent = receiver(tmp_path, adopt=False)
+    total = deliver_file(snapshots, snapshot_file(tmp_path))
+    assert (sent[-1].next_offset, sent[-1].done, sent[-1].installing) == (total, True, False)
+    clock.advance(10)
+    assert not sent[-1].installing and not thread.pending
+
+
+def sender(tmp_path):
+    path = str(tmp_path / "leader-snapshot.db")
+    with open(path, "wb") as f:
+        f.write(b"s" * 10_000)
+    sent: list = []
+    snapshots, driver, clock = manager(tmp_path, sent=sent)
+    snapshots.latest = SnapshotInfo(path, 500, 10_000, 0.0, 2, (1, 2, 3), ())
+    snapshots.send(InstallSnapshot(3, 1, 2, 500, 0, 0, b"", False))
+    total = transfer_size(path)
+    snapshots.on_response(SnapshotResponse(3, 2, 1, 500, total, False, installing=True))
+    return snapshots, driver, clock, sent, total
+
+
+def test_7_the_leader_keeps_a_transfer_open_while_the_follower_installs(tmp_path):
+    """§7: "installing" answers keep the transfer alive past SEND_TIMEOUT; "done" reports success."""
+    snapshots, driver, clock, sent, total = sender(tmp_path)
+    chunks = len(sent)
+    for _ in range(4 * int(SEND_TIMEOUT)):  # an install four send timeouts long
+        clock.advance(INSTALL_PROGRESS_S)
+        snapshots.on_response(SnapshotResponse(3, 2, 1, 500, total, False, installing=True))
+    assert driver.statuses == [] and len(sent) == chunks  # neither given up nor a chunk sent again
+    snapshots.on_response(SnapshotResponse(3, 2, 1, 500, total, True))
+    assert driver.statuses == [(2, True)] and 2 not in snapshots.sending
+
+
+def test_7_a_follower_that_died_while_installing_is_still_given_up(tmp_path):
+    snapshots, driver, clock, sent, total = sender(tmp_path)
+    clock.advance(SEND_TIMEOUT - 0.1)
+    assert driver.statuses == []
+    clock.advance(0.2)
+    assert driver.statuses == [(2, False)] and 2 not in snapshots.sending
