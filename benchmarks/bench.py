@@ -13,7 +13,9 @@ The rows compared with etcd are measured ``--rounds`` times, interleaved with
 etcd (parkd, etcd, parkd, etcd, ...); each figure is the median over the rounds,
 the figures of every round are kept in the JSON.  The other rows run once.
 
-    python benchmarks/bench.py [--quick] [--skip-peer] [--only ROW] [--rounds N] [--json-out FILE]
+    python benchmarks/bench.py [--quick] [--skip-peer] [--only ROW] [--rounds N] [--day-frames N] [--json-out FILE]
+
+The "day" row (benchmarks/day.py) fills a cluster to --day-frames frames: hours at 2 M.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+sys.path[:0] = [os.path.dirname(HERE), HERE]
 
+import day  # noqa: E402
 from parkd.chaos.checker import read_events  # noqa: E402
 from parkd.config import load_config  # noqa: E402
 from parkd.launcher import camera_daemon, node_daemon, wait_for, wait_listening, write_config  # noqa: E402
@@ -221,7 +224,7 @@ class Step:
     paired: bool = False
 
 
-ROWS = ("throughput", "latency", "failover", "planned_stop", "scale", "pysyncobj", "etcd")
+ROWS = ("throughput", "latency", "failover", "planned_stop", "scale", "day", "pysyncobj", "etcd")
 
 
 def main(argv=None) -> int:
@@ -232,6 +235,8 @@ def main(argv=None) -> int:
                         help=f"measure only this row (repeatable): {', '.join(ROWS)}")
     parser.add_argument("--rounds", type=int, metavar="N",
                         help="rounds of the rows compared with etcd, interleaved with etcd (default 3, 1 with --quick)")
+    parser.add_argument("--day-frames", type=int, default=2_000_000, metavar="N",
+                        help="frames the day-of-data row fills the cluster with (default 2,000,000: hours)")
     parser.add_argument("--json-out")
     args = parser.parse_args(argv)
     rounds = args.rounds or (1 if args.quick else 3)
@@ -243,6 +248,7 @@ def main(argv=None) -> int:
         Step("failover", lambda d: measure_failover(d, 2 if args.quick else 5), paired=True),
         Step("planned_stop", measure_planned_stop),
         Step("scale", lambda d: measure_scale(d, args.quick)),
+        Step("day", lambda d: day.measure_day(d, args.day_frames)),
     ]
     if not args.skip_peer:
         steps.append(Step("pysyncobj", lambda d: measure_peer(d, args.quick)))
@@ -331,6 +337,16 @@ TABLE = (
     Row("Planned leader stop: longest ack gap (ms)", "planned_stop", ("longest_gap_ms",), target="(none set)"),
     Row("{cameras} cameras: p99 (ms) / errors / node RSS (MB)", "scale", ("p99_ms", "errors", "node_rss_mb"),
         target="≤ 250 / 0 / ≤ 300"),
+    Row("Day of data: {frames} frames filled in (s) / frames/s / elections", "day",
+        ("fill_s", "fill_rate", "elections"), fmt="{:,}", target="— / — / 0"),
+    Row("Day of data: ack p99 (ms) of saturating fill rounds with a snapshot / of all (median)", "day",
+        ("ack_p99_snap_ms", "ack_p99_fill_ms"), target="≤ 100"),
+    Row("Day of data: reactor lag p99 / max (ms, bucket bounds, all nodes)", "day", ("lag_p99_ms", "lag_max_ms"),
+        target="— / ≤ 200"),
+    Row("Day of data: snapshots / longest copy (s) / a day's /history p99 (ms)", "day",
+        ("snapshots", "snapshot_max_s", "history_p99_ms"), target="— / — / ≤ 20"),
+    Row("Day of data: node.db + WAL + logs per node (MB)", "day", ("disk_mb",)),
+    Row("Day of data: 1 M-row trim", "day", ("trim",)),
 )  # fmt: skip
 
 
