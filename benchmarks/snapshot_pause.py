@@ -28,7 +28,8 @@ thread's worst lateness (``max late``), its 99th percentile, and its longest own
 database write (``max write``, the time of the statement(s) it ran on a wake-up).
 Not a test: it sleeps and takes a while.  Profile a phase with py-spy:
 
-    .venv/bin/py-spy record --idle --threads -o run/snap.svg -- .venv/bin/python benchmarks/snapshot_pause.py --only take --runs 1
+    .venv/bin/py-spy record --idle --threads -o run/snap.svg -- \
+        .venv/bin/python benchmarks/snapshot_pause.py --only take --runs 1
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ sys.path[:0] = [os.path.dirname(HERE), HERE]
 
 import datadir  # noqa: E402
 from parkd.db import open_engine  # noqa: E402
-from parkd.node.snapshot_stream import CHUNK_SIZE, SnapshotReceiver, read_chunk, snapshot_sha256, transfer_size  # noqa: E402
+from parkd.node.snapshot_stream import (  # noqa: E402
+    CHUNK_SIZE, SnapshotReceiver, read_chunk, snapshot_sha256, transfer_size)
 from parkd.parking import snapshot  # noqa: E402
 from parkd.parking.state import ParkingState  # noqa: E402
 from parkd.parking.snapshot import restore_snapshot  # noqa: E402
