@@ -23,7 +23,10 @@ each figure is the median over the rounds, the figures of every round are kept
 in the JSON.  The other rows run once.  ``--profile DIR`` records the surviving
 nodes and the load generator with py-spy during the storm (flame graphs in DIR).
 
-    python benchmarks/bench.py [--quick] [--skip-peer] [--only ROW] [--rounds N] [--json-out FILE] [--profile DIR]
+    python benchmarks/bench.py [--quick] [--skip-peer] [--only ROW] [--rounds N] [--day-frames N] [--json-out FILE]
+                               [--profile DIR]
+
+The "day" row (benchmarks/day.py) fills a cluster to --day-frames frames: hours at 2 M.
 """
 
 from __future__ import annotations
@@ -47,8 +50,9 @@ from dataclasses import dataclass
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
+sys.path[:0] = [ROOT, HERE]
 
+import day  # noqa: E402
 from parkd.chaos.checker import read_events  # noqa: E402
 from parkd.config import load_config  # noqa: E402
 from parkd.launcher import (  # noqa: E402
@@ -419,7 +423,7 @@ class Step:
     paired: bool = False
 
 
-ROWS = ("throughput", "latency", "failover", "planned_stop", "scale", "pysyncobj", "etcd")
+ROWS = ("throughput", "latency", "failover", "planned_stop", "scale", "day", "pysyncobj", "etcd")
 
 
 def main(argv=None) -> int:
@@ -431,6 +435,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, metavar="N",
                         help="rounds of the rows compared with etcd and of the TLS/plaintext pairs, interleaved with "
                              "etcd (default 3, 1 with --quick)")
+    parser.add_argument("--day-frames", type=int, default=2_000_000, metavar="N",
+                        help="frames the day-of-data row fills the cluster with (default 2,000,000: hours)")
     parser.add_argument("--json-out")
     parser.add_argument("--profile", metavar="DIR", help="py-spy flame graphs of the nodes and generator in the storm")
     args = parser.parse_args(argv)
@@ -444,6 +450,7 @@ def main(argv=None) -> int:
         Step("failover", lambda d: measure_failover(d, 2 if args.quick else 5), paired=True),
         Step("planned_stop", measure_planned_stop),
         Step("scale", lambda d: measure_scale(d, args.quick, args.profile)),
+        Step("day", lambda d: day.measure_day(d, args.day_frames)),
     ]
     if not args.skip_peer:
         steps.append(Step("pysyncobj", lambda d: measure_peer(d, args.quick)))
@@ -547,6 +554,16 @@ TABLE = (
         target="99 % ≤ 10"),
     Row("Storm: TLS handshakes/s, best second on a node / node RSS (MB)", "scale",
         ("handshakes_peak_per_s", "node_rss_after_storm_mb"), target="(report) / ≤ 400"),
+    Row("Day of data: {frames} frames filled in (s) / frames/s / elections", "day",
+        ("fill_s", "fill_rate", "elections"), fmt="{:,}", target="— / — / 0"),
+    Row("Day of data: ack p99 (ms) of saturating fill rounds with a snapshot / of all (median)", "day",
+        ("ack_p99_snap_ms", "ack_p99_fill_ms"), target="≤ 100"),
+    Row("Day of data: reactor lag p99 / max (ms, bucket bounds, all nodes)", "day", ("lag_p99_ms", "lag_max_ms"),
+        target="— / ≤ 200"),
+    Row("Day of data: snapshots / longest copy (s) / a day's /history p99 (ms)", "day",
+        ("snapshots", "snapshot_max_s", "history_p99_ms"), target="— / — / ≤ 20"),
+    Row("Day of data: node.db + WAL + logs per node (MB)", "day", ("disk_mb",)),
+    Row("Day of data: 1 M-row trim", "day", ("trim",)),
 )  # fmt: skip
 
 

@@ -37,7 +37,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from parkd.db import is_disk_full
+from parkd.db import StorageError, is_disk_full
 from parkd.node.driver import EntriesApplied, LogCompacted
 from parkd.node.snapshot_stream import CHUNK_SIZE, SnapshotReceiver, read_chunk, snapshot_sha256, transfer_size
 from parkd.parking.snapshot import (
@@ -54,6 +54,7 @@ from parkd.raft.types import Membership, SnapshotMeta
 
 SEND_TIMEOUT = 5.0  # seconds without an answer before a transfer is given up
 RETAKE_AFTER_S = 30.0  # after a failed snapshot (a full disk), wait this long before the next try
+INSTALL_PROGRESS_S = 1.0  # a follower installing a snapshot says so this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +76,20 @@ class CompactionPolicy:
         if self.max_entries < 1 or self.max_bytes < 1 or self.margin < 0:
             raise ValueError(f"bad compaction policy {self}")
 
-    def should_snapshot(self, entries_since: int, bytes_since: int) -> bool:
-        return entries_since > self.max_entries or bytes_since > self.max_bytes
+    def should_snapshot(self, entries_since: int, bytes_since: int, node_id: int = 0) -> bool:
+        """Whether to snapshot now; ``node_id`` staggers the members (:meth:`stagger`)."""
+        return entries_since > self.max_entries + self.stagger(node_id) or bytes_since > self.max_bytes
+
+    def stagger(self, node_id: int) -> int:
+        """Entries node ``node_id`` waits beyond ``max_entries``: 0, 15 %, 30 %, 45 % by ``node_id % 4``.
+
+        Every member applies the same log, so with one threshold they all took a
+        snapshot at the same index, hence at about the same moment (issue 14).  A
+        deterministic per-node offset spreads them: members 1, 2, 3 snapshot 15 %
+        of ``max_entries`` apart (15 s apart at 1,000 frames/s with the default
+        100k), so a quorum is never copying at once.
+        """
+        return (node_id % 4) * self.max_entries * 15 // 100
 
     def compact_upto(self, snapshot_index: int) -> int:
         return max(0, snapshot_index - self.margin)
@@ -145,6 +158,16 @@ def pin_snapshot(db_path: str, driver, membership) -> PinnedSnapshot:
         raise
 
 
+@dataclass
+class _Installing:
+    """A received snapshot the driver installs: whom to tell, and the file's size."""
+
+    leader: int
+    meta: SnapshotMeta
+    size: int
+    timer: object = None
+
+
 @dataclass(eq=False)
 class _Sending:
     info: SnapshotInfo
@@ -182,6 +205,8 @@ class SnapshotManager:
         self.received: dict[tuple[int, int], str] = {}  # (index, term) -> a complete, verified file
         self.taking = False
         self._next_take = 0.0  # no snapshot is tried before then (one failed)
+        self._trimming = None  # the next batch of log compaction, scheduled
+        self._installing: _Installing | None = None  # a received snapshot being installed
         self._recorded = self.latest  # the file storage records (others go once superseded)
         self._names = itertools.count()
         self._thread = thread if thread is not None else SnapshotThread(clock)
@@ -194,10 +219,16 @@ class SnapshotManager:
         self._thread.start()
 
     def stop(self) -> None:
+        if self._trimming is not None and self._trimming.active():
+            self._trimming.cancel()
+        self._trimming = None
         for transfer in self.sending.values():
             if transfer.timeout is not None and transfer.timeout.active():
                 transfer.timeout.cancel()
         self.sending.clear()
+        job, self._installing = self._installing, None
+        if job is not None and job.timer is not None and job.timer.active():
+            job.timer.cancel()
         self._thread.stop()
 
     def _find_latest(self) -> SnapshotInfo | None:
@@ -220,7 +251,8 @@ class SnapshotManager:
     def _applied(self, event: EntriesApplied) -> None:
         """After each applied batch: snapshot when the log has grown enough."""
         behind = event.applied_index - self.driver.snapshot.index
-        if not self.taking and self.clock.seconds() >= self._next_take and self.policy.should_snapshot(behind, 0):
+        if (not self.taking and self.clock.seconds() >= self._next_take
+                and self.policy.should_snapshot(behind, 0, self.driver.node_id)):
             self.take()
 
     def take(self) -> defer.Deferred:
@@ -275,9 +307,25 @@ class SnapshotManager:
                              seconds=RETAKE_AFTER_S)  # fmt: skip
 
     def _compacted(self, event: LogCompacted) -> None:
-        """Storage recorded the snapshot the latest file holds: the one before may go."""
+        """Storage recorded the snapshot the latest file holds: the one before may go.
+
+        Storage dropped only the first batch of the compacted entries; the rest go
+        one batch per reactor turn (:meth:`_trim`), between the node's other work.
+        """
         if self.latest is not None and self.latest.meta == event.meta:
             self._replace_recorded(self.latest)
+        if self._trimming is None:
+            self._trimming = self.clock.callLater(0, self._trim)
+
+    def _trim(self) -> None:
+        self._trimming = None
+        try:
+            more = self.store.storage.trim()
+        except StorageError as e:
+            self.log.error("compacting the Raft log failed: {error}", error=str(e))
+            return  # the next compaction tries again
+        if more:
+            self._trimming = self.clock.callLater(0, self._trim)
 
     def _replace_recorded(self, info: SnapshotInfo) -> None:
         previous, self._recorded = self._recorded, info
@@ -314,6 +362,9 @@ class SnapshotManager:
                 offset + len(data) >= transfer.total, tuple(info.voters), tuple(info.learners),
             )
         )  # fmt: skip
+        self._rearm(peer, transfer)
+
+    def _rearm(self, peer: int, transfer: _Sending) -> None:
         if transfer.timeout is not None and transfer.timeout.active():
             transfer.timeout.cancel()
         transfer.timeout = self.clock.callLater(SEND_TIMEOUT, self._give_up, peer)
@@ -325,10 +376,13 @@ class SnapshotManager:
             self.driver.snapshot_status(peer, False)
 
     def on_response(self, m: SnapshotResponse) -> None:
+        """The follower's answer: send the next chunk; or it installs the whole file: wait; or done."""
         transfer = self.sending.get(m.src)
         if transfer is None or m.last_index != transfer.info.index:
             return
-        if m.done:
+        if m.installing and not m.done and m.next_offset >= transfer.total:
+            self._rearm(m.src, transfer)  # healthy, busy: give it another SEND_TIMEOUT
+        elif m.done:
             del self.sending[m.src]
             if transfer.timeout is not None and transfer.timeout.active():
                 transfer.timeout.cancel()
@@ -340,20 +394,59 @@ class SnapshotManager:
     # ------------------------------------------------------------ receiving
 
     def on_chunk(self, m: InstallSnapshot) -> None:
+        """A chunk from the leader: store it and answer; a complete file goes to the core.
+
+        When the core takes the file to install it, the answer to the last chunk
+        says ``installing`` (not ``done``) and is repeated every
+        :data:`INSTALL_PROGRESS_S` until the install is over, which ``done`` then
+        says: the leader keeps the transfer open meanwhile instead of giving it up
+        after :data:`SEND_TIMEOUT` (a 2 M-frame install takes seconds).
+        """
         driver = self.driver
         if m.term < driver.term:
             return  # from a deposed leader
         received = self.receiver.accept(m.last_index, m.last_term, m.offset, m.data, m.done)
-        self.send_message(
-            SnapshotResponse(driver.term, driver.node_id, m.src, m.last_index, received.next_offset, received.done)
-        )
-        if received.done and received.path:
-            meta = read_snapshot_meta(received.path).meta
-            self.received[meta.index, meta.term] = received.path
-            driver.step(
-                InstallSnapshot(m.term, m.src, driver.node_id, meta.index, meta.term, received.next_offset, b"",
-                                True, meta.voters, meta.learners)
-            )  # fmt: skip
+        if not (received.done and received.path):
+            self._answer(m.src, m.last_index, received.next_offset, received.done)
+            return
+        meta = read_snapshot_meta(received.path).meta
+        if self._installing is not None and self._installing.meta == meta:  # a resent last chunk
+            self._answer(m.src, meta.index, received.next_offset, False, installing=True)
+            return
+        self.received[meta.index, meta.term] = received.path
+        before = driver.snapshot
+        driver.step(
+            InstallSnapshot(m.term, m.src, driver.node_id, meta.index, meta.term, received.next_offset, b"",
+                            True, meta.voters, meta.learners)
+        )  # fmt: skip
+        if driver.snapshot == meta != before:  # the core adopted it: the driver installs it next
+            self._installing = _Installing(m.src, meta, received.next_offset)
+            self._still_installing()
+        else:  # not needed (or one is already being installed): the core has answered the leader
+            self.received.pop((meta.index, meta.term), None)
+            self._answer(m.src, meta.index, received.next_offset, True)
+
+    def _answer(self, leader: int, index: int, next_offset: int, done: bool, installing: bool = False) -> None:
+        driver = self.driver
+        self.send_message(SnapshotResponse(driver.term, driver.node_id, leader, index, next_offset, done, installing))
+
+    def _still_installing(self) -> None:
+        """Tell the leader the complete file is being installed; again every INSTALL_PROGRESS_S until done."""
+        job = self._installing
+        if job is None:
+            return
+        self._answer(job.leader, job.meta.index, job.size, False, installing=True)
+        job.timer = self.clock.callLater(INSTALL_PROGRESS_S, self._still_installing)
+
+    def _install_ended(self, meta: SnapshotMeta, ok: bool) -> None:
+        job = self._installing
+        if job is None or job.meta != meta:
+            return
+        self._installing = None
+        if job.timer is not None and job.timer.active():
+            job.timer.cancel()
+        if ok:
+            self._answer(job.leader, meta.index, job.size, True)
 
     def install(self, meta: SnapshotMeta) -> defer.Deferred:
         """Replace the parking tables and the Raft log by the received snapshot ``meta``.
@@ -376,8 +469,13 @@ class SnapshotManager:
             if unrecorded is not None and not self._is_sending(unrecorded):
                 _remove(unrecorded.path)  # taken, but superseded by this one before storage recorded it
             self.log.info("installed snapshot {index} (term {term}) from the leader", index=meta.index, term=meta.term)
+            self._install_ended(meta, True)
 
-        return self._thread.run(in_thread).addCallback(installed)
+        def failed(failure):
+            self._install_ended(meta, False)  # the driver stops the node; the leader gives the transfer up
+            return failure
+
+        return self._thread.run(in_thread).addCallbacks(installed, failed)
 
 
 def _info(path: str, meta: SnapshotMeta) -> SnapshotInfo:

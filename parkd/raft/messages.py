@@ -114,6 +114,7 @@ class SnapshotResponse:
     last_index: int
     next_offset: int
     done: bool = False
+    installing: bool = False  # the whole file arrived and is being installed: wait, do not resend
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ from parkd.db import (
 from parkd.raft.types import Entry, EntryKind, HardState, PersistedState, SnapshotMeta
 
 RAFT_SCHEMA_VERSION = 1
+TRIM_BATCH = 5_000  # log entries per compaction transaction: a few ms of DELETE
 
 _meta = sa.MetaData()
 _hard_state = sa.Table(
@@ -90,6 +91,8 @@ class Storage(Protocol):
     def save(self, hard_state: HardState | None, entries: Sequence[Entry], *, sync: bool = True) -> None: ...
 
     def compact(self, upto_index: int, meta: SnapshotMeta) -> None: ...
+
+    def trim(self) -> bool: ...
 
     def close(self) -> None: ...
 
@@ -169,6 +172,10 @@ class MemoryStorage:
         self._entries = [e for e in self._entries if e.index > upto_index]
         self._snapshot = meta
 
+    def trim(self) -> bool:
+        """As :meth:`SqliteStorage.trim`: :meth:`compact` already dropped everything here."""
+        return False
+
     def install_snapshot(self, meta: SnapshotMeta) -> None:
         """As :meth:`SqliteStorage.install_snapshot`."""
         if meta.index < self._snapshot.index:
@@ -194,6 +201,9 @@ class SqliteStorage:
     def __init__(self, engine: sa.Engine, *, owns_engine: bool = False) -> None:
         self._engine = engine
         self._owns_engine = owns_engine
+        self.trim_batch = TRIM_BATCH
+        self._trim_upto = 0  # compacted entries up to here may still be on disk...
+        self._trim_first = 1  # ...from here (the lowest not yet known deleted)
         with storage_errors("opening the Raft storage"), engine.begin() as conn:
             ensure_schema(conn, _meta, "raft", RAFT_SCHEMA_VERSION)
             conn.execute(
@@ -260,10 +270,20 @@ class SqliteStorage:
             self._last_index = entries[-1].index
 
     def compact(self, upto_index: int, meta: SnapshotMeta) -> None:
-        """Drop entries up to ``upto_index`` and record the snapshot they are in."""
+        """Record the snapshot and drop the first ``trim_batch`` entries up to ``upto_index``.
+
+        The rest of the entries up to ``upto_index`` go in later batches, by
+        :meth:`trim` (one short transaction each, so no writer waits long): a
+        DELETE of 100k log rows in one statement held the reactor for 0.1-0.35 s
+        (benchmarks/snapshot_pause.py).  Until then the log on disk starts lower
+        than it needs to, which is harmless: a log loaded from it overlaps the
+        snapshot (``RaftLog`` takes its first entry as the offset), and the next
+        compaction removes them anyway.
+        """
         _check_compact(upto_index, meta, self._snapshot_meta, self._last_index)
         with storage_errors("compacting the Raft log"), self._engine.begin() as conn:
-            conn.execute(_entries.delete().where(_entries.c["index"] <= upto_index))
+            self._trim_upto = max(self._trim_upto, upto_index)
+            self._delete_batch(conn)
             conn.execute(
                 _snapshot.update()
                 .where(_snapshot.c.id == 1)
@@ -276,6 +296,26 @@ class SqliteStorage:
             )
         self._snapshot_meta = meta
         self._last_index = max(self._last_index, meta.index)
+
+    def trim(self) -> bool:
+        """Drop the next batch of entries a compaction left; True while some are left."""
+        if self._trim_first > self._trim_upto:
+            return False
+        with storage_errors("compacting the Raft log"), self._engine.begin() as conn:
+            self._delete_batch(conn)
+        return self._trim_first <= self._trim_upto
+
+    def _delete_batch(self, conn: sa.Connection) -> None:
+        """Delete at most ``trim_batch`` entries from the bottom of the log, none above ``_trim_upto``."""
+        if self._trim_first > self._trim_upto:
+            return
+        first = conn.scalar(sa.select(sa.func.min(_entries.c["index"])))
+        if first is None or first > self._trim_upto:
+            self._trim_first = self._trim_upto + 1
+            return
+        last = min(self._trim_upto, first + self.trim_batch - 1)
+        conn.execute(_entries.delete().where(_entries.c["index"] <= last))
+        self._trim_first = last + 1
 
     def install_snapshot(self, meta: SnapshotMeta) -> None:
         """Replace the whole log by the snapshot ``meta`` in one transaction.

@@ -239,3 +239,36 @@ def test_shares_its_engine_with_other_components(tmp_path):
 
 if __name__ == "__main__":
     _child(sys.argv[1], int(sys.argv[2]))
+
+
+def test_7_compaction_drops_the_log_in_bounded_batches_and_a_restart_midway_loads(tmp_path):
+    """§7 log compaction in short transactions: each DELETE takes at most ``trim_batch`` entries.
+
+    After :meth:`compact` only the first batch is gone, the snapshot is recorded; each
+    :meth:`trim` takes one more batch and says whether some are left.  A log reopened
+    midway overlaps the snapshot and loads into a ``RaftLog``; the next compaction
+    removes what the crash left.
+    """
+    from parkd.raft.log import RaftLog
+
+    path = str(tmp_path / "raft.db")
+    storage = SqliteStorage.open(path)
+    storage.trim_batch = 3
+    storage.save(HardState(2, 1, 20), [Entry(i, 2, EntryKind.NORMAL, b"x") for i in range(1, 21)])
+    meta = SnapshotMeta(index=15, term=2, voters=(1, 2, 3))
+    storage.compact(10, meta)
+    state = storage.load()
+    assert state.snapshot == meta and [e.index for e in state.entries][:2] == [4, 5]
+    storage.close()
+
+    reopened = SqliteStorage.open(path)  # a restart before the trim went on
+    state = reopened.load()
+    log = RaftLog(state.entries, state.snapshot, state.hard_state.commit)
+    assert log.last_index == 20 and log.term_at(15) == 2
+    reopened.trim_batch = 3
+    reopened.compact(12, SnapshotMeta(index=16, term=2, voters=(1, 2, 3)))
+    assert reopened.load().entries[0].index == 7
+    assert [reopened.trim(), reopened.trim()] == [True, False]  # 7-9, 10-12
+    assert reopened.trim() is False
+    assert [e.index for e in reopened.load().entries] == list(range(13, 21))
+    reopened.close()
