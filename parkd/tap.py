@@ -94,6 +94,7 @@ class NodeOptions(_ConfigOptions):
         ["snapshot-entries", None, None, "Snapshot once the applied log holds this many entries [default: 100000]."],
         ["snapshot-margin", None, None, "Log entries kept below a snapshot for lagging followers [default: 10000]."],
         ["history-hours", None, None, "Hours of frame history kept (current values are kept) [default: 24]."],
+        ["retention-interval", None, None, "Seconds between the leader's history trims [default: 600]."],
         ["tls-ca", None, None, "CA certificate of the cluster [default: [tls].ca]."],
         ["tls-cert", None, None, "This node's certificate; {id} expands [default: [tls].cert]."],
         ["tls-key", None, None, "This node's key; {id} expands [default: [tls].key]."],

@@ -134,6 +134,7 @@ class HttpService(service.Service):
         state = node.store.state
         self.metrics = NodeMetrics(node.driver, state, node.peers, node.intake, lot_ids, clock=node.reactor)
         self.metrics.reactor_lag.start()
+        node.housekeeping.observe(self.metrics)
         trust = node.trust
         access = Access(tls=trust is not None, public_reads=config.tls.public_reads if config.tls else True)
         site = build_site(

@@ -11,7 +11,8 @@ builds, each with only what it needs:
   and the **camera registry** (``registry.py``) it asks about disabled cameras;
 - **snapshots** (``snapshots.py``): taking, sending, receiving, installing;
 - **linearizable reads** (``reads.py``);
-- two timers: the leader's retention proposal and the text log's frame summary;
+- two timers: the leader's retention proposal and the text log's frame summary,
+  and the **housekeeping** (``housekeeping.py``) that deletes what retention cut;
 - with a ``[tls]`` table, its TLS (``parkd/trust``): mutual TLS on both ports and
   every peer link, identities checked by the ports (CONTRACT §9).
 
@@ -38,6 +39,7 @@ from parkd.db import StorageError, open_engine
 from parkd.events import FRAME_EVENTS
 from parkd.node.driver import RaftDriver
 from parkd.node.frames import FrameIntake
+from parkd.node.housekeeping import Housekeeping
 from parkd.node.membership import MembershipManager
 from parkd.node.peers import PeerService
 from parkd.node.ports import ClientPortFactory, RaftPortFactory
@@ -54,7 +56,6 @@ from parkd.raft.storage import SqliteStorage
 from parkd.raft.types import PersistedState, SnapshotMeta
 from parkd.trust import Identity, Trust, TrustError, TrustFiles
 
-RETENTION_INTERVAL_S = 600.0  # how often the leader proposes a history trim
 SUMMARY_INTERVAL_S = 10.0  # how often the text log sums up the frames applied
 
 
@@ -161,8 +162,9 @@ class NodeService(service.Service):
         self.registry = CameraRegistry(self.driver, store.state, self.reactor)
         self.intake = FrameIntake(self.driver, store.state, HashAnalyzer(), lots, self.reactor, self.registry)
         self.reads = ReadBarrier(self.driver, self.reactor)
+        self.housekeeping = Housekeeping(store.state, store.engine, self.reactor)
         self._loops = [
-            self._every(RETENTION_INTERVAL_S, self._propose_retention),
+            self._every(config.cluster.retention_interval, self._propose_retention),
             self._every(SUMMARY_INTERVAL_S, self._summary),
         ]
         size, tls = config.cluster.max_message_bytes, self.trust is not None
@@ -179,6 +181,7 @@ class NodeService(service.Service):
         self.driver.start()
         for loop, interval in self._loops:
             loop.start(interval, now=False)
+        self.housekeeping.start()
         self._summarised = FRAME_EVENTS.emitted
         persisted = store.persisted
         self.log.info(
@@ -330,6 +333,7 @@ class NodeService(service.Service):
             if loop.running:
                 loop.stop()
         if self.driver is not None:
+            self.housekeeping.stop()
             self.snapshots.stop()
             self.driver.stop()
         if self.trust is not None:
