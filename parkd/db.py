@@ -118,7 +118,8 @@ def vacuum_step(engine: sa.Engine, pages: int = VACUUM_PAGES) -> int:
         raw = conn.connection.dbapi_connection
         if raw.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:  # 2: INCREMENTAL
             return 0
-        raw.execute(f"PRAGMA incremental_vacuum({int(pages)})").fetchall()
+        # sqlite3's execute() steps a row-less pragma once (one page); executescript steps it to the end
+        raw.executescript(f"PRAGMA incremental_vacuum({int(pages)});")
         return raw.execute("PRAGMA freelist_count").fetchone()[0]
 
 

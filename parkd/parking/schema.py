@@ -198,9 +198,13 @@ FROM temp.trend_frames GROUP BY lot, b
 def build_buckets(conn: sa.Connection) -> None:
     """Fill the empty ``lot_buckets`` from the frames the database holds (the schema 3 upgrade).
 
-    Equal to what applying the same log writes, as long as retention has not
-    trimmed a frame that decided whether a kept one was late (the frames of
-    incarnations whose seqs and capture times go up together: cameras' normal case).
+    Equal to what applying the same log writes, except where retention already
+    deleted frames: a bucket that straddles an applied cut's cutoff may have held a
+    deleted frame (a node replaying the log from its start keeps that bucket until a
+    later cut passes its end: within ``retention_interval`` plus the bucket's width),
+    and a deleted frame may have decided whether a kept one was late (not when an
+    incarnation's seqs and capture times go up together: cameras' normal case).
+    Nodes that upgrade the same file, and nodes that install its snapshots, agree.
     """
     raw = conn.connection.dbapi_connection
     raw.create_function("parkd_bucket_start", 2, bucket_start, deterministic=True)
