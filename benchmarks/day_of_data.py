@@ -1,6 +1,6 @@
 """A day of data in the parking layer: /history from buckets, retention in bounded batches, file sizes.
 
-    .venv/bin/python benchmarks/day_of_data.py [--frames 2000000] [--runs 5] [--dir DIR] [--batch-rows 1000]
+    .venv/bin/python benchmarks/day_of_data.py [--frames 2000000] [--runs 5] [--dir DIR] [--batch-rows 500]
 
 Builds a node.db like a busy node's (200 cameras at one frame per 10 s, N frames in
 log order: 2 M is ~28 h; the trend buckets built from them as the schema 3 upgrade
@@ -111,7 +111,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--frames", type=int, default=2_000_000)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--batch-rows", type=int, default=1000)
+    parser.add_argument("--batch-rows", type=int, default=500)
     parser.add_argument("--dir", default=None)
     args = parser.parse_args()
     root = tempfile.mkdtemp(prefix="parkd-day-", dir=args.dir)
