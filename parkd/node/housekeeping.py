@@ -2,8 +2,9 @@
 
 Applying a retention entry only records its cut (``parkd/parking/retention.py``);
 :class:`Housekeeping` deletes the rows on the reactor thread, one bounded
-:meth:`ParkingState.trim_step` per reactor turn (``callLater(0)`` between them,
-so Raft messages, camera frames and HTTP reads are served in between).  It looks
+:meth:`ParkingState.trim_step` per reactor turn, and after each a pause as long as
+the batch took (at most ``MAX_REST_S``): Raft messages, camera frames and HTTP reads
+are served in between, and trimming takes at most about half of the reactor's time.  It looks
 for pending cuts every ``check_s`` seconds (and at start, so a cut a restart or
 an installed snapshot left half done is finished).  Once no cut is pending it
 gives the space back, also a step per turn: free pages are returned to the
@@ -23,6 +24,7 @@ from parkd.db import StorageError, checkpoint_truncate, vacuum_step
 from parkd.parking.retention import DEFAULT_BATCH_ROWS
 
 CHECK_S = 1.0  # seconds between looks for pending cuts
+MAX_REST_S = 0.1  # the longest pause between two batches
 
 
 class Housekeeping:
@@ -84,7 +86,9 @@ class Housekeeping:
         if step.done is not None:
             self.log.info("retention: cut at index {index} done, {frames} frames deleted",
                           index=step.done.index, frames=step.done.frames_deleted)  # fmt: skip
-        self._call = self.clock.callLater(0, self._trim if step.pending else self._vacuum)
+        # At most half of the reactor's time: rest as long as the batch took before the next.
+        self._call = self.clock.callLater(min(step.seconds, MAX_REST_S), self._trim) if step.pending else \
+            self.clock.callLater(0, self._vacuum)
 
     def _vacuum(self) -> None:
         try:
