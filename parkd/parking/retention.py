@@ -192,9 +192,13 @@ _NEXT_FRAMES = (
     "SELECT f.rowid, f.camera_id, f.incarnation, f.seq, f.captured_at, ("
     + _DOOMED_FRAME.format(f="f", c="cut")
     + ") FROM frames AS f, retention_cuts AS cut WHERE cut.\"index\" = :cut AND f.captured_at < cut.cutoff{after} "
-    "ORDER BY f.captured_at, f.rowid LIMIT :limit"
+    "ORDER BY f.captured_at, f.camera_id, f.incarnation, f.seq LIMIT :limit"
 )
-_AFTER_FRAME = " AND (f.captured_at, f.rowid) > (:at, :rowid)"
+# The cursor is the frame's key, not its rowid: a snapshot copy renumbers rowids, and a
+# cut installed from a snapshot must go on from the same frame on every node.
+_AFTER_FRAME = (
+    " AND f.captured_at >= :at AND (f.captured_at, f.camera_id, f.incarnation, f.seq) > (:at, :camera, :inc, :seq)"
+)
 _NEXT_BUCKETS = (
     "SELECT b.bucket, (" + _DOOMED_BUCKET.format(b="b", c="cut") + ") "
     'FROM lot_buckets AS b, retention_cuts AS cut WHERE cut."index" = :cut '
@@ -218,16 +222,16 @@ def trim_step(conn: sa.Connection, max_rows: int = DEFAULT_BATCH_ROWS) -> TrimSt
         raise ValueError(f"max_rows must be at least 1, not {max_rows}")
     started = time.perf_counter()
     cut = conn.exec_driver_sql(
-        'SELECT "index", cutoff, frames_at, frames_rowid, frames_done, buckets_lot, buckets_width, buckets_at, '
-        'frames_deleted FROM retention_cuts ORDER BY "index" LIMIT 1'
+        'SELECT "index", cutoff, frames_at, frames_camera, frames_incarnation, frames_seq, frames_done, '
+        'buckets_lot, buckets_width, buckets_at, frames_deleted FROM retention_cuts ORDER BY "index" LIMIT 1'
     ).first()
     if cut is None:
         return TrimStep(0, 0, time.perf_counter() - started)
-    index, cutoff, at, rowid, frames_done, lot, width, after, frames_deleted = cut
+    index, cutoff, at, camera, inc, seq, frames_done, lot, width, after, frames_deleted = cut
     visited = deleted = 0
     done = None
     if not frames_done:
-        visited, deleted, frames_done = _frames_batch(conn, index, at, rowid, max_rows)
+        visited, deleted, frames_done = _frames_batch(conn, index, (at, camera, inc, seq), max_rows)
         frames_deleted += deleted
     if frames_done and visited < max_rows:
         seen, gone, cursor = _buckets_batch(conn, index, (lot, width, after), max_rows - visited)
@@ -248,10 +252,14 @@ def trim_step(conn: sa.Connection, max_rows: int = DEFAULT_BATCH_ROWS) -> TrimSt
     return TrimStep(visited, deleted, time.perf_counter() - started, done, pending)
 
 
-def _frames_batch(conn: sa.Connection, index: int, at, rowid, limit: int) -> tuple[int, int, bool]:
-    """(rows visited, frames deleted, whether the cut's frames are all visited)."""
+def _frames_batch(conn: sa.Connection, index: int, cursor: tuple, limit: int) -> tuple[int, int, bool]:
+    """(rows visited, frames deleted, whether the cut's frames are all visited).
+
+    ``cursor``: (captured_at, camera_id, incarnation, seq) of the last frame visited, or Nones.
+    """
+    at, camera, inc, seq = cursor
     after = _AFTER_FRAME if at is not None else ""
-    params = {"cut": index, "limit": limit, "at": at, "rowid": rowid}
+    params = {"cut": index, "limit": limit, "at": at, "camera": camera, "inc": inc, "seq": seq}
     rows = conn.execute(sa.text(_NEXT_FRAMES.format(after=after)), params).all()
     doomed = [r for r in rows if r[5]]
     raw = conn.connection.dbapi_connection
@@ -265,7 +273,9 @@ def _frames_batch(conn: sa.Connection, index: int, at, rowid, limit: int) -> tup
     finished = len(rows) < limit
     if rows:
         raw.execute(
-            'UPDATE retention_cuts SET frames_at = ?, frames_rowid = ? WHERE "index" = ?', (rows[-1][4], rows[-1][0], index)
+            'UPDATE retention_cuts SET frames_at = ?, frames_camera = ?, frames_incarnation = ?, frames_seq = ? '
+            'WHERE "index" = ?',
+            (rows[-1][4], rows[-1][1], rows[-1][2], rows[-1][3], index),
         )
     if finished:
         raw.execute('UPDATE retention_cuts SET frames_done = 1 WHERE "index" = ?', (index,))

@@ -101,8 +101,10 @@ retention_cuts = sa.Table(  # retention entries applied whose doomed rows are no
     sa.Column("cutoff", sa.Float, nullable=False),
     # How far this node's deletion got (parkd/parking/retention.py): physical progress,
     # which differs between nodes; what the cut hides does not depend on it.
-    sa.Column("frames_at", sa.Float),  # the last frame visited, in (captured_at, rowid) order
-    sa.Column("frames_rowid", sa.Integer),
+    sa.Column("frames_at", sa.Float),  # the last frame visited, in (captured_at, key) order
+    sa.Column("frames_camera", sa.Integer),
+    sa.Column("frames_incarnation", sa.Integer),
+    sa.Column("frames_seq", sa.Integer),
     sa.Column("frames_done", sa.Boolean, nullable=False, server_default="0"),
     sa.Column("buckets_lot", sa.Text),  # the last bucket visited, in (lot, width, bucket) order
     sa.Column("buckets_width", sa.Integer),

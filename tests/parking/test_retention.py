@@ -251,10 +251,12 @@ def test_the_index_changes_nothing_but_speed(tmp_path):
     assert done[0] == done[1] and done[0][0].frames_deleted > 0
     assert dump(engines[0]) == dump(engines[1])
     with engines[1].connect() as conn:  # a batch walks the frames along the index
-        conn.exec_driver_sql('INSERT INTO retention_cuts ("index", cutoff, frames_at, frames_rowid) VALUES (99, 5, 1, 1)')
+        conn.exec_driver_sql('INSERT INTO retention_cuts ("index", cutoff, frames_at) VALUES (99, 5, 1)')
         query = _NEXT_FRAMES.format(after=_AFTER_FRAME)
-        plan = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {query}", {"cut": 99, "limit": 9, "at": 1, "rowid": 1}).all()
-    assert "frames_by_captured_at" in str(plan) and "TEMP B-TREE" not in str(plan)
+        params = {"cut": 99, "limit": 9, "at": 1, "camera": 1, "inc": 0, "seq": 1}
+        plan = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {query}", params).all()
+    # along the index from the cursor on; only frames with the same capture time are sorted
+    assert "frames_by_captured_at (captured_at>?" in str(plan) and "RIGHT PART OF ORDER BY" in str(plan), plan
     for e in engines:
         e.dispose()
 

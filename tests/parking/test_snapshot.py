@@ -480,3 +480,44 @@ def test_dedup_state_survives_retention_snapshot_and_install(leader, follower, t
         assert {r.rejection for r in results if r.camera_id == 2} == {Rejection.PERMISSION_DENIED}
         assert len(node.tables()["frames"]) == frames_left
     assert follower.tables() == leader.tables()
+
+
+ALL_TABLES = (*TABLES, "lot_buckets", "retention_cuts")
+
+
+def drained(node: Node) -> dict[str, list[tuple]]:
+    """Every pending cut deleted (as the node's housekeeping does), then all the tables."""
+    while node.state.trim_step(max_rows=7).pending:
+        pass
+    with node.engine.connect() as conn:
+        return {t: sorted(conn.exec_driver_sql(f"SELECT * FROM {t}").all(), key=repr) for t in ALL_TABLES}
+
+
+def test_a_snapshot_taken_mid_trim_installs_to_the_same_state_and_the_trim_goes_on(leader, follower, tmp_path):
+    leader.log(history(1, 200))
+    leader.log([Entry(201, 1, EntryKind.NORMAL, retention_entry(1_000.0 + 10 * 40))])
+    for _ in range(3):  # part of the cut's rows deleted, not all
+        assert leader.state.trim_step(max_rows=10).pending
+    seen = (leader.state.frames(1, limit=1000), leader.state.history("north", 0, 1e6, 1000), leader.state.incarnations(1))
+    info = leader.snapshot(tmp_path / "snap.db")
+    follower.install(info.path)
+    assert follower.state.trims_pending()  # the cut travels with the snapshot, and how far the leader got
+    assert (follower.state.frames(1, limit=1000), follower.state.history("north", 0, 1e6, 1000),
+            follower.state.incarnations(1)) == seen  # fmt: skip
+    more = [Entry(201 + i, 1, EntryKind.NORMAL, frame_entry(i).data) for i in range(1, 60)]  # retries, some trimmed
+    assert leader.state.apply(more) == follower.state.apply(more)
+    assert drained(leader) == drained(follower)
+
+
+def test_a_restart_mid_trim_ends_where_an_uninterrupted_trim_ends(tmp_path):
+    nodes = [Node(tmp_path / "a.db"), Node(tmp_path / "b.db")]
+    for node in nodes:
+        node.log(history(1, 200))
+        node.log([Entry(201, 1, EntryKind.NORMAL, retention_entry(1_000.0 + 10 * 40))])
+    nodes[0].state.trim_step(max_rows=10)
+    nodes[0].close()
+    nodes[0] = Node(tmp_path / "a.db")  # restarted: the cut and its progress were kept
+    assert nodes[0].state.trims_pending()
+    assert drained(nodes[0]) == drained(nodes[1])
+    for node in nodes:
+        node.close()
