@@ -113,10 +113,10 @@ def test_a_trim_of_most_of_the_history_and_history_reads_stall_no_reactor(make_c
         raise AssertionError({n: frames_left(cluster, n) for n in cluster.nodes})
     for node_id in cluster.nodes:
         m = metrics(cluster, node_id)
-        assert m["parkd_retention_rows_trimmed_total"] >= FRAMES - CAMERAS
-        assert m["parkd_retention_seconds_count"] >= (FRAMES - CAMERAS) / 1000
-        # no timer fired more than 200 ms late during the fill, the trim and the reads
+        # no timer fired more than 200 ms late during the start, the trim and the reads
         assert m["parkd_reactor_lag_seconds_bucket,le=0.2"] == m["parkd_reactor_lag_seconds_count"], (node_id, m)
+        assert m["parkd_retention_rows_trimmed_total"] >= FRAMES - CAMERAS
+        assert m["parkd_retention_seconds_count"] >= (FRAMES - CAMERAS) / 1000  # in batches
     assert seen_lag <= STALL_S * 1000 and reads >= 3 * len(LOTS)
     for camera in cluster.cameras.values():
         camera.stop()
