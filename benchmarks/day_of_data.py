@@ -69,8 +69,8 @@ def build(path: str, n: int) -> float:
         last[camera] = (camera, lot, seq, free, at)
     db.executemany("INSERT INTO cameras (camera_id, lot, incarnation) VALUES (?, ?, 0)",
                    [(camera, lot) for camera, lot, *_ in last.values()])  # fmt: skip
-    db.executemany("INSERT INTO incarnations (camera_id, incarnation, last_seq, free, last_seen) VALUES (?, 0, ?, ?, ?)",
-                   [(camera, seq, free, at) for camera, _, seq, free, at in last.values()])  # fmt: skip
+    db.executemany("INSERT INTO incarnations (camera_id, incarnation, last_seq, free, last_seen) "
+                   "VALUES (?, 0, ?, ?, ?)", [(camera, seq, free, at) for camera, _, seq, free, at in last.values()])
     db.execute("UPDATE applied SET last_applied = ?", (n,))
     db.execute("COMMIT")
     db.close()
@@ -138,7 +138,8 @@ def main() -> None:
         with engine.connect() as conn:
             doomed = conn.exec_driver_sql("SELECT count(*) FROM frames WHERE captured_at < ?", (cutoff,)).scalar()
         times = history_run(state, end, 86400.0, 200)
-        print(f"history with the cut pending: median {1000 * statistics.median(times):.2f} ms, p99 {1000 * pct(times, 0.99):.2f} ms")
+        print(f"history with the cut pending: median {1000 * statistics.median(times):.2f} ms, "
+              f"p99 {1000 * pct(times, 0.99):.2f} ms")
         db, wal = sizes(path)
         steps, started = [], time.perf_counter()
         cpu = []
@@ -154,8 +155,9 @@ def main() -> None:
         print(f"trim of {steps[-1].done.frames_deleted} frames (~{doomed} captured before the cutoff) in {len(steps)} "
               f"batches of <= {args.batch_rows} rows: batch median {1000 * statistics.median(durations):.2f} ms, "
               f"p99 {1000 * pct(durations, 0.99):.2f} ms, max {1000 * max(durations):.2f} ms wall; CPU median "
-              f"{1000 * statistics.median(cpu):.2f} ms, p99 {1000 * pct(cpu, 0.99):.2f} ms; total {total:.1f}s")  # fmt: skip
-        print(f"before the trim: node.db {db:.1f} MB + WAL {wal:.1f} MB; after: {sizes(path)[0]:.1f} + {sizes(path)[1]:.1f} MB")
+              f"{1000 * statistics.median(cpu):.2f} ms, p99 {1000 * pct(cpu, 0.99):.2f} ms; total {total:.1f}s")
+        after = sizes(path)
+        print(f"before the trim: node.db {db:.1f} MB + WAL {wal:.1f} MB; after: {after[0]:.1f} + {after[1]:.1f} MB")
         checkpoint_truncate(engine)
         defrag = os.path.join(root, "defrag.db")
         shutil.copy(path, defrag)

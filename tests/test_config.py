@@ -128,7 +128,8 @@ def test_flags_override_the_file(tmp_path):
 def test_retention_interval_defaults_to_600_s_and_comes_from_the_file_or_the_flag(tmp_path):
     config = load_config(write(tmp_path, GOOD))
     assert config.cluster.retention_interval == 600.0
-    in_file = load_config(write(tmp_path, GOOD.replace("heartbeat_ms = 100", "heartbeat_ms = 100\nretention_interval = 60")))
+    changed = GOOD.replace("heartbeat_ms = 100", "heartbeat_ms = 100\nretention_interval = 60")
+    in_file = load_config(write(tmp_path, changed))
     assert in_file.cluster.retention_interval == 60.0
     assert apply_overrides(in_file, {"retention_interval": "5"}).cluster.retention_interval == 5.0
     with pytest.raises(ConfigError, match="--retention-interval: must be greater than 0"):

@@ -49,7 +49,9 @@ def test_buckets_written_at_apply_equal_a_rebuild_from_the_frames(ops, batch):
 
 def test_a_step_reports_its_newest_frame_at_bucket_boundaries(state):
     """Steps are made of whole buckets: a frame late in a step's last bucket still belongs to it."""
-    frame = lambda i, cam, seq, at, free: Entry(i, 1, EntryKind.NORMAL, encode(FrameResult(cam, "north", seq, at, free)))  # noqa: E731
+    def frame(i, cam, seq, at, free):
+        return Entry(i, 1, EntryKind.NORMAL, encode(FrameResult(cam, "north", seq, at, free)))
+
     state.apply([frame(1, 1, 1, 1_000.0, 10), frame(2, 2, 1, 1_009.0, 20), frame(3, 1, 2, 1_001.0, 30),
                  frame(4, 1, 3, 1_015.0, 40)])  # fmt: skip
     first, points = state.history("north", 0.0, 1_020.0, 1000)

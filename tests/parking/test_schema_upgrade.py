@@ -1,4 +1,5 @@
-"""Parking schema 1 -> 2 (and on to the current one) on a node database written by the previous release (data/node-parking-schema-1.sql)."""
+"""Parking schema 1 -> 2 (and on to the current one) on a node database written by the previous release
+(data/node-parking-schema-1.sql)."""
 
 from __future__ import annotations
 

@@ -304,7 +304,8 @@ def test_a_snapshot_taken_after_restoring_an_old_file_has_the_current_schema(fol
     fresh = leader.snapshot(tmp_path / "fresh.db")
     assert file_schema(new.path) == file_schema(fresh.path)
     assert file_tables(new.path) == follower.tables()
-    assert file_tables(new.path, ("snapshot_meta",))["snapshot_meta"][0][:3] == (1, 1, PARKING_SCHEMA_VERSION)  # id, format, schema
+    meta = file_tables(new.path, ("snapshot_meta",))["snapshot_meta"][0]
+    assert meta[:3] == (1, 1, PARKING_SCHEMA_VERSION)  # id, format, schema
 
 
 def test_a_file_of_a_newer_schema_is_refused(leader, follower, tmp_path):
@@ -314,7 +315,8 @@ def test_a_file_of_a_newer_schema_is_refused(leader, follower, tmp_path):
     conn.execute("UPDATE snapshot_meta SET parking_schema = ?", (PARKING_SCHEMA_VERSION + 1,))
     conn.commit()
     conn.close()
-    with pytest.raises(SnapshotError, match=f"parking schema {PARKING_SCHEMA_VERSION + 1}, expected 1 / {PARKING_SCHEMA_VERSION}"):
+    newer, current = PARKING_SCHEMA_VERSION + 1, PARKING_SCHEMA_VERSION
+    with pytest.raises(SnapshotError, match=f"parking schema {newer}, expected 1 / {current}"):
         read_snapshot_meta(snap.path)
     with pytest.raises(SnapshotError):
         follower.install(snap.path)
@@ -498,7 +500,8 @@ def test_a_snapshot_taken_mid_trim_installs_to_the_same_state_and_the_trim_goes_
     leader.log([Entry(201, 1, EntryKind.NORMAL, retention_entry(1_000.0 + 10 * 40))])
     for _ in range(3):  # part of the cut's rows deleted, not all
         assert leader.state.trim_step(max_rows=10).pending
-    seen = (leader.state.frames(1, limit=1000), leader.state.history("north", 0, 1e6, 1000), leader.state.incarnations(1))
+    state = leader.state
+    seen = (state.frames(1, limit=1000), state.history("north", 0, 1e6, 1000), state.incarnations(1))
     info = leader.snapshot(tmp_path / "snap.db")
     follower.install(info.path)
     assert follower.state.trims_pending()  # the cut travels with the snapshot, and how far the leader got

@@ -51,8 +51,8 @@ def fill(path: str, lots: dict[str, int], now: float) -> None:
                    "VALUES (?, 0, ?, ?, ?, ?)", rows)  # fmt: skip
     db.executemany("INSERT INTO cameras (camera_id, lot, incarnation) VALUES (?, ?, 0)",
                    [(c, LOTS[c % 3]) for c in last])  # fmt: skip
-    db.executemany("INSERT INTO incarnations (camera_id, incarnation, last_seq, free, last_seen) VALUES (?, 0, ?, ?, ?)",
-                   [(c, *v) for c, v in last.items()])  # fmt: skip
+    db.executemany("INSERT INTO incarnations (camera_id, incarnation, last_seq, free, last_seen) "
+                   "VALUES (?, 0, ?, ?, ?)", [(c, *v) for c, v in last.items()])  # fmt: skip
     db.execute("UPDATE applied SET last_applied = ?", (FRAMES,))
     db.execute('UPDATE snapshot_meta SET "index" = ?, term = 1, voters = ?', (FRAMES, "[1, 2, 3]"))
     db.execute('UPDATE hard_state SET term = 1, vote = 0, "commit" = ?', (FRAMES,))
