@@ -58,3 +58,5 @@ def test_a_step_reports_its_newest_frame_at_bucket_boundaries(state):
     assert first == 1_000.0
     # 1000-1010: frame 3 has the highest log index (captured 1001, after 1009 in time): one point
     assert points == [HistoryPoint(1_001.0, 30), HistoryPoint(1_015.0, 40)]
+    # one step over both buckets: the newest frame in the log of all of them
+    assert state.history("north", 0.0, 1_020.0, 1) == (1_000.0, [HistoryPoint(1_015.0, 40)])
