@@ -65,6 +65,7 @@ class ClusterSettings:
     snapshot_entries: int = 100_000  # snapshot once the applied log holds this many entries
     snapshot_margin: int = 10_000  # entries kept below a snapshot for slightly lagging followers
     history_hours: float = 24.0  # frame history kept (current values and dedup state are kept for ever)
+    retention_interval: float = 600.0  # seconds between the leader's retention entries
     insecure: bool = False  # no [tls]: plaintext on every port, allowed only when said (CONTRACT §9)
     ready_lag: int = 1000  # /readyz: applied at most this many entries behind the leader's commit index
     min_free_disk_mb: int = 256  # below this much free space on the data dir's filesystem: the nospace alarm
@@ -292,6 +293,9 @@ def _parse_cluster(table: Any) -> ClusterSettings:
             table.get("snapshot_margin", defaults.snapshot_margin), "cluster.snapshot_margin", minimum=0
         ),
         history_hours=parse_float(table.get("history_hours", defaults.history_hours), "cluster.history_hours"),
+        retention_interval=parse_float(
+            table.get("retention_interval", defaults.retention_interval), "cluster.retention_interval"
+        ),
         election_timeout_ms=parse_int(
             table.get("election_timeout_ms", defaults.election_timeout_ms),
             "cluster.election_timeout_ms",
@@ -403,6 +407,9 @@ def apply_overrides(config: Config, flags: dict[str, Any]) -> Config:
             cluster = replace(cluster, **{name: parse_int(value, flag, minimums.get(name, 1))})
     if flags.get("history_hours") is not None:
         cluster = replace(cluster, history_hours=parse_float(flags["history_hours"], "--history-hours"))
+    if flags.get("retention_interval") is not None:
+        interval = parse_float(flags["retention_interval"], "--retention-interval")
+        cluster = replace(cluster, retention_interval=interval)
     if flags.get("insecure"):
         cluster = replace(cluster, insecure=True)
     check_cluster(cluster, "--heartbeat-ms")

@@ -4,6 +4,7 @@ One job: the plumbing under the Raft store and the parking state, which keep the
 tables in one file.  :func:`open_engine` builds the one Engine they share (WAL,
 ``synchronous=FULL``, transactions that begin at the first statement);
 :func:`unsynced_transaction` is a transaction whose commit skips the fsync;
+:func:`checkpoint_truncate` and :func:`vacuum_step` give a large delete's space back;
 :func:`ensure_schema` creates a component's tables, versions them and runs its
 upgraders; :class:`DriverStatement` runs a Core statement compiled once; every
 database failure surfaces as :class:`StorageError` (:func:`storage_errors`), and
@@ -23,6 +24,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 
 Upgrader = Callable[[sa.Connection], None]
+
+JOURNAL_SIZE_LIMIT = 64 << 20  # bytes of WAL kept after a checkpoint resets it
+VACUUM_PAGES = 256  # free pages given back per vacuum_step (1 MiB at 4 KiB pages)
 
 
 class StorageError(Exception):
@@ -65,6 +69,13 @@ def open_engine(path_or_url: str) -> sa.Engine:
     from the ``sqlite3`` module, which by default starts transactions only at the
     first write (SQLAlchemy's documented recipe): reads inside ``engine.begin()``
     then belong to the same transaction as the writes that follow them.
+
+    Bounded files: the WAL is cut back to ``JOURNAL_SIZE_LIMIT`` bytes whenever a
+    checkpoint resets it (without it, the WAL keeps the size of its largest
+    transaction burst for ever), and a database created here frees pages
+    incrementally (``auto_vacuum = INCREMENTAL``: :func:`vacuum_step`).  The pragma
+    does nothing on a file that already has tables; one made by an older parkd
+    switches with a one-time ``VACUUM`` (README "Sizing and housekeeping").
     """
     url = path_or_url if "://" in path_or_url else f"sqlite:///{path_or_url}"
     engine = sa.create_engine(url)
@@ -73,7 +84,9 @@ def open_engine(path_or_url: str) -> sa.Engine:
     def _on_connect(dbapi_connection, _record) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")  # before journal_mode: only a new file takes it
         cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.close()
 
@@ -104,6 +117,31 @@ def unsynced_transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
                 yield conn
         finally:
             raw.execute("PRAGMA synchronous=FULL")
+
+
+def checkpoint_truncate(engine: sa.Engine) -> tuple[int, int, int]:
+    """Checkpoint the WAL and truncate it to zero bytes (after a large delete).
+
+    Returns SQLite's (busy, WAL pages, pages checkpointed); ``busy`` is 1 when a
+    reader kept it from finishing (it is tried again after the next large delete).
+    """
+    with storage_errors("checkpointing the WAL"), engine.connect() as conn:
+        return tuple(conn.connection.dbapi_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone())
+
+
+def vacuum_step(engine: sa.Engine, pages: int = VACUUM_PAGES) -> int:
+    """Give up to ``pages`` free pages back to the filesystem; the free pages left.
+
+    Only on a file in ``auto_vacuum = INCREMENTAL`` (else nothing moves, and 0 is
+    returned so callers stop).  Each step is a short write transaction.
+    """
+    with storage_errors("vacuuming free pages"), engine.connect() as conn:
+        raw = conn.connection.dbapi_connection
+        if raw.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:  # 2: INCREMENTAL
+            return 0
+        # sqlite3's execute() steps a row-less pragma once (one page); executescript steps it to the end
+        raw.executescript(f"PRAGMA incremental_vacuum({int(pages)});")
+        return raw.execute("PRAGMA freelist_count").fetchone()[0]
 
 
 # -- unsigned 64-bit values ----------------------------------------------------------------

@@ -97,6 +97,7 @@ class NodeOptions(_ConfigOptions):
         ["ready-lag", None, None, "/readyz: most entries applied behind the leader's commit index [default: 1000]."],
         ["min-free-disk-mb", None, None, "Free MiB on the data dir's filesystem below which the node raises "
                                          "the nospace alarm and refuses new frames; 0: off [default: 256]."],
+        ["retention-interval", None, None, "Seconds between the leader's history trims [default: 600]."],
         ["tls-ca", None, None, "CA certificate of the cluster [default: [tls].ca]."],
         ["tls-cert", None, None, "This node's certificate; {id} expands [default: [tls].cert]."],
         ["tls-key", None, None, "This node's key; {id} expands [default: [tls].key]."],

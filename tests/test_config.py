@@ -90,6 +90,7 @@ def test_health_and_disk_settings_from_the_file_and_flags(tmp_path):
         (("heartbeat_ms = 100", "heartbeat_ms = 100\nready_lag = -1"), "cluster.ready_lag: must be at least 0"),
         (("heartbeat_ms = 100", "heartbeat_ms = 100\nmin_free_disk_mb = 0.5"),
          "cluster.min_free_disk_mb: expected a whole number"),
+        (("heartbeat_ms = 100", "heartbeat_ms = 100\nretention_interval = 0"), "cluster.retention_interval: must be"),
     ],
 )
 def test_bad_input_names_the_key(tmp_path, change, key):
@@ -134,6 +135,17 @@ def test_flags_override_the_file(tmp_path):
     assert changed.camera.interval == 0.2
     assert [(m.id, m.raft.port) for m in changed.members] == [(1, 9101)]
     assert apply_overrides(config, {"heartbeat_ms": None}) == config
+
+
+def test_retention_interval_defaults_to_600_s_and_comes_from_the_file_or_the_flag(tmp_path):
+    config = load_config(write(tmp_path, GOOD))
+    assert config.cluster.retention_interval == 600.0
+    changed = GOOD.replace("heartbeat_ms = 100", "heartbeat_ms = 100\nretention_interval = 60")
+    in_file = load_config(write(tmp_path, changed))
+    assert in_file.cluster.retention_interval == 60.0
+    assert apply_overrides(in_file, {"retention_interval": "5"}).cluster.retention_interval == 5.0
+    with pytest.raises(ConfigError, match="--retention-interval: must be greater than 0"):
+        apply_overrides(config, {"retention_interval": "0"})
 
 
 @pytest.mark.parametrize(

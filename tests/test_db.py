@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sqlite3
+
 import pytest
 import sqlalchemy as sa
 
@@ -138,3 +141,45 @@ def test_a_database_newer_than_the_code_is_refused(v1_database):
     with pytest.raises(StorageError, match=message), v1_database.begin() as conn:
         ensure_schema(conn, notes_v1(), "notes", 1)
     assert contents(v1_database) == after_upgrade
+
+
+def test_a_new_file_gives_free_pages_back_in_bounded_steps_and_the_wal_is_truncated(tmp_path):
+    from parkd.db import JOURNAL_SIZE_LIMIT, checkpoint_truncate, vacuum_step
+
+    path = str(tmp_path / "node.db")
+    engine = open_engine(path)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (x BLOB)")
+        conn.connection.dbapi_connection.executemany("INSERT INTO t VALUES (?)", [(b"x" * 1000,)] * 4000)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM t")
+    with engine.connect() as conn:
+        raw = conn.connection.dbapi_connection
+        assert raw.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # INCREMENTAL
+        assert raw.execute("PRAGMA journal_size_limit").fetchone()[0] == JOURNAL_SIZE_LIMIT
+        free = raw.execute("PRAGMA freelist_count").fetchone()[0]
+    assert free > 900
+    left = vacuum_step(engine, pages=100)
+    assert left == free - 100  # exactly one bounded step
+    while left:
+        left = vacuum_step(engine, pages=100)
+    assert checkpoint_truncate(engine)[0] == 0
+    assert os.path.getsize(path + "-wal") == 0 and os.path.getsize(path) < 100 * 4096
+    engine.dispose()
+
+
+def test_vacuum_step_does_nothing_on_a_file_without_incremental_auto_vacuum(tmp_path):
+    from parkd.db import vacuum_step
+
+    path = str(tmp_path / "old.db")
+    old = sqlite3.connect(path)
+    old.execute("CREATE TABLE t (x BLOB)")  # an older parkd's file: auto_vacuum NONE
+    old.executemany("INSERT INTO t VALUES (?)", [(b"x" * 1000,)] * 100)
+    old.execute("DELETE FROM t")
+    old.commit()
+    old.close()
+    engine = open_engine(path)
+    assert vacuum_step(engine) == 0
+    with engine.connect() as conn:
+        assert conn.connection.dbapi_connection.execute("PRAGMA freelist_count").fetchone()[0] > 0
+    engine.dispose()

@@ -10,7 +10,8 @@ Two kinds:
 * Counters and histograms fed as things happen (:class:`NodeMetrics`): leader
   changes and SQLite commit durations from the driver's event stream;
   proposals, frames applied per lot and the camera ack latency as the node's
-  FrameIntake observer; HTTP reads from the API resource.
+  FrameIntake observer; HTTP reads from the API resource; retention's deleted
+  rows and batch durations as the node's housekeeping observer.
 
 All names start with ``parkd_``; the README lists them.
 """
@@ -32,6 +33,7 @@ ACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5
 COMMIT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 READ_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+TRIM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 LAG_INTERVAL = 0.05  # seconds between the lag probe's timers
 LAG_WINDOW = 10.0  # seconds over which the recent worst lag is kept (for /api/v1/cluster)
 
@@ -132,6 +134,13 @@ class NodeMetrics:
             Histogram("parkd_reactor_lag_seconds", "How late a 50 ms timer fired: stalls of the reactor thread",
                       buckets=LAG_BUCKETS, registry=r),
         )  # fmt: skip
+        self.retention_rows = Counter(
+            "parkd_retention_rows_trimmed", "Rows (frames and trend buckets) retention deleted", registry=r
+        )
+        self.retention_seconds = Histogram(
+            "parkd_retention_seconds", "Duration of one retention batch (a bounded delete on the reactor thread)",
+            buckets=TRIM_BUCKETS, registry=r,
+        )  # fmt: skip
         for outcome in ("accepted", "no_leader"):
             self.proposals.labels(outcome)
         for lot in lot_ids:
@@ -175,6 +184,12 @@ class NodeMetrics:
                 self.frames_duplicate.labels(r.lot).inc()
             else:
                 self.frames_rejected.labels(r.rejection.value if r.rejection else "undecodable").inc()
+
+    # -- the housekeeping's observer
+
+    def trim_step(self, step) -> None:
+        self.retention_rows.inc(step.deleted)
+        self.retention_seconds.observe(step.seconds)
 
     # -- the API's reads
 

@@ -144,6 +144,7 @@ class HttpService(service.Service):
         self.metrics = NodeMetrics(node.driver, state, node.peers, node.intake, lot_ids, clock=node.reactor)
         self.metrics.watch_disk(node.disk, node.alarms)
         self.metrics.reactor_lag.start()
+        node.housekeeping.observe(self.metrics)
         trust = node.trust
         access = Access(tls=trust is not None, public_reads=config.tls.public_reads if config.tls else True)
         site = build_site(

@@ -15,6 +15,7 @@ builds, each with only what it needs:
 - three timers: the leader's retention proposal, the text log's frame summary,
   and the **disk monitor** (``disk.py``), which raises the node's ``nospace``
   alarm (``alarms.py``): new frames wait while the disk is low;
+- the **housekeeping** (``housekeeping.py``) that deletes what retention cut;
 - with a ``[tls]`` table, its TLS (``parkd/trust``): mutual TLS on both ports and
   every peer link, identities checked by the ports (CONTRACT §9).
 
@@ -44,6 +45,7 @@ from parkd.node.backup import BackupTaker
 from parkd.node.disk import CHECK_INTERVAL_S, MIB, DiskMonitor, free_bytes
 from parkd.node.driver import RaftDriver
 from parkd.node.frames import FrameIntake
+from parkd.node.housekeeping import Housekeeping
 from parkd.node.membership import MembershipManager
 from parkd.node.peers import PeerService
 from parkd.node.ports import ClientPortFactory, RaftPortFactory
@@ -60,7 +62,6 @@ from parkd.raft.storage import SqliteStorage
 from parkd.raft.types import PersistedState, SnapshotMeta
 from parkd.trust import Identity, Trust, TrustError, TrustFiles
 
-RETENTION_INTERVAL_S = 600.0  # how often the leader proposes a history trim
 SUMMARY_INTERVAL_S = 10.0  # how often the text log sums up the frames applied
 
 
@@ -171,8 +172,9 @@ class NodeService(service.Service):
         self.alarms, self.disk = self._build_disk(store)
         self.backups = self._build_backups(store)
         self.intake.admission = self.alarms.frame_refusal
+        self.housekeeping = Housekeeping(store.state, store.engine, self.reactor)
         self._loops = [
-            self._every(RETENTION_INTERVAL_S, self._propose_retention),
+            self._every(config.cluster.retention_interval, self._propose_retention),
             self._every(SUMMARY_INTERVAL_S, self._summary),
             self._every(CHECK_INTERVAL_S, self.disk.check),
         ]
@@ -191,6 +193,7 @@ class NodeService(service.Service):
         self.driver.start()
         for loop, interval in self._loops:
             loop.start(interval, now=False)
+        self.housekeeping.start()
         self._summarised = FRAME_EVENTS.emitted
         persisted = store.persisted
         self.log.info(
@@ -355,6 +358,7 @@ class NodeService(service.Service):
             if loop.running:
                 loop.stop()
         if self.driver is not None:
+            self.housekeeping.stop()
             self.snapshots.stop()
             self.backups.stop()
             self.driver.stop()

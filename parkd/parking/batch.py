@@ -18,14 +18,17 @@ The rules (CONTRACT §5 and §9), per frame ``(camera_id, incarnation, seq)``:
   incarnation's: a frame of an older incarnation (a late retry from before the
   state dir was replaced) never overwrites it, nor its lot's.
 * A lot's ``free`` is that of the frame that most recently advanced a camera of the
-  lot (in log order), ``updated_at`` that frame's ``captured_at``.
+  lot (in log order), ``updated_at`` that frame's ``captured_at``.  Such a frame
+  also becomes the newest of its lot's trend buckets that hold its capture time
+  (``lot_buckets``, one per width in ``BUCKET_WIDTHS``: ``parkd/parking/history.py``).
 * Frames for an unknown lot, from a camera seen before in another lot, or with a
   free count outside ``0..capacity`` are rejected and leave no row.
 
 Reads are one query for the batch's cameras with their incarnations, one for the
 (normally empty) disabled set and, only for frames that may be retries, one for
 their history; writes are one executemany per table, and a frame writes one value
-row (its incarnation's) as it did before incarnations.
+row (its incarnation's) as it did before incarnations, plus, per batch, one row per
+trend bucket its lots' frames fell in.
 """
 
 from __future__ import annotations
@@ -40,10 +43,13 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from parkd.db import DriverStatement
 from parkd.parking.codec import CodecError, FrameResult, decode
 from parkd.parking.outcomes import ApplyResult, FrameRejected, Outcome, Receipt, Rejection
+from parkd.parking.retention import hide_doomed_frames, pending_cuts, trimmed_floor
+from parkd.parking.schema import BUCKET_WIDTHS, bucket_start
 from parkd.parking.schema import cameras as _cameras
 from parkd.parking.schema import frames as _frames
 from parkd.parking.schema import incarnation_from_db, incarnation_to_db
 from parkd.parking.schema import incarnations as _incarnations
+from parkd.parking.schema import lot_buckets as _buckets
 from parkd.parking.schema import lots as _lots
 from parkd.raft.types import Entry, EntryKind
 
@@ -72,11 +78,20 @@ _set_lot = DriverStatement(
     .where(_lots.c.id == sa.bindparam("lot"))
     .values(free=sa.bindparam("new_free"), updated_at=sa.bindparam("new_updated_at"))
 )
+_BUCKET_COLUMNS = ("lot", "width", "bucket", "log_index", "captured_at", "free")
+_upsert_bucket = sqlite_insert(_buckets).values({c: sa.bindparam(c) for c in _BUCKET_COLUMNS})
+_set_bucket = DriverStatement(  # entries apply in log order: a newer frame always wins its bucket
+    _upsert_bucket.on_conflict_do_update(
+        index_elements=[_buckets.c.lot, _buckets.c.width, _buckets.c.bucket],
+        set_={c: _upsert_bucket.excluded[c] for c in ("log_index", "captured_at", "free")},
+    )
+)
 _insert_frames = DriverStatement(_frames.insert())
 assert _insert_frames.names == ("camera_id", "incarnation", "seq", "free", "captured_at", "log_index")
 assert _set_camera.names == _CAMERA_COLUMNS
 assert _set_incarnation.names == _INCARNATION_COLUMNS
 assert _set_lot.names == ("new_free", "new_updated_at", "lot")
+assert _set_bucket.names == _BUCKET_COLUMNS
 
 # A batch's cameras with all their incarnations, in one query (one row per incarnation).
 _LOAD_CAMERAS_SQL = (
@@ -121,17 +136,43 @@ def chunks(items: Sequence, size: int = _CHUNK) -> Iterator[Sequence]:
         yield items[start : start + size]
 
 
-def receipts(conn: sa.Connection, keys: Sequence[tuple[int, int, int]]) -> dict[tuple[int, int, int], Receipt]:
-    """Receipts of the frames among ``keys`` ((camera_id, incarnation, seq)) in the history."""
+def receipts(
+    conn: sa.Connection, keys: Sequence[tuple[int, int, int]], hide_doomed: bool = False
+) -> dict[tuple[int, int, int], Receipt]:
+    """Receipts of the frames among ``keys`` ((camera_id, incarnation, seq)) in the history.
+
+    ``hide_doomed``: leave out frames a pending retention cut dooms (they are gone for readers).
+    """
     c = _frames.c
     found = {}
     for chunk in chunks([(cam, incarnation_to_db(inc), seq) for cam, inc, seq in keys]):
         query = sa.select(c.camera_id, c.incarnation, c.seq, c.log_index, c.free)
-        where = sa.tuple_(c.camera_id, c.incarnation, c.seq).in_(chunk)
-        for camera_id, stored, seq, index, free in conn.execute(query.where(where)):
+        query = query.where(sa.tuple_(c.camera_id, c.incarnation, c.seq).in_(chunk))
+        if hide_doomed:
+            query = query.where(sa.text(hide_doomed_frames(_frames.name)))
+        for camera_id, stored, seq, index, free in conn.execute(query):
             incarnation = incarnation_from_db(stored)
             found[camera_id, incarnation, seq] = Receipt(camera_id, seq, index, free, incarnation)
     return found
+
+
+def history_view(
+    conn: sa.Connection, keys: Sequence[tuple[int, int, int]], trimmed: Mapping[tuple[int, int], int]
+) -> tuple[dict[tuple[int, int, int], Receipt], dict[tuple[int, int], int]]:
+    """What dedup needs of ``keys`` as every node sees them, whatever its deletion progress.
+
+    Returns their receipts (:func:`receipts`, doomed frames left out) and, while
+    a retention cut is pending, each of their incarnations' logical trimmed seq
+    (``parkd/parking/retention.py``: :func:`trimmed_floor`), computed from
+    ``trimmed`` ({(camera_id, incarnation): its ``trimmed_seq`` column}).
+    """
+    cuts = pending_cuts(conn) if keys else []
+    found = receipts(conn, keys, hide_doomed=bool(cuts))
+    floors = {}
+    for camera_id, incarnation in {(c, i) for c, i, _ in keys} if cuts else ():
+        stored = incarnation_to_db(incarnation)
+        floors[camera_id, incarnation] = trimmed_floor(conn, camera_id, stored, trimmed[camera_id, incarnation], cuts)
+    return found, floors
 
 
 @dataclass(slots=True)
@@ -178,11 +219,15 @@ class Batch:
                     self._cameras[camera_id] = _Camera(lot, incarnation_from_db(current))
                 self._incarnations[camera_id, incarnation_from_db(stored)] = _Incarnation(*incarnation)
         self._disabled = {camera_id for (camera_id,) in raw.execute(_LOAD_DISABLED_SQL)} if frames else set()
-        self._receipts = receipts(conn, self._history_candidates(frames))
+        candidates = self._history_candidates(frames)
+        trimmed = {(c, i): self._incarnations[c, i].trimmed_seq for c, i, _ in candidates}
+        # the receipts of frames in the history; trimmed seqs raised by pending retention cuts
+        self._receipts, self._floors = history_view(conn, candidates, trimmed)
         self._new_frames: list[tuple] = []  # rows for _insert_frames
         self._changed: set[tuple[int, int]] = set()  # incarnations to upsert
         self._new_cameras: set[int] = set()  # cameras to upsert (new, or a new incarnation)
         self._lots: dict[str, tuple] = {}  # lot -> its row for _set_lot
+        self._buckets: dict[tuple[str, int, float], tuple] = {}  # (lot, width, bucket) -> its newest frame
         for index, frame in decoded:
             self.results.append(self._decide(index, frame))
 
@@ -216,7 +261,7 @@ class Batch:
             return ApplyResult(
                 index, Outcome.DUPLICATE, frame.camera_id, frame.seq, frame.lot, original.index, original.free, **ids
             )
-        if known and frame.seq <= known.trimmed_seq:
+        if known and frame.seq <= self._floors.get((frame.camera_id, frame.incarnation), known.trimmed_seq):
             return ApplyResult(index, Outcome.DUPLICATE, frame.camera_id, frame.seq, frame.lot, **ids)
         try:
             known_lot = camera.lot if camera else None
@@ -257,6 +302,9 @@ class Batch:
         self._changed.add((cam, inc))
         if inc == camera.incarnation:  # not an older incarnation's: the camera's value, so its lot's
             self._lots[frame.lot] = (frame.free, frame.captured_at, frame.lot)
+            newest = (index, frame.captured_at, frame.free)
+            for width in BUCKET_WIDTHS:
+                self._buckets[frame.lot, width, bucket_start(frame.captured_at, width)] = newest
         return started
 
     def write(self, conn: sa.Connection) -> None:
@@ -275,3 +323,5 @@ class Batch:
             _set_camera.executemany(conn, rows)
         if self._lots:
             _set_lot.executemany(conn, list(self._lots.values()))
+        if self._buckets:
+            _set_bucket.executemany(conn, [(*key, *newest) for key, newest in self._buckets.items()])

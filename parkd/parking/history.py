@@ -1,10 +1,31 @@
 """A lot's free spaces over a time window, in a bounded number of points (``/history``).
 
-A frame counts toward its lot's trend only if its incarnation was still the
-camera's current one when it was applied (``log_index`` below the incarnation's
-``superseded_index``): a late retry of an older incarnation lands in the frame
-history but, as it never changed the lot's value, it is not part of the trend
-either (CONTRACT §9).
+The trend is read from ``lot_buckets`` (``parkd/parking/schema.py``), never from
+the frames: for every lot and time bucket (``BUCKET_WIDTHS``: 10 s, 1 min and
+10 min), the frame with the highest log index among those that changed the lot's
+value, written by ``parkd/parking/batch.py`` in the transaction that applies the
+frame (so buckets are in snapshots and identical on every node).  A frame changes
+its lot's value when it advances its camera's current incarnation: a late lower
+``seq``, and a late retry of an older incarnation (CONTRACT §9), land in the frame
+history but never in the trend.
+
+A window's answer costs one index seek plus one range of buckets of the coarsest
+width no wider than a step: at most ``points`` times the ratio of two neighbouring
+widths (<= 10) rows, whatever the number of frames.
+
+**Placement of the points** (what changed from reading the frames, issue 14):
+
+* ``start`` is the start of the first 10-s bucket in the window that holds data
+  (it was the first frame's capture time), so a young lot still gets a detailed
+  trend; the steps divide [start, end] as before.
+* A step is made of whole buckets: a bucket belongs to the step its start falls
+  in, so the step boundaries fall on bucket boundaries (each moved forward by less
+  than one bucket width), and a bucket that starts before ``start`` is left out.
+  Each step still reports its frame with the highest log index, at that frame's
+  capture time; steps without a frame are left out.  Two frames in one bucket are
+  never told apart: with 1000 points over an hour, steps are 10 s wide, not 3.6 s.
+* A retention cut hides the buckets that end at or before its cutoff (and whose
+  frame came before the cut in the log), as it hides the frames.
 """
 
 from __future__ import annotations
@@ -13,6 +34,9 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from parkd.parking.retention import hide_doomed_buckets, pending_cuts
+from parkd.parking.schema import BUCKET_WIDTHS
+
 
 @dataclass(frozen=True, slots=True)
 class HistoryPoint:
@@ -20,35 +44,37 @@ class HistoryPoint:
     free: int
 
 
-_LOT_FRAMES = """
-FROM frames AS f JOIN cameras AS c ON c.camera_id = f.camera_id
-JOIN incarnations AS i ON i.camera_id = f.camera_id AND i.incarnation = f.incarnation
-WHERE c.lot = :lot AND f.captured_at >= :start AND f.captured_at <= :end
-AND (i.superseded_index IS NULL OR f.log_index < i.superseded_index)
+_FIRST = """
+SELECT b.bucket FROM lot_buckets AS b
+WHERE b.lot = :lot AND b.width = :width AND b.bucket >= :start AND b.bucket <= :end {visible}
+ORDER BY b.bucket LIMIT 1
 """
-_HISTORY_FIRST = f"SELECT MIN(f.captured_at) {_LOT_FRAMES}"
-_HISTORY = f"""
-SELECT MIN(CAST((f.captured_at - :start) / :step AS INTEGER), :last) AS bucket, f.captured_at, f.free,
-       MAX(f.log_index)
-{_LOT_FRAMES}
-GROUP BY bucket ORDER BY bucket
+_STEPS = """
+SELECT min(max(CAST((b.bucket - :first) / :step AS INTEGER), 0), :last) AS k, b.captured_at, b.free,
+       max(b.log_index)
+FROM lot_buckets AS b
+WHERE b.lot = :lot AND b.width = :width AND b.bucket >= :first AND b.bucket <= :end {visible}
+GROUP BY k ORDER BY k
 """
+
+
+def step_width(step: float) -> int:
+    """The bucket width a step of ``step`` seconds is read from: the coarsest no wider than it."""
+    return max((w for w in BUCKET_WIDTHS if w <= step), default=BUCKET_WIDTHS[0])
 
 
 def lot_history(conn: sa.Connection, lot: str, start: float, end: float, points: int):
-    """The lot's free spaces over [start, end] in at most ``points`` equal steps.
+    """The lot's free spaces over [start, end] in at most ``points`` steps (see the module docstring).
 
-    The steps divide the part of the window that has frames (from the first
-    frame in it to ``end``), so a young cluster still gets a detailed trend.
-    A lot's value is the newest judgement (in log order) of any of its cameras,
-    so each step reports its frame with the highest log index (SQLite takes the
-    bare columns from the MAX row).  Steps without a frame are left out.
-    Returns (the first frame's time or None, the points).
+    Returns (the start of the first bucket with data, or None; the points).
     """
-    first = conn.scalar(sa.text(_HISTORY_FIRST), {"lot": lot, "start": start, "end": end})
+    visible = f"AND {hide_doomed_buckets('b')}" if pending_cuts(conn) else ""
+    fine = BUCKET_WIDTHS[0]
+    params = {"lot": lot, "start": start, "end": end, "width": fine}
+    first = conn.scalar(sa.text(_FIRST.format(visible=visible)), params)
     if first is None:
         return None, []
     step = max((end - first) / points, 1e-6)
-    params = {"lot": lot, "start": first, "end": end, "step": step, "last": points - 1}
-    rows = conn.execute(sa.text(_HISTORY), params)
+    params.update(first=first, step=step, last=points - 1, width=step_width(step))
+    rows = conn.execute(sa.text(_STEPS.format(visible=visible)), params)
     return first, [HistoryPoint(at, free) for _, at, free, _ in rows]

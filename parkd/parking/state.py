@@ -12,8 +12,9 @@ Three kinds of NORMAL entry (``parkd/parking/codec.py``):
 * **frame results**, decided in runs by ``parkd/parking/batch.py`` (exactly once per
   ``(camera_id, incarnation, seq)``, the newest incarnation's highest seq is the
   current value, disabled cameras refused: its docstring has the rules);
-* **retention** entries, which trim the history at their log position
-  (``parkd/parking/retention.py``);
+* **retention** entries, which cut the history at their log position: what they
+  doom is gone for readers at once and deleted in bounded batches afterwards
+  (:meth:`ParkingState.trim_step`, ``parkd/parking/retention.py``);
 * **camera registry** entries, which disable or enable a camera from their log
   position on (table ``camera_registry``).
 
@@ -32,11 +33,13 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from parkd.db import DriverStatement, ensure_schema, storage_errors, unsynced_transaction
-from parkd.parking.batch import Batch, check_frame, receipts
+from parkd.parking.batch import Batch, check_frame, history_view
 from parkd.parking.codec import CodecError, decode_registry, decode_retention, is_registry, is_retention
 from parkd.parking.history import HistoryPoint, lot_history
 from parkd.parking.outcomes import ApplyResult, FrameRejected, Outcome, Receipt, Rejection
-from parkd.parking.retention import TrimResult, trim_in
+from parkd.parking.retention import DEFAULT_BATCH_ROWS, TrimStep, hide_doomed_frames, pending_cuts, record_cut
+from parkd.parking.retention import trim_step as _trim_step
+from parkd.parking.retention import trimmed_floor
 from parkd.parking.schema import PARKING_SCHEMA_VERSION, UPGRADERS, incarnation_from_db, incarnation_to_db
 from parkd.parking.schema import applied as _applied
 from parkd.parking.schema import camera_registry as _registry
@@ -120,6 +123,7 @@ class FrameView:
 
 @dataclass(frozen=True, slots=True)
 class _Trim:
+    index: int
     cutoff: float
 
 
@@ -141,7 +145,6 @@ class ParkingState:
         self._engine = engine
         self._capacity = dict(lots)
         self._max_payload = max_payload
-        self.trims: list[TrimResult] = []  # what retention entries of the last apply() trimmed
         with storage_errors("opening the parking state"), engine.begin() as conn:
             ensure_schema(conn, _meta, "parking", PARKING_SCHEMA_VERSION, UPGRADERS)
             conn.execute(sqlite_insert(_applied).values(id=1, last_applied=0).on_conflict_do_nothing())
@@ -188,8 +191,8 @@ class ParkingState:
 
         A retention or registry entry takes effect at its position: the frames
         before it in the batch are written first, the ones after it see its
-        change.  It yields no result (like a NOOP); what a retention entry
-        trimmed is in :attr:`trims` until the next call.
+        change.  It yields no result (like a NOOP).  A retention entry only
+        records its cut; :meth:`trim_step` deletes the rows.
         """
         with storage_errors("applying committed entries"), unsynced_transaction(self._engine) as conn:
             (last,) = _get_last_applied.execute(conn).fetchone()
@@ -199,10 +202,10 @@ class ParkingState:
             for expected, entry in enumerate(todo, start=last + 1):
                 if entry.index != expected:
                     raise ValueError(f"entry {entry.index} applied after {expected - 1}: the log has a gap")
-            results, trims = [], []
+            results = []
             for segment in _segments(todo):
                 if isinstance(segment, _Trim):
-                    trims.append(trim_in(conn, segment.cutoff))
+                    record_cut(conn, segment.index, segment.cutoff)
                 elif isinstance(segment, _Registry):
                     _set_registry.execute(conn, (segment.camera_id, segment.enabled, segment.index))
                 else:
@@ -210,8 +213,21 @@ class ParkingState:
                     batch.write(conn)
                     results.extend(batch.results)
             _set_last_applied.execute(conn, (todo[-1].index,))
-        self.trims = trims
         return results
+
+    def trim_step(self, max_rows: int = DEFAULT_BATCH_ROWS) -> TrimStep:
+        """Delete rows of pending retention cuts: one bounded batch in a transaction of its own.
+
+        Not fsynced, like applying: after a crash the cut is still pending and
+        the batches it lost are done again.  What readers see never changes.
+        """
+        with storage_errors("trimming the frame history"), unsynced_transaction(self._engine) as conn:
+            return _trim_step(conn, max_rows)
+
+    def trims_pending(self) -> bool:
+        """Whether some retention cut still has rows to delete (:meth:`trim_step`)."""
+        with storage_errors("reading retention cuts"), self._engine.connect() as conn:
+            return bool(pending_cuts(conn))
 
     # -- queries ----------------------------------------------------------------------
 
@@ -255,7 +271,12 @@ class ParkingState:
             .order_by(c.superseded_index.is_(None), c.superseded_index)
         )
         with storage_errors("reading a camera's incarnations"), self._engine.connect() as conn:
-            return [IncarnationView(incarnation_from_db(i), *rest) for i, *rest in conn.execute(query)]
+            rows = conn.execute(query).all()
+            cuts = pending_cuts(conn)
+            return [
+                IncarnationView(incarnation_from_db(i), last, trimmed_floor(conn, camera_id, i, trimmed, cuts), sup)
+                for i, last, trimmed, sup in rows
+            ]
 
     def applied_seqs(self) -> dict[tuple[int, int], int]:
         """``{(camera_id, incarnation): highest applied seq}`` for every incarnation (the intake's cache)."""
@@ -287,6 +308,8 @@ class ParkingState:
             .limit(limit)
         )
         with storage_errors("reading frames"), self._engine.connect() as conn:
+            if pending_cuts(conn):
+                query = query.where(sa.text(hide_doomed_frames(_frames.name)))
             return [FrameView(*row[:4], incarnation_from_db(row[4])) for row in conn.execute(query)]
 
     def history(self, lot: str, start: float, end: float, points: int) -> tuple[float | None, list[HistoryPoint]]:
@@ -297,13 +320,16 @@ class ParkingState:
     def lookup(self, camera_id: int, incarnation: int, seq: int) -> Receipt | None:
         """The receipt of an applied frame (to ack a re-sent one at once), else None."""
         with storage_errors("looking up a frame"), self._engine.connect() as conn:
-            known = receipts(conn, [(camera_id, incarnation, seq)])
-            if known:
-                return known[camera_id, incarnation, seq]
             c = _incarnations.c
             which = sa.and_(c.camera_id == camera_id, c.incarnation == incarnation_to_db(incarnation))
             trimmed = conn.scalar(sa.select(c.trimmed_seq).where(which))
-        if trimmed is not None and seq <= trimmed:
+            if trimmed is None:
+                return None  # an incarnation never seen
+            key = (camera_id, incarnation, seq)
+            known, floors = history_view(conn, [key], {(camera_id, incarnation): trimmed})
+        if key in known:
+            return known[key]
+        if seq <= floors.get((camera_id, incarnation), trimmed):
             return Receipt(camera_id, seq, None, None, incarnation)
         return None
 
@@ -332,7 +358,7 @@ def _segments(entries: Sequence[Entry]) -> Iterator[Sequence[Entry] | _Trim | _R
             continue
         try:
             if is_retention(entry.data):
-                command = _Trim(decode_retention(entry.data).cutoff)
+                command = _Trim(entry.index, decode_retention(entry.data).cutoff)
             elif is_registry(entry.data):
                 registry = decode_registry(entry.data)
                 command = _Registry(entry.index, registry.camera_id, registry.enabled)

@@ -205,3 +205,15 @@ def test_reactor_lag_is_how_late_a_frequent_timer_fires(node):
         assert lag.recent_max() == 0.0
     finally:
         lag.stop()
+
+
+def test_retention_batches_count_rows_and_time(node):
+    from parkd.parking.retention import TrimStep
+
+    node.metrics.trim_step(TrimStep(visited=2000, deleted=1500, seconds=0.012))
+    node.metrics.trim_step(TrimStep(visited=40, deleted=30, seconds=0.0004, pending=False))
+    s = scrape(node)
+    assert value(s, "parkd_retention_rows_trimmed_total") == 1530
+    assert value(s, "parkd_retention_seconds_count") == 2
+    assert value(s, "parkd_retention_seconds_bucket", le="0.001") == 1
+    assert value(s, "parkd_retention_seconds_bucket", le="0.02") == 2

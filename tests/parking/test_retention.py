@@ -21,6 +21,8 @@ from parkd.parking.codec import (
     is_retention,
 )
 from parkd.parking.retention import (
+    _AFTER_FRAME,
+    _NEXT_FRAMES,
     RetentionPolicy,
     TrimResult,
     ensure_retention_index,
@@ -46,12 +48,38 @@ def retention(index: int, cutoff: float) -> Entry:
     return Entry(index, 1, EntryKind.NORMAL, retention_entry(cutoff))
 
 
+TABLES = ("lots", "cameras", "incarnations", "frames", "lot_buckets", "retention_cuts", "camera_registry", "applied")
+
+
 def dump(engine) -> dict[str, list[tuple]]:
     with engine.connect() as conn:
-        return {
-            t: conn.exec_driver_sql(f"SELECT * FROM {t} ORDER BY 1, 2").all()
-            for t in ("lots", "cameras", "incarnations", "frames", "camera_registry", "applied")
-        }
+        return {t: sorted(conn.exec_driver_sql(f"SELECT * FROM {t}").all(), key=repr) for t in TABLES}
+
+
+def drain(state, max_rows: int = 1 << 20) -> list[TrimResult]:
+    """Delete every pending cut's rows, as the node's later turns do; the cuts done."""
+    done = []
+    while True:
+        step = state.trim_step(max_rows)
+        if step.done:
+            done.append(step.done)
+        if not step.pending:
+            return done
+
+
+def view(state) -> dict:
+    """Everything a reader or the next apply sees of the state (none of it the deletion's progress)."""
+    with state.engine.connect() as conn:
+        keys = conn.exec_driver_sql("SELECT camera_id, incarnation FROM incarnations ORDER BY 1, 2").all()
+    incarnations = {camera_id: state.incarnations(camera_id) for camera_id, _ in keys}
+    frames = {
+        (camera_id, i.incarnation): state.frames(camera_id, limit=10_000, incarnation=i.incarnation)
+        for camera_id, views in incarnations.items()
+        for i in views
+    }
+    trend = {lot: state.history(lot, -1e12, 1e12, 1_000) for lot in LOTS}
+    return {"lots": state.lots(), "cameras": state.cameras(), "incarnations": incarnations, "frames": frames,
+            "trend": trend, "applied": state.last_applied()}  # fmt: skip
 
 
 def seqs(state, camera_id: int, inc: int | None = None) -> list[int]:
@@ -100,19 +128,25 @@ def test_trim_deletes_frames_before_the_cutoff_and_raises_trimmed_seq(state, eng
     before = state.cameras(), state.lots()
     results = state.apply([retention(11, 1_055.0)])
     assert results == []  # like a NOOP: no frame, nothing to ack
-    assert state.trims == [TrimResult(1_055.0, 5, ((7, 0, 5),))]
+    # At once for readers: the cut hides what it dooms; no row is deleted yet.
     assert seqs(state, 7) == [6, 7, 8, 9, 10]
-    assert trimmed_seq(engine, 7) == 5
+    assert state.incarnations(7)[0].trimmed_seq == 5 and trimmed_seq(engine, 7) == 0
+    assert len(dump(engine)["frames"]) == 10 and state.trims_pending()
     assert (state.cameras(), state.lots()) == before  # current values untouched
     assert state.last_applied() == 11
+    seen = view(state)
+    assert drain(state) == [TrimResult(11, 1_055.0, 5)]
+    assert view(state) == seen and trimmed_seq(engine, 7) == 5
+    assert len(dump(engine)["frames"]) == 5 and not state.trims_pending()
 
 
 def test_each_cameras_current_frame_is_kept_however_old(state, engine):
     state.apply([frame(1, 7, 1), frame(2, 8, 1, lot="north"), frame(3, 8, 2)])
     state.apply([retention(4, 1e9)])
     assert seqs(state, 7) == [1] and seqs(state, 8) == [2]
+    assert drain(state) == [TrimResult(4, 1e9, 1)]
+    assert seqs(state, 7) == [1] and seqs(state, 8) == [2]
     assert trimmed_seq(engine, 7) == 0 and trimmed_seq(engine, 8) == 1
-    assert state.trims == [TrimResult(1e9, 1, ((8, 0, 1),))]
 
 
 def test_a_retry_of_a_trimmed_frame_is_still_a_duplicate(state, engine):
@@ -145,8 +179,9 @@ def test_a_late_frame_above_trimmed_seq_is_recorded(state, engine):
 def test_trimmed_seq_never_goes_down(state, engine):
     state.apply([frame(i, 7, i) for i in range(1, 11)])
     state.apply([retention(11, 1_075.0), retention(12, 1_020.0)])
+    assert state.incarnations(7)[0].trimmed_seq == 7
+    assert drain(state) == [TrimResult(11, 1_075.0, 7), TrimResult(12, 1_020.0, 0)]
     assert trimmed_seq(engine, 7) == 7
-    assert state.trims == [TrimResult(1_075.0, 7, ((7, 0, 7),)), TrimResult(1_020.0, 0)]
 
 
 def test_the_entry_trims_at_its_position_in_a_batch(state, engine):
@@ -164,8 +199,10 @@ def test_the_entry_trims_at_its_position_in_a_batch(state, engine):
     applied, duplicate = Outcome.APPLIED, Outcome.DUPLICATE
     assert [r.outcome for r in results] == [applied, applied, duplicate, applied]
     assert seqs(state, 7) == [4] and seqs(state, 8) == [1]
-    assert trimmed_seq(engine, 7) == 3
+    assert state.incarnations(7)[0].trimmed_seq == 3
     assert state.last_applied() == 7
+    drain(state)
+    assert seqs(state, 7) == [4] and seqs(state, 8) == [1] and trimmed_seq(engine, 7) == 3
 
 
 def test_a_malformed_retention_entry_is_rejected_like_any_undecodable_entry(state, engine):
@@ -188,11 +225,12 @@ def test_replayed_retention_entries_are_skipped(state, engine):
 
 def test_trim_history_on_its_own_does_not_move_last_applied(state, engine):
     state.apply([frame(i, 7, i) for i in range(1, 5)])
-    assert trim_history(state, 1_025.0) == TrimResult(1_025.0, 2, ((7, 0, 2),))
-    assert trim_history(engine, 1_025.0) == TrimResult(1_025.0, 0)
+    assert trim_history(state, 1_025.0) == TrimResult(5, 1_025.0, 2)  # a cut after the last entry applied
+    assert trim_history(engine, 1_025.0) == TrimResult(5, 1_025.0, 0)
     with engine.connect() as conn:
-        assert trim_history(conn, 1_035.0) == TrimResult(1_035.0, 1, ((7, 0, 3),))
-    assert state.last_applied() == 4 and seqs(state, 7) == [4]
+        assert trim_history(conn, 1_035.0) == TrimResult(5, 1_035.0, 1)
+    assert state.last_applied() == 4 and seqs(state, 7) == [4] and trimmed_seq(engine, 7) == 3
+    assert not state.trims_pending()
 
 
 def test_a_non_finite_cutoff_is_refused(state):
@@ -209,11 +247,16 @@ def test_the_index_changes_nothing_but_speed(tmp_path):
     ensure_retention_index(engines[1])  # idempotent
     for s in states:
         s.apply(entries)
-    assert states[0].trims == states[1].trims and states[0].trims[0].frames_deleted > 0
+    done = [drain(s, max_rows=7) for s in states]
+    assert done[0] == done[1] and done[0][0].frames_deleted > 0
     assert dump(engines[0]) == dump(engines[1])
-    with engines[1].connect() as conn:
-        plan = conn.exec_driver_sql("EXPLAIN QUERY PLAN DELETE FROM frames WHERE captured_at < 5").all()
-    assert "frames_by_captured_at" in str(plan)
+    with engines[1].connect() as conn:  # a batch walks the frames along the index
+        conn.exec_driver_sql('INSERT INTO retention_cuts ("index", cutoff, frames_at) VALUES (99, 5, 1)')
+        query = _NEXT_FRAMES.format(after=_AFTER_FRAME)
+        params = {"cut": 99, "limit": 9, "at": 1, "camera": 1, "inc": 0, "seq": 1}
+        plan = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {query}", params).all()
+    # along the index from the cursor on; only frames with the same capture time are sorted
+    assert "frames_by_captured_at (captured_at>?" in str(plan) and "RIGHT PART OF ORDER BY" in str(plan), plan
     for e in engines:
         e.dispose()
 
@@ -257,11 +300,15 @@ def test_retention_never_reapplies_and_never_changes_current_values(ops, batch):
         outcomes: list[list[ApplyResult]] = [[], [], []]
         for start in range(0, len(ops), batch):
             outcomes[0] += trimmed.apply(with_retention[start : start + batch])
-            outcomes[1] += twin.apply(with_retention[start : start + 1])  # another node, other batches
-            outcomes[1] += twin.apply(with_retention[start + 1 : start + batch])
+            trimmed.trim_step(max_rows=2)  # one node deletes a little at every turn
+            outcomes[1] += twin.apply(with_retention[start : start + 1])  # another node, other batches,
+            outcomes[1] += twin.apply(with_retention[start + 1 : start + batch])  # deleting nothing yet
             outcomes[2] += plain.apply(without[start : start + batch])
-        # Every node that applies the same entries reaches the same tables.
-        assert dump(engines[0]) == dump(engines[1]) and outcomes[0] == outcomes[1]
+            assert view(trimmed) == view(twin)  # whatever their deletion progress
+        # Every node that applies the same entries decides alike, and reaches the same tables.
+        assert outcomes[0] == outcomes[1]
+        drain(trimmed), drain(twin)
+        assert dump(engines[0]) == dump(engines[1])
         # Exactly once: no (camera, incarnation, seq) is applied twice, and only frames applied
         # without retention are applied with it (a trim can only turn "applied" into "duplicate").
         applied = [r.key for r in outcomes[0] if r.outcome is Outcome.APPLIED]

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from parkd.db import open_engine
 from parkd.parking.codec import FrameResult, RegistryCommand, encode, encode_registry
 from parkd.parking.retention import retention_entry
+from parkd.parking.schema import PARKING_SCHEMA_VERSION
 from parkd.parking.snapshot import (
     SnapshotContents,
     SnapshotError,
@@ -303,17 +304,19 @@ def test_a_snapshot_taken_after_restoring_an_old_file_has_the_current_schema(fol
     fresh = leader.snapshot(tmp_path / "fresh.db")
     assert file_schema(new.path) == file_schema(fresh.path)
     assert file_tables(new.path) == follower.tables()
-    assert file_tables(new.path, ("snapshot_meta",))["snapshot_meta"][0][:3] == (1, 1, 2)  # id, format, schema 2
+    meta = file_tables(new.path, ("snapshot_meta",))["snapshot_meta"][0]
+    assert meta[:3] == (1, 1, PARKING_SCHEMA_VERSION)  # id, format, schema
 
 
 def test_a_file_of_a_newer_schema_is_refused(leader, follower, tmp_path):
     leader.log(history(1, 20))
     snap = leader.snapshot(tmp_path / "snap.db")
     conn = sqlite3.connect(snap.path)
-    conn.execute("UPDATE snapshot_meta SET parking_schema = 3")
+    conn.execute("UPDATE snapshot_meta SET parking_schema = ?", (PARKING_SCHEMA_VERSION + 1,))
     conn.commit()
     conn.close()
-    with pytest.raises(SnapshotError, match="parking schema 3, expected 1 / 2"):
+    newer, current = PARKING_SCHEMA_VERSION + 1, PARKING_SCHEMA_VERSION
+    with pytest.raises(SnapshotError, match=f"parking schema {newer}, expected 1 / {current}"):
         read_snapshot_meta(snap.path)
     with pytest.raises(SnapshotError):
         follower.install(snap.path)
@@ -328,7 +331,7 @@ def test_an_old_file_the_upgrade_cannot_read_is_refused_and_nothing_changes(foll
     conn.close()
     follower.log(history(1, 5))
     before = follower.tables()
-    with pytest.raises(SnapshotError, match="cannot upgrade parking schema 1 to 2"):
+    with pytest.raises(SnapshotError, match=f"cannot upgrade parking schema 1 to {PARKING_SCHEMA_VERSION}"):
         restore_snapshot(follower.engine, old, lambda conn: None)
     assert follower.tables() == before
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".upgrade")]
@@ -479,3 +482,45 @@ def test_dedup_state_survives_retention_snapshot_and_install(leader, follower, t
         assert {r.rejection for r in results if r.camera_id == 2} == {Rejection.PERMISSION_DENIED}
         assert len(node.tables()["frames"]) == frames_left
     assert follower.tables() == leader.tables()
+
+
+ALL_TABLES = (*TABLES, "lot_buckets", "retention_cuts")
+
+
+def drained(node: Node) -> dict[str, list[tuple]]:
+    """Every pending cut deleted (as the node's housekeeping does), then all the tables."""
+    while node.state.trim_step(max_rows=7).pending:
+        pass
+    with node.engine.connect() as conn:
+        return {t: sorted(conn.exec_driver_sql(f"SELECT * FROM {t}").all(), key=repr) for t in ALL_TABLES}
+
+
+def test_a_snapshot_taken_mid_trim_installs_to_the_same_state_and_the_trim_goes_on(leader, follower, tmp_path):
+    leader.log(history(1, 200))
+    leader.log([Entry(201, 1, EntryKind.NORMAL, retention_entry(1_000.0 + 10 * 40))])
+    for _ in range(3):  # part of the cut's rows deleted, not all
+        assert leader.state.trim_step(max_rows=10).pending
+    state = leader.state
+    seen = (state.frames(1, limit=1000), state.history("north", 0, 1e6, 1000), state.incarnations(1))
+    info = leader.snapshot(tmp_path / "snap.db")
+    follower.install(info.path)
+    assert follower.state.trims_pending()  # the cut travels with the snapshot, and how far the leader got
+    assert (follower.state.frames(1, limit=1000), follower.state.history("north", 0, 1e6, 1000),
+            follower.state.incarnations(1)) == seen  # fmt: skip
+    more = [Entry(201 + i, 1, EntryKind.NORMAL, frame_entry(i).data) for i in range(1, 60)]  # retries, some trimmed
+    assert leader.state.apply(more) == follower.state.apply(more)
+    assert drained(leader) == drained(follower)
+
+
+def test_a_restart_mid_trim_ends_where_an_uninterrupted_trim_ends(tmp_path):
+    nodes = [Node(tmp_path / "a.db"), Node(tmp_path / "b.db")]
+    for node in nodes:
+        node.log(history(1, 200))
+        node.log([Entry(201, 1, EntryKind.NORMAL, retention_entry(1_000.0 + 10 * 40))])
+    nodes[0].state.trim_step(max_rows=10)
+    nodes[0].close()
+    nodes[0] = Node(tmp_path / "a.db")  # restarted: the cut and its progress were kept
+    assert nodes[0].state.trims_pending()
+    assert drained(nodes[0]) == drained(nodes[1])
+    for node in nodes:
+        node.close()
