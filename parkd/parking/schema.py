@@ -1,7 +1,7 @@
 """The parking state's tables, their schema version and upgraders (component ``parking``).
 
-``lots``, ``cameras``, ``incarnations``, ``frames``, ``camera_registry`` and
-``applied`` live in the node's database next to Raft's tables; a snapshot copies
+``lots``, ``cameras``, ``incarnations``, ``frames``, ``camera_registry``,
+``cluster_identity``, ``member_data_dirs`` and ``applied`` live in the node's database next to Raft's tables; a snapshot copies
 exactly these (:func:`snapshot_tables`).  A change to them raises
 :data:`PARKING_SCHEMA_VERSION` and comes with an upgrader in :data:`UPGRADERS`
 (run by ``parkd.db.ensure_schema``, and on old snapshot files by
@@ -22,6 +22,10 @@ Schema versions:
    still writes one value row); ``frames`` is keyed by (camera_id, incarnation,
    seq); ``camera_registry``.  The upgrade puts every existing camera and frame in
    incarnation 0.
+3. Cluster identity (CONTRACT §10): ``cluster_identity`` (one row once the cluster id
+   entry is applied) and ``member_data_dirs`` (each member's data-dir id).  The
+   upgrade adds them empty: the leader proposes the cluster id and the members'
+   data-dir ids after it (``parkd/node/cluster_identity.py``).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import sqlalchemy as sa
 
 from parkd.db import u64_from_sqlite, u64_to_sqlite
 
-PARKING_SCHEMA_VERSION = 2
+PARKING_SCHEMA_VERSION = 3
 
 metadata = sa.MetaData()
 lots = sa.Table(
@@ -81,6 +85,20 @@ camera_registry = sa.Table(  # cameras an operator disabled or enabled (no row: 
     sa.Column("enabled", sa.Boolean, nullable=False),
     sa.Column("log_index", sa.Integer, nullable=False),  # of the registry entry that set it
 )
+cluster_identity = sa.Table(  # the cluster id: one row (id 1) once its entry is applied
+    "cluster_identity",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),  # always 1
+    sa.Column("cluster_id", sa.Text, nullable=False),  # 32 lowercase hex digits
+    sa.Column("log_index", sa.Integer, nullable=False),  # of the entry that set it
+)
+member_data_dirs = sa.Table(  # the data-dir id each member runs on (no row: not recorded yet)
+    "member_data_dirs",
+    metadata,
+    sa.Column("node_id", sa.Integer, primary_key=True),
+    sa.Column("data_dir_id", sa.Text, nullable=False),  # 32 lowercase hex digits
+    sa.Column("log_index", sa.Integer, nullable=False),  # of the entry that recorded it
+)
 applied = sa.Table(
     "applied",
     metadata,
@@ -91,7 +109,7 @@ applied = sa.Table(
 
 def snapshot_tables() -> tuple[sa.Table, ...]:
     """The tables a snapshot copies whole, in a fixed order (``parkd/parking/snapshot.py``)."""
-    return (lots, cameras, incarnations, frames, camera_registry, applied)
+    return (lots, cameras, incarnations, frames, camera_registry, cluster_identity, member_data_dirs, applied)
 
 
 incarnation_to_db = u64_to_sqlite  # an incarnation as the tables hold it
@@ -128,4 +146,9 @@ def _upgrade_1_to_2(conn: sa.Connection) -> None:
     conn.exec_driver_sql("DROP TABLE frames_schema_1")
 
 
-UPGRADERS = {1: _upgrade_1_to_2}
+def _upgrade_2_to_3(conn: sa.Connection) -> None:
+    """Schema 2 -> 3: no existing table changes; ``cluster_identity`` and
+    ``member_data_dirs`` are created empty by ``ensure_schema`` (the leader fills them)."""
+
+
+UPGRADERS = {1: _upgrade_1_to_2, 2: _upgrade_2_to_3}

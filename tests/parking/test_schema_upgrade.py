@@ -1,4 +1,4 @@
-"""Parking schema 1 -> 2 on a node database written by the previous release (data/node-parking-schema-1.sql)."""
+"""Parking schema 1 -> 2 (and on to the current one) on a node database written by the previous release (data/node-parking-schema-1.sql)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def node(tmp_path):
 def test_the_upgrade_puts_every_camera_and_frame_in_incarnation_0(node):
     engine, storage, state = node
     with engine.connect() as conn:
-        assert schema_version(conn, "parking") == PARKING_SCHEMA_VERSION == 2
+        assert schema_version(conn, "parking") == PARKING_SCHEMA_VERSION == 3
         assert schema_version(conn, "raft") == 1
     found = tables(engine)
     assert found["cameras"] == [(1, "north", 0), (2, "south", 0), (3, "north", 0)]  # (camera_id, lot, incarnation)

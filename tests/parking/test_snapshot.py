@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from parkd.db import open_engine
 from parkd.parking.codec import FrameResult, RegistryCommand, encode, encode_registry
 from parkd.parking.retention import retention_entry
+from parkd.parking.schema import PARKING_SCHEMA_VERSION
 from parkd.parking.snapshot import (
     SnapshotContents,
     SnapshotError,
@@ -28,7 +29,8 @@ LOTS = {"north": 100, "south": 60}
 CONFIG = Membership(voters=(1, 2, 3), learners=(4,))
 MEMBERS = tuple({"id": i, "raft": f"127.0.0.1:710{i}", "client": f"127.0.0.1:720{i}"} for i in (1, 2, 3, 4))
 WAIT_S = 30  # a bound on every wait for the writer thread, never a pause
-TABLES = ("lots", "cameras", "incarnations", "frames", "camera_registry", "applied")
+TABLES = ("lots", "cameras", "incarnations", "frames", "camera_registry", "cluster_identity", "member_data_dirs",
+          "applied")
 FORMAT_1 = Path(__file__).parent / "data" / "snapshot-format-1.sql"
 
 
@@ -263,7 +265,8 @@ def format_1_file(tmp_path) -> Path:
 
 
 def upgraded(old_tables: dict[str, list[tuple]]) -> dict[str, list[tuple]]:
-    """What parking schema 1's tables become at schema 2: every camera and frame in incarnation 0."""
+    """What parking schema 1's tables become at schema 2 (every camera and frame in incarnation 0),
+    and at 3 (no cluster id or data dir recorded yet)."""
     return {
         "lots": old_tables["lots"],
         "cameras": [(c, lot, 0) for c, lot, *_ in old_tables["cameras"]],
@@ -272,6 +275,8 @@ def upgraded(old_tables: dict[str, list[tuple]]) -> dict[str, list[tuple]]:
         ],
         "frames": sorted((c, 0, seq, *rest) for c, seq, *rest in old_tables["frames"]),
         "camera_registry": [],
+        "cluster_identity": [],
+        "member_data_dirs": [],
         "applied": old_tables["applied"],
     }
 
@@ -303,17 +308,17 @@ def test_a_snapshot_taken_after_restoring_an_old_file_has_the_current_schema(fol
     fresh = leader.snapshot(tmp_path / "fresh.db")
     assert file_schema(new.path) == file_schema(fresh.path)
     assert file_tables(new.path) == follower.tables()
-    assert file_tables(new.path, ("snapshot_meta",))["snapshot_meta"][0][:3] == (1, 1, 2)  # id, format, schema 2
+    assert file_tables(new.path, ("snapshot_meta",))["snapshot_meta"][0][:3] == (1, 1, PARKING_SCHEMA_VERSION)
 
 
 def test_a_file_of_a_newer_schema_is_refused(leader, follower, tmp_path):
     leader.log(history(1, 20))
     snap = leader.snapshot(tmp_path / "snap.db")
     conn = sqlite3.connect(snap.path)
-    conn.execute("UPDATE snapshot_meta SET parking_schema = 3")
+    conn.execute("UPDATE snapshot_meta SET parking_schema = ?", (PARKING_SCHEMA_VERSION + 1,))
     conn.commit()
     conn.close()
-    with pytest.raises(SnapshotError, match="parking schema 3, expected 1 / 2"):
+    with pytest.raises(SnapshotError, match=f"parking schema {PARKING_SCHEMA_VERSION + 1}, expected 1 / {PARKING_SCHEMA_VERSION}"):
         read_snapshot_meta(snap.path)
     with pytest.raises(SnapshotError):
         follower.install(snap.path)
@@ -328,7 +333,7 @@ def test_an_old_file_the_upgrade_cannot_read_is_refused_and_nothing_changes(foll
     conn.close()
     follower.log(history(1, 5))
     before = follower.tables()
-    with pytest.raises(SnapshotError, match="cannot upgrade parking schema 1 to 2"):
+    with pytest.raises(SnapshotError, match=f"cannot upgrade parking schema 1 to {PARKING_SCHEMA_VERSION}"):
         restore_snapshot(follower.engine, old, lambda conn: None)
     assert follower.tables() == before
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".upgrade")]
