@@ -66,6 +66,8 @@ class ClusterSettings:
     snapshot_margin: int = 10_000  # entries kept below a snapshot for slightly lagging followers
     history_hours: float = 24.0  # frame history kept (current values and dedup state are kept for ever)
     insecure: bool = False  # no [tls]: plaintext on every port, allowed only when said (CONTRACT §9)
+    ready_lag: int = 1000  # /readyz: applied at most this many entries behind the leader's commit index
+    min_free_disk_mb: int = 256  # below this much free space on the data dir's filesystem: the nospace alarm
 
 
 @dataclass(frozen=True)
@@ -295,6 +297,10 @@ def _parse_cluster(table: Any) -> ClusterSettings:
             "cluster.election_timeout_ms",
         ),
         heartbeat_ms=parse_int(table.get("heartbeat_ms", defaults.heartbeat_ms), "cluster.heartbeat_ms"),
+        ready_lag=parse_int(table.get("ready_lag", defaults.ready_lag), "cluster.ready_lag", minimum=0),
+        min_free_disk_mb=parse_int(
+            table.get("min_free_disk_mb", defaults.min_free_disk_mb), "cluster.min_free_disk_mb", minimum=0
+        ),
         max_message_bytes=parse_int(
             table.get("max_message_bytes", defaults.max_message_bytes),
             "cluster.max_message_bytes",
@@ -388,8 +394,9 @@ def apply_overrides(config: Config, flags: dict[str, Any]) -> Config:
         if flags.get(name) is not None:
             camera = replace(camera, **{name: parse(flags[name], "--" + name.replace("_", "-"))})
     cluster = config.cluster
-    minimums = {"max_message_bytes": 1024, "snapshot_margin": 0}
-    for name in ("election_timeout_ms", "heartbeat_ms", "max_message_bytes", "snapshot_entries", "snapshot_margin"):
+    minimums = {"max_message_bytes": 1024, "snapshot_margin": 0, "ready_lag": 0, "min_free_disk_mb": 0}
+    for name in ("election_timeout_ms", "heartbeat_ms", "max_message_bytes", "snapshot_entries", "snapshot_margin",
+                 "ready_lag", "min_free_disk_mb"):  # fmt: skip
         value = flags.get(name)
         if value is not None:
             flag = "--" + name.replace("_", "-")

@@ -6,7 +6,8 @@ tables in one file.  :func:`open_engine` builds the one Engine they share (WAL,
 :func:`unsynced_transaction` is a transaction whose commit skips the fsync;
 :func:`ensure_schema` creates a component's tables, versions them and runs its
 upgraders; :class:`DriverStatement` runs a Core statement compiled once; every
-database failure surfaces as :class:`StorageError` (:func:`storage_errors`).
+database failure surfaces as :class:`StorageError` (:func:`storage_errors`), and
+:func:`is_disk_full` tells a full disk from other failures.
 
 No component's tables are defined here, and nothing here knows Raft or parking.
 """
@@ -14,6 +15,7 @@ No component's tables are defined here, and nothing here knows Raft or parking.
 from __future__ import annotations
 
 import contextlib
+import errno
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
@@ -34,6 +36,25 @@ def storage_errors(what: str) -> Iterator[None]:
         yield
     except (sa.exc.SQLAlchemyError, sqlite3.Error) as exc:
         raise StorageError(f"{what} failed: {exc}") from exc
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error``, or an exception it was raised from, says the disk is full.
+
+    SQLite reports a write that found no space as ``SQLITE_FULL`` (and rolls the
+    transaction back); a plain file write as ``ENOSPC`` or ``EDQUOT``.  Every
+    other failure (corruption, an I/O error) is something else.
+    """
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, sqlite3.Error) and getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            return True
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        orig = getattr(error, "orig", None)  # SQLAlchemy's DBAPIError wraps the driver's exception
+        error = orig if isinstance(orig, BaseException) else (error.__cause__ or error.__context__)
+    return False
 
 
 def open_engine(path_or_url: str) -> sa.Engine:

@@ -94,6 +94,9 @@ class NodeOptions(_ConfigOptions):
         ["snapshot-entries", None, None, "Snapshot once the applied log holds this many entries [default: 100000]."],
         ["snapshot-margin", None, None, "Log entries kept below a snapshot for lagging followers [default: 10000]."],
         ["history-hours", None, None, "Hours of frame history kept (current values are kept) [default: 24]."],
+        ["ready-lag", None, None, "/readyz: most entries applied behind the leader's commit index [default: 1000]."],
+        ["min-free-disk-mb", None, None, "Free MiB on the data dir's filesystem below which the node raises "
+                                         "the nospace alarm and refuses new frames; 0: off [default: 256]."],
         ["tls-ca", None, None, "CA certificate of the cluster [default: [tls].ca]."],
         ["tls-cert", None, None, "This node's certificate; {id} expands [default: [tls].cert]."],
         ["tls-key", None, None, "This node's key; {id} expands [default: [tls].key]."],

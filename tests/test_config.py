@@ -58,6 +58,15 @@ def test_good_file(tmp_path):
     assert config.member(2).client == Address("127.0.0.1", 7202)
     assert config.lot("south").capacity == 100  # the contract's default
     assert config.cluster.max_message_bytes == 16 * 1024 * 1024
+    assert (config.cluster.ready_lag, config.cluster.min_free_disk_mb) == (1000, 256)  # CONTRACT §10
+
+
+def test_health_and_disk_settings_from_the_file_and_flags(tmp_path):
+    text = GOOD.replace("heartbeat_ms = 100", "heartbeat_ms = 100\nready_lag = 50\nmin_free_disk_mb = 0", 1)
+    config = load_config(write(tmp_path, text))
+    assert (config.cluster.ready_lag, config.cluster.min_free_disk_mb) == (50, 0)
+    changed = apply_overrides(config, {"ready_lag": "0", "min_free_disk_mb": "1024"})
+    assert (changed.cluster.ready_lag, changed.cluster.min_free_disk_mb) == (0, 1024)
 
 
 @pytest.mark.parametrize(
@@ -78,6 +87,9 @@ def test_good_file(tmp_path):
         (("capacity = 100", "capacity = 0"), "lot[0].capacity: must be at least 1"),
         (('id = "south"', 'id = "north"'), "lot[1].id: duplicate id 'north'"),
         (("[cluster]", "[camera]\ninterval = 0\n[cluster]"), "camera.interval: must be greater than 0"),
+        (("heartbeat_ms = 100", "heartbeat_ms = 100\nready_lag = -1"), "cluster.ready_lag: must be at least 0"),
+        (("heartbeat_ms = 100", "heartbeat_ms = 100\nmin_free_disk_mb = 0.5"),
+         "cluster.min_free_disk_mb: expected a whole number"),
     ],
 )
 def test_bad_input_names_the_key(tmp_path, change, key):
@@ -132,6 +144,8 @@ def test_flags_override_the_file(tmp_path):
         ({"peers": "1=127.0.0.1:1"}, "--peers: bad member"),
         ({"peers": "1=a:1/b:2/c:3,1=d:1/e:2/f:3"}, "--peers[1].id: duplicate id 1"),
         ({"interval": "-1"}, "--interval: must be greater than 0"),
+        ({"ready_lag": "-3"}, "--ready-lag: must be at least 0"),
+        ({"min_free_disk_mb": "lots"}, "--min-free-disk-mb: expected a whole number"),
     ],
 )
 def test_bad_flags(tmp_path, flags, error):

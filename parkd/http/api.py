@@ -135,8 +135,9 @@ class Api:
 
     def __init__(self, state, cluster: ClusterStatus, members: Callable[[], list[dict]], clock,
                  lot_ids: tuple[str, ...], camera_interval: float,
-                 reactor_lag: Callable[[], float] = lambda: 0.0):  # fmt: skip
+                 reactor_lag: Callable[[], float] = lambda: 0.0, alarms: Callable[[], list[str]] = list):  # fmt: skip
         self.state = state
+        self.alarms = alarms  # the names of the alarms raised on this node (CONTRACT §10)
         self.reactor_lag = reactor_lag  # the worst lag of the last 10 s, seconds
         self.status = cluster
         self.members = members
@@ -206,6 +207,7 @@ class Api:
             "last_index": status.last_index,
             "members": self.members(),
             "reactor_lag_ms": round(self.reactor_lag() * 1000, 1),
+            "alarms": self.alarms(),
         }
 
     # -- helpers

@@ -4,7 +4,9 @@ Two kinds:
 
 * Gauges read at scrape time (:class:`NodeCollector`): role, term, leader,
   commit / applied / last log index, per-peer match index, replication lag and
-  link state, connected cameras, each lot's free spaces.
+  link state, connected cameras, each lot's free spaces; and
+  (:class:`DiskCollector`) the database's size, the free disk space, the
+  alarms and the frames they refused.
 * Counters and histograms fed as things happen (:class:`NodeMetrics`): leader
   changes and SQLite commit durations from the driver's event stream;
   proposals, frames applied per lot and the camera ack latency as the node's
@@ -19,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from parkd.http.errors import JsonResource, not_found
+from parkd.node.alarms import KNOWN as KNOWN_ALARMS
 from parkd.node.driver import LeaderChanged, Persisted
 from parkd.parking.state import Outcome
 from parkd.raft.core import Role
@@ -139,6 +142,10 @@ class NodeMetrics:
         driver.subscribe(self._persisted, Persisted)
         intake.observe(self)
 
+    def watch_disk(self, disk, alarms) -> None:
+        """Also show ``disk`` (the node's DiskMonitor) and ``alarms`` (its Alarms)."""
+        self.registry.register(DiskCollector(disk, alarms))
+
     # -- driver events
 
     def _leader_changed(self, event: LeaderChanged) -> None:
@@ -198,6 +205,30 @@ class MetricsResource(JsonResource):
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
         request.setHeader(b"cache-control", b"no-store")
         return generate_latest(self.metrics.registry)
+
+
+class DiskCollector:
+    """The data dir's disk as the DiskMonitor last measured it, and the node's alarms (CONTRACT §10)."""
+
+    def __init__(self, disk, alarms):
+        self.disk = disk
+        self.alarms = alarms
+
+    def collect(self):
+        disk, alarms = self.disk, self.alarms
+        yield GaugeMetricFamily("parkd_db_bytes", "Size of this node's database: node.db and its WAL", disk.db_bytes)
+        free = float("nan") if disk.free_bytes is None else disk.free_bytes
+        yield GaugeMetricFamily("parkd_disk_free_bytes", "Free bytes on the data dir's filesystem", value=free)
+        raised = GaugeMetricFamily("parkd_alarm", "1 while the alarm is raised on this node", labels=["name"])
+        refused = CounterMetricFamily(
+            "parkd_frames_refused", "New frames answered Unavailable because of an alarm", labels=["alarm"]
+        )
+        for name in sorted(set(KNOWN_ALARMS) | set(alarms.active())):
+            raised.add_metric([name], int(alarms.is_raised(name)))
+        for name, count in sorted(alarms.refused.items()):
+            refused.add_metric([name], count)
+        yield raised
+        yield refused
 
 
 class NodeCollector:

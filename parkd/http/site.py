@@ -4,6 +4,7 @@
     /static/<file>   its other files
     /api/...         the read API (api.py) and, under /api/v1/admin/, the admin API (admin.py)
     /metrics         Prometheus text format (metrics.py)
+    /livez, /readyz  health (health.py), open to everyone
 
 :func:`build_site` takes the node's narrow parts; :class:`HttpService` (the
 process layer's wiring, see ``parkd/tap.py``) builds it from a started
@@ -24,6 +25,8 @@ from parkd.http.access import Access
 from parkd.http.admin import Admin
 from parkd.http.api import Api, ApiResource
 from parkd.http.errors import JsonResource, NotFound, error_response, not_found
+from parkd.http.health import PATHS as HEALTH_PATHS
+from parkd.http.health import HealthResource, Readiness, liveness, node_readiness
 from parkd.http.metrics import MetricsResource, NodeMetrics
 
 CONTENT_TYPES = {
@@ -75,7 +78,8 @@ class Refused(JsonResource):
 class Root(resource.Resource):
     """``/`` is the dashboard; ``/api``, ``/metrics``, ``/static`` the rest; anything else 404.
 
-    Every read needs what ``access`` says (admin requests are checked by the admin resource).
+    Every read needs what ``access`` says (admin requests are checked by the admin resource);
+    ``/livez`` and ``/readyz`` need nothing.
     """
 
     def __init__(self, web_dir: str, access: Access = Access()):
@@ -84,7 +88,7 @@ class Root(resource.Resource):
         self.access = access
 
     def getChildWithDefault(self, path, request):
-        if not (path == b"api" and request.postpath[:2] == [b"v1", b"admin"]):
+        if path not in HEALTH_PATHS and not (path == b"api" and request.postpath[:2] == [b"v1", b"admin"]):
             refusal = self.access.read_refusal(request)
             if refusal is not None:
                 return Refused(refusal)
@@ -101,14 +105,18 @@ def web_dir() -> str:
 
 
 def build_site(*, clock, state, driver, membership, reads, metrics: NodeMetrics, lot_ids, camera_interval,
-               access: Access = Access(), registry=None) -> server.Site:  # fmt: skip
+               alarms, readiness: Readiness, access: Access = Access(), registry=None) -> server.Site:  # fmt: skip
     """The HTTP port over a node's parts: ``state`` (ParkingState), ``driver`` (Raft
     status), ``membership`` (members and admin operations), ``reads`` (ReadBarrier),
-    ``registry`` (the camera registry's admin operations); ``access`` says who may
-    read and who may administer."""
-    api = Api(state, driver, membership.members, clock, tuple(lot_ids), camera_interval, metrics.reactor_lag.recent_max)
+    ``alarms`` (the node's Alarms), ``readiness`` (``/readyz``'s checks), ``registry``
+    (the camera registry's admin operations); ``access`` says who may read and who
+    may administer."""
+    api = Api(state, driver, membership.members, clock, tuple(lot_ids), camera_interval, metrics.reactor_lag.recent_max,
+              alarms=alarms.active)  # fmt: skip
     directory = web_dir()
     root = Root(directory, access)
+    root.putChild(b"livez", HealthResource(liveness(driver, metrics.reactor_lag.recent_max)))
+    root.putChild(b"readyz", HealthResource(readiness.report))
     root.putChild(b"api", ApiResource(api, reads, Admin(membership, driver, access, registry), metrics.read))
     root.putChild(b"metrics", MetricsResource(metrics))
     root.putChild(b"static", WebFiles(directory))
@@ -133,6 +141,7 @@ class HttpService(service.Service):
         lot_ids = [lot.id for lot in config.lots]
         state = node.store.state
         self.metrics = NodeMetrics(node.driver, state, node.peers, node.intake, lot_ids, clock=node.reactor)
+        self.metrics.watch_disk(node.disk, node.alarms)
         self.metrics.reactor_lag.start()
         trust = node.trust
         access = Access(tls=trust is not None, public_reads=config.tls.public_reads if config.tls else True)
@@ -140,6 +149,7 @@ class HttpService(service.Service):
             clock=node.reactor, state=state, driver=node.driver, membership=node.membership, reads=node.reads,
             metrics=self.metrics, lot_ids=lot_ids, camera_interval=config.camera.interval, access=access,
             registry=node.registry,
+            alarms=node.alarms, readiness=node_readiness(node),
         )  # fmt: skip
         listening = site if trust is None else trust.server(site, "https", clients="optional")
         self.port = listen_now(node.reactor, self.listen, listening, "http port")

@@ -14,6 +14,13 @@ the reactor next polls it, so that followers write the entries while the
 leader does (dissertation §10.2.1).  A received snapshot is installed by the
 node's installer, off the reactor; the loop waits for it.
 
+A storage error stops the node, except a full disk (``SQLITE_FULL``): the
+failed transaction rolled back, so the Ready is kept and tried again every
+:data:`RETRY_STALLED_S` seconds from the step that failed (the persist, or the
+apply after it), while the core waits for ``advance`` and nothing of that Ready
+that needs the write leaves the node.  The node publishes
+:class:`StorageStalled` and, once a retry went through, :class:`StorageResumed`.
+
 Observers subscribe to one typed stream of :data:`DriverEvent` values
 (:meth:`RaftDriver.subscribe`); collaborators read the core's state through
 the driver's read-only properties.
@@ -30,15 +37,17 @@ from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from parkd.db import StorageError
+from parkd.db import StorageError, is_disk_full
 from parkd.raft.confchange import ConfChange
 from parkd.raft.core import RaftCore, ReadState, Ready, Role, TransferResult
-from parkd.raft.messages import Message, PeerUnreachable, SnapshotStatus, SnapshotTaken
+from parkd.raft.messages import AppendEntries, Message, PeerUnreachable, SnapshotStatus, SnapshotTaken
 from parkd.raft.progress import Progress
 from parkd.raft.types import Entry, HardState, Membership, SnapshotMeta
 
 # After a long reactor stall, replay at most this many ticks at once.
 MAX_CATCH_UP_TICKS = 100
+RETRY_STALLED_S = 1.0  # a Ready whose write found the disk full is tried again this often
+STALL_REMINDER_S = 60.0  # while it still fails, one log line this often
 
 
 # -- what the driver needs ---------------------------------------------------------
@@ -136,6 +145,31 @@ class Persisted:
     seconds: float
 
 
+@dataclass(frozen=True, slots=True)
+class StorageStalled:
+    """A write of the Ready loop found the disk full; it is retried (``step``: persist or apply)."""
+
+    error: str
+    step: str
+
+
+@dataclass(frozen=True, slots=True)
+class StorageResumed:
+    """The stalled write went through after ``seconds``; the Ready loop runs again."""
+
+    seconds: float
+
+
+@dataclass(slots=True)
+class _Stall:
+    """The Ready whose write found the disk full, and the step to retry it from."""
+
+    ready: Ready
+    applying: bool  # persisted and sent already: retry from the apply
+    since: float
+    reminded: float
+
+
 DriverEvent = (
     LeaderChanged
     | EntriesPersisted
@@ -146,6 +180,8 @@ DriverEvent = (
     | ReadIndexReady
     | TransferEnded
     | Persisted
+    | StorageStalled
+    | StorageResumed
 )
 
 
@@ -174,6 +210,9 @@ class RaftDriver:
         self._scheduled = None
         self._waiting: Ready | None = None  # a Ready whose appends are leaving, or being installed
         self._failed = False
+        self._stall: _Stall | None = None  # a Ready waiting for disk space
+        self._retry = None  # the stalled Ready's next attempt
+        self._leader_commit = 0  # the highest commit index a leader told this node
 
     def start(self) -> None:
         self._loop = LoopingCall.withCount(self._ticks)
@@ -186,6 +225,9 @@ class RaftDriver:
         if self._scheduled is not None and self._scheduled.active():
             self._scheduled.cancel()
         self._scheduled = None
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
 
     # ------------------------------------------------------------ events
 
@@ -223,6 +265,23 @@ class RaftDriver:
     @property
     def applied_index(self) -> int:
         return self._core.applied_index
+
+    @property
+    def leader_commit(self) -> int:
+        """The highest index this node knows committed: its own commit index, or the
+        higher one a leader's AppendEntries carried (a follower commits only up
+        to the entries it has, §5.3, so its own may lag the leader's)."""
+        return max(self._leader_commit, self._core.commit_index)
+
+    @property
+    def failed(self) -> bool:
+        """The Ready loop stopped for good (the node is stopping)."""
+        return self._failed
+
+    @property
+    def stalled(self) -> bool:
+        """A write found the disk full and is being retried (see :class:`StorageStalled`)."""
+        return self._stall is not None
 
     @property
     def last_index(self) -> int:
@@ -264,7 +323,10 @@ class RaftDriver:
         self.process()
 
     def step(self, message: Message) -> None:
-        self._core.step(message)
+        core = self._core
+        core.step(message)
+        if type(message) is AppendEntries and message.src == core.leader_id and message.term == core.term:
+            self._leader_commit = max(self._leader_commit, message.leader_commit)
         self._schedule()
 
     def propose(self, data: bytes) -> None:
@@ -326,6 +388,8 @@ class RaftDriver:
         self.on_fatal()
 
     def _process(self) -> None:
+        if self._stall is not None:
+            return  # the core waits for advance(); the retry continues the loop
         if self._waiting is not None:
             if self._waiting.snapshot is not None:
                 return  # the installer's Deferred continues the loop
@@ -370,22 +434,23 @@ class RaftDriver:
 
         installing.addCallbacks(installed, failed)
 
-    def _finish(self, ready: Ready) -> bool:
-        """Persist, send, apply and advance ``ready``; False if the node failed."""
-        if not self._persist(ready):
-            return False
-        if ready.entries:
-            self._publish(EntriesPersisted(ready.entries))
-        if ready.membership is not None:
-            self._publish(MembershipChanged(ready.membership))
-        for message in ready.messages:
-            self.send(message)
+    def _finish(self, ready: Ready, applying: bool = False) -> bool:
+        """Persist, send, apply and advance ``ready`` (``applying``: only apply and
+        advance, the rest is done); False if the node failed or stalled."""
+        if not applying:
+            if not self._persist(ready):
+                return False
+            if ready.entries:
+                self._publish(EntriesPersisted(ready.entries))
+            if ready.membership is not None:
+                self._publish(MembershipChanged(ready.membership))
+            for message in ready.messages:
+                self.send(message)
         if ready.committed_entries:
             try:
                 results = self.state_machine.apply(ready.committed_entries)
             except StorageError as e:
-                self._fatal(e)
-                return False
+                return self._storage_failed(e, ready, applying=True)
             self._publish(EntriesApplied(ready.committed_entries, results, ready.committed_entries[-1].index))
         if ready.soft_state is not None:
             self._soft_state_changed(ready.soft_state)
@@ -409,10 +474,56 @@ class RaftDriver:
             if compaction is not None:
                 self.storage.compact(compaction.upto, compaction.meta)
         except StorageError as e:
-            self._fatal(e)
-            return False
+            return self._storage_failed(e, ready, applying=False)
         self._publish(Persisted(time.perf_counter() - started))
         return True
+
+    # ------------------------------------------------------------ a full disk
+
+    def _storage_failed(self, error: StorageError, ready: Ready, *, applying: bool) -> bool:
+        """A full disk stalls ``ready`` (retried later); any other storage error is fatal.  False."""
+        if not is_disk_full(error):
+            self._fatal(error)
+            return False
+        now = self.clock.seconds()
+        step = "apply committed entries" if applying else "write the Raft log"
+        text = _one_line(error)
+        if self._stall is None:
+            self._stall = _Stall(ready, applying, now, now)
+            self.log.critical(
+                "disk full: node {node_id} could not {step} ({error}); nothing is lost: it keeps its last "
+                "durable state, refuses new frames (nospace alarm) and retries every {retry:g}s until space "
+                "is freed on its data dir's filesystem",
+                node_id=self._core.id, step=step, error=text, retry=RETRY_STALLED_S,
+            )  # fmt: skip
+            self._publish(StorageStalled(text, "apply" if applying else "persist"))
+        else:
+            stall = self._stall
+            stall.applying = applying
+            if now - stall.reminded >= STALL_REMINDER_S:
+                stall.reminded = now
+                self.log.warn("disk still full after {seconds:.0f}s: node {node_id} cannot {step}; retrying",
+                              seconds=now - stall.since, node_id=self._core.id, step=step)  # fmt: skip
+        self._retry = self.clock.callLater(RETRY_STALLED_S, self._retry_stalled)
+        return False
+
+    def _retry_stalled(self) -> None:
+        self._retry = None
+        stall = self._stall
+        if stall is None or self._failed:
+            return
+        try:
+            if not self._finish(stall.ready, applying=stall.applying):
+                return  # stalled again (retried later) or failed
+        except Exception:
+            self._crashed()
+            return
+        self._stall = None
+        seconds = self.clock.seconds() - stall.since
+        self.log.info("disk writable again: node {node_id} resumes after {seconds:.1f}s",
+                      node_id=self._core.id, seconds=seconds)  # fmt: skip
+        self._publish(StorageResumed(seconds))
+        self._schedule()
 
     def _soft_state_changed(self, soft) -> None:
         core = self._core
@@ -445,5 +556,18 @@ class RaftDriver:
         """A storage error stops the node: never continue on an unknown disk state."""
         self._failed = True
         self.stop()
-        self.log.critical("storage failed, stopping node {node_id}: {error}", node_id=self._core.id, error=error)
+        if is_disk_full(error):
+            todo = "free space on its data dir's filesystem, then start it again"
+        else:
+            todo = "find the cause in the error above (disk, permissions, a damaged file), then start it again"
+        self.log.critical(
+            "storage failed, stopping node {node_id}: {error}; its database keeps every transaction that "
+            "completed, the failed one was rolled back: {todo}",
+            node_id=self._core.id, error=_one_line(error), todo=todo,
+        )  # fmt: skip
         self.on_fatal()
+
+
+def _one_line(error: Exception) -> str:
+    """The error's first line (SQLAlchemy appends a second one pointing at its web site)."""
+    return str(error).strip().splitlines()[0]

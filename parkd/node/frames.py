@@ -35,6 +35,7 @@ from parkd.proto import parkd_pb2 as pb
 from parkd.raft.core import NotLeader
 
 NO_LEADER_RETRY_MS = 300
+ALARM_RETRY_MS = 2000  # a camera refused for an alarm (nospace) waits this long
 MAX_TIMED_ACKS = 100_000  # frames in flight whose arrival time is remembered
 
 
@@ -92,6 +93,8 @@ class FrameIntake:
         self.clock = clock
         self.registry = registry if registry is not None else _NoRegistry()
         self.observer: IntakeObserver = _NoObserver()
+        # Why new frames must wait (a raised alarm, parkd/node/alarms.py), or None.
+        self.admission: Callable[[], str | None] = lambda: None
         driver.subscribe(self._applied, EntriesApplied)
         driver.subscribe(self._leader_changed, LeaderChanged)
         driver.subscribe(self._snapshot_installed, SnapshotInstalled)
@@ -156,6 +159,10 @@ class FrameIntake:
         earlier = self.state.lookup(frame.camera_id, incarnation, frame.seq) if frame.seq <= last_seq else None
         if earlier is not None:  # applied before: answer with the original result
             conn.send_ack(frame.camera_id, frame.seq, earlier.index or 0, earlier.free or 0)
+            return
+        refusal = self.admission()
+        if refusal is not None:  # the camera keeps the frame in its outbox and retries
+            conn.send_envelope(pb.Envelope(unavailable=pb.Unavailable(retry_after_ms=ALARM_RETRY_MS, reason=refusal)))
             return
         free = self.analyzer.free_spaces(frame.payload, capacity)
         result = codec.FrameResult(frame.camera_id, frame.lot, frame.seq, frame.captured_at, free, incarnation)

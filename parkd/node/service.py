@@ -11,7 +11,9 @@ builds, each with only what it needs:
   and the **camera registry** (``registry.py``) it asks about disabled cameras;
 - **snapshots** (``snapshots.py``): taking, sending, receiving, installing;
 - **linearizable reads** (``reads.py``);
-- two timers: the leader's retention proposal and the text log's frame summary;
+- three timers: the leader's retention proposal, the text log's frame summary,
+  and the **disk monitor** (``disk.py``), which raises the node's ``nospace``
+  alarm (``alarms.py``): new frames wait while the disk is low;
 - with a ``[tls]`` table, its TLS (``parkd/trust``): mutual TLS on both ports and
   every peer link, identities checked by the ports (CONTRACT §9).
 
@@ -36,6 +38,8 @@ from parkd.config import ConfigError
 from parkd.daemon import fail_on_config_error, listen_now, raise_file_limit
 from parkd.db import StorageError, open_engine
 from parkd.events import FRAME_EVENTS
+from parkd.node.alarms import Alarms
+from parkd.node.disk import CHECK_INTERVAL_S, MIB, DiskMonitor, free_bytes
 from parkd.node.driver import RaftDriver
 from parkd.node.frames import FrameIntake
 from parkd.node.membership import MembershipManager
@@ -131,10 +135,11 @@ class NodeService(service.Service):
 
     log = Logger()
 
-    def __init__(self, settings, reactor, snapshot_thread=None):
+    def __init__(self, settings, reactor, snapshot_thread=None, disk_free=free_bytes):
         self.settings = settings
         self.reactor = reactor
         self._snapshot_thread = snapshot_thread  # tests on a fake reactor run snapshot work inline
+        self._disk_free = disk_free  # the data dir's free space (tests give a fake disk)
         self.store: Store | None = None
         self.driver: RaftDriver | None = None
         self.ports = []
@@ -161,9 +166,12 @@ class NodeService(service.Service):
         self.registry = CameraRegistry(self.driver, store.state, self.reactor)
         self.intake = FrameIntake(self.driver, store.state, HashAnalyzer(), lots, self.reactor, self.registry)
         self.reads = ReadBarrier(self.driver, self.reactor)
+        self.alarms, self.disk = self._build_disk(store)
+        self.intake.admission = self.alarms.frame_refusal
         self._loops = [
             self._every(RETENTION_INTERVAL_S, self._propose_retention),
             self._every(SUMMARY_INTERVAL_S, self._summary),
+            self._every(CHECK_INTERVAL_S, self.disk.check),
         ]
         size, tls = config.cluster.max_message_bytes, self.trust is not None
         raft_port = RaftPortFactory(self.reactor, size, self._deliver, authenticate=tls)
@@ -242,6 +250,14 @@ class NodeService(service.Service):
             os.path.join(self.settings.data_dir, "snapshots"),
             thread=self._snapshot_thread,
         )
+
+    def _build_disk(self, store: Store) -> tuple[Alarms, DiskMonitor]:
+        """The node's alarms and the disk monitor that raises ``nospace``, checked once now."""
+        alarms = Alarms(self.settings.node_id)
+        minimum = self.settings.config.cluster.min_free_disk_mb * MIB
+        disk = DiskMonitor(self.settings.data_dir, store.db_path, alarms, minimum, self.driver, self._disk_free)
+        disk.check()
+        return alarms, disk
 
     def _every(self, interval: float, function) -> tuple[LoopingCall, float]:
         loop = LoopingCall(function)

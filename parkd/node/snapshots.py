@@ -37,6 +37,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from parkd.db import is_disk_full
 from parkd.node.driver import EntriesApplied, LogCompacted
 from parkd.node.snapshot_stream import CHUNK_SIZE, SnapshotReceiver, read_chunk, snapshot_sha256, transfer_size
 from parkd.parking.snapshot import SnapshotError, SnapshotInfo, pin_state, read_snapshot_meta, restore_snapshot
@@ -45,6 +46,7 @@ from parkd.raft.storage import install_snapshot_in
 from parkd.raft.types import SnapshotMeta
 
 SEND_TIMEOUT = 5.0  # seconds without an answer before a transfer is given up
+RETAKE_AFTER_S = 30.0  # after a failed snapshot (a full disk), wait this long before the next try
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +131,7 @@ class SnapshotManager:
         self.sending: dict[int, _Sending] = {}
         self.received: dict[tuple[int, int], str] = {}  # (index, term) -> a complete, verified file
         self.taking = False
+        self._next_take = 0.0  # no snapshot is tried before then (one failed)
         self._recorded = self.latest  # the file storage records (others go once superseded)
         self._names = itertools.count()
         self._thread = thread if thread is not None else SnapshotThread(clock)
@@ -167,7 +170,7 @@ class SnapshotManager:
     def _applied(self, event: EntriesApplied) -> None:
         """After each applied batch: snapshot when the log has grown enough."""
         behind = event.applied_index - self.driver.snapshot.index
-        if not self.taking and self.policy.should_snapshot(behind, 0):
+        if not self.taking and self.clock.seconds() >= self._next_take and self.policy.should_snapshot(behind, 0):
             self.take()
 
     def take(self) -> defer.Deferred:
@@ -227,8 +230,15 @@ class SnapshotManager:
         return info
 
     def _take_failed(self, failure) -> None:
+        """Try again after RETAKE_AFTER_S, not at the next applied batch (a copy per batch on a full disk)."""
         self.taking = False
-        self.log.failure("taking a snapshot failed", failure)
+        self._next_take = self.clock.seconds() + RETAKE_AFTER_S
+        if is_disk_full(failure.value):
+            self.log.warn("cannot take a snapshot, the disk is full ({error}); trying again in {seconds:.0f}s",
+                          error=failure.getErrorMessage(), seconds=RETAKE_AFTER_S)  # fmt: skip
+        else:
+            self.log.failure("taking a snapshot failed; trying again in {seconds:.0f}s", failure,
+                             seconds=RETAKE_AFTER_S)  # fmt: skip
 
     def _compacted(self, event: LogCompacted) -> None:
         """Storage recorded the snapshot the latest file holds: the one before may go."""

@@ -8,7 +8,8 @@ tables in one file and one Engine.
 The core only reads storage (at start-up, through :meth:`load`); the node writes it,
 one :meth:`save` per Ready, before any message of that Ready is sent.  Every failure
 surfaces as :class:`StorageError`: the node must stop rather than run on with a log
-it cannot trust.
+it cannot trust, except on a full disk, where the transaction was rolled back and the
+driver retries the same write (``parkd/node/driver.py``).
 """
 
 from __future__ import annotations

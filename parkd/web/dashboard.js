@@ -71,6 +71,25 @@ function setBanner(state, message) {
   banner.textContent = message;
 }
 
+// The alarms raised on the node this page talks to (CONTRACT §10), one line each.
+const ALARM_TEXT = {
+  nospace:
+    "its disk is almost full. It refuses new frames until space is freed on its data directory's " +
+    "filesystem (cameras keep them and try again, here or on another node); reads still work.",
+};
+
+function renderAlarms(cluster) {
+  const alarms = cluster.alarms || [];
+  const banner = $("alarms");
+  banner.hidden = alarms.length === 0;
+  banner.dataset.alarms = alarms.join(" ");
+  banner.replaceChildren(
+    ...alarms.map((name) =>
+      el("div", { class: "alarm", "data-alarm": name }, `Alarm ${name} on node ${cluster.node_id}: ${ALARM_TEXT[name] || "see its log."}`),
+    ),
+  );
+}
+
 // ------------------------------------------------------------------ cluster strip
 
 function renderCluster(cluster) {
@@ -210,6 +229,7 @@ async function refresh() {
   }
   const c = cluster.body;
   renderCluster(c);
+  renderAlarms(c);
 
   // Linearizable by default; when this node cannot confirm a read, show its own
   // (possibly stale) state under the banner instead of nothing.

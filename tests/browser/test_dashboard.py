@@ -172,3 +172,37 @@ def test_dashboard_shows_the_api_values_and_recovers_from_a_leader_kill(browser,
     if caught is None and os.environ.get("PARKD_SCREENSHOTS"):
         shutil.copy(no_leader, os.path.join(os.environ["PARKD_SCREENSHOTS"], "dashboard-leader-change.png"))
     assert new_leader in cluster.nodes
+
+
+ALARMS = """
+const alarms = document.getElementById("alarms");
+return {hidden: alarms.hidden, names: alarms.dataset.alarms || "", text: alarms.textContent};
+"""
+
+
+def test_dashboard_shows_a_nodes_nospace_alarm_until_it_clears(browser, tmp_path, cluster_pki):
+    """CONTRACT §10: the dashboard of a node low on disk says so in a banner, which goes once space returns."""
+    from harness import Cluster
+
+    from disks import MIB, small_disks, take_space
+
+    (tmp_path / "cluster").mkdir()
+    cluster = Cluster(tmp_path / "cluster", interval=0.2, pki=cluster_pki.dir, node_args=("--min-free-disk-mb", "8"))
+    with small_disks(32) as mount:
+        disk = mount(os.path.join(cluster.workdir, "node-1"))
+        try:
+            cluster.start_all()
+            cluster.leader()
+            cluster.wait_acks(5)
+            browser.get(node_url(cluster.config, 1, "/"))
+            alarms = lambda: browser.execute_script(ALARMS)  # noqa: E731
+            cluster.wait(lambda: browser.execute_script(PAGE_STATE)["state"] == "ok", 20, "the page to load")
+            assert alarms()["hidden"] is True
+            ballast = take_space(disk, leave=4 * MIB)
+            shown = cluster.wait(lambda: (lambda a: a if not a["hidden"] else None)(alarms()), 15, "the alarm banner")
+            assert shown["names"] == "nospace" and "node 1" in shown["text"] and "disk" in shown["text"]
+            screenshot(browser, tmp_path, "dashboard-nospace.png")
+            os.unlink(ballast)
+            cluster.wait(lambda: alarms()["hidden"], 15, "the alarm banner to go")
+        finally:
+            cluster.stop_all()

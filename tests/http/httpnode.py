@@ -18,8 +18,11 @@ from twisted.internet.testing import StringTransport
 from parkd.config import CameraSettings, Config, Lot, parse_address, Member
 from parkd.db import open_engine
 from parkd.http.metrics import NodeMetrics
+from parkd.http.health import node_readiness
 from parkd.http.site import build_site
 from parkd.node import driver as events
+from parkd.node.alarms import Alarms
+from parkd.node.disk import MIB, DiskMonitor
 from parkd.node.frames import FrameIntake
 from parkd.node.membership import MembershipManager
 from parkd.node.reads import ReadBarrier
@@ -44,7 +47,10 @@ class FakeDriver:
         self.role = Role.FOLLOWER
         self.leader_id: int | None = 1
         self.commit_index = 0
+        self.leader_commit = 0  # the highest commit index a leader told this node
         self.applied_index = 0
+        self.stalled = False  # a write waits for disk space
+        self.failed = False
         self.last_index = 0
         self.match_indexes: dict[int, int] = {}
         self.progress = {}
@@ -121,14 +127,21 @@ class FakeNode:
         self.membership = MembershipManager(self.driver, None, members, self.clock)
         self.reads = ReadBarrier(self.driver, self.clock)
         self.metrics = NodeMetrics(self.driver, self.state, self.peers, self.intake, list(LOTS), clock=self.clock)
+        self.alarms = Alarms(node_id=2)
+        self.free_disk = 10_000 * MIB  # what the disk monitor's free-space function answers
+        self.disk = DiskMonitor("/nonexistent", "/nonexistent/node.db", self.alarms, 256 * MIB, self.driver,
+                                free=lambda _path: self.free_disk)  # fmt: skip
+        self.disk.check()
+        self.metrics.watch_disk(self.disk, self.alarms)
         self.build_site()
         self.index = 0
 
-    def build_site(self):
-        """The HTTP port over this node's parts (again, after a test replaced one)."""
+    def build_site(self, **options):
+        """The HTTP port over this node's parts (again, after a test replaced one; ``options``: e.g. access)."""
         self.site = build_site(
             clock=self.clock, state=self.state, driver=self.driver, membership=self.membership, reads=self.reads,
             metrics=self.metrics, lot_ids=list(LOTS), camera_interval=INTERVAL, registry=self.registry,
+            alarms=self.alarms, readiness=node_readiness(self), **options,
         )  # fmt: skip
 
     # -- the replicated state

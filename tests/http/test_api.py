@@ -182,6 +182,7 @@ def test_cluster_describes_this_nodes_view(node):
             for i in (1, 2, 3)
         ],
         "reactor_lag_ms": 0.0,
+        "alarms": [],
     }  # fmt: skip
     node.core.role, node.core.leader_id = Role.LEADER, 2
     node.core.match_indexes = {1: 1, 2: 1, 3: 0}

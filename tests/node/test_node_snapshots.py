@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
+from twisted.logger import globalLogPublisher
 
 from parkd.config import Member, parse_address
 from parkd.node.snapshots import CompactionPolicy
@@ -61,3 +64,40 @@ def test_7_a_snapshot_records_the_term_and_configuration_of_its_pinned_index(mak
 
     assert snapshots._taken(info) is info  # the core took it: not refused as inconsistent with its log
     assert core.snapshot == info.meta
+
+
+
+def test_a_failed_snapshot_is_tried_again_after_a_pause_not_at_every_applied_batch(make_node):
+    """A copy that fails (here: its directory is gone; on a full disk, every copy) is tried
+    again after RETAKE_AFTER_S, not at every applied batch."""
+    from parkd.node.snapshots import RETAKE_AFTER_S
+
+    node = make_node()
+    node.elect()
+    manager = node.service.snapshots
+    manager.policy = CompactionPolicy(max_entries=1, margin=0)
+    shutil.rmtree(manager.directory)  # every copy fails until the directory is back
+    events = []
+    globalLogPublisher.addObserver(events.append)
+
+    def tries():
+        return len([e for e in events if "taking a snapshot failed" in e.get("log_format", "")])
+
+    try:
+        for seq in range(1, 6):
+            node.submit(seq)
+            node.acknowledge()
+        assert tries() == 1 and manager.latest is None
+        for _ in range(round(RETAKE_AFTER_S / 0.1) - 1):  # the peers keep answering: it stays leader
+            node.run(0.1)
+            node.acknowledge()
+        node.submit(6)
+        node.acknowledge()
+        assert tries() == 1  # not yet
+        node.run(0.1)
+        node.acknowledge()
+        node.submit(7)
+        node.acknowledge()
+        assert tries() == 2
+    finally:
+        globalLogPublisher.removeObserver(events.append)

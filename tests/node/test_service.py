@@ -23,7 +23,7 @@ ME, PEERS = 2, (1, 3)
 class Node:
     """Node 2 of a 3-node config; the test plays its peers and a camera."""
 
-    def __init__(self, tmp_path):
+    def __init__(self, tmp_path, **service_options):
         path = write_config(str(tmp_path / "parkd.toml"), nodes=3, lots={"north": 100},
                             election_timeout_ms=500, heartbeat_ms=50)  # fmt: skip
         self.config = load_config(path)
@@ -32,7 +32,7 @@ class Node:
                   for kind in ("raft", "client", "http")}  # fmt: skip
         self.reactor = MemoryReactorClock()
         settings = NodeSettings(ME, self.config, str(tmp_path / "node-2"), **listen)
-        self.service = NodeService(settings, self.reactor, snapshot_thread=InlineThread())
+        self.service = NodeService(settings, self.reactor, snapshot_thread=InlineThread(), **service_options)
         self.service.startService()
         self.raft_port, self.client_port = (server[1] for server in self.reactor.tcpServers)
         self.peer = self.connect(self.raft_port)
@@ -96,8 +96,8 @@ def make_node(tmp_path):
     """A started Node; stopped afterwards (its snapshot thread pool too)."""
     made = []
 
-    def make():
-        made.append(Node(tmp_path))
+    def make(**service_options):
+        made.append(Node(tmp_path, **service_options))
         return made[-1]
 
     yield make
