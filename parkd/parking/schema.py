@@ -23,7 +23,8 @@ Schema versions:
    seq); ``camera_registry``.  The upgrade puts every existing camera and frame in
    incarnation 0.
 3. Cluster identity (CONTRACT §10): ``cluster_identity`` (one row once the cluster id
-   entry is applied) and ``member_data_dirs`` (each member's data-dir id).  The
+   entry is applied) and ``member_data_dirs`` (each member's data-dir id; a member left out of the configuration keeps its
+   row, ``retired``).  The
    upgrade adds them empty: the leader proposes the cluster id and the members'
    data-dir ids after it (``parkd/node/cluster_identity.py``).
 """
@@ -98,6 +99,9 @@ member_data_dirs = sa.Table(  # the data-dir id each member runs on (no row: not
     sa.Column("node_id", sa.Integer, primary_key=True),
     sa.Column("data_dir_id", sa.Text, nullable=False),  # 32 lowercase hex digits
     sa.Column("log_index", sa.Integer, nullable=False),  # of the entry that recorded it
+    # True once a configuration left the member out (removed, or --force-new-cluster):
+    # that data dir may not come back as the member (it must be wiped and join again).
+    sa.Column("retired", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 applied = sa.Table(
     "applied",

@@ -21,9 +21,10 @@ The NORMAL entries (``parkd/parking/codec.py``):
 * **member data dir** entries, which record the data-dir id a member runs on
   (table ``member_data_dirs``).
 
-CONFIG entries change no parking row but one: a member they leave out of the
-configuration loses its data-dir record (removed, or left out by
-``--force-new-cluster``), so that a node added again under its id is recorded anew.
+CONFIG entries change no parking row but one: the data-dir record of a member they
+leave out of the configuration (removed, or left out by ``--force-new-cluster``) is
+marked ``retired``: that data dir may not come back as the member, and a node added
+again under its id is recorded anew (``parkd/node/cluster_identity.py``).
 
 Deduplication relies on the frame history plus each incarnation's ``trimmed_seq``:
 a frame with ``seq <= trimmed_seq`` is taken as a duplicate of a trimmed frame (with
@@ -106,7 +107,11 @@ _new_data_dir = sqlite_insert(_data_dirs).values(
 _set_data_dir = DriverStatement(
     _new_data_dir.on_conflict_do_update(
         index_elements=[_data_dirs.c.node_id],
-        set_={"data_dir_id": _new_data_dir.excluded.data_dir_id, "log_index": _new_data_dir.excluded.log_index},
+        set_={
+            "data_dir_id": _new_data_dir.excluded.data_dir_id,
+            "log_index": _new_data_dir.excluded.log_index,
+            "retired": sa.false(),
+        },
     )
 )
 assert _get_last_applied.names == () and _set_last_applied.names == ("last",)
@@ -269,7 +274,8 @@ class ParkingState:
                 elif isinstance(segment, _DataDir):
                     _set_data_dir.execute(conn, (segment.node_id, segment.data_dir_id, segment.index))
                 elif isinstance(segment, _Members):
-                    conn.execute(_data_dirs.delete().where(_data_dirs.c.node_id.not_in(sorted(segment.members))))
+                    left_out = _data_dirs.c.node_id.not_in(sorted(segment.members))
+                    conn.execute(_data_dirs.update().where(left_out).values(retired=True))
                 else:
                     batch = Batch(self._capacity, conn, segment)
                     batch.write(conn)
@@ -334,10 +340,12 @@ class ParkingState:
         with storage_errors("reading the cluster id"), self._engine.connect() as conn:
             return conn.scalar(sa.select(_cluster.c.cluster_id).where(_cluster.c.id == 1))
 
-    def member_data_dirs(self) -> dict[int, str]:
-        """``{node_id: data-dir id}`` of the members recorded so far."""
+    def member_data_dirs(self, *, retired: bool = False) -> dict[int, str]:
+        """``{node_id: data-dir id}`` of the members recorded so far (``retired``: of the
+        nodes a configuration left out since, whose data dirs may not come back)."""
+        query = sa.select(_data_dirs.c.node_id, _data_dirs.c.data_dir_id).where(_data_dirs.c.retired == retired)
         with storage_errors("reading the members' data dirs"), self._engine.connect() as conn:
-            return dict(conn.execute(sa.select(_data_dirs.c.node_id, _data_dirs.c.data_dir_id)).all())
+            return dict(conn.execute(query).all())
 
     def replace_cluster_identity(self, cluster_id: str) -> None:
         """Offline only (``parkctl restore``): give this state a new cluster id and forget

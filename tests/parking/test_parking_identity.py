@@ -118,16 +118,22 @@ def test_a_member_data_dir_is_recorded_and_replaced(state):
     assert state.member_data_dirs() == {1: DIR_1, 2: DIR_3}
 
 
-def test_a_config_entry_drops_the_records_of_nodes_it_leaves_out(state):
-    """Removing a member forgets its data dir, so that it can be added again on a new one."""
+def test_a_config_entry_retires_the_records_of_nodes_it_leaves_out(state):
+    """Removing a member retires its data dir (it may not come back as the member); added
+    again on a new data dir, it is recorded anew."""
     state.apply([data_dir_entry(1, 1, DIR_1), data_dir_entry(2, 2, DIR_2), data_dir_entry(3, 3, DIR_3)])
     state.apply([config_entry(4, ConfChangeOp.ADD_LEARNER, 4, (1, 2, 3), (4,)), data_dir_entry(5, 4, DIR_4)])
     assert state.member_data_dirs() == {1: DIR_1, 2: DIR_2, 3: DIR_3, 4: DIR_4}  # a learner keeps its record
     state.apply([config_entry(6, ConfChangeOp.REMOVE, 2, (1, 3), (4,))])
     assert state.member_data_dirs() == {1: DIR_1, 3: DIR_3, 4: DIR_4}
+    assert state.member_data_dirs(retired=True) == {2: DIR_2}
     state.apply([config_entry(7, ConfChangeOp.FORCE, 1, (1,))])  # --force-new-cluster on node 1
     assert state.member_data_dirs() == {1: DIR_1}
-    assert state.last_applied() == 7
+    assert state.member_data_dirs(retired=True) == {2: DIR_2, 3: DIR_3, 4: DIR_4}
+    state.apply([config_entry(8, ConfChangeOp.ADD_LEARNER, 2, (1,), (2,)), data_dir_entry(9, 2, DIR_1.replace("1", "5"))])
+    assert state.member_data_dirs() == {1: DIR_1, 2: DIR_1.replace("1", "5")}
+    assert state.member_data_dirs(retired=True) == {3: DIR_3, 4: DIR_4}
+    assert state.last_applied() == 9
 
 
 def test_a_malformed_identity_entry_is_rejected_like_any_undecodable_entry(state):
