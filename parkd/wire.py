@@ -56,8 +56,9 @@ RAFT_MESSAGES = frozenset(
     }
 )
 
-# Raft port: peers only; no Error message (the peer just reconnects).
-RAFT_PORT = PortRules("raft", RAFT_MESSAGES, answers_with_error=False)
+# Raft port: peers only, a PeerHello first (parkd/node/cluster_identity.py); no Error
+# message (the peer just reconnects).
+RAFT_PORT = PortRules("raft", RAFT_MESSAGES | {"peer_hello"}, answers_with_error=False)
 # Client port, node side: what cameras and tools send.
 CLIENT_PORT = PortRules("client", frozenset({"hello", "submit_frame"}), answers_with_error=True)
 # Client port, camera side: what nodes answer.
