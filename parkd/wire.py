@@ -22,6 +22,10 @@ from parkd.ratelimit import RateLimitedLog
 from parkd.raft import messages
 from parkd.raft.types import Entry, EntryKind
 
+# The raft port's protocol, sent in the PeerHello that opens each raft connection.  Raised
+# when a release sends what the previous one cannot read; nodes refuse a peer of another
+# major version (the number's hundreds): parkd/node/cluster_identity.py.
+PROTOCOL_VERSION = 100
 # How long a peer that was sent an Error gets to read it before we abort.
 CLOSE_GRACE_SECONDS = 5.0
 # An Error's message (and its log line) may quote what the peer sent: keep it short.

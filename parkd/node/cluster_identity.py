@@ -33,15 +33,13 @@ from parkd import __version__
 from parkd.parking.codec import ClusterIdCommand, MemberDataDir, encode_cluster_id, encode_member_data_dir, is_id
 from parkd.proto import parkd_pb2 as pb
 from parkd.raft.core import NotLeader, Role
+from parkd.wire import PROTOCOL_VERSION
 
-# The raft port's protocol.  Raised when a release sends what the previous one cannot
-# read; nodes refuse a peer of another major version (the number's hundreds).
-PROTOCOL_VERSION = 100
 PROPOSE_AGAIN_S = 5.0  # an identity entry proposed but not applied after this is proposed again
 
 
 def compatible(version: int) -> bool:
-    """Whether a peer speaking ``version`` can talk to this node."""
+    """Whether a peer speaking ``version`` can talk to this node (the same major version)."""
     return version // 100 == PROTOCOL_VERSION // 100
 
 
@@ -155,10 +153,12 @@ class ClusterIdentity:
         if self.cluster_id() is None:
             self._propose(("cluster",), lambda: encode_cluster_id(ClusterIdCommand(uuid.uuid4().hex)))
         membership = self.driver.membership
-        recorded = self.state.member_data_dirs()
+        recorded, retired = self.state.member_data_dirs(), self.state.member_data_dirs(retired=True)
         for node in (*membership.voters, *membership.learners):
             presented = self.seen.get(node)
-            if presented is not None and node not in recorded:
+            # A node added again under its id: only a data dir it presented since counts
+            # (the one seen before its removal is retired; its new hello replaces it).
+            if presented is not None and node not in recorded and retired.get(node) != presented:
                 self._propose(("dir", node, presented),
                               lambda n=node, d=presented: encode_member_data_dir(MemberDataDir(n, d)))  # fmt: skip
 

@@ -47,7 +47,7 @@ class PeerConnection(EnvelopeProtocol):
     writable = False
 
     def connectionMade(self) -> None:
-        hello = self.factory.hello
+        hello = getattr(self.factory, "hello", None)
         if hello is not None:  # before any raft message (parkd/node/cluster_identity.py)
             self.sendEnvelope(pb.Envelope(peer_hello=hello()))
         self.writable = True

@@ -198,6 +198,24 @@ def test_the_leader_records_each_members_data_dir_it_sees_and_nothing_for_non_me
     assert [decode_member_data_dir(d) for d in driver.proposed] == [MemberDataDir(4, "4" * 32)]
 
 
+def test_a_member_added_again_is_recorded_with_the_data_dir_it_presents_now_not_its_old_one(state):
+    """The leader saw node 2's old data dir before it was removed; added again on a wiped
+    one, it must not be recorded under the old id before its new hello arrives."""
+    identity, driver, _ = make(state, voters=(1, 2, 3))
+    record(state, (1, DIR_1), (2, DIR_2), (3, DIR_3))
+    assert identity.check_hello(hello(2, DIR_2)) is None
+    removed = confchange.encode(ConfChange(ConfChangeOp.REMOVE, 2, b"", (1, 3), ()))
+    added = confchange.encode(ConfChange(ConfChangeOp.ADD_LEARNER, 2, b"", (1, 3), (2,)))
+    state.apply([entry(state.last_applied() + 1, removed, EntryKind.CONFIG),
+                 entry(state.last_applied() + 2, added, EntryKind.CONFIG)])  # fmt: skip
+    driver.membership = Membership((1, 3), (2,), 9)
+    identity.propose_missing()
+    assert driver.proposed == []
+    assert identity.check_hello(hello(2, DIR_2_NEW)) is None
+    identity.propose_missing()
+    assert [decode_member_data_dir(d) for d in driver.proposed] == [MemberDataDir(2, DIR_2_NEW)]
+
+
 def test_a_follower_proposes_nothing(state):
     identity, driver, _ = make(state, role=Role.FOLLOWER)
     identity.check_hello(hello())
