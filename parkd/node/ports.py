@@ -1,8 +1,8 @@
 """Protocols of the node's raft and client ports.
 
 With TLS (``authenticate``), each port also checks who is on the other end
-(CONTRACT §9): on the raft port every message's sender must be the node its
-certificate names (and the PeerHello that opens the connection must name it too); on the client port a ``camera-<id>`` certificate may say
+(CONTRACT §9): on the raft port every message's sender (and the PeerHello's) must be
+the node its certificate names; on the client port a ``camera-<id>`` certificate may say
 Hello (and send frames) for camera ``<id>`` only, and no other identity may.
 A refusal closes the connection (the client port answers PERMISSION_DENIED
 first) with one log line, rate-limited per port under a flood.
@@ -46,21 +46,21 @@ class RaftPortProtocol(EnvelopeProtocol):
         except BadMessage as e:
             self.reject(pb.Error.MALFORMED, str(e))
             return
-        if self.factory.check_hello is not None and self.hello_from != message.src:
-            if self.hello_from is None:
-                self.reject(pb.Error.PERMISSION_DENIED,
-                            f"{type(message).__name__} from node {message.src} before a PeerHello: "
-                            f"a node of a previous parkd release? (upgrade it)")  # fmt: skip
-            else:
-                self.reject(pb.Error.PERMISSION_DENIED,
-                            f"{type(message).__name__} from node {message.src} on node {self.hello_from}'s connection")  # fmt: skip
-            return
         if self.factory.authenticate:
             peer = peer_identity(self.transport)
             if peer != Identity("node", message.src):
                 self.reject(pb.Error.PERMISSION_DENIED,
                             f"{type(message).__name__} from node {message.src} on a connection of {peer}")  # fmt: skip
                 return
+        if self.factory.check_hello is not None and self.hello_from != message.src:
+            if self.hello_from is None:
+                self.reject(pb.Error.PERMISSION_DENIED,
+                            f"{type(message).__name__} from node {message.src} before a PeerHello: "
+                            f"a node of a previous parkd release? (upgrade it)")  # fmt: skip
+            else:
+                what = f"{type(message).__name__} from node {message.src}"
+                self.reject(pb.Error.PERMISSION_DENIED, f"{what} on node {self.hello_from}'s connection")
+            return
         try:
             self.factory.deliver(message)
         except LogConflictBelowCommit as e:
@@ -77,7 +77,8 @@ class RaftPortProtocol(EnvelopeProtocol):
         if self.factory.authenticate:
             peer = peer_identity(self.transport)
             if peer != Identity("node", hello.node_id):
-                self.reject(pb.Error.PERMISSION_DENIED, f"PeerHello from node {hello.node_id} on a connection of {peer}")
+                what = f"PeerHello from node {hello.node_id}"
+                self.reject(pb.Error.PERMISSION_DENIED, f"{what} on a connection of {peer}")
                 return
         problem = self.factory.check_hello(hello) if self.factory.check_hello is not None else None
         if problem is not None:

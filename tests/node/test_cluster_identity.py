@@ -278,5 +278,6 @@ def test_a_refused_hello_closes_the_connection_with_one_line():
 
 def test_a_message_from_another_node_than_the_hello_named_is_refused():
     proto, transport, delivered, _ = raft_port(lambda h: None)
-    proto.dataReceived(frame_envelope(pb.Envelope(peer_hello=hello(node_id=3))) + frame_envelope(raft_to_envelope(VOTE)))
+    stream = frame_envelope(pb.Envelope(peer_hello=hello(node_id=3))) + frame_envelope(raft_to_envelope(VOTE))
+    proto.dataReceived(stream)
     assert delivered == [] and transport.disconnected

@@ -130,8 +130,9 @@ def test_a_config_entry_retires_the_records_of_nodes_it_leaves_out(state):
     state.apply([config_entry(7, ConfChangeOp.FORCE, 1, (1,))])  # --force-new-cluster on node 1
     assert state.member_data_dirs() == {1: DIR_1}
     assert state.member_data_dirs(retired=True) == {2: DIR_2, 3: DIR_3, 4: DIR_4}
-    state.apply([config_entry(8, ConfChangeOp.ADD_LEARNER, 2, (1,), (2,)), data_dir_entry(9, 2, DIR_1.replace("1", "5"))])
-    assert state.member_data_dirs() == {1: DIR_1, 2: DIR_1.replace("1", "5")}
+    dir_5 = DIR_1.replace("1", "5")
+    state.apply([config_entry(8, ConfChangeOp.ADD_LEARNER, 2, (1,), (2,)), data_dir_entry(9, 2, dir_5)])
+    assert state.member_data_dirs() == {1: DIR_1, 2: dir_5}
     assert state.member_data_dirs(retired=True) == {3: DIR_3, 4: DIR_4}
     assert state.last_applied() == 9
 
