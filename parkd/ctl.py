@@ -28,11 +28,13 @@ import sys
 import time
 from datetime import datetime
 
+from parkd import __version__
 from parkd.config import Address, ConfigError, load_config, parse_address, parse_cluster_addresses
 from parkd.ctl_backup import add_backup_commands, cmd_backup, cmd_restore
 from parkd.ctl_client import DEFAULT_TIMEOUT, ClusterClient, NodeError, Refused
 from parkd.trust import TrustError, https_client_context
 from parkd.trust.cli import add_pki_commands, run_pki
+from parkd.wire import PROTOCOL_VERSION
 
 DEFAULT_CONFIG = os.path.join("etc", "parkd.toml")
 ENV_CLUSTER = "PARKD_CLUSTER"
@@ -159,9 +161,15 @@ def status_document(views: dict[str, dict | NodeError]) -> dict:
         node["match_index"] = match
         node["lag"] = None if match is None or last_index is None else max(0, last_index - match)
         nodes.append(node)
+    data_dirs = {m["id"]: m.get("data_dir") for m in leader["members"]} if leader else {}
+    for node in nodes:
+        node["data_dir"] = data_dirs.get(node["id"])  # the leader's view: "ok", "changed", "unknown"
+    ids = {v.get("cluster_id") for v in answered.values()} - {None}
     return {
         "leader_id": leader["node_id"] if leader else None,
         "term": max((v["term"] for v in answered.values()), default=None),
+        "cluster_id": (leader or {}).get("cluster_id") or (min(ids) if ids else None),
+        "cluster_ids": sorted(ids),  # more than one: nodes of different clusters answered
         "nodes": nodes,
     }
 
@@ -186,10 +194,17 @@ def cmd_status(args, cluster: ClusterClient, out) -> int:
         else:
             rows.append([n["id"], n["http"], f"down ({n['error']})", None, None, None, None, None])
     print(table(["NODE", "HTTP", "ROLE", "TERM", "COMMIT", "APPLIED", "MATCH", "LAG"], rows), file=out)
+    for n in doc["nodes"]:
+        if n.get("data_dir") == "changed":
+            print(f"node {n['id']} came back with a new data dir: the cluster refuses it; "
+                  f"see README \"Disaster recovery\"", file=out)  # fmt: skip
     if doc["leader_id"] is None:
         print("leader: none known (an election is under way or a majority is down)", file=out)
     else:
         print(f"leader: node {doc['leader_id']}, term {doc['term']}", file=out)
+    print(f"cluster: {doc['cluster_id'] or 'id not known yet'}"
+          + (f" (nodes answered for clusters {', '.join(doc['cluster_ids'])})" if len(doc["cluster_ids"]) > 1 else ""),
+          file=out)  # fmt: skip
     return EXIT_OK
 
 
@@ -288,6 +303,7 @@ def parser() -> argparse.ArgumentParser:
         "Exit status: 0 ok, 1 refused or unreachable, 2 usage error.",
     )
     _common(top, suppress=False)
+    top.add_argument("--version", action="version", version=f"parkctl {__version__} (raft protocol {PROTOCOL_VERSION})")
     sub = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     helps = {

@@ -52,6 +52,7 @@ class NodeSettings:
     listen_http: str
     log_json: str | None = None
     join: bool = False  # start as a non-member and wait to be added (parkctl add-node)
+    force_new_cluster: bool = False  # become the only voter of the cluster from this data dir (CONTRACT §10)
 
 
 class _ConfigOptions(usage.Options):
@@ -114,6 +115,9 @@ class NodeOptions(_ConfigOptions):
                        "leader once added (`parkctl add-node`). The config lists the cluster's current members "
                        "(at least the leader) so this node can answer it; without a [[node]] entry of its own "
                        "give --listen-raft/--listen-client/--listen-http."],
+        ["force-new-cluster", None, "Disaster recovery when a majority is lost for good: this node becomes the only "
+                                    "voter of its cluster, keeping its data dir (log, state, cluster id); then add "
+                                    "fresh nodes with `parkctl add-node`. See README \"Disaster recovery\"."],
     ]
 
     def build(self) -> NodeSettings:
@@ -123,6 +127,8 @@ class NodeOptions(_ConfigOptions):
         config = self.load()
         config.check_secure()
         join = bool(self["join"])
+        if join and self["force-new-cluster"]:
+            raise ConfigError("--force-new-cluster and --join: a node either joins a cluster or recovers one")
         if join and node_id not in {m.id for m in config.members}:
             missing = [f for f in ("listen-raft", "listen-client", "listen-http") if not self[f]]
             if missing:
@@ -142,6 +148,7 @@ class NodeOptions(_ConfigOptions):
             listen_http=check_endpoint(self["listen-http"] or me.http.endpoint(), "--listen-http"),
             log_json=self["log-json"],
             join=join,
+            force_new_cluster=bool(self["force-new-cluster"]),
         )
 
 

@@ -22,6 +22,10 @@ from parkd.ratelimit import RateLimitedLog
 from parkd.raft import messages
 from parkd.raft.types import Entry, EntryKind
 
+# The raft port's protocol, sent in the PeerHello that opens each raft connection.  Raised
+# when a release sends what the previous one cannot read; nodes refuse a peer of another
+# major version (the number's hundreds): parkd/node/cluster_identity.py.
+PROTOCOL_VERSION = 100
 # How long a peer that was sent an Error gets to read it before we abort.
 CLOSE_GRACE_SECONDS = 5.0
 # An Error's message (and its log line) may quote what the peer sent: keep it short.
@@ -56,8 +60,9 @@ RAFT_MESSAGES = frozenset(
     }
 )
 
-# Raft port: peers only; no Error message (the peer just reconnects).
-RAFT_PORT = PortRules("raft", RAFT_MESSAGES, answers_with_error=False)
+# Raft port: peers only, a PeerHello first (parkd/node/cluster_identity.py); no Error
+# message (the peer just reconnects).
+RAFT_PORT = PortRules("raft", RAFT_MESSAGES | {"peer_hello"}, answers_with_error=False)
 # Client port, node side: what cameras and tools send.
 CLIENT_PORT = PortRules("client", frozenset({"hello", "submit_frame"}), answers_with_error=True)
 # Client port, camera side: what nodes answer.

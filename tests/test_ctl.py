@@ -211,8 +211,10 @@ def test_status_json(nodes):
     assert json.loads(out) == {
         "leader_id": None,
         "term": 9,
+        "cluster_id": None,
+        "cluster_ids": [],
         "nodes": [{"id": 1, "http": a.address, "reachable": True, "role": "candidate", "term": 9, "leader_id": None,
-                   "commit_index": 50, "last_applied": 50, "match_index": None, "lag": None}],
+                   "commit_index": 50, "last_applied": 50, "match_index": None, "lag": None, "data_dir": None}],
     }  # fmt: skip
 
 
@@ -220,7 +222,36 @@ def test_status_without_leader_says_so(nodes):
     (a,) = nodes(1)
     a.routes["/api/v1/cluster"] = (200, view(1, "candidate", None, {1: a.address}))
     code, out, _ = run("--cluster", a.address, "status")
-    assert code == 0 and out.splitlines()[-1].startswith("leader: none known")
+    assert code == 0 and out.splitlines()[-2].startswith("leader: none known")
+    assert out.splitlines()[-1] == "cluster: id not known yet"
+
+
+def test_status_shows_the_cluster_id_and_a_member_back_with_a_new_data_dir(nodes):
+    """CONTRACT §10: the cluster id in ``parkctl status``; the leader's view of each data dir."""
+    a, b = nodes(2)
+    leader = view(1, "leader", 1, {1: a.address, 2: b.address})
+    leader["cluster_id"] = "c" * 32
+    leader["members"][1]["data_dir"] = "changed"
+    a.routes["/api/v1/cluster"] = (200, leader)
+    b.routes["/api/v1/cluster"] = (200, {**view(2, "follower", None, {1: a.address, 2: b.address}),
+                                         "cluster_id": None})  # fmt: skip
+    code, out, _ = run("--cluster", f"{a.address},{b.address}", "status")
+    assert code == 0
+    assert "node 2 came back with a new data dir: the cluster refuses it" in out
+    assert out.splitlines()[-1] == "cluster: " + "c" * 32
+    b.routes["/api/v1/cluster"] = (200, {**view(2, "leader", 2, {2: b.address}, term=3), "cluster_id": "d" * 32})
+    code, out, _ = run("--cluster", f"{a.address},{b.address}", "status")
+    assert out.splitlines()[-1] == f"cluster: {'c' * 32} (nodes answered for clusters {'c' * 32}, {'d' * 32})"
+
+
+def test_version_names_the_package_and_the_raft_protocol(capsys):
+    from parkd import __version__
+    from parkd.wire import PROTOCOL_VERSION
+
+    with pytest.raises(SystemExit) as exit_:
+        ctl.main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"parkctl {__version__} (raft protocol {PROTOCOL_VERSION})\n"
 
 
 def test_status_with_no_node_up_is_exit_1():

@@ -135,8 +135,10 @@ class Api:
 
     def __init__(self, state, cluster: ClusterStatus, members: Callable[[], list[dict]], clock,
                  lot_ids: tuple[str, ...], camera_interval: float,
-                 reactor_lag: Callable[[], float] = lambda: 0.0, alarms: Callable[[], list[str]] = list):  # fmt: skip
+                 reactor_lag: Callable[[], float] = lambda: 0.0, alarms: Callable[[], list[str]] = list,
+                 identity=None):  # fmt: skip
         self.state = state
+        self.identity = identity  # the node's ClusterIdentity (cluster id, versions, data dirs, standing)
         self.alarms = alarms  # the names of the alarms raised on this node (CONTRACT §10)
         self.reactor_lag = reactor_lag  # the worst lag of the last 10 s, seconds
         self.status = cluster
@@ -208,7 +210,22 @@ class Api:
             "members": self.members(),
             "reactor_lag_ms": round(self.reactor_lag() * 1000, 1),
             "alarms": self.alarms(),
+            **self._identity_fields(),
         }
+
+    def _identity_fields(self) -> dict:
+        """Cluster id, versions, and per member whether its data dir is the one recorded (CONTRACT §10)."""
+        identity = self.identity
+        if identity is None:
+            return {}
+        members = self.members()
+        for member in members:
+            member["data_dir"] = identity.data_dir_status(member["id"])
+        return {**identity.describe(), "members": members, "standing": identity.standing()}
+
+    def standing(self) -> str | None:
+        """Why this node may not answer ``consistency=local`` reads as a member (None: it may)."""
+        return self.identity.standing() if self.identity is not None else None
 
     # -- helpers
 
@@ -262,6 +279,9 @@ class ApiResource(JsonResource):
             answer, consistency = self._route(request)
         except ApiError as e:
             return error_response(request, e)
+        if consistency == "local" and (why := self.api.standing()) is not None:
+            self.on_read("local", "unavailable", 0.0)
+            return error_response(request, ApiError(503, f"no local reads: {why}"))
         if consistency is None or consistency == "local":
             if consistency == "local":
                 self.on_read("local", "ok", 0.0)

@@ -9,7 +9,9 @@ every one passes, else 503:
 - ``applied``: the node has applied to within ``ready_lag`` entries of the
   highest commit index it knows, the leader's (a follower learns it from the
   leader's appends and heartbeats: ``leader_commit - applied_index <= ready_lag``);
-- ``alarms``: no alarm is raised (the list of raised alarms' names).
+- ``alarms``: no alarm is raised (the list of raised alarms' names);
+- ``standing``: the node is a member in good standing (``NodeService.standing()``:
+  not a brand-new data dir that no leader has given the cluster's state yet).
 
 Both answer ``{"ok": bool, "checks": {name: detail, ...}}`` (``/readyz`` also
 ``"failing"``: the names of the checks that failed) and need no client
@@ -63,6 +65,14 @@ def alarms_check(alarms) -> Callable[[], Check]:
     return check
 
 
+def standing_check(standing: Callable[[], str | None]) -> Callable[[], Check]:
+    def check() -> Check:
+        why = standing()
+        return Check("standing", why is None, {"ok": why is None, "reason": why})
+
+    return check
+
+
 class Readiness:
     """``/readyz``: every check must pass.  A check is a function returning a :class:`Check`."""
 
@@ -81,6 +91,7 @@ def node_readiness(node) -> Readiness:
         leader_check(node.driver),
         applied_check(node.driver, node.settings.config.cluster.ready_lag),
         alarms_check(node.alarms),
+        standing_check(node.standing),
     )
 
 

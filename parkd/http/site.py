@@ -106,14 +106,15 @@ def web_dir() -> str:
 
 def build_site(*, clock, state, driver, membership, reads, metrics: NodeMetrics, lot_ids, camera_interval,
                alarms, readiness: Readiness, access: Access = Access(), registry=None,
-               backups=None) -> server.Site:  # fmt: skip
+               backups=None, identity=None) -> server.Site:  # fmt: skip
     """The HTTP port over a node's parts: ``state`` (ParkingState), ``driver`` (Raft
     status), ``membership`` (members and admin operations), ``reads`` (ReadBarrier),
     ``alarms`` (the node's Alarms), ``readiness`` (``/readyz``'s checks), ``registry``
-    (the camera registry's admin operations), ``backups`` (BackupTaker); ``access``
-    says who may read and who may administer."""
+    (the camera registry's admin operations), ``backups`` (BackupTaker), ``identity``
+    (the ClusterIdentity: cluster id, versions, data dirs, standing); ``access`` says
+    who may read and who may administer."""
     api = Api(state, driver, membership.members, clock, tuple(lot_ids), camera_interval, metrics.reactor_lag.recent_max,
-              alarms=alarms.active)  # fmt: skip
+              alarms=alarms.active, identity=identity)  # fmt: skip
     directory = web_dir()
     root = Root(directory, access)
     root.putChild(b"livez", HealthResource(liveness(driver, metrics.reactor_lag.recent_max)))
@@ -151,7 +152,7 @@ class HttpService(service.Service):
             clock=node.reactor, state=state, driver=node.driver, membership=node.membership, reads=node.reads,
             metrics=self.metrics, lot_ids=lot_ids, camera_interval=config.camera.interval, access=access,
             registry=node.registry, backups=node.backups,
-            alarms=node.alarms, readiness=node_readiness(node),
+            alarms=node.alarms, readiness=node_readiness(node), identity=node.identity,
         )  # fmt: skip
         listening = site if trust is None else trust.server(site, "https", clients="optional")
         self.port = listen_now(node.reactor, self.listen, listening, "http port")

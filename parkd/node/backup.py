@@ -52,17 +52,6 @@ class BackupNoSpace(Exception):
     """The node's ``nospace`` alarm is raised: the copy would take the space its log needs."""
 
 
-def cluster_id_of(state) -> str:
-    """The cluster id the applied state holds, or "" while it has none.
-
-    TODO(cluster-id): the cluster-id work adds ``ParkingState.cluster_id()``; until
-    it is merged here the state has no such method.  Once merged this is
-    ``return state.cluster_id() or ""``.
-    """
-    method = getattr(state, "cluster_id", None)
-    return (method() or "") if method is not None else ""
-
-
 @implementer(IPushProducer)
 class ChunkProducer:
     """Writes the chunks of an iterator into a consumer, one chunk per reactor turn (a push producer).
@@ -250,7 +239,7 @@ class BackupTaker:
             os.unlink(path)
             raise
         created_at, node_id = self.clock.seconds(), self.driver.node_id
-        cluster_id = cluster_id_of(self.store.state)
+        cluster_id = self.store.state.cluster_id() or ""
 
         def copy() -> Backup:  # on the backup thread
             try:

@@ -340,6 +340,12 @@ class RaftDriver:
         self._schedule()
         return index
 
+    def force_new_configuration(self) -> int:
+        """``--force-new-cluster``: this node becomes the only voter; the CONFIG entry's index.  See RaftCore."""
+        index = self._core.force_new_configuration()
+        self._schedule()
+        return index
+
     def read_index(self, ctx: int) -> None:
         self._core.read_index(ctx)
         self._schedule()

@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from parkd.config import Member
+from parkd.proto import parkd_pb2 as pb
 from parkd.raft.messages import Message, Propose
 from parkd.trust import Identity, Trust
 from parkd.wire import RAFT_PORT, EnvelopeFactory, EnvelopeProtocol, raft_to_envelope
@@ -46,6 +47,9 @@ class PeerConnection(EnvelopeProtocol):
     writable = False
 
     def connectionMade(self) -> None:
+        hello = getattr(self.factory, "hello", None)
+        if hello is not None:  # before any raft message (parkd/node/cluster_identity.py)
+            self.sendEnvelope(pb.Envelope(peer_hello=hello()))
         self.writable = True
         self.transport.registerProducer(self, True)
         self.factory.link.connected(self)
@@ -156,8 +160,10 @@ class PeerService(service.MultiService):
         resolve: Callable[[int], Member | None] | None = None,
         on_lost: Callable[[int], None] | None = None,
         trust: Trust | None = None,
+        hello: Callable[[], pb.PeerHello] | None = None,
     ):
         super().__init__()
+        self.hello = hello  # the PeerHello each connection opens with (None: none is sent)
         self.node_id = node_id
         self.reactor = reactor
         self.max_message_bytes = max_message_bytes
@@ -192,6 +198,7 @@ class PeerService(service.MultiService):
         factory = EnvelopeFactory(self.reactor, self.max_message_bytes)
         factory.protocol = PeerConnection
         factory.link = link
+        factory.hello = self.hello
         endpoint = HostnameEndpoint(self.reactor, member.raft.host, member.raft.port, timeout=2)
         if self.trust is not None:
             endpoint = self.trust.client_endpoint(endpoint, f"peer {member.id}", expect=Identity("node", member.id))

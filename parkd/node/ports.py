@@ -1,11 +1,15 @@
 """Protocols of the node's raft and client ports.
 
 With TLS (``authenticate``), each port also checks who is on the other end
-(CONTRACT §9): on the raft port every message's sender must be the node its
-certificate names; on the client port a ``camera-<id>`` certificate may say
+(CONTRACT §9): on the raft port every message's sender (and the PeerHello's) must be
+the node its certificate names; on the client port a ``camera-<id>`` certificate may say
 Hello (and send frames) for camera ``<id>`` only, and no other identity may.
 A refusal closes the connection (the client port answers PERMISSION_DENIED
 first) with one log line, rate-limited per port under a flood.
+
+A node's raft port (``check_hello`` given) wants a PeerHello before any raft
+message and asks ``check_hello`` whether the connection may go on (protocol
+version, cluster id, data dir: ``parkd/node/cluster_identity.py``).
 """
 
 from __future__ import annotations
@@ -30,8 +34,12 @@ class RaftPortProtocol(EnvelopeProtocol):
     """Inbound peer connection: one-way Raft messages handed to the factory."""
 
     rules = RAFT_PORT
+    hello_from: int | None = None  # the node id of the accepted PeerHello
 
     def envelopeReceived(self, kind, body) -> None:
+        if kind == "peer_hello":
+            self._hello(body)
+            return
         try:
             message = raft_from_envelope(kind, body)
             check_raft_message(message)
@@ -44,6 +52,15 @@ class RaftPortProtocol(EnvelopeProtocol):
                 self.reject(pb.Error.PERMISSION_DENIED,
                             f"{type(message).__name__} from node {message.src} on a connection of {peer}")  # fmt: skip
                 return
+        if self.factory.check_hello is not None and self.hello_from != message.src:
+            if self.hello_from is None:
+                self.reject(pb.Error.PERMISSION_DENIED,
+                            f"{type(message).__name__} from node {message.src} before a PeerHello: "
+                            f"a node of a previous parkd release? (upgrade it)")  # fmt: skip
+            else:
+                what = f"{type(message).__name__} from node {message.src}"
+                self.reject(pb.Error.PERMISSION_DENIED, f"{what} on node {self.hello_from}'s connection")
+            return
         try:
             self.factory.deliver(message)
         except LogConflictBelowCommit as e:
@@ -53,14 +70,33 @@ class RaftPortProtocol(EnvelopeProtocol):
             what = f"{type(message).__name__} from node {message.src}"
             self.reject(pb.Error.MALFORMED, f"{what} would rewrite committed entries: {e}")
 
+    def _hello(self, hello) -> None:
+        if self.hello_from is not None:
+            self.reject(pb.Error.NOT_ALLOWED, f"a second PeerHello (from node {hello.node_id}) on one connection")
+            return
+        if self.factory.authenticate:
+            peer = peer_identity(self.transport)
+            if peer != Identity("node", hello.node_id):
+                what = f"PeerHello from node {hello.node_id}"
+                self.reject(pb.Error.PERMISSION_DENIED, f"{what} on a connection of {peer}")
+                return
+        problem = self.factory.check_hello(hello) if self.factory.check_hello is not None else None
+        if problem is not None:
+            self.reject(pb.Error.PERMISSION_DENIED, problem)
+            return
+        self.hello_from = hello.node_id
+
 
 class RaftPortFactory(EnvelopeFactory):
     protocol = RaftPortProtocol
 
-    def __init__(self, clock, max_length, deliver=None, authenticate: bool = False):
+    def __init__(self, clock, max_length, deliver=None, authenticate: bool = False, check_hello=None):
         super().__init__(clock, max_length)
         self.deliver = deliver or (lambda message: None)
         self.authenticate = authenticate  # TLS: messages must come from the node the certificate names
+        # PeerHello -> None, or why the connection is refused (ClusterIdentity.check_hello).
+        # None: no PeerHello is needed (tests of the port's other rules).
+        self.check_hello = check_hello
 
 
 class ClientPortProtocol(EnvelopeProtocol):

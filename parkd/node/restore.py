@@ -59,19 +59,6 @@ class Restored:
     backup_sha256: str
 
 
-def set_cluster_id(state: ParkingState, cluster_id: str) -> None:
-    """Give the restored state its new cluster id (offline).
-
-    TODO(cluster-id): ``ParkingState.replace_cluster_identity`` comes with the
-    cluster-id work (branch wp-ident); until it is merged here the state has no
-    cluster id to replace.  Once merged this is
-    ``state.replace_cluster_identity(cluster_id)``.
-    """
-    replace = getattr(state, "replace_cluster_identity", None)
-    if replace is not None:
-        replace(cluster_id)
-
-
 def check_target(config: Config, node_id: int, data_dir: str) -> None:
     """The refusals that need no reading of the backup: RestoreError, nothing written."""
     ids = [m.id for m in config.members]
@@ -121,7 +108,7 @@ def _build(backup_path, config: Config, node_id: int, work: str, progress) -> Re
         SqliteStorage(engine)
         state = ParkingState(engine, {lot.id: lot.capacity for lot in config.lots})
         restore_snapshot(engine, payload, lambda conn: install_snapshot_in(conn, meta))
-        set_cluster_id(state, cluster_id)
+        state.replace_cluster_identity(cluster_id)
     except (SnapshotError, StorageError, ValueError) as e:
         raise RestoreError(f"{backup_path}: its state cannot be restored: {e}") from None
     finally:

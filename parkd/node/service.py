@@ -4,6 +4,9 @@
 builds, each with only what it needs:
 
 - the **driver** (``driver.py``), the only door into the Raft core;
+- the **cluster identity** (``cluster_identity.py``): this data dir's id
+  (``identity.py``), the PeerHello each raft connection opens with and the raft
+  port's checks of it, the leader's identity proposals, the node's standing;
 - the **peer links** (``peers.py``) and the node's routing of Raft messages:
   snapshot transfers to the snapshot manager, everything else to the driver;
 - **membership** (``membership.py``): address book, links, admin operations;
@@ -36,16 +39,19 @@ from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from parkd import __version__
 from parkd.config import ConfigError
 from parkd.daemon import fail_on_config_error, listen_now, raise_file_limit
 from parkd.db import StorageError, open_engine
 from parkd.events import FRAME_EVENTS
 from parkd.node.alarms import Alarms
 from parkd.node.backup import BackupTaker
+from parkd.node.cluster_identity import PROTOCOL_VERSION, ClusterIdentity
 from parkd.node.disk import CHECK_INTERVAL_S, MIB, DiskMonitor, free_bytes
 from parkd.node.driver import RaftDriver
 from parkd.node.frames import FrameIntake
 from parkd.node.housekeeping import Housekeeping
+from parkd.node.identity import DataDirIdentity
 from parkd.node.membership import MembershipManager
 from parkd.node.peers import PeerService
 from parkd.node.ports import ClientPortFactory, RaftPortFactory
@@ -62,6 +68,7 @@ from parkd.raft.storage import SqliteStorage
 from parkd.raft.types import PersistedState, SnapshotMeta
 from parkd.trust import Identity, Trust, TrustError, TrustFiles
 
+IDENTITY_INTERVAL_S = 0.5  # how often the leader checks for identity entries to propose
 SUMMARY_INTERVAL_S = 10.0  # how often the text log sums up the frames applied
 
 
@@ -95,6 +102,7 @@ class Store:
     state: ParkingState
     persisted: PersistedState
     applied: int
+    data_dir: DataDirIdentity
 
     def close(self) -> None:
         self.engine.dispose()
@@ -109,7 +117,8 @@ def open_store(data_dir: str, lots: dict[str, int]) -> Store:
         storage = SqliteStorage(engine)
         state = ParkingState(engine, lots)
         ensure_retention_index(engine)
-        return Store(path, engine, storage, state, storage.load(), state.last_applied())
+        data_dir = DataDirIdentity.load_or_create(engine)
+        return Store(path, engine, storage, state, storage.load(), state.last_applied(), data_dir)
     except StorageError as e:
         if engine is not None:
             engine.dispose()
@@ -159,10 +168,11 @@ class NodeService(service.Service):
         self.trust = self._build_trust()
         self.store = store = open_store(s.data_dir, lots)
         self.driver = self._build_driver(store)
+        self.identity = ClusterIdentity(s.node_id, store.data_dir, store.state, self.driver, self.reactor)
         self.peers = PeerService(
             s.node_id, (), self.reactor, config.cluster.max_message_bytes,
             resolve=lambda node_id: self.membership.address(node_id), on_lost=self.driver.peer_unreachable,
-            trust=self.trust,
+            trust=self.trust, hello=self.identity.hello,
         )  # fmt: skip
         self.membership = self._build_membership(store)
         self.snapshots = self._build_snapshots(store)
@@ -177,9 +187,11 @@ class NodeService(service.Service):
             self._every(config.cluster.retention_interval, self._propose_retention),
             self._every(SUMMARY_INTERVAL_S, self._summary),
             self._every(CHECK_INTERVAL_S, self.disk.check),
+            self._every(IDENTITY_INTERVAL_S, self.identity.propose_missing),
         ]
         size, tls = config.cluster.max_message_bytes, self.trust is not None
-        raft_port = RaftPortFactory(self.reactor, size, self._deliver, authenticate=tls)
+        raft_port = RaftPortFactory(self.reactor, size, self._deliver, authenticate=tls,
+                                    check_hello=self.identity.check_hello)  # fmt: skip
         self.client_port = ClientPortFactory(self.reactor, size, self.intake, authenticate=tls)
         self.registry.when_disabled(self.client_port.close_disabled)
         self.ports = [
@@ -191,17 +203,37 @@ class NodeService(service.Service):
         self.backups.start()
         self.peers.startService()
         self.driver.start()
+        if s.force_new_cluster:
+            self._force_new_cluster()
         for loop, interval in self._loops:
             loop.start(interval, now=False)
         self.housekeeping.start()
         self._summarised = FRAME_EVENTS.emitted
         persisted = store.persisted
         self.log.info(
-            "node {node_id} started: raft={raft} client={client} data={data_dir}; "
+            "node {node_id} started: parkd {version} (raft protocol {protocol}), cluster {cluster_id}, "
+            "data dir {data_dir_id}{new}; raft={raft} client={client} data={data_dir}; "
             "term {term}, {entries} log entries, applied {applied}",
             node_id=s.node_id, raft=s.listen_raft, client=s.listen_client, data_dir=s.data_dir,
             term=persisted.hard_state.term, entries=len(persisted.entries), applied=store.applied,
+            version=__version__, protocol=PROTOCOL_VERSION, cluster_id=self.identity.cluster_id() or "(not known yet)",
+            data_dir_id=store.data_dir.data_dir_id, new=" (new)" if store.data_dir.created else "",
         )  # fmt: skip
+
+    def _force_new_cluster(self) -> None:
+        """``--force-new-cluster``: this node becomes the only voter of its cluster (CONTRACT §10)."""
+        index = self.driver.force_new_configuration()
+        self.log.critical(
+            "--force-new-cluster: node {node_id} is now the only voter of cluster {cluster_id} (configuration "
+            "entry {index}), from its own data dir; every other member is out. Add fresh nodes with "
+            "parkctl add-node; see README \"Disaster recovery\"",
+            parkd_event="cluster_forced", node_id=self.settings.node_id, index=index,
+            cluster_id=self.identity.cluster_id() or "(not known yet)",
+        )  # fmt: skip
+
+    def standing(self) -> str | None:
+        """Why this node is not a member in good standing, or None (``/readyz``, local reads)."""
+        return self.identity.standing() if self.driver is not None else "the node has not started"
 
     # ------------------------------------------------------------ building
 

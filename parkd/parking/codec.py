@@ -1,4 +1,4 @@
-"""The data of the parking state's Raft entries: frame results, retention and registry commands.
+"""The data of the parking state's Raft entries: frame results and the commands between them.
 
 A frame result is the analysed RESULT, never the payload: a fixed little-endian
 header (version, camera_id, [incarnation,] seq, captured_at, free) followed by the
@@ -10,12 +10,14 @@ of incarnation 0 is still written as VERSION 1, so that a node of the previous
 release in the same cluster (a rolling upgrade) reads it.
 
 The other entries start with a tag byte that no frame result uses: retention
-(``R``) and camera registry (``C``) commands.
+(``R``), camera registry (``C``), cluster id (``I``) and member data dir (``D``)
+commands.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import struct
 from dataclasses import dataclass
 
@@ -144,3 +146,80 @@ def decode_registry(data: bytes) -> RegistryCommand:
     if enabled not in (0, 1) or camera_id == 0:
         raise CodecError(f"camera registry command with enabled={enabled}, camera id {camera_id}")
     return RegistryCommand(camera_id, bool(enabled))
+
+
+# -- cluster identity entries -------------------------------------------------------------
+#
+# The cluster id (CONTRACT §10 "Cluster id") and each member's data-dir id are replicated
+# state, so that every node, snapshot and backup holds the same ones: the leader proposes
+# them (parkd/node/cluster_identity.py).  Both are 128-bit random ids, written as 32
+# lowercase hex digits (uuid4().hex) and carried as 16 bytes.  Tagged like the others; a
+# node that predates them rejects the entry as an undecodable frame.
+
+CLUSTER_ID_TAG = 0x49  # "I"
+MEMBER_DATA_DIR_TAG = 0x44  # "D"
+_CLUSTER_ID = struct.Struct("<B16s")  # tag, cluster id
+_MEMBER_DATA_DIR = struct.Struct("<BI16s")  # tag, node id, data-dir id
+_ID_TEXT = re.compile(r"[0-9a-f]{32}")
+
+
+def is_id(text: object) -> bool:
+    """Whether ``text`` is a cluster or data-dir id as written: 32 lowercase hex digits."""
+    return isinstance(text, str) and _ID_TEXT.fullmatch(text) is not None
+
+
+def _id_bytes(text: str, what: str) -> bytes:
+    if not is_id(text):
+        raise CodecError(f"{what} {text!r} is not 32 lowercase hex digits")
+    return bytes.fromhex(text)
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterIdCommand:
+    """The cluster's id; the first one applied stays (later ones change nothing)."""
+
+    cluster_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class MemberDataDir:
+    """Member ``node_id`` runs on the data dir ``data_dir_id`` (until it is removed)."""
+
+    node_id: int
+    data_dir_id: str
+
+
+def encode_cluster_id(command: ClusterIdCommand) -> bytes:
+    return _CLUSTER_ID.pack(CLUSTER_ID_TAG, _id_bytes(command.cluster_id, "cluster id"))
+
+
+def is_cluster_id(data: bytes) -> bool:
+    """Whether entry data is a cluster id command (checked before :func:`decode`)."""
+    return data[:1] == bytes((CLUSTER_ID_TAG,))
+
+
+def decode_cluster_id(data: bytes) -> ClusterIdCommand:
+    if len(data) != _CLUSTER_ID.size or data[0] != CLUSTER_ID_TAG:
+        raise CodecError(f"not a cluster id command ({len(data)} bytes)")
+    _, raw = _CLUSTER_ID.unpack(data)
+    return ClusterIdCommand(raw.hex())
+
+
+def encode_member_data_dir(command: MemberDataDir) -> bytes:
+    if not 1 <= command.node_id <= 0xFFFFFFFF:
+        raise CodecError(f"node id {command.node_id} is outside 1..{0xFFFFFFFF}")
+    return _MEMBER_DATA_DIR.pack(MEMBER_DATA_DIR_TAG, command.node_id, _id_bytes(command.data_dir_id, "data-dir id"))
+
+
+def is_member_data_dir(data: bytes) -> bool:
+    """Whether entry data is a member data dir command (checked before :func:`decode`)."""
+    return data[:1] == bytes((MEMBER_DATA_DIR_TAG,))
+
+
+def decode_member_data_dir(data: bytes) -> MemberDataDir:
+    if len(data) != _MEMBER_DATA_DIR.size or data[0] != MEMBER_DATA_DIR_TAG:
+        raise CodecError(f"not a member data dir command ({len(data)} bytes)")
+    _, node_id, raw = _MEMBER_DATA_DIR.unpack(data)
+    if node_id == 0:
+        raise CodecError("member data dir command for node 0")
+    return MemberDataDir(node_id, raw.hex())

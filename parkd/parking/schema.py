@@ -1,8 +1,9 @@
 """The parking state's tables, their schema version and upgraders (component ``parking``).
 
 ``lots``, ``cameras``, ``incarnations``, ``frames``, ``lot_buckets``,
-``retention_cuts``, ``camera_registry`` and ``applied`` live in the node's database
-next to Raft's tables; a snapshot copies exactly these (:func:`snapshot_tables`).  A change to them raises
+``retention_cuts``, ``camera_registry``, ``cluster_identity``, ``member_data_dirs``
+and ``applied`` live in the node's database next to Raft's tables; a snapshot copies
+exactly these (:func:`snapshot_tables`).  A change to them raises
 :data:`PARKING_SCHEMA_VERSION` and comes with an upgrader in :data:`UPGRADERS`
 (run by ``parkd.db.ensure_schema``, and on old snapshot files by
 ``parkd/parking/snapshot.py``) tested on a database made by the previous code.
@@ -27,6 +28,11 @@ Schema versions:
    and ``retention_cuts`` (retention entries applied whose rows are still being
    deleted in bounded batches: ``parkd/parking/retention.py``).  The upgrade builds
    the buckets from the frames the database holds (:func:`build_buckets`).
+4. Cluster identity (CONTRACT §10): ``cluster_identity`` (one row once the cluster id
+   entry is applied) and ``member_data_dirs`` (each member's data-dir id; a member left out of the configuration keeps its
+   row, ``retired``).  The
+   upgrade adds them empty: the leader proposes the cluster id and the members'
+   data-dir ids after it (``parkd/node/cluster_identity.py``).
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ import sqlalchemy as sa
 
 from parkd.db import u64_from_sqlite, u64_to_sqlite
 
-PARKING_SCHEMA_VERSION = 3
+PARKING_SCHEMA_VERSION = 4
 
 # A lot's trend is kept in buckets of these widths (seconds), finest first; /history reads
 # the coarsest one no wider than its step (parkd/parking/history.py).
@@ -118,6 +124,23 @@ camera_registry = sa.Table(  # cameras an operator disabled or enabled (no row: 
     sa.Column("enabled", sa.Boolean, nullable=False),
     sa.Column("log_index", sa.Integer, nullable=False),  # of the registry entry that set it
 )
+cluster_identity = sa.Table(  # the cluster id: one row (id 1) once its entry is applied
+    "cluster_identity",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),  # always 1
+    sa.Column("cluster_id", sa.Text, nullable=False),  # 32 lowercase hex digits
+    sa.Column("log_index", sa.Integer, nullable=False),  # of the entry that set it
+)
+member_data_dirs = sa.Table(  # the data-dir id each member runs on (no row: not recorded yet)
+    "member_data_dirs",
+    metadata,
+    sa.Column("node_id", sa.Integer, primary_key=True),
+    sa.Column("data_dir_id", sa.Text, nullable=False),  # 32 lowercase hex digits
+    sa.Column("log_index", sa.Integer, nullable=False),  # of the entry that recorded it
+    # True once a configuration left the member out (removed, or --force-new-cluster):
+    # that data dir may not come back as the member (it must be wiped and join again).
+    sa.Column("retired", sa.Boolean, nullable=False, server_default=sa.false()),
+)
 applied = sa.Table(
     "applied",
     metadata,
@@ -128,7 +151,8 @@ applied = sa.Table(
 
 def snapshot_tables() -> tuple[sa.Table, ...]:
     """The tables a snapshot copies whole, in a fixed order (``parkd/parking/snapshot.py``)."""
-    return (lots, cameras, incarnations, frames, lot_buckets, retention_cuts, camera_registry, applied)
+    return (lots, cameras, incarnations, frames, lot_buckets, retention_cuts, camera_registry, cluster_identity,
+            member_data_dirs, applied)
 
 
 def bucket_start(captured_at: float, width: int) -> float:
@@ -223,4 +247,9 @@ def _upgrade_2_to_3(conn: sa.Connection) -> None:
     build_buckets(conn)
 
 
-UPGRADERS = {1: _upgrade_1_to_2, 2: _upgrade_2_to_3}
+def _upgrade_3_to_4(conn: sa.Connection) -> None:
+    """Schema 3 -> 4: no existing table changes; ``cluster_identity`` and
+    ``member_data_dirs`` are created empty by ``ensure_schema`` (the leader fills them)."""
+
+
+UPGRADERS = {1: _upgrade_1_to_2, 2: _upgrade_2_to_3, 3: _upgrade_3_to_4}

@@ -9,9 +9,10 @@ one, ``parkd/node/snapshots.py``.
 not WAL) holding
 
 * the parking tables of ``parkd/parking/schema.py`` (``snapshot_tables``: lots,
-  cameras, incarnations, frames, camera registry, applied) in the layout of the
-  parking schema version the file records, copied whole (with their indexes; the
-  node's other tables are dropped, their pages left free);
+  cameras, incarnations, frames, trend buckets, retention cuts, camera registry,
+  cluster identity, member data dirs, applied) in the layout of the parking schema
+  version the file records, copied whole (with their indexes; the node's other
+  tables are dropped, their pages left free);
 * ``snapshot_meta``: one row (id 1) with ``format``, ``parking_schema``,
   ``"index"`` (= ``applied.last_applied``), ``term``, ``voters``/``learners``
   (JSON lists of node ids) and ``config_index`` (the CONFIG entry the membership

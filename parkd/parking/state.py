@@ -7,7 +7,7 @@ entries, the tables and the configured lots (which must be identical on every no
 a crash the node resumes exactly where the last transaction ended, and entries at or
 below it are skipped.
 
-Three kinds of NORMAL entry (``parkd/parking/codec.py``):
+The NORMAL entries (``parkd/parking/codec.py``):
 
 * **frame results**, decided in runs by ``parkd/parking/batch.py`` (exactly once per
   ``(camera_id, incarnation, seq)``, the newest incarnation's highest seq is the
@@ -16,7 +16,16 @@ Three kinds of NORMAL entry (``parkd/parking/codec.py``):
   doom is gone for readers at once and deleted in bounded batches afterwards
   (:meth:`ParkingState.trim_step`, ``parkd/parking/retention.py``);
 * **camera registry** entries, which disable or enable a camera from their log
-  position on (table ``camera_registry``).
+  position on (table ``camera_registry``);
+* **cluster id** entries: the first one applied sets the cluster's id for good
+  (table ``cluster_identity``), later ones change nothing;
+* **member data dir** entries, which record the data-dir id a member runs on
+  (table ``member_data_dirs``).
+
+CONFIG entries change no parking row but one: the data-dir record of a member they
+leave out of the configuration (removed, or left out by ``--force-new-cluster``) is
+marked ``retired``: that data dir may not come back as the member, and a node added
+again under its id is recorded anew (``parkd/node/cluster_identity.py``).
 
 Deduplication relies on the frame history plus each incarnation's ``trimmed_seq``:
 a frame with ``seq <= trimmed_seq`` is taken as a duplicate of a trimmed frame (with
@@ -34,7 +43,18 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from parkd.db import DriverStatement, ensure_schema, storage_errors, unsynced_transaction
 from parkd.parking.batch import Batch, check_frame, history_view
-from parkd.parking.codec import CodecError, decode_registry, decode_retention, is_registry, is_retention
+from parkd.parking.codec import (
+    CLUSTER_ID_TAG,
+    MEMBER_DATA_DIR_TAG,
+    REGISTRY_TAG,
+    RETENTION_TAG,
+    CodecError,
+    decode_cluster_id,
+    decode_member_data_dir,
+    decode_registry,
+    decode_retention,
+    is_id,
+)
 from parkd.parking.history import HistoryPoint, lot_history
 from parkd.parking.outcomes import ApplyResult, FrameRejected, Outcome, Receipt, Rejection
 from parkd.parking.retention import DEFAULT_BATCH_ROWS, TrimStep, hide_doomed_frames, pending_cuts, record_cut
@@ -44,10 +64,13 @@ from parkd.parking.schema import PARKING_SCHEMA_VERSION, UPGRADERS, incarnation_
 from parkd.parking.schema import applied as _applied
 from parkd.parking.schema import camera_registry as _registry
 from parkd.parking.schema import cameras as _cameras
+from parkd.parking.schema import cluster_identity as _cluster
 from parkd.parking.schema import frames as _frames
 from parkd.parking.schema import incarnations as _incarnations
 from parkd.parking.schema import lots as _lots
+from parkd.parking.schema import member_data_dirs as _data_dirs
 from parkd.parking.schema import metadata as _meta
+from parkd.raft import confchange
 from parkd.raft.types import Entry, EntryKind
 
 __all__ = [
@@ -76,8 +99,28 @@ _set_registry = DriverStatement(
         set_={"enabled": _new_registry.excluded.enabled, "log_index": _new_registry.excluded.log_index},
     )
 )
+_set_cluster_id = DriverStatement(
+    sqlite_insert(_cluster)
+    .values(id=sa.literal_column("1"), cluster_id=sa.bindparam("cluster_id"), log_index=sa.bindparam("log_index"))
+    .on_conflict_do_nothing()  # the first one applied stays
+)
+_new_data_dir = sqlite_insert(_data_dirs).values(
+    node_id=sa.bindparam("node_id"), data_dir_id=sa.bindparam("data_dir_id"), log_index=sa.bindparam("log_index")
+)
+_set_data_dir = DriverStatement(
+    _new_data_dir.on_conflict_do_update(
+        index_elements=[_data_dirs.c.node_id],
+        set_={
+            "data_dir_id": _new_data_dir.excluded.data_dir_id,
+            "log_index": _new_data_dir.excluded.log_index,
+            "retired": sa.false(),
+        },
+    )
+)
 assert _get_last_applied.names == () and _set_last_applied.names == ("last",)
 assert _set_registry.names == ("camera_id", "enabled", "log_index")
+assert _set_cluster_id.names == ("cluster_id", "log_index")
+assert _set_data_dir.names == ("node_id", "data_dir_id", "log_index")
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +175,26 @@ class _Registry:
     index: int
     camera_id: int
     enabled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _ClusterId:
+    index: int
+    cluster_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class _DataDir:
+    index: int
+    node_id: int
+    data_dir_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Members:
+    """A CONFIG entry: the members of the configuration it makes."""
+
+    members: frozenset[int]
 
 
 class ParkingState:
@@ -189,10 +252,11 @@ class ParkingState:
         advance ``last_applied``, and entries at or below it are skipped (a
         replay after a crash).
 
-        A retention or registry entry takes effect at its position: the frames
-        before it in the batch are written first, the ones after it see its
-        change.  It yields no result (like a NOOP).  A retention entry only
-        records its cut; :meth:`trim_step` deletes the rows.
+        A retention, registry, cluster id or member data dir entry (and a
+        CONFIG entry's dropping of data-dir records) takes effect at its
+        position: the frames before it in the batch are written first, the
+        ones after it see its change.  It yields no result (like a NOOP).  A
+        retention entry only records its cut; :meth:`trim_step` deletes the rows.
         """
         with storage_errors("applying committed entries"), unsynced_transaction(self._engine) as conn:
             (last,) = _get_last_applied.execute(conn).fetchone()
@@ -208,6 +272,13 @@ class ParkingState:
                     record_cut(conn, segment.index, segment.cutoff)
                 elif isinstance(segment, _Registry):
                     _set_registry.execute(conn, (segment.camera_id, segment.enabled, segment.index))
+                elif isinstance(segment, _ClusterId):
+                    _set_cluster_id.execute(conn, (segment.cluster_id, segment.index))
+                elif isinstance(segment, _DataDir):
+                    _set_data_dir.execute(conn, (segment.node_id, segment.data_dir_id, segment.index))
+                elif isinstance(segment, _Members):
+                    left_out = _data_dirs.c.node_id.not_in(sorted(segment.members))
+                    conn.execute(_data_dirs.update().where(left_out).values(retired=True))
                 else:
                     batch = Batch(self._capacity, conn, segment)
                     batch.write(conn)
@@ -285,6 +356,34 @@ class ParkingState:
             rows = conn.execute(sa.select(c.camera_id, c.incarnation, c.last_seq))
             return {(cam, incarnation_from_db(inc)): seq for cam, inc, seq in rows}
 
+    def cluster_id(self) -> str | None:
+        """The cluster's id (32 lowercase hex digits), None until its entry is applied."""
+        with storage_errors("reading the cluster id"), self._engine.connect() as conn:
+            return conn.scalar(sa.select(_cluster.c.cluster_id).where(_cluster.c.id == 1))
+
+    def member_data_dirs(self, *, retired: bool = False) -> dict[int, str]:
+        """``{node_id: data-dir id}`` of the members recorded so far (``retired``: of the
+        nodes a configuration left out since, whose data dirs may not come back)."""
+        query = sa.select(_data_dirs.c.node_id, _data_dirs.c.data_dir_id).where(_data_dirs.c.retired == retired)
+        with storage_errors("reading the members' data dirs"), self._engine.connect() as conn:
+            return dict(conn.execute(query).all())
+
+    def replace_cluster_identity(self, cluster_id: str) -> None:
+        """Offline only (``parkctl restore``): give this state a new cluster id and forget
+        every member's data dir, as for a new cluster made from it.
+
+        Not through the log: every node of the new cluster must be made from the
+        same state with the same ``cluster_id``.  ValueError for an id that is not
+        32 lowercase hex digits.
+        """
+        if not is_id(cluster_id):
+            raise ValueError(f"cluster id {cluster_id!r} is not 32 lowercase hex digits")
+        with storage_errors("replacing the cluster id"), self._engine.begin() as conn:
+            (last,) = _get_last_applied.execute(conn).fetchone()
+            conn.execute(_cluster.delete())
+            conn.execute(_cluster.insert().values(id=1, cluster_id=cluster_id, log_index=last))
+            conn.execute(_data_dirs.delete())
+
     def disabled_cameras(self) -> set[int]:
         """The cameras the registry has disabled."""
         with storage_errors("reading the camera registry"), self._engine.connect() as conn:
@@ -350,25 +449,45 @@ def _camera_view(row) -> CameraView:
     return CameraView(camera_id, lot, free, last_seq, last_seen, incarnation_from_db(incarnation), bool(enabled))
 
 
-def _segments(entries: Sequence[Entry]) -> Iterator[Sequence[Entry] | _Trim | _Registry]:
-    """``entries`` split at retention and registry entries: runs of other entries, and each command."""
+def _segments(
+    entries: Sequence[Entry],
+) -> Iterator[Sequence[Entry] | _Trim | _Registry | _ClusterId | _DataDir | _Members]:
+    """``entries`` split at command and CONFIG entries: runs of other entries, and each command."""
     start = 0
     for pos, entry in enumerate(entries):
-        if entry.kind is not EntryKind.NORMAL:
+        command = _command(entry)
+        if command is None:
             continue
-        try:
-            if is_retention(entry.data):
-                command = _Trim(entry.index, decode_retention(entry.data).cutoff)
-            elif is_registry(entry.data):
-                registry = decode_registry(entry.data)
-                command = _Registry(entry.index, registry.camera_id, registry.enabled)
-            else:
-                continue
-        except CodecError:
-            continue  # malformed: Batch rejects it like any undecodable entry
         if pos > start:
             yield entries[start:pos]
         yield command
         start = pos + 1
     if start < len(entries):
         yield entries[start:]
+
+
+_COMMAND_TAGS = frozenset(bytes((tag,)) for tag in (RETENTION_TAG, REGISTRY_TAG, CLUSTER_ID_TAG, MEMBER_DATA_DIR_TAG))
+
+
+def _command(entry: Entry) -> _Trim | _Registry | _ClusterId | _DataDir | _Members | None:
+    """What a command or CONFIG entry does to the parking tables; None for a frame result,
+    a NOOP, or a malformed command (Batch rejects it like any undecodable entry)."""
+    data = entry.data
+    try:
+        if entry.kind is EntryKind.CONFIG:
+            change = confchange.decode(data)
+            return _Members(frozenset(change.voters) | frozenset(change.learners))
+        if entry.kind is not EntryKind.NORMAL or data[:1] not in _COMMAND_TAGS:
+            return None
+        tag = data[0]
+        if tag == RETENTION_TAG:
+            return _Trim(entry.index, decode_retention(data).cutoff)
+        if tag == REGISTRY_TAG:
+            registry = decode_registry(data)
+            return _Registry(entry.index, registry.camera_id, registry.enabled)
+        if tag == CLUSTER_ID_TAG:
+            return _ClusterId(entry.index, decode_cluster_id(data).cluster_id)
+        record = decode_member_data_dir(data)
+        return _DataDir(entry.index, record.node_id, record.data_dir_id)
+    except (CodecError, confchange.ConfChangeDecodeError):
+        return None

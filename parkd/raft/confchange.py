@@ -5,7 +5,10 @@ A pure codec, no I/O.  A change names one node and what happens to it:
 - ``ADD_LEARNER``: the node joins as a non-voting learner (it receives the log but
   neither votes nor counts toward commit) until it has caught up (§4.2.1);
 - ``PROMOTE``: a learner becomes a voter;
-- ``REMOVE``: a voter or learner leaves.
+- ``REMOVE``: a voter or learner leaves;
+- ``FORCE``: the node becomes the only voter, whatever the configuration was.  Not a
+  change the old configuration agreed to: only ``RaftCore.force_new_configuration``
+  (``--force-new-cluster``, disaster recovery) appends one.
 
 ``context`` is opaque to the core: the node puts the member's addresses there.
 ``voters``/``learners`` are the *resulting* configuration, filled in by the leader
@@ -37,6 +40,7 @@ class ConfChangeOp(enum.IntEnum):
     ADD_LEARNER = 1
     PROMOTE = 2
     REMOVE = 3
+    FORCE = 4
 
 
 class ConfChangeDecodeError(ValueError):
@@ -74,6 +78,8 @@ def apply_change(
     elif change.op is ConfChangeOp.REMOVE:
         voters.discard(node)
         learners.discard(node)
+    elif change.op is ConfChangeOp.FORCE:
+        voters, learners = {node}, set()
     else:  # pragma: no cover - the enum has no other members
         raise ValueError(f"unknown op {change.op!r}")
     return tuple(sorted(voters)), tuple(sorted(learners - voters))

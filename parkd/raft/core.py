@@ -473,6 +473,29 @@ class RaftCore:
             raise ConfChangeRefused(reason)
         return self._append_conf_change(change)
 
+    def force_new_configuration(self) -> int:
+        """Disaster recovery only (``--force-new-cluster``): make this node the only voter.
+
+        Not a membership change of dissertation §4: the old configuration never
+        agreed to it, so §4.1's argument (each configuration's majorities overlap the
+        previous one's) does not hold.  It is correct only when the other members
+        are gone for good: an old majority that came back could elect a leader of
+        the old configuration and commit other entries at the same indexes (the node
+        refuses their data dirs at the raft port).  Entries in this node's log that
+        it never saw committed become committed: this node alone decides now.
+
+        At start-up, before any message: the node takes a new term for itself
+        (voting for itself), appends a CONFIG entry ``FORCE`` {voters: (self,)} at
+        that term (it survives restarts, like any entry), and campaigns at once:
+        as the only voter it wins (§5.2), and its no-op of the next term commits
+        everything before it (§5.4.2).  Returns the CONFIG entry's index.
+        """
+        self._become_follower(self._term + 1, None)
+        self._vote = self._id
+        index = self._append_conf_change(ConfChange(ConfChangeOp.FORCE, self._id))
+        self._campaign(pre_vote=False)
+        return index
+
     def read_index(self, ctx: int) -> None:
         """Ask for a linearizable read (§6.4); answered by a ReadState with ``ctx``."""
         if self._role is Role.LEADER:

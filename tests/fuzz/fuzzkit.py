@@ -145,7 +145,7 @@ def texts(known=(), limit: int = 4096):
 # ------------------------------------------------------------------ protobuf messages
 
 BODY_FIELDS = {f.name: f for f in pb.Envelope.DESCRIPTOR.oneofs_by_name["body"].fields}
-RAFT_KINDS = [f.name for f in BODY_FIELDS.values() if f.number < 20]
+RAFT_KINDS = [f.name for f in BODY_FIELDS.values() if f.number < 20 and f.name != "peer_hello"]  # raft messages
 CLIENT_KINDS = [f.name for f in BODY_FIELDS.values() if f.number >= 20]
 
 

@@ -101,9 +101,10 @@ ports = st.sampled_from(sorted(RULES))
 
 # Who may send what to whom, written out here rather than read from parkd.wire (the
 # model above uses the port's rules, so it cannot notice wrong rules): peers send
-# raft messages; cameras and tools send hello and frames; nodes answer cameras.
+# raft messages (after a PeerHello); cameras and tools send hello and frames; nodes answer cameras.
 RAFT_KINDS = {"vote_request", "vote_response", "append_entries", "append_response", "install_snapshot",
-              "snapshot_response", "timeout_now", "propose", "read_index_request", "read_index_response"}  # fmt: skip
+              "snapshot_response", "timeout_now", "propose", "read_index_request", "read_index_response",
+              "peer_hello"}  # fmt: skip
 ACCEPTED = {
     "raft": RAFT_KINDS,
     "client": {"hello", "submit_frame"},

@@ -35,7 +35,7 @@ from parkd.proto import parkd_pb2 as pb
 from parkd.raft import messages as m
 from parkd.raft.core import Role
 from parkd.tap import NodeSettings
-from parkd.wire import MAX_WIRE_INT, raft_to_envelope
+from parkd.wire import MAX_WIRE_INT, PROTOCOL_VERSION, raft_to_envelope
 from raftkit import hostile_message
 
 LOTS = {"north": 100, "south": 60}
@@ -64,7 +64,12 @@ class Node:
         self.service = NodeService(settings, self.reactor, snapshot_thread=InlineThread())
         self.service.startService()
         self.raft_port, self.client_port = (server[1] for server in self.reactor.tcpServers)
-        self.honest_peer = self.connect(self.raft_port)
+        self.honest_peers = {}  # one connection per honest peer, opened with its PeerHello (CONTRACT §10)
+        for peer in PEERS:
+            self.honest_peers[peer] = self.connect(self.raft_port)
+            hello = pb.PeerHello(protocol_version=PROTOCOL_VERSION, node_id=peer, data_dir_id=f"{peer:032x}")
+            self.honest_peers[peer].dataReceived(frame(pb.Envelope(peer_hello=hello)))
+        self.honest_peer = self.honest_peers[1]
         self.camera = self.connect(self.client_port)
         self.camera.dataReceived(frame(pb.Envelope(hello=pb.Hello(camera_id=CAMERA, lot="north"))))
         self.seq = 0
@@ -95,7 +100,7 @@ class Node:
     def honestly(self, message) -> bool:
         if message.term > MAX_WIRE_INT:
             return False
-        self.honest_peer.dataReceived(frame(raft_to_envelope(message)))
+        self.honest_peers[message.src].dataReceived(frame(raft_to_envelope(message)))
         self.run()
         return True
 
@@ -178,7 +183,7 @@ def test_a_whole_node_survives_hostile_peers_and_cameras_and_serves_the_honest_o
                 event("honest camera acked")
             else:
                 event("term space used up by a hostile peer" if node.core.term >= MAX_WIRE_INT else "not elected")
-            assert not node.camera.rejected and not node.honest_peer.rejected
+            assert not node.camera.rejected and not any(p.rejected for p in node.honest_peers.values())
             assert logs.errors() == []
         for camera in node.service.store.state.cameras():
             assert camera.lot in LOTS and 0 <= camera.free <= LOTS[camera.lot] and math.isfinite(camera.last_seen)

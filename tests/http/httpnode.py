@@ -22,8 +22,10 @@ from parkd.http.health import node_readiness
 from parkd.http.site import build_site
 from parkd.node import driver as events
 from parkd.node.alarms import Alarms
+from parkd.node.cluster_identity import ClusterIdentity
 from parkd.node.disk import MIB, DiskMonitor
 from parkd.node.frames import FrameIntake
+from parkd.node.identity import DataDirIdentity
 from parkd.node.membership import MembershipManager
 from parkd.node.reads import ReadBarrier
 from parkd.node.registry import CameraRegistry
@@ -98,6 +100,9 @@ class Response:
         return json.loads(self.body)
 
 
+CLUSTER_ID, DATA_DIR_ID = "c" * 32, "2" * 32
+
+
 @dataclass
 class FakeNode:
     """The attributes of a NodeService that the HTTP port and the metrics read."""
@@ -133,6 +138,9 @@ class FakeNode:
                                 free=lambda _path: self.free_disk)  # fmt: skip
         self.disk.check()
         self.metrics.watch_disk(self.disk, self.alarms)
+        self.state.replace_cluster_identity(CLUSTER_ID)  # a member in good standing (tests change that)
+        self.identity = ClusterIdentity(2, DataDirIdentity(DATA_DIR_ID, created=False), self.state, self.driver,
+                                        self.clock)  # fmt: skip
         self.build_site()
         self.index = 0
 
@@ -141,8 +149,11 @@ class FakeNode:
         self.site = build_site(
             clock=self.clock, state=self.state, driver=self.driver, membership=self.membership, reads=self.reads,
             metrics=self.metrics, lot_ids=list(LOTS), camera_interval=INTERVAL, registry=self.registry,
-            alarms=self.alarms, readiness=node_readiness(self), **options,
+            alarms=self.alarms, readiness=node_readiness(self), identity=self.identity, **options,
         )  # fmt: skip
+
+    def standing(self):
+        return self.identity.standing()
 
     # -- the replicated state
 

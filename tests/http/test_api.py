@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import os
 import re
+from types import SimpleNamespace
 
 import pytest
+
+from parkd import __version__
 
 from parkd.http.api import DEFAULT_LIMIT, MAX_LIMIT, camera_status
 from parkd.http.site import web_dir
 from parkd.node import driver as events
+from parkd.node.cluster_identity import PROTOCOL_VERSION, ClusterIdentity
+from parkd.node.identity import DataDirIdentity
+from parkd.parking.codec import MemberDataDir, encode_member_data_dir
 from parkd.raft import confchange
 from parkd.raft.confchange import ConfChange, ConfChangeOp
 from parkd.raft.core import Role
 from parkd.raft.types import Entry, EntryKind, Membership
 
-from httpnode import INTERVAL, NOW
+from httpnode import CLUSTER_ID, DATA_DIR_ID, INTERVAL, NOW
 
 
 def local(path: str) -> str:
@@ -178,11 +184,16 @@ def test_cluster_describes_this_nodes_view(node):
         "last_index": 1,
         "members": [
             {"id": i, "raft": f"127.0.0.1:{7100 + i}", "client": f"127.0.0.1:{7200 + i}",
-             "http": f"127.0.0.1:{7300 + i}", "match_index": None, "membership": "voter"}
+             "http": f"127.0.0.1:{7300 + i}", "match_index": None, "membership": "voter", "data_dir": "unknown"}
             for i in (1, 2, 3)
         ],
         "reactor_lag_ms": 0.0,
         "alarms": [],
+        "cluster_id": CLUSTER_ID,
+        "version": __version__,
+        "protocol": PROTOCOL_VERSION,
+        "data_dir_id": DATA_DIR_ID,
+        "standing": None,
     }  # fmt: skip
     node.core.role, node.core.leader_id = Role.LEADER, 2
     node.core.match_indexes = {1: 1, 2: 1, 3: 0}
@@ -202,6 +213,29 @@ def test_cluster_lists_the_cores_members_with_addresses_from_the_log(node):
     node.driver.publish(events.EntriesPersisted((Entry(9, 3, EntryKind.CONFIG, data),)))
     member = node.get("/api/v1/cluster").json()["members"][2]
     assert (member["raft"], member["client"], member["http"]) == ("10.0.0.4:1", "10.0.0.4:2", "10.0.0.4:3")
+
+
+def test_cluster_shows_whether_each_members_data_dir_is_the_one_recorded(node):
+    """CONTRACT §10: "ok" recorded, "changed" came back with a new data dir, "unknown" not recorded yet."""
+    record = encode_member_data_dir(MemberDataDir(1, "1" * 32))
+    node.state.apply([Entry(1, 3, EntryKind.NORMAL, record)])
+    node.identity.changed[3] = ("3" * 32, "4" * 32)
+    doc = node.get("/api/v1/cluster").json()
+    assert [m["data_dir"] for m in doc["members"]] == ["ok", "unknown", "changed"]
+
+
+def test_a_node_not_in_good_standing_refuses_local_reads_but_shows_its_view(node):
+    """A brand-new data dir no leader has given the cluster's state (a member that lost its
+    data dir) must not answer local reads as a member (issue 13); /readyz says why."""
+    nothing = SimpleNamespace(cluster_id=lambda: None, member_data_dirs=lambda retired=False: {})
+    node.identity = ClusterIdentity(2, DataDirIdentity("9" * 32, created=True), nothing, node.driver, node.clock)
+    node.build_site()
+    r = node.get(local("/api/v1/lots"))
+    assert r.status == 503 and "not a member in good standing" in r.json()["error"]
+    doc = node.get("/api/v1/cluster").json()
+    assert doc["cluster_id"] is None and "data dir is new" in doc["standing"]
+    ready = node.get("/readyz")
+    assert ready.status == 503 and "standing" in ready.json()["failing"]
 
 
 def test_cluster_answers_without_a_leader(node):

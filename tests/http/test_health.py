@@ -34,6 +34,7 @@ def test_a_follower_that_knows_the_leader_and_is_caught_up_is_ready(node):
             "leader": {"ok": True, "leader_id": 1},
             "applied": {"ok": True, "applied_index": 1, "leader_commit_index": 1, "lag": 0, "ready_lag": READY_LAG},
             "alarms": [],
+            "standing": {"ok": True, "reason": None},
         },
         "failing": [],
     }

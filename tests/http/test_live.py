@@ -212,7 +212,8 @@ def test_parkctl_against_the_cluster(live_cluster):
     done = run("--config", cluster.config_path, "status")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[-1].startswith(f"leader: node {leader}, term ")
+    assert lines[-2].startswith(f"leader: node {leader}, term ")
+    assert lines[-1] == f"cluster: {cluster.status(leader)['cluster_id']}"  # CONTRACT §10
     assert sum("leader *" in line for line in lines) == 1
     one = str(cluster.config.member(leader).http)
     done = run("--cluster", one, "--tls-ca", cluster.config.tls.ca, "--json", "status")

@@ -49,3 +49,20 @@ def test_a_stale_connection_of_a_replaced_link_reports_nothing():
     service.add_peer(moved)
     old.connectionLost(None)
     assert lost == []
+
+
+def test_a_connection_opens_with_the_peer_hello_before_any_raft_message():
+    """CONTRACT §10: the dialing side says who it is (cluster, data dir, protocol) first."""
+    from parkd.proto import parkd_pb2 as pb
+    from parkd.raft import messages as m
+    from parkd.wire import split_envelopes
+
+    hello = pb.PeerHello(protocol_version=100, node_id=1, cluster_id="c" * 32, data_dir_id="1" * 32)
+    service = PeerService(1, (member(1), member(2)), MemoryReactorClock(), 1 << 20, hello=lambda: hello)
+    link = service.links[2]
+    proto = PeerConnection()
+    proto.factory = type("Factory", (), {"link": link, "max_length": 1 << 20, "hello": staticmethod(service.hello)})()
+    proto.makeConnection(StringTransport())
+    service.send(m.TimeoutNow(term=1, src=1, dst=2))
+    first, second = split_envelopes(proto.transport.value())
+    assert first.peer_hello == hello and second.WhichOneof("body") == "timeout_now"

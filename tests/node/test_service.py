@@ -8,6 +8,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from parkd.config import load_config
 from parkd.launcher import write_config
+from parkd.wire import PROTOCOL_VERSION
 from parkd.node.peers import PeerConnection
 from doubles import InlineThread
 from parkd.node.service import NodeService
@@ -35,7 +36,10 @@ class Node:
         self.service = NodeService(settings, self.reactor, snapshot_thread=InlineThread(), **service_options)
         self.service.startService()
         self.raft_port, self.client_port = (server[1] for server in self.reactor.tcpServers)
-        self.peer = self.connect(self.raft_port)
+        self.peers = {peer: self.connect(self.raft_port) for peer in PEERS}  # each peer's connection
+        for peer, proto in self.peers.items():  # opened as a peer opens it (CONTRACT §10)
+            hello = pb.PeerHello(protocol_version=PROTOCOL_VERSION, node_id=peer, data_dir_id=f"{peer:032x}")
+            proto.dataReceived(frame_envelope(pb.Envelope(peer_hello=hello)))
         self.camera = self.connect(self.client_port)
         self.camera.dataReceived(frame_envelope(pb.Envelope(hello=pb.Hello(camera_id=7, lot="north"))))
         self.core = self.service.driver
@@ -52,7 +56,7 @@ class Node:
             self.reactor.advance(0.05)
 
     def deliver(self, message) -> None:
-        self.peer.dataReceived(frame_envelope(raft_to_envelope(message)))
+        self.peers[message.src].dataReceived(frame_envelope(raft_to_envelope(message)))
         self.run()
 
     def elect(self) -> None:
@@ -81,7 +85,8 @@ class Node:
     def link_up(self, peer: int) -> PeerConnection:
         """The connection the peer link's ClientService makes, on a StringTransport."""
         proto = PeerConnection()
-        proto.factory = type("Factory", (), {"link": self.service.peers.links[peer], "max_length": 1 << 20})()
+        proto.factory = type("Factory", (), {"link": self.service.peers.links[peer], "max_length": 1 << 20,
+                                             "hello": None})()  # fmt: skip
         proto.makeConnection(StringTransport())
         return proto
 

@@ -29,7 +29,8 @@ LOTS = {"north": 100, "south": 60}
 CONFIG = Membership(voters=(1, 2, 3), learners=(4,))
 MEMBERS = tuple({"id": i, "raft": f"127.0.0.1:710{i}", "client": f"127.0.0.1:720{i}"} for i in (1, 2, 3, 4))
 WAIT_S = 30  # a bound on every wait for the writer thread, never a pause
-TABLES = ("lots", "cameras", "incarnations", "frames", "camera_registry", "applied")
+TABLES = ("lots", "cameras", "incarnations", "frames", "camera_registry", "cluster_identity", "member_data_dirs",
+          "applied")
 FORMAT_1 = Path(__file__).parent / "data" / "snapshot-format-1.sql"
 
 
@@ -264,7 +265,8 @@ def format_1_file(tmp_path) -> Path:
 
 
 def upgraded(old_tables: dict[str, list[tuple]]) -> dict[str, list[tuple]]:
-    """What parking schema 1's tables become at schema 2: every camera and frame in incarnation 0."""
+    """What parking schema 1's tables become at schema 2 (every camera and frame in incarnation 0),
+    and at 3 (no cluster id or data dir recorded yet)."""
     return {
         "lots": old_tables["lots"],
         "cameras": [(c, lot, 0) for c, lot, *_ in old_tables["cameras"]],
@@ -273,6 +275,8 @@ def upgraded(old_tables: dict[str, list[tuple]]) -> dict[str, list[tuple]]:
         ],
         "frames": sorted((c, 0, seq, *rest) for c, seq, *rest in old_tables["frames"]),
         "camera_registry": [],
+        "cluster_identity": [],
+        "member_data_dirs": [],
         "applied": old_tables["applied"],
     }
 

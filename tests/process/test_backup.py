@@ -21,6 +21,7 @@ import time
 from harness import Cluster
 
 from parkd import ctl
+from parkd.launcher import node_daemon
 from parkd.parking.backup import MAGIC
 
 
@@ -56,11 +57,15 @@ def test_1_backup_kill_everything_restore_and_every_acked_frame_is_back(make_clu
     cluster.wait_acks(10, since=len(cluster.acked()))  # the cameras went on while it streamed
     leader = cluster.leader()
     assert [e["index"] for e in cluster.events(cluster.nodes[leader], "backup_taken")] == [index]
+    old_id = cluster.status(leader)["cluster_id"]
+    assert old_id
     for node in cluster.nodes.values():
         node.kill()  # kill -9; the cameras keep running and keep their unacked frames
     acked = cluster.acked()
     before = {key: result for key, result in acked.items() if result[0] <= index}
     assert len(before) >= 30 and any(result[0] > index for result in acked.values())
+    old_copy = os.path.join(cluster.workdir, "old-node-3")
+    shutil.copytree(data_dir(cluster, 3), old_copy)  # a member of the old cluster, kept aside
     for node_id in cluster.nodes:
         shutil.rmtree(data_dir(cluster, node_id))
     ids = set()
@@ -70,9 +75,6 @@ def test_1_backup_kill_everything_restore_and_every_acked_frame_is_back(make_clu
         assert f"index {index}, term {term}" in out
         ids.add(re.search(r"new cluster id (\w+)", out)[1])
     assert len(ids) == 1  # one new cluster
-    # TODO(cluster-id): once the cluster-id work (wp-ident) is merged, assert that
-    # /api/v1/cluster shows this new id on every node and that a node of the old
-    # cluster is refused.
     restarted = time.time()
     cluster.start_nodes()
     cluster.leader()
@@ -81,6 +83,16 @@ def test_1_backup_kill_everything_restore_and_every_acked_frame_is_back(make_clu
         applied = cluster.applied(node_id)
         assert {key: applied.get(key) for key in before} == before  # same index, same result
     cluster.wait_for_ack_after(restarted)  # the cameras carry on with the restored cluster
+    (new_id,) = ids
+    assert new_id != old_id
+    cluster.wait(lambda: all((cluster.status(n) or {}).get("cluster_id") == new_id for n in cluster.nodes), 15,
+                 "every node to show the restored cluster's new id")  # fmt: skip
+    # A member of the old cluster (node 3's old data dir) comes back: the restored nodes refuse it.
+    cluster.nodes[3].stop()
+    cluster.nodes[3] = node_daemon(cluster.config_path, 3, cluster.workdir, "--data-dir", old_copy)
+    cluster.start_nodes(3)
+    line = f"node 3 belongs to cluster {old_id}, this node to cluster {new_id}"
+    cluster.wait(lambda: any(line in cluster.nodes[n].log_text() for n in (1, 2)), 15, "the old member's refusal")
 
 
 def test_1b_restore_one_node_and_add_the_others(make_cluster, tmp_path, cluster_pki):

@@ -410,3 +410,40 @@ def test_4_1_snapshot_records_the_configuration_at_its_index():
     promote = change(cluster, leader, PROMOTE, 4)
     assert leader.config_at(promote - 1).learners == (4,)
     assert leader.config_at(promote).voters == (1, 2, 3, 4)
+
+
+# -- --force-new-cluster: disaster recovery outside §4 -------------------------------------------
+
+
+def test_force_new_configuration_is_outside_4_1_and_makes_the_survivor_the_only_voter():
+    """Disaster recovery only (CONTRACT §10 ``--force-new-cluster``): not a §4 change, which
+    the old configuration would have to commit (§4.1); here its majority is gone for good.
+    The survivor appends FORCE {voters: (1,)} at a term of its own, wins its one-voter
+    election at once (§5.2), and its no-op commits every entry it held, committed or not
+    (§5.4.2): exactly the acked entries it had are kept."""
+    cluster = Cluster((1, 2, 3), CFG)
+    leader = cluster.elect(1)
+    leader.propose(b"acked")
+    cluster.stabilize()
+    cluster.crash(2)
+    cluster.crash(3)
+    leader.propose(b"never committed")  # appended on the survivor, no majority to commit it
+    cluster.stabilize()
+    committed, last, term = leader.commit_index, leader.last_index, leader.term
+    assert last == committed + 1
+    cluster.crash(1)
+    cluster.restart(1)
+    survivor = cluster.core(1)
+    index = survivor.force_new_configuration()
+    assert index == last + 1
+    assert config_entry(survivor, index) == ConfChange(ConfChangeOp.FORCE, 1, b"", (1,), ())
+    assert survivor.log.term_at(index) == term + 1  # its own term: it voted for itself in it
+    assert survivor.role is Role.LEADER and survivor.term == term + 2 and survivor.voters == (1,)
+    cluster.stabilize()
+    assert survivor.commit_index == index + 1  # its no-op: everything before it is committed
+    cluster.process(1)  # and applies it
+    datas = [e.data for e in cluster.storage[1].applied]
+    assert b"acked" in datas and b"never committed" in datas
+    cluster.crash(1)
+    cluster.restart(1)  # the configuration is in the log: it survives a restart
+    assert cluster.core(1).voters == (1,)
