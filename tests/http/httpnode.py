@@ -58,6 +58,7 @@ class FakeDriver:
         self.snapshot = SnapshotMeta()
         self.transferee: int | None = None
         self.asked: list[int] = []  # read index contexts
+        self.ready_count = 0  # Readies taken (a test moves it: the requests asked so far have left)
         self.proposed = []
         self._observers = []
 
