@@ -8,7 +8,8 @@ cameras 1-20 and 100000-109999) is made once under ``run/bench-pki`` and reused.
 
 Rows: durable throughput at saturation (3 nodes, fsync before ack, pipelining
 camera connections from the load generator), ack latency at low load (one
-frame in flight), kill -9 failover (median of 5), planned leader stop (longest
+frame in flight), linearizable reads (benchmarks/reads.py: p50/p99 from the
+leader and from a follower with one client, reads/s with 16), kill -9 failover (median of 5), planned leader stop (longest
 gap in acks), 10,000 connected cameras (p99 latency, errors, node RSS) and then
 a reconnect storm (kill -9 of the leader while they are connected: time until
 99 % and 100 % of the cameras are acked again, TLS handshakes per second on the
