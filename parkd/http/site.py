@@ -155,6 +155,7 @@ class HttpService(service.Service):
         state = node.store.state
         self.metrics = NodeMetrics(node.driver, state, node.peers, node.intake, lot_ids, clock=node.reactor)
         self.metrics.watch_disk(node.disk, node.alarms)
+        self.metrics.watch_reads(node.reads)
         self.metrics.reactor_lag.start()
         trust = node.trust
         access = Access(tls=trust is not None, public_reads=config.tls.public_reads if config.tls else True)

@@ -134,6 +134,7 @@ class FakeNode:
                                 free=lambda _path: self.free_disk)  # fmt: skip
         self.disk.check()
         self.metrics.watch_disk(self.disk, self.alarms)
+        self.metrics.watch_reads(self.reads)
         self.build_site()
         self.index = 0
 

@@ -63,6 +63,9 @@ def test_6_4_reads_before_the_request_leaves_share_it(node):
     assert len(node.core.asked) == 1 and node.reads.requests == 1
     node.read_state(node.core.asked[0], 1)
     assert [r.response().json()["free"] for r in requests] == [40] * 5
+    metrics = node.get("/metrics").body.decode()
+    assert "parkd_read_index_requests_total 1.0" in metrics
+    assert 'parkd_http_reads_total{consistency="linearizable",outcome="ok"} 5.0' in metrics
 
 
 def test_6_4_reads_after_the_request_left_wait_for_it_then_share_the_next(node):
