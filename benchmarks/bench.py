@@ -88,7 +88,7 @@ class BenchCluster:
         for node in self.nodes.values():
             node.start()
         for node_id, node in self.nodes.items():
-            wait_listening(self.config, node_id, node)
+            wait_listening(self.config, node_id, node, timeout=60)  # a loaded machine starts slowly
         wait_for(self.leader, 30, "a leader")
         return self
 
