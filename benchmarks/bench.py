@@ -85,11 +85,15 @@ class BenchCluster:
         self._next_camera = FIRST_CAMERA  # the load generator's next camera id (see loadgen_command)
 
     def __enter__(self):
-        for node in self.nodes.values():
-            node.start()
-        for node_id, node in self.nodes.items():
-            wait_listening(self.config, node_id, node, timeout=60)  # a loaded machine starts slowly
-        wait_for(self.leader, 30, "a leader")
+        try:
+            for node in self.nodes.values():
+                node.start()
+            for node_id, node in self.nodes.items():
+                wait_listening(self.config, node_id, node, timeout=60)  # a loaded machine starts slowly
+            wait_for(self.leader, 30, "a leader")
+        except BaseException:
+            self.__exit__()  # a cluster that did not come up leaves no daemon behind
+            raise
         return self
 
     def __exit__(self, *exc):
