@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import threading
+import types
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
@@ -217,9 +218,70 @@ def test_table_prints_etcd_and_the_ratio_next_to_parkd():
     text = bench.table({"latency": {"p50_ms": 3.0, "p99_ms": 8.0}, "failover": {"median_s": 0.65}, "etcd": ETCD}, 3)
     assert line(text, "Low-load ack latency, TLS")[1:4] == ["3.0 / 8.0", "1.5 / 4.0", "2.00"]
     assert line(text, "kill -9 leader")[1:4] == ["0.65", "1.3", "0.50"]
-    assert line(text, "Linearizable read p50")[1:4] == ["—", "0.8 / 3.0", ""]  # no parkd row for reads yet
-    assert line(text, "Linearizable reads/s")[1:4] == ["—", "2,500", ""]
+    assert line(text, "Linearizable read, HTTPS: p50 / p99 (ms), leader")[1:4] == ["—", "0.8 / 3.0", ""]  # not measured
+    assert line(text, "Linearizable reads/s, HTTPS")[1:4] == ["—", "2,500", ""]
     assert "etcd 3.4.23 (go1.19.8)" in text and "medians of 3 round(s)" in text
+
+
+READS = {"leader_p50_ms": 1.6, "leader_p99_ms": 6.0, "follower_p50_ms": 2.4, "follower_p99_ms": 9.0, "rate": 1250.0,
+         "plain_leader_p50_ms": 1.2, "plain_leader_p99_ms": 5.0, "plain_follower_p50_ms": 2.0,
+         "plain_follower_p99_ms": 7.0, "plain_rate": 2000.0}  # fmt: skip
+
+
+def test_table_prints_the_read_rows_next_to_etcds_reads():
+    text = bench.table({"reads": READS, "etcd": ETCD}, 3)
+    assert line(text, "Linearizable read, HTTPS: p50 / p99 (ms), leader")[1:5] == ["1.6 / 6.0", "0.8 / 3.0", "2.00",
+                                                                                  "p50 ≤ 2"]  # fmt: skip
+    assert line(text, "Linearizable read, plaintext: p50 / p99 (ms), leader")[1:4] == ["1.2 / 5.0", "0.8 / 3.0", "1.50"]
+    assert line(text, "Linearizable read, HTTPS: p50 / p99 (ms), follower")[1:5] == ["2.4 / 9.0", "0.8 / 3.0", "3.00",
+                                                                                    "p50 ≤ 3"]  # fmt: skip
+    assert line(text, "Linearizable reads/s, HTTPS")[1:5] == ["1,250", "2,500", "0.50", "≥ 3,000"]
+    assert line(text, "Linearizable reads/s, plaintext")[1:4] == ["2,000", "2,500", "0.80"]
+
+
+class Lots(BaseHTTPRequestHandler):
+    """A stand-in for a node's read API: one lot, keep-alive; ``/api/v1/lots/busy`` answers 503."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        self.server.connections.add(self.client_address)
+        lot = self.path.rsplit("/", 1)[1]
+        status, doc = (503, {"error": "no leader known"}) if lot == "busy" else (200, {"id": "north", "free": 3})
+        body = json.dumps(doc).encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_read_client_checks_each_answer_over_one_keep_alive_connection():
+    import reads
+    from parkd.config import parse_address
+
+    server = HTTPServer(("127.0.0.1", 0), Lots)
+    server.connections = set()
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    member = types.SimpleNamespace(http=parse_address(f"127.0.0.1:{server.server_address[1]}", "http"))
+    config = types.SimpleNamespace(tls=None, member=lambda node_id: member)
+    try:
+        figures = reads.read_latency(config, 1, "north", count=30)
+        assert figures["reads"] == 30 and figures["errors"] == 0 and figures["p50_ms"] > 0
+        assert len(server.connections) == 1
+        with pytest.raises(reads.ReadError, match="asked for lot 'south'"):
+            reads.ReadClient(config, 1, "south").read()
+        with pytest.raises(reads.ReadError, match="HTTP 503"):
+            reads.ReadClient(config, 1, "busy").read()
+        rate = reads.read_throughput(config, 1, "north", clients=4, seconds=0.5)
+        assert rate["rate"] > 0 and rate["errors"] == 0 and rate["clients"] == 4
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
 
 
 def test_table_without_etcd_keeps_parkd_rows_only():

@@ -151,10 +151,10 @@ class Api:
         return {"lots": [lot_json(lot) for lot in self.state.lots()]}
 
     def lot(self, lot_id: str) -> dict:
-        for lot in self.state.lots():
-            if lot.id == lot_id:
-                return lot_json(lot)
-        raise self._unknown_lot(lot_id)
+        lot = self.state.lot(lot_id)
+        if lot is None:
+            raise self._unknown_lot(lot_id)
+        return lot_json(lot)
 
     def lot_history(self, lot_id: str, window: int, points: int) -> dict:
         if lot_id not in self.lot_ids:

@@ -155,6 +155,10 @@ class NodeMetrics:
         """Also show ``disk`` (the node's DiskMonitor) and ``alarms`` (its Alarms)."""
         self.registry.register(DiskCollector(disk, alarms))
 
+    def watch_reads(self, reads) -> None:
+        """Also show how many read index requests ``reads`` (the node's ReadBarrier) made."""
+        self.registry.register(ReadsCollector(reads))
+
     # -- driver events
 
     def _leader_changed(self, event: LeaderChanged) -> None:
@@ -244,6 +248,17 @@ class DiskCollector:
             refused.add_metric([name], count)
         yield raised
         yield refused
+
+
+class ReadsCollector:
+    """The read barrier's requests: with ``parkd_http_reads_total``, how many reads one request served."""
+
+    def __init__(self, reads):
+        self.reads = reads
+
+    def collect(self):
+        yield CounterMetricFamily("parkd_read_index_requests", "Read index requests this node made (one per batch of "
+                                  "linearizable reads, dissertation §6.4)", value=self.reads.requests)  # fmt: skip
 
 
 class NodeCollector:

@@ -213,6 +213,9 @@ class RaftDriver:
         self._stall: _Stall | None = None  # a Ready waiting for disk space
         self._retry = None  # the stalled Ready's next attempt
         self._leader_commit = 0  # the highest commit index a leader told this node
+        # Readies taken from the core: an input given since the last one has not
+        # left the node yet (no message sent, nothing applied); reads batch on it.
+        self.ready_count = 0
 
     def start(self) -> None:
         self._loop = LoopingCall.withCount(self._ticks)
@@ -404,6 +407,7 @@ class RaftDriver:
                 return
         while not self._failed and self._core.has_ready():
             ready = self._core.ready()
+            self.ready_count += 1
             for message in ready.early_messages:  # a leader's appends (§10.2.1)
                 self.send(message)
             if ready.snapshot is not None:

@@ -60,6 +60,7 @@ class FakeDriver:
         self.snapshot = SnapshotMeta()
         self.transferee: int | None = None
         self.asked: list[int] = []  # read index contexts
+        self.ready_count = 0  # Readies taken (a test moves it: the requests asked so far have left)
         self.proposed = []
         self._observers = []
 
@@ -141,6 +142,7 @@ class FakeNode:
         self.state.replace_cluster_identity(CLUSTER_ID)  # a member in good standing (tests change that)
         self.identity = ClusterIdentity(2, DataDirIdentity(DATA_DIR_ID, created=False), self.state, self.driver,
                                         self.clock)  # fmt: skip
+        self.metrics.watch_reads(self.reads)
         self.build_site()
         self.index = 0
 

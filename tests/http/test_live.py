@@ -5,6 +5,7 @@ One cluster for the module; the last test takes the majority down.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import socket
@@ -12,6 +13,7 @@ import ssl
 import struct
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -166,6 +168,54 @@ def test_a_follower_read_right_after_an_ack_includes_the_frame(live_cluster):
         camera.close()
     # Not asserted (timing): how often a local read on the follower missed the frame just acked.
     print(f"local reads on the follower right after an ack that missed it: {local_misses}/30")
+
+
+def test_concurrent_reads_batched_on_leader_and_follower_see_every_write_acked_before_them(live_cluster):
+    """§6.4 batching stays linearizable: 8 keep-alive readers (4 on the leader, 4 on a
+    follower) read while a camera writes; each read must show at least the newest
+    frame acked before the read started, though reads share read index requests."""
+    cluster = live_cluster
+    leader = cluster.leader()
+    follower = next(i for i in cluster.nodes if i != leader)
+    camera = RawCamera(cluster.config.member(leader).client, 51, "south", cluster.config.tls)
+    camera.frame(1)
+    lock = threading.Lock()
+    acked, done, reads, stale = [1], threading.Event(), [], []
+
+    def reader(node_id):
+        address = cluster.config.member(node_id).http
+        context = ssl.create_default_context(cafile=cluster.config.tls.ca)
+        connection = http.client.HTTPSConnection(address.host, address.port, timeout=5, context=context)
+        try:
+            while not done.is_set():
+                with lock:
+                    floor = acked[0]  # acked before this read starts
+                connection.request("GET", "/api/v1/cameras/51")
+                response = connection.getresponse()
+                body = response.read()
+                seen = json.loads(body)["last_seq"] if response.status == 200 else None
+                with lock:
+                    reads.append(node_id)
+                    if seen is None or seen < floor:
+                        stale.append((node_id, floor, response.status, body[:200]))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=reader, args=(node,), daemon=True) for node in [leader, follower] * 4]
+    for thread in threads:
+        thread.start()
+    try:
+        for seq in range(2, 61):
+            assert camera.frame(seq).seq == seq
+            with lock:
+                acked[0] = seq
+    finally:
+        done.set()
+        camera.close()
+        for thread in threads:
+            thread.join(10)
+    assert stale == []
+    assert reads.count(leader) >= 20 and reads.count(follower) >= 20, (reads.count(leader), reads.count(follower))
 
 
 def test_metrics_on_a_live_cluster(live_cluster):

@@ -6,7 +6,7 @@ when the entries are applied, and moves a ``task.Clock`` for timeouts.
 
 from __future__ import annotations
 
-from parkd.node.reads import READ_ATTEMPTS, READ_RETRY_DELAY, READ_TIMEOUT
+from parkd.node.reads import BATCH_PATIENCE, READ_ATTEMPTS, READ_RETRY_DELAY, READ_TIMEOUT
 
 
 def free_of(response, lot="north"):
@@ -40,17 +40,92 @@ def test_a_read_index_already_applied_answers_at_once(node):
 
 
 def test_reads_complete_in_index_order_and_ignore_other_contexts(node):
-    first, second = node.request("/api/v1/lots"), node.request("/api/v1/cameras?lot=north")
-    ctx1, ctx2 = node.core.asked
+    first = node.request("/api/v1/lots")
+    node.core.ready_count += 1  # the request left: the next read waits for its answer
+    second = node.request("/api/v1/cameras?lot=north")
+    (ctx1,) = node.core.asked
+    node.read_state(ctx1 + 1000, 1)  # not ours: ignored
+    node.read_state(ctx1, 2)
+    (_, ctx2) = node.core.asked  # the second read's request went once the first was answered
     assert ctx1 != ctx2
-    node.read_state(ctx1 + ctx2 + 1000, 1)  # not ours: ignored
-    node.read_state(ctx2, 2)
-    node.read_state(ctx1, 1)
+    node.read_state(ctx2, 1)
     node.apply(7, 1, 40)
-    assert first.response().status == 200 and second.response() is None
+    assert second.response().status == 200 and first.response() is None
     node.apply(7, 2, 41)
-    assert second.response().json()["cameras"][0]["last_seq"] == 2
+    assert first.response().json()["lots"][0]["free"] == 41
     assert node.reads.pending == 0
+
+
+def test_6_4_reads_before_the_request_leaves_share_it(node):
+    """§6.4 batching: reads that arrive before the request left the node ride on it."""
+    node.apply(7, 1, 40)
+    requests = [node.request("/api/v1/lots/north") for _ in range(5)]
+    assert len(node.core.asked) == 1 and node.reads.requests == 1
+    node.read_state(node.core.asked[0], 1)
+    assert [r.response().json()["free"] for r in requests] == [40] * 5
+    metrics = node.get("/metrics").body.decode()
+    assert "parkd_read_index_requests_total 1.0" in metrics
+    assert 'parkd_http_reads_total{consistency="linearizable",outcome="ok"} 5.0' in metrics
+
+
+def test_6_4_reads_after_the_request_left_wait_for_it_then_share_the_next(node):
+    """A read that started after the request left must not take its answer (the
+    leader may have recorded its commit index before a write acked meanwhile)."""
+    node.apply(7, 1, 40)
+    first = node.request("/api/v1/lots/north")
+    node.core.ready_count += 1
+    later = [node.request("/api/v1/lots/north") for _ in range(3)]
+    assert len(node.core.asked) == 1  # one request in flight
+    node.apply(7, 2, 41)  # a write acked after the first request left, before the later reads
+    node.read_state(node.core.asked[0], 1)
+    assert first.response().json()["free"] == 41
+    assert [r.response() for r in later] == [None] * 3
+    assert len(node.core.asked) == 2  # the three went together
+    node.read_state(node.core.asked[1], 2)
+    assert [r.response().json()["free"] for r in later] == [41] * 3
+    assert node.reads.requests == 2 and node.reads.pending == 0
+
+
+def test_a_request_never_answered_holds_the_next_batch_back_only_for_patience(node):
+    node.apply(7, 1, 40)
+    lost = node.request("/api/v1/lots/north")
+    node.core.ready_count += 1
+    second = node.request("/api/v1/lots/north")
+    node.clock.advance(BATCH_PATIENCE - 0.001)
+    assert len(node.core.asked) == 1
+    node.clock.advance(0.001)
+    assert len(node.core.asked) == 2
+    node.read_state(node.core.asked[1], 1)
+    assert second.response().status == 200 and lost.response() is None
+    node.read_state(node.core.asked[0], 1)  # a late answer still serves its reads
+    assert lost.response().status == 200
+
+
+def test_6_4_a_batch_whose_leader_lost_leadership_asks_again_together(node):
+    node.apply(7, 1, 40)
+    requests = [node.request("/api/v1/lots/north") for _ in range(3)]
+    node.read_state(node.core.asked[0], 0)
+    node.clock.advance(READ_RETRY_DELAY)
+    assert len(node.core.asked) == 2  # one request for the three retries
+    node.read_state(node.core.asked[1], 1)
+    assert [r.response().status for r in requests] == [200] * 3
+
+
+def test_reads_that_all_went_away_leave_nothing_behind(node):
+    node.apply(7, 1, 40)
+    gone = [node.request("/api/v1/lots/north") for _ in range(2)]
+    node.core.ready_count += 1
+    queued = node.request("/api/v1/lots/north")
+    for request in [*gone, queued]:
+        request.disconnect()
+    assert node.reads.pending == 0
+    node.clock.advance(BATCH_PATIENCE)
+    assert len(node.core.asked) == 1  # nothing left to ask for
+    node.read_state(node.core.asked[0], 1)  # an answer for no one
+    after = node.request("/api/v1/lots/north")
+    assert len(node.core.asked) == 2  # nothing in flight any more: asked at once
+    node.read_state(node.core.asked[1], 1)
+    assert after.response().status == 200 and node.reads.pending == 0
 
 
 def test_no_leader_known_is_503_with_retry_after(node):

@@ -66,6 +66,15 @@ def test_apply_updates_camera_lot_and_history(state):
     assert state.frames(7) == [FrameView(1, 30, 1_001.0, 2), FrameView(2, 25, 1_500.0, 3)]
 
 
+def test_one_lot_is_the_same_view_as_in_every_lot(state):
+    assert state.lot("south") == LotView("south", 60, None, 0, None)
+    state.apply([frame(1, 7, 1, 30), frame(2, 8, 1, 20), frame(3, 9, 1, 5, lot="south")])
+    assert state.lot("north") == state.lots()[0]
+    assert (state.lot("north").cameras, state.lot("south").cameras) == (2, 1)
+    assert state.lot("south") == state.lots()[1]
+    assert state.lot("west") is None
+
+
 def test_duplicate_reports_the_original_and_changes_nothing(state, engine):
     state.apply([frame(1, 7, 1, 30), frame(2, 7, 1, 99)])  # a retry in the same batch
     before = dump(engine)
