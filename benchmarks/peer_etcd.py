@@ -7,7 +7,8 @@ Starts a fresh 3-member cluster on 127.0.0.1 with etcd's defaults (heartbeat
 ``--workdir``, and measures it with the small Python client of
 benchmarks/etcd_client.py (the v3 JSON gateway, one keep-alive connection):
 
-1. sequential 100-byte puts to the leader: p50/p99 over ``PUTS`` puts (or 30 s);
+1. sequential 100-byte puts to the leader: p50/p99 over ``PUTS`` puts (or 30 s),
+   and the CPU the three members spent per put meanwhile (``put_cpu_ms``, from /proc);
 2. linearizable reads of one key from the leader: p50/p99 with one client, and
    reads/s with 16 clients (threads, one connection each) for 10 s;
 3. kill -9 of the leader: seconds until the first successful put of those
@@ -51,6 +52,7 @@ UNAVAILABLE = 3  # exit status when etcd is missing and cannot be installed
 FAILURES = (EtcdError, OSError, http.client.HTTPException)
 
 PUTS = 1000
+WARM_PUTS = 20  # before the measured ones
 READS = 1000
 READ_CLIENTS = 16
 OP_SECONDS = 30.0  # bound on each sequential series
@@ -183,6 +185,10 @@ class EtcdCluster:
                 client.close()
         return (leader,) if leader is not None and len(leaders) == 1 else None
 
+    def cpu_seconds(self) -> float:
+        """CPU seconds the running members used so far, summed (from /proc)."""
+        return sum(member.cpu_seconds() for member in self.members if member.alive())
+
     def kill(self, i: int) -> None:
         self.members[i].kill()
 
@@ -227,7 +233,7 @@ def summary(prefix: str, latencies: list[float], failures: int) -> dict:
 def measure_puts(address: str, count: int) -> dict:
     client = Client(address)
     try:
-        timed(lambda i: client.put(b"/bench/warm/%d" % i, record(i)), 20, OP_SECONDS)
+        timed(lambda i: client.put(b"/bench/warm/%d" % i, record(i)), WARM_PUTS, OP_SECONDS)
         return summary("put", *timed(lambda i: client.put(b"/bench/put/%06d" % i, record(i)), count, OP_SECONDS))
     finally:
         client.close()
@@ -355,7 +361,10 @@ def measure(etcd: dict, workdir: str, quick: bool, failover_runs: int) -> dict:
     with EtcdCluster(etcd["binary"], workdir) as cluster:
         leader = cluster.clients[cluster.ready()]
         results = {"version": etcd["etcd"], "etcdctl": etcd["etcdctl"], "go": etcd["go"], "members": 3}
+        cpu = cluster.cpu_seconds()
         results.update(measure_puts(leader, 300 if quick else PUTS))
+        puts = WARM_PUTS + results["puts"] + results["put_errors"]
+        results["put_cpu_ms"] = round((cluster.cpu_seconds() - cpu) * 1000 / puts, 3)  # the 3 members, per put
         results.update(measure_reads(leader, 300 if quick else READS))
         results.update(measure_read_throughput(leader, READ_CLIENTS, 5.0 if quick else 10.0))
         results.update(measure_failover(cluster, failover_runs))

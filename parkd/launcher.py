@@ -62,6 +62,13 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
             s.close()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far, from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Daemon:
     """One ``twistd -n parkd …`` process with its log files."""
@@ -110,6 +117,10 @@ class Daemon:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds the process has used so far (benchmarks)."""
+        return cpu_seconds(self.proc.pid)
 
     def signal(self, sig: int) -> None:
         if self.alive():

@@ -258,7 +258,11 @@ def makeService(options: Options, reactor=None) -> service.IService:
         from twisted.internet import reactor
     settings = options.subOptions.settings
     if options.subCommand == "node":
-        return build_node_service(settings, reactor)
+        from parkd.node.gcpauses import GcService
+
+        top = build_node_service(settings, reactor)
+        GcService(reactor).setServiceParent(top)
+        return top
     from parkd.camera.service import build_camera_service
 
     return build_camera_service(settings, reactor)

@@ -215,9 +215,10 @@ ETCD = {"version": "3.4.23", "go": "go1.19.8", "put_p50_ms": 1.5, "put_p99_ms": 
 
 
 def test_table_prints_etcd_and_the_ratio_next_to_parkd():
-    text = bench.table({"latency": {"p50_ms": 3.0, "p99_ms": 8.0}, "failover": {"median_s": 0.65}, "etcd": ETCD}, 3)
+    text = bench.table({"latency": {"p50_ms": 3.0, "p99_ms": 8.0}, "failover": {"median_s": 0.65, "max_s": 0.9},
+                        "etcd": ETCD}, 3)  # fmt: skip
     assert line(text, "Low-load ack latency, TLS")[1:4] == ["3.0 / 8.0", "1.5 / 4.0", "2.00"]
-    assert line(text, "kill -9 leader")[1:4] == ["0.65", "1.3", "0.50"]
+    assert line(text, "kill -9 leader")[1:4] == ["0.65 / 0.9", "1.3", "0.50"]
     assert line(text, "Linearizable read, HTTPS: p50 / p99 (ms), leader")[1:4] == ["—", "0.8 / 3.0", ""]  # not measured
     assert line(text, "Linearizable reads/s, HTTPS")[1:4] == ["—", "2,500", ""]
     assert "etcd 3.4.23 (go1.19.8)" in text and "medians of 3 round(s)" in text
@@ -282,6 +283,19 @@ def test_read_client_checks_each_answer_over_one_keep_alive_connection():
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def test_table_prints_the_follower_latency_and_the_cpu_per_ack_next_to_etcd():
+    latency = {"p50_ms": 1.2, "p99_ms": 5.0, "follower_p50_ms": 1.8, "follower_p99_ms": 6.0, "cpu_ms_per_ack": 1.5,
+               "follower_cpu_ms_per_ack": 2.0}  # fmt: skip
+    text = bench.table({"latency": latency, "throughput": {"rate": 9000.0, "cpu_ms_per_ack": 0.4},
+                        "etcd": {**ETCD, "put_cpu_ms": 0.75}})  # fmt: skip
+    assert line(text, "Low-load ack latency with the camera on a follower")[1:4] == ["1.8 / 6.0", "1.5 / 4.0", "1.20"]
+    assert line(text, "CPU per acked frame, 3 nodes (ms), one frame in flight, camera on the leader")[1:4] == [
+        "1.50", "0.75", "2.00"]
+    assert line(text, "CPU per acked frame, 3 nodes (ms), one frame in flight, camera on a follower")[1:4] == [
+        "2.00", "0.75", "2.67"]
+    assert line(text, "CPU per acked frame, 3 nodes (ms), at saturation")[1:4] == ["0.40", "", ""]
 
 
 def test_table_without_etcd_keeps_parkd_rows_only():

@@ -99,4 +99,4 @@ def test_make_service_only_wires(cluster_config):
     reactor = MemoryReactorClock()
     top = makeService(options, reactor)
     assert reactor.tcpServers == []  # nothing listens before startService
-    assert [type(s).__name__ for s in top] == ["NodeService", "HttpService", "OnSignal"]
+    assert [type(s).__name__ for s in top] == ["NodeService", "HttpService", "OnSignal", "GcService"]

@@ -8,6 +8,13 @@ applies each ``(camera_id, incarnation, seq)`` once and answers duplicates with
 the original result.  A frame belongs to the incarnation its connection's
 ``Hello`` named (CONTRACT §9).
 
+A node that knows no leader (an election is on) holds new frames instead of
+refusing them: they wait, as frames already in flight do, and are proposed
+as soon as a leader is known.  The hold is bounded: a frame held for
+:data:`MAX_HOLD_S` without a leader, or one beyond :data:`MAX_HELD` held
+frames, gets ``Unavailable(retry_after_ms=NO_LEADER_RETRY_MS)`` as before and
+the camera retries it from its outbox (CONTRACT §5).
+
 A camera the registry disabled (``registry.py``) is refused with
 ``PERMISSION_DENIED`` and its connection closed: at its ``Hello``, at a frame,
 and when a frame proposed before the disable entry is rejected at apply.
@@ -35,6 +42,11 @@ from parkd.proto import parkd_pb2 as pb
 from parkd.raft.core import NotLeader
 
 NO_LEADER_RETRY_MS = 300
+# A frame that finds no leader is held this long for an election to end (one
+# after a kill -9 takes tens of ms: the survivors see the connection drop), and
+# at most this many at once; then Unavailable.
+MAX_HOLD_S = 1.0
+MAX_HELD = 20_000
 ALARM_RETRY_MS = 2000  # a camera refused for an alarm (nospace) waits this long
 MAX_TIMED_ACKS = 100_000  # frames in flight whose arrival time is remembered
 
@@ -73,6 +85,7 @@ class FrameIntake:
     """Node-wide: validation, proposing, and who is waiting for which ack.
 
     ``registry``: the node's CameraRegistry (``is_disabled``); none: every camera is enabled.
+    ``max_hold_s``, ``max_held``: how long and how many frames wait for a leader to be known.
     """
 
     log = Logger()
@@ -85,7 +98,12 @@ class FrameIntake:
         lots: dict[str, int],
         clock,
         registry=None,
+        *,
+        max_hold_s: float = MAX_HOLD_S,
+        max_held: int = MAX_HELD,
     ):
+        self.max_hold_s = max_hold_s
+        self.max_held = max_held
         self.propose: Callable[[bytes], None] = driver.propose
         self.state = state
         self.analyzer = analyzer
@@ -113,6 +131,10 @@ class FrameIntake:
         # changes, since a proposal in flight to a leader that stepped down (or
         # refused it while handing over) is lost; duplicates apply once anyway.
         self._proposed: dict[Key, bytes] = {}
+        # Frames waiting for a leader to be known, and since when (in arrival
+        # order): proposed at the next LeaderChanged, refused after MAX_HOLD_S.
+        self._held: dict[Key, float] = {}
+        self._expiry = None  # the timer that refuses the oldest held frame
 
     def observe(self, observer: IntakeObserver) -> None:
         """Tell ``observer`` (the node's metrics) what the intake proposes, acks and applies."""
@@ -168,23 +190,27 @@ class FrameIntake:
         result = codec.FrameResult(frame.camera_id, frame.lot, frame.seq, frame.captured_at, free, incarnation)
         data = codec.encode(result)
         key = (frame.camera_id, incarnation, frame.seq)
+        now = self.clock.seconds()
         try:
             self.propose(data)
         except NotLeader:
-            self.observer.proposed(False)
-            conn.send_envelope(
-                pb.Envelope(unavailable=pb.Unavailable(retry_after_ms=NO_LEADER_RETRY_MS, reason="no leader known"))
-            )
-            return
-        self.observer.proposed(True)
+            if key not in self._held and len(self._held) >= self.max_held:
+                self.observer.proposed(False)
+                conn.send_envelope(_no_leader())
+                return
+            self._held.setdefault(key, now)
+            if self._expiry is None:
+                self._expiry = self.clock.callLater(self.max_hold_s, self._expire_held)
+        else:
+            self.observer.proposed(True)
         if key not in self._arrived and len(self._arrived) < MAX_TIMED_ACKS:
-            self._arrived[key] = self.clock.seconds()
+            self._arrived[key] = now
         self.waiting[key].add(conn)
         self._proposed[key] = data
         conn.waiting_for.add(key)
 
     def _leader_changed(self, event: LeaderChanged) -> None:
-        """A new leader is known: propose the waiting frames again (see ``_proposed``)."""
+        """A new leader is known: propose the waiting frames again (see ``_proposed``), held ones too."""
         if event.leader_id is None:
             return
         for data in list(self._proposed.values()):
@@ -192,6 +218,32 @@ class FrameIntake:
                 self.propose(data)
             except NotLeader:
                 return
+        for _ in range(len(self._held)):
+            self.observer.proposed(True)
+        self._held.clear()
+        self._cancel_expiry()
+
+    def _expire_held(self) -> None:
+        """Refuse the frames held ``max_hold_s`` without a leader (Unavailable: the camera retries them)."""
+        self._expiry = None
+        now = self.clock.seconds()
+        while self._held:
+            key, since = next(iter(self._held.items()))
+            if now - since < self.max_hold_s:
+                self._expiry = self.clock.callLater(self.max_hold_s - (now - since), self._expire_held)
+                return
+            del self._held[key]
+            self.observer.proposed(False)
+            self._proposed.pop(key, None)
+            self._arrived.pop(key, None)
+            for conn in self.waiting.pop(key, ()):
+                conn.waiting_for.discard(key)
+                conn.send_envelope(_no_leader())
+
+    def _cancel_expiry(self) -> None:
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
+        self._expiry = None
 
     @staticmethod
     def _check_connection(conn, frame) -> tuple[int, str] | None:
@@ -230,6 +282,7 @@ class FrameIntake:
                 incarnation = (result.camera_id, result.incarnation)
                 self._applied_seqs[incarnation] = max(self._applied_seqs.get(incarnation, 0), result.seq)
             self._proposed.pop(key, None)
+            self._held.pop(key, None)
             arrived = self._arrived.pop(key, None)
             waiters = self.waiting.pop(key, ())
             if waiters and arrived is not None and result.outcome is not Outcome.REJECTED:
@@ -252,4 +305,11 @@ class FrameIntake:
                     del self.waiting[key]
                     self._proposed.pop(key, None)
                     self._arrived.pop(key, None)
+                    self._held.pop(key, None)
         conn.waiting_for.clear()
+        if not self._held:
+            self._cancel_expiry()
+
+
+def _no_leader() -> pb.Envelope:
+    return pb.Envelope(unavailable=pb.Unavailable(retry_after_ms=NO_LEADER_RETRY_MS, reason="no leader known"))

@@ -9,6 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from parkd.http.metrics import NodeMetrics
 from parkd.proto import parkd_pb2 as pb
 from parkd.node import driver as events
+from parkd.node.frames import MAX_HOLD_S
 from parkd.raft.core import Role
 
 
@@ -128,7 +129,9 @@ def test_proposals_frames_applied_and_ack_latency(node):
     node.apply(7, 2, 41)
     node.apply(7, 2, 41)  # a duplicate entry (a retry that was committed twice)
     node.core.leader_id = None
-    submit(node, Conn(8, "south"), 1, lot="south")  # no leader: refused, not proposed
+    submit(node, Conn(8, "south"), 1, lot="south")  # no leader: held, then refused, never proposed
+    assert value(scrape(node), "parkd_proposals_total", outcome="no_leader") == 0  # held
+    node.clock.advance(MAX_HOLD_S)
     assert len(conn.acks) == 2
     s = scrape(node)
     assert value(s, "parkd_proposals_total", outcome="accepted") == 2

@@ -6,7 +6,7 @@ from twisted.logger import Logger
 from twisted.internet.testing import StringTransport
 
 from parkd.db import open_engine
-from parkd.node.frames import FrameIntake
+from parkd.node.frames import MAX_HOLD_S, NO_LEADER_RETRY_MS, FrameIntake
 from parkd.node.ports import ClientPortFactory
 from parkd.parking.analyzer import HashAnalyzer
 from parkd.parking.codec import decode
@@ -84,14 +84,89 @@ def test_duplicate_in_the_log_acks_both_waiters_with_one_result():
     assert len(state.frames(7)) == 1
 
 
-def test_no_leader_answers_unavailable():
-    state, cluster, intake, factory = setup()
+def held_setup(**limits):
+    """A node that knows no leader, on a clock the test moves."""
+    clock = Clock()
+    state = ParkingState(open_engine("sqlite://"), LOTS)
+    cluster = Proposals()
     cluster.leader = False
+    intake = FrameIntake(cluster, state, HashAnalyzer(), LOTS, clock, **limits)
+    return clock, state, cluster, intake, ClientPortFactory(clock, 4 << 20, intake)
+
+
+def camera(factory, camera_id=7):
     proto = connect(factory)
-    send(proto, hello=pb.Hello(camera_id=7, lot="north"))
+    send(proto, hello=pb.Hello(camera_id=camera_id, lot="north"))
+    return proto
+
+
+def test_no_leader_holds_the_frame_and_proposes_it_once_a_leader_is_known():
+    clock, state, cluster, intake, factory = held_setup()
+    proto = camera(factory)
     send(proto, submit_frame=frame(1))
+    clock.advance(MAX_HOLD_S / 2)
+    assert received(proto) == [] and cluster.pending == []  # held, not refused
+    cluster.leader = True
+    cluster.new_leader(2)
+    [data] = cluster.pending
+    assert decode(data).seq == 1
+    cluster.commit(state)
+    [ack] = received(proto)
+    assert ack.frame_ack.seq == 1 and ack.frame_ack.index == 1
+    clock.advance(MAX_HOLD_S)  # the hold's timer is gone: nothing more for the camera
+    assert received(proto) == [] and clock.getDelayedCalls() == []
+
+
+def test_a_frame_held_max_hold_without_a_leader_gets_unavailable():
+    clock, state, cluster, intake, factory = held_setup()
+    proto = camera(factory)
+    send(proto, submit_frame=frame(1))
+    clock.advance(MAX_HOLD_S - 0.01)
+    assert received(proto) == []
+    clock.advance(0.01)
     [answer] = received(proto)
-    assert answer.unavailable.retry_after_ms > 0
+    assert answer.unavailable.retry_after_ms == NO_LEADER_RETRY_MS and answer.unavailable.reason == "no leader known"
+    assert intake.waiting == {} and proto.waiting_for == set()
+    cluster.leader = True
+    cluster.new_leader(2)
+    assert cluster.pending == []  # refused: the camera sends it again from its outbox
+
+
+def test_each_held_frame_waits_its_own_max_hold():
+    clock, state, cluster, intake, factory = held_setup(max_hold_s=1.0)
+    a, b = camera(factory, 7), camera(factory, 8)
+    send(a, submit_frame=frame(1, camera_id=7))
+    clock.advance(0.6)
+    send(b, submit_frame=frame(1, camera_id=8))
+    clock.advance(0.4)
+    assert [e.WhichOneof("body") for e in received(a)] == ["unavailable"] and received(b) == []
+    clock.advance(0.6)
+    assert [e.WhichOneof("body") for e in received(b)] == ["unavailable"]
+    assert clock.getDelayedCalls() == []
+
+
+def test_no_more_than_max_held_frames_are_held():
+    clock, state, cluster, intake, factory = held_setup(max_held=2)
+    proto = camera(factory)
+    for seq in (1, 2, 3):
+        send(proto, submit_frame=frame(seq))
+    [answer] = received(proto)  # the third one at once
+    assert answer.unavailable.retry_after_ms == NO_LEADER_RETRY_MS
+    assert proto.waiting_for == {(7, 0, 1), (7, 0, 2)}
+    cluster.leader = True
+    cluster.new_leader(2)
+    assert [decode(d).seq for d in cluster.pending] == [1, 2]
+
+
+def test_a_held_frame_of_a_camera_that_left_is_dropped_with_its_timer():
+    clock, state, cluster, intake, factory = held_setup()
+    proto = camera(factory)
+    send(proto, submit_frame=frame(1))
+    proto.connectionLost(None)
+    assert intake.waiting == {} and clock.getDelayedCalls() == []
+    cluster.leader = True
+    cluster.new_leader(2)
+    assert cluster.pending == []
 
 
 def test_refusals_are_clear_errors_and_store_nothing():

@@ -9,6 +9,8 @@ same result.
 import signal
 import time
 
+from parkd.launcher import camera_daemon
+
 
 def start(make_cluster, **kwargs):
     return make_cluster(**kwargs).start_all()
@@ -49,6 +51,29 @@ def test_2_leader_failure(make_cluster):
     cluster.wait_acks(30, since=before)
     for camera in cluster.cameras.values():
         camera.stop()
+    cluster.check_exactly_once([n for n in cluster.nodes if n != leader])
+
+
+def test_2_a_camera_on_a_surviving_node_is_held_through_the_election_not_refused(make_cluster):
+    """After a kill -9 of the leader the node a camera talks to knows no leader
+    until the election ends: it holds the camera's frames and proposes them to
+    the new leader (CONTRACT §5), so the camera never hears Unavailable."""
+    cluster = make_cluster(interval=0.02)
+    cluster.start_nodes()
+    leader = cluster.leader()
+    survivor = next(n for n in cluster.nodes if n != leader)
+    client = str(cluster.config.member(survivor).client)
+    cluster.cameras[1] = camera_daemon(cluster.config_path, 1, "north", cluster.workdir, "--cluster", client).start()
+    cluster.wait_acks(20)
+    killed_at = time.time()
+    cluster.nodes[leader].kill()
+    cluster.wait_for_ack_after(killed_at)
+    before = len(cluster.acked())
+    cluster.wait_acks(20, since=before)
+    assert f"lost the connection to leader {leader}" in cluster.nodes[survivor].log_text()
+    assert "no leader known" not in cluster.cameras[1].log_text()
+    assert "leaving node" not in cluster.cameras[1].log_text()  # one connection throughout
+    cluster.cameras[1].stop()
     cluster.check_exactly_once([n for n in cluster.nodes if n != leader])
 
 

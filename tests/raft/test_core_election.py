@@ -393,6 +393,32 @@ def test_losing_the_leaders_connection_starts_a_campaign_within_a_third_of_the_t
         assert core.role is Role.PRE_CANDIDATE and 1 <= ticks <= T // 3
 
 
+def ticks_to_campaign(core) -> int:
+    ticks = 0
+    while core.role is Role.FOLLOWER:
+        core.tick()
+        ticks += 1
+    return ticks
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_9_3_survivors_of_a_lost_leader_campaign_in_turn_by_id_one_tick_apart(seed):
+    """§9.3: campaigns that start together split the vote; the survivors of a
+    kill -9 all get the hint at once, so they take turns (lowest id first)."""
+    turns = {}
+    for node_id in (1, 2, 3, 4, 5):
+        if node_id == 4:
+            continue  # the leader that was lost
+        core = RaftCore(node_id, (1, 2, 3, 4, 5), PersistedState(HardState(1, 0), tuple(entries_with_terms([1]))),
+                        random.Random(seed), CFG)  # fmt: skip
+        core.step(AppendEntries(1, 4, node_id, 1, 1, (), 0))
+        drain(core)
+        core.tick()  # wherever its election timer stands
+        core.step(PeerUnreachable(4))
+        turns[node_id] = ticks_to_campaign(core)
+    assert turns == {1: 1, 2: 2, 3: 3, 5: 4}
+
+
 def test_after_losing_the_leader_a_follower_grants_pre_votes_at_once():
     """Its lease ends with the hint (§6.2), so another survivor's pre-vote wins."""
     core = make_core(terms=[1], term=1)
