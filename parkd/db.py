@@ -92,7 +92,7 @@ def open_engine(path_or_url: str) -> sa.Engine:
 
     @sa.event.listens_for(engine, "begin")
     def _on_begin(conn) -> None:
-        conn.exec_driver_sql("BEGIN")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_IMMEDIATE) else "BEGIN")
 
     return engine
 
@@ -117,6 +117,22 @@ def unsynced_transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
                 yield conn
         finally:
             raw.execute("PRAGMA synchronous=FULL")
+
+
+_IMMEDIATE = "parkd_begin_immediate"
+
+
+def begin_immediate(conn: sa.Connection) -> sa.RootTransaction:
+    """A transaction that takes SQLite's write lock at its start (``BEGIN IMMEDIATE``).
+
+    For a long transaction that reads before it writes on another thread than the
+    node's other writers: a plain ``BEGIN`` reads from a snapshot of the WAL, and
+    if another connection commits before its first write, that write fails at once
+    with "database is locked" (SQLite cannot upgrade a stale snapshot; the busy
+    timeout does not apply).  Taken at the start, the lock waits for the others'
+    short transactions instead, and theirs wait for this one.
+    """
+    return conn.execution_options(**{_IMMEDIATE: True}).begin()
 
 
 def checkpoint_truncate(engine: sa.Engine) -> tuple[int, int, int]:

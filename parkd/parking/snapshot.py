@@ -66,7 +66,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 
-from parkd.db import StorageError, storage_errors, upgrade
+from parkd.db import StorageError, begin_immediate, storage_errors, upgrade
 from parkd.parking.schema import PARKING_SCHEMA_VERSION, UPGRADERS, snapshot_tables
 from parkd.parking.schema import metadata as _parking_metadata
 from parkd.raft.types import SnapshotMeta
@@ -474,7 +474,7 @@ def restore_snapshot(
         raw = conn.connection.dbapi_connection
         raw.execute("ATTACH DATABASE ? AS snap", (path,))
         try:
-            with conn.begin():
+            with begin_immediate(conn):  # the node's reactor thread writes meanwhile (compaction, housekeeping)
                 applied = conn.exec_driver_sql("SELECT last_applied FROM main.applied WHERE id = 1").scalar()
                 if applied is not None and applied > index:
                     raise ValueError(f"snapshot at {index} is older than the applied index {applied}")

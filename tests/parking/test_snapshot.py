@@ -470,6 +470,35 @@ def test_restore_runs_the_callers_half_in_its_transaction_and_is_atomic_with_it(
     assert follower.storage.load() == PersistedState(HardState(2, 0, 300), (), snap.meta)
 
 
+def test_install_holds_the_write_lock_so_a_commit_of_another_connection_cannot_fail_it(snap, leader, follower):
+    """The node's reactor thread writes (log compaction, housekeeping) while the snapshot
+    thread installs.  A commit of another connection between the install's first read
+    and its first write used to fail the install at once ("database is locked": a stale
+    WAL snapshot cannot be upgraded), which stopped a restarted node."""
+    follower.log(history(1, 50))
+    other = sqlite3.connect(follower.path, timeout=0.1)
+    tried = []
+
+    def commit_elsewhere(conn, cursor, statement, *args):
+        if statement.startswith("DELETE FROM main.") and not tried:
+            try:
+                other.execute("CREATE TABLE IF NOT EXISTS elsewhere (x)")
+                other.execute("INSERT INTO elsewhere VALUES (1)")
+                other.commit()
+                tried.append("committed")
+            except sqlite3.OperationalError as e:
+                tried.append(str(e))  # the install holds the lock: this writer waits for it
+
+    sa.event.listen(follower.engine, "before_cursor_execute", commit_elsewhere)
+    try:
+        follower.install(snap.path)
+    finally:
+        sa.event.remove(follower.engine, "before_cursor_execute", commit_elsewhere)
+        other.close()
+    assert tried == ["database is locked"]
+    assert follower.tables() == leader.tables()
+
+
 def test_dedup_state_survives_retention_snapshot_and_install(leader, follower, tmp_path):
     leader.log(history(1, 100))
     leader.log([Entry(101, 1, EntryKind.NORMAL, retention_entry(1_000.0 + 10 * 20))])
