@@ -147,9 +147,10 @@ class NodeService(service.Service):
 
     log = Logger()
 
-    def __init__(self, settings, reactor, snapshot_thread=None, disk_free=free_bytes):
+    def __init__(self, settings, reactor, snapshot_thread=None, disk_free=free_bytes, rng=None):
         self.settings = settings
         self.reactor = reactor
+        self._rng = rng or random.Random()  # the core's election timeouts (a test may fix the seed)
         self._snapshot_thread = snapshot_thread  # tests on a fake reactor run snapshot work inline
         self._disk_free = disk_free  # the data dir's free space (tests give a fake disk)
         self.store: Store | None = None
@@ -264,7 +265,7 @@ class NodeService(service.Service):
         s = self.settings
         voters = () if s.join else tuple(m.id for m in s.config.members)  # --join: wait to be added
         core = RaftCore(
-            s.node_id, voters, store.persisted, random.Random(), core_config(s.config.cluster), applied=store.applied
+            s.node_id, voters, store.persisted, self._rng, core_config(s.config.cluster), applied=store.applied
         )
         state_machine = _StateMachine(store.state, lambda meta: self.snapshots.install(meta))
         return RaftDriver(
