@@ -170,27 +170,15 @@ class ClusterClient:
         A request that may have reached a node without an answer is not sent
         again elsewhere: the change may have been made.
         """
-        deadline = time.monotonic() + wait
-        problems: list[str] = []
-        hops = 0
-        while True:
-            todo = list(self.addresses)
-            while todo:
-                address = todo.pop(0)
-                try:
-                    return fetch(address, path, wait + min(wait, DEFAULT_TIMEOUT), body, tls=self.tls)
-                except NodeError as e:
-                    problems.append(f"{address}: {e}")
-                    if e.status == 421 and e.doc.get("leader_http") and hops < MAX_HOPS:
-                        hops += 1
-                        todo.insert(0, _address(e.doc["leader_http"]))
-                    elif e.status is not None and e.status not in (421, 503):
-                        raise Refused(e.doc.get("error") or str(e)) from None
-                    elif e.sent:
-                        raise Refused(f"{address}: {e}; the change may have been made, see parkctl status") from None
-            if time.monotonic() + 0.5 > deadline:
-                raise Refused("no leader could take the request (" + "; ".join(problems[-len(self.addresses):]) + ")")
-            time.sleep(0.5)  # an election is under way: ask again
+
+        def refuse(address: Address, e: NodeError) -> None:
+            if e.status is not None and e.status not in (421, 503):
+                raise Refused(e.doc.get("error") or str(e)) from None
+            if e.sent:
+                raise Refused(f"{address}: {e}; the change may have been made, see parkctl status") from None
+
+        timeout = wait + min(wait, DEFAULT_TIMEOUT)
+        return self._at_the_leader(lambda address: fetch(address, path, timeout, body, tls=self.tls), wait, refuse)
 
     def download(self, path: str, sink, wait: float) -> dict[str, str]:
         """Stream ``path`` from the leader into ``sink`` (:func:`fetch_stream`); its headers.
@@ -198,6 +186,20 @@ class ClusterClient:
         Follows 421 hints and retries 503s until ``wait`` is over, as long as
         no byte has reached ``sink``; a stream that breaks is Refused.
         """
+
+        def refuse(address: Address, e: NodeError) -> None:
+            if e.status is not None and e.status not in (421, 503):
+                raise Refused(f"{address}: " + (e.doc.get("error") or str(e))) from None
+
+        return self._at_the_leader(
+            lambda address: fetch_stream(address, path, self.timeout, sink, tls=self.tls), wait, refuse
+        )
+
+    def _at_the_leader(self, attempt, wait: float, refuse):
+        """``attempt(address)`` on each node in turn, following 421 hints to the leader
+        (at most ``MAX_HOPS``) and asking again every 0.5 s until ``wait`` is over (an
+        election is under way); ``refuse(address, error)`` raises Refused for an error
+        that ends the request."""
         deadline = time.monotonic() + wait
         problems: list[str] = []
         hops = 0
@@ -206,14 +208,14 @@ class ClusterClient:
             while todo:
                 address = todo.pop(0)
                 try:
-                    return fetch_stream(address, path, self.timeout, sink, tls=self.tls)
+                    return attempt(address)
                 except NodeError as e:
                     problems.append(f"{address}: {e}")
                     if e.status == 421 and e.doc.get("leader_http") and hops < MAX_HOPS:
                         hops += 1
                         todo.insert(0, _address(e.doc["leader_http"]))
-                    elif e.status is not None and e.status not in (421, 503):
-                        raise Refused(f"{address}: " + (e.doc.get("error") or str(e))) from None
+                    else:
+                        refuse(address, e)
             if time.monotonic() + 0.5 > deadline:
                 raise Refused("no leader could take the request (" + "; ".join(problems[-len(self.addresses):]) + ")")
             time.sleep(0.5)  # an election is under way: ask again
