@@ -14,16 +14,16 @@ import re
 import socket
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from parkd import ctl, ctl_client
 from parkd.launcher import write_config
 
+from httpfake import JSONHandler, LocalHTTPServer
 
-class FakeNode:
+
+class FakeNode(LocalHTTPServer):
     """An HTTP server answering {path: (status, document)}; records the paths asked."""
 
     def __init__(self, routes=None):
@@ -32,7 +32,7 @@ class FakeNode:
         self.posted: list[tuple[str, str, dict]] = []  # (path, content type, body)
         node = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JSONHandler):
             def do_POST(self):
                 length = int(self.headers.get("content-length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
@@ -42,25 +42,9 @@ class FakeNode:
             def do_GET(self):
                 node.asked.append(self.path)
                 answer = node.routes.get(self.path, (404, {"error": f"no such resource: {self.path}"}))
-                status, body = answer() if callable(answer) else answer
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.send_json(*(answer() if callable(answer) else answer))
 
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.address = f"127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 @pytest.fixture

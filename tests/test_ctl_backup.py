@@ -7,10 +7,7 @@ a broken one: cut short as by a node killed mid-stream, one byte flipped).
 from __future__ import annotations
 
 import io
-import json
 import os
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -18,9 +15,10 @@ from parkd import ctl
 from parkd.ctl_backup import Progress
 
 from backups import backup_file
+from httpfake import JSONHandler, LocalHTTPServer
 
 
-class StreamingNode:
+class StreamingNode(LocalHTTPServer):
     """Answers ``GET /api/v1/admin/backup`` with ``answer()``: ("stream", bytes, cut_at) or (status, JSON doc)."""
 
     def __init__(self, answer):
@@ -28,7 +26,7 @@ class StreamingNode:
         self.asked = 0
         node = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JSONHandler):
             def do_GET(self):
                 node.asked += 1
                 kind, body, *rest = node.answer()
@@ -42,24 +40,9 @@ class StreamingNode:
                     self.wfile.flush()
                     self.close_connection = True
                     return
-                data = json.dumps(body).encode()
-                self.send_response(kind)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.send_json(kind, body)
 
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.address = f"127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 @pytest.fixture(scope="module")
