@@ -3,18 +3,18 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
 
 from parkd.db import open_engine, schema_version
 from parkd.parking.codec import FrameResult, decode, encode
-from parkd.parking.retention import RETENTION_INDEX, ensure_retention_index
+from parkd.parking.retention import RETENTION_INDEX
 from parkd.parking.schema import PARKING_SCHEMA_VERSION
 from parkd.parking.state import CameraView, LotView, Outcome, ParkingState
-from parkd.raft.storage import SqliteStorage
 from parkd.raft.types import Entry, EntryKind
+
+from olddb import database_from_dump, opened_as_a_node
 
 SCHEMA_1 = Path(__file__).parent / "data" / "node-parking-schema-1.sql"
 LOTS = {"north": 100, "south": 60}
@@ -22,13 +22,7 @@ TABLES = ("lots", "cameras", "incarnations", "frames", "lot_buckets", "camera_re
 
 
 def previous_release_db(tmp_path) -> str:
-    path = str(tmp_path / "node.db")
-    conn = sqlite3.connect(path)
-    try:
-        conn.executescript(SCHEMA_1.read_text())
-    finally:
-        conn.close()
-    return path
+    return database_from_dump(SCHEMA_1.name, tmp_path)
 
 
 def tables(engine) -> dict[str, list[tuple]]:
@@ -43,12 +37,8 @@ def tables(engine) -> dict[str, list[tuple]]:
 @pytest.fixture
 def node(tmp_path):
     """The previous release's database opened as a node opens it (parkd.node.service.open_store)."""
-    engine = open_engine(previous_release_db(tmp_path))
-    storage = SqliteStorage(engine)
-    state = ParkingState(engine, LOTS)
-    ensure_retention_index(engine)
-    yield engine, storage, state
-    engine.dispose()
+    with opened_as_a_node(previous_release_db(tmp_path), LOTS) as opened:
+        yield opened
 
 
 def test_the_upgrade_puts_every_camera_and_frame_in_incarnation_0(node):

@@ -7,18 +7,18 @@ a retention entry and a disabled camera.
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
 
 from parkd.db import open_engine, schema_version
 from parkd.parking.history import HistoryPoint
-from parkd.parking.retention import ensure_retention_index, retention_entry
+from parkd.parking.retention import retention_entry
 from parkd.parking.schema import PARKING_SCHEMA_VERSION
 from parkd.parking.state import ParkingState
-from parkd.raft.storage import SqliteStorage
 from parkd.raft.types import Entry, EntryKind
+
+from olddb import database_from_dump, opened_as_a_node
 
 SCHEMA_2 = Path(__file__).parent / "data" / "node-parking-schema-2.sql"
 LOTS = {"north": 100, "south": 60}
@@ -45,16 +45,8 @@ def tables(engine, since: float = CUTOFF) -> dict[str, list[tuple]]:
 @pytest.fixture
 def node(tmp_path):
     """The previous code's database opened as a node opens it (parkd.node.service.open_store)."""
-    path = str(tmp_path / "node.db")
-    conn = sqlite3.connect(path)
-    conn.executescript(SCHEMA_2.read_text())
-    conn.close()
-    engine = open_engine(path)
-    storage = SqliteStorage(engine)
-    state = ParkingState(engine, LOTS)
-    ensure_retention_index(engine)
-    yield engine, storage, state
-    engine.dispose()
+    with opened_as_a_node(database_from_dump(SCHEMA_2.name, tmp_path), LOTS) as opened:
+        yield opened
 
 
 def test_the_upgrade_builds_the_buckets_a_fresh_node_writes_from_the_same_log(node):

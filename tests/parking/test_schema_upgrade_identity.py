@@ -13,11 +13,11 @@ import pytest
 
 from parkd.db import open_engine, schema_version
 from parkd.parking.codec import ClusterIdCommand, MemberDataDir, encode_cluster_id, encode_member_data_dir
-from parkd.parking.retention import ensure_retention_index
 from parkd.parking.schema import PARKING_SCHEMA_VERSION
 from parkd.parking.state import CameraView, ParkingState
-from parkd.raft.storage import SqliteStorage
 from parkd.raft.types import Entry, EntryKind, HardState
+
+from olddb import database_from_dump, opened_as_a_node
 
 SCHEMA_3 = Path(__file__).parent / "data" / "node-parking-schema-3.sql"
 LOTS = {"north": 100, "south": 60}
@@ -27,13 +27,7 @@ DIR_1, DIR_2 = "11" * 16, "22" * 16
 
 
 def previous_release_db(tmp_path) -> str:
-    path = str(tmp_path / "node.db")
-    conn = sqlite3.connect(path)
-    try:
-        conn.executescript(SCHEMA_3.read_text())
-    finally:
-        conn.close()
-    return path
+    return database_from_dump(SCHEMA_3.name, tmp_path)
 
 
 def tables(path_or_engine, names) -> dict[str, list[tuple]]:
@@ -55,12 +49,8 @@ def old_db(tmp_path):
 @pytest.fixture
 def node(old_db):
     """The previous release's database opened as a node opens it (parkd.node.service.open_store)."""
-    engine = open_engine(old_db)
-    storage = SqliteStorage(engine)
-    state = ParkingState(engine, LOTS)
-    ensure_retention_index(engine)
-    yield engine, storage, state
-    engine.dispose()
+    with opened_as_a_node(old_db, LOTS) as opened:
+        yield opened
 
 
 def test_the_upgrade_keeps_every_row_and_adds_an_empty_identity(old_db):
