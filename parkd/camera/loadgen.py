@@ -37,12 +37,11 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import random
 import signal
 import sys
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred
@@ -52,7 +51,9 @@ from twisted.internet.protocol import ClientFactory, Protocol
 from zope.interface import implementer
 
 from parkd.camera.client import CameraClient
-from parkd.camera.outbox import Frame, new_incarnation
+from parkd.camera.memory_outbox import MemoryOutbox
+from parkd.camera.outbox import Frame
+from parkd.camera.storm import Storm
 from parkd.config import parse_cluster_addresses
 from parkd.daemon import raise_file_limit
 from parkd.ratelimit import RateLimitedLog
@@ -60,54 +61,6 @@ from parkd.ratelimit import RateLimitedLog
 PAYLOAD = b"x" * 64
 TLS_FAILED = "{count} more failed TLS handshakes"
 LAG_PROBE = 0.05  # seconds between two probes of the generator's own event-loop lag
-
-
-class MemoryOutbox:
-    """The Outbox interface without a disk (benchmarks only).
-
-    Each one is a new state dir, so it has a new incarnation (CONTRACT §9): a run
-    that starts its cameras at seq 1 again is not taken for a retry of an earlier run.
-    """
-
-    def __init__(self, on_ack, on_discard=None, rng: random.Random | None = None):
-        self.client = None  # the CameraClient sending from this outbox
-        self.incarnation = new_incarnation(rng or random.SystemRandom())
-        self.frames: OrderedDict[int, Frame] = OrderedDict()
-        self.next_seq = 1
-        self.on_ack = on_ack
-        self.on_discard = on_discard or (lambda frame: None)
-        self.dropped = 0
-
-    def add(self, payload: bytes, captured_at: float) -> Frame:
-        frame = Frame(self.next_seq, captured_at, payload)
-        self.frames[frame.seq] = frame
-        self.next_seq += 1
-        return frame
-
-    def pending(self, after: int = 0, limit: int | None = None) -> list[Frame]:
-        out = []
-        for seq, frame in self.frames.items():
-            if seq > after:
-                out.append(frame)
-                if limit is not None and len(out) >= limit:
-                    break
-        return out
-
-    def ack(self, seq: int) -> bool:
-        frame = self.frames.pop(seq, None)
-        if frame is not None:
-            self.on_ack(self.client, frame)
-        return frame is not None
-
-    def discard(self, seq: int) -> bool:
-        self.dropped += 1
-        frame = self.frames.pop(seq, None)
-        if frame is not None:
-            self.on_discard(frame)
-        return frame is not None
-
-    def counter(self, key: str) -> int:
-        return self.next_seq if key == "next_seq" else self.dropped
 
 
 class _OneConnection(ClientFactory):
@@ -340,50 +293,6 @@ class _Warm(Protocol):
                             "warmed" if self._handshaken else "failed")  # fmt: skip
 
 
-class Storm:
-    """A reconnect storm: for each camera, the time from ``started`` to the ack of the frame it captured then."""
-
-    def __init__(self, gen: LoadGenerator, started: float):
-        self.gen = gen
-        self.started = started
-        self.connects_before = gen.connects
-        self.refused_before = gen.errors()
-        self.events_before = Counter(gen.log.counts)
-        self.marks: dict[int, int] = {}  # camera id -> seq of its frame captured at ``started``
-        self.recovered: dict[int, float] = {}  # camera id -> seconds from ``started`` to that frame's ack
-        self.before = {c.camera_id: c.proto for c in gen.clients}  # each camera's connection at ``started``
-        self.moved = self.resumed = 0  # cameras acked again on a new connection; ... that resumed a TLS session
-
-    def mark(self, client, frame: Frame) -> None:
-        self.marks[client.camera_id] = frame.seq
-
-    def acked(self, client, frame: Frame, now: float) -> None:
-        if frame.seq == self.marks.get(client.camera_id) and client.camera_id not in self.recovered:
-            self.recovered[client.camera_id] = now - self.started
-            if client.proto is not self.before.get(client.camera_id):
-                self.moved += 1
-                self.resumed += bool(getattr(client.proto.transport, "resumed", False))
-
-    def done(self) -> bool:
-        return len(self.recovered) == len(self.marks)
-
-    def result(self) -> dict:
-        """``t50_s``, ``t99_s``, ``t100_s``: when that share of the cameras had been acked again (None: not yet).
-
-        ``by_second``: how many were acked again in each second after ``started``.
-        """
-        times = sorted(self.recovered.values())
-
-        def until(share: float):
-            needed = math.ceil(share * len(self.marks))
-            return round(times[needed - 1], 3) if 0 < needed <= len(times) else None
-
-        per_second = Counter(int(t) for t in times)
-        return dict(cameras=len(self.marks), recovered=len(times), t50_s=until(0.5), t99_s=until(0.99),
-                    by_second=[per_second[i] for i in range(int(times[-1]) + 1 if times else 0)],
-                    t100_s=until(1.0), connects=self.gen.connects - self.connects_before,
-                    refused=self.gen.errors() - self.refused_before, moved=self.moved, resumed=self.resumed,
-                    client_events=dict(self.gen.log.counts - self.events_before))  # fmt: skip
 
 
 class _CountingLog:
