@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from twisted.internet import defer
 
-from parkd.node.driver import EntriesApplied, LeaderChanged
+from parkd.node.events import EntriesApplied, LeaderChanged
 from parkd.raft.core import Role
 from parkd.raft.core import NotLeader
 from parkd.raft.types import Entry

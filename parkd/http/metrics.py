@@ -23,7 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from parkd.http.errors import JsonResource, not_found
 from parkd.node.alarms import KNOWN as KNOWN_ALARMS
-from parkd.node.driver import LeaderChanged, Persisted
+from parkd.node.events import LeaderChanged, Persisted
 from parkd.parking.state import Outcome
 from parkd.raft.core import Role
 from parkd.raft.progress import ProgressState

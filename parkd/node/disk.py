@@ -6,7 +6,7 @@ seconds on its clock, and once before it listens) measures the database
 (what an unprivileged writer may use: ``statvfs`` ``f_bavail``; injected in
 tests).  Below ``min_free_bytes`` it raises the ``nospace`` alarm.  The alarm
 also goes up at once when the driver reports that a write found the disk full
-(:class:`~parkd.node.driver.StorageStalled`), whatever the threshold.
+(:class:`~parkd.node.events.StorageStalled`), whatever the threshold.
 
 It clears by itself once no write is stalled and the free space is back to
 the threshold plus a margin (a tenth of it, at least 1 MiB), so that a disk
@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable
 
 from parkd.node.alarms import NOSPACE, Alarms
-from parkd.node.driver import StorageResumed, StorageStalled
+from parkd.node.events import StorageResumed, StorageStalled
 
 CHECK_INTERVAL_S = 1.0
 MIB = 1 << 20

@@ -21,7 +21,7 @@ apply after it), while the core waits for ``advance`` and nothing of that Ready
 that needs the write leaves the node.  The node publishes
 :class:`StorageStalled` and, once a retry went through, :class:`StorageResumed`.
 
-Observers subscribe to one typed stream of :data:`DriverEvent` values
+Observers subscribe to one typed stream of :data:`parkd.node.events.DriverEvent` values
 (:meth:`RaftDriver.subscribe`); collaborators read the core's state through
 the driver's read-only properties.
 """
@@ -38,8 +38,21 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from parkd.db import StorageError, is_disk_full
+from parkd.node.events import (
+    EntriesApplied,
+    EntriesPersisted,
+    LeaderChanged,
+    LogCompacted,
+    MembershipChanged,
+    Persisted,
+    ReadIndexReady,
+    SnapshotInstalled,
+    StorageResumed,
+    StorageStalled,
+    TransferEnded,
+)
 from parkd.raft.confchange import ConfChange
-from parkd.raft.core import RaftCore, ReadState, Ready, Role, TransferResult
+from parkd.raft.core import RaftCore, Ready, Role, TransferResult
 from parkd.raft.messages import AppendEntries, Message, PeerUnreachable, SnapshotStatus, SnapshotTaken
 from parkd.raft.progress import Progress
 from parkd.raft.types import Entry, HardState, Membership, SnapshotMeta
@@ -74,92 +87,6 @@ class StateMachine(Protocol):
         """
 
 
-# -- the event stream ---------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class LeaderChanged:
-    """This node's role or the leader it knows changed (``leader_id`` None: none known)."""
-
-    role: Role
-    leader_id: int | None
-    term: int
-
-
-@dataclass(frozen=True, slots=True)
-class EntriesPersisted:
-    """New log entries are durable; this Ready's messages are about to go out."""
-
-    entries: tuple[Entry, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class MembershipChanged:
-    """The configuration in effect changed (on append, §4.1); connect to new members now."""
-
-    membership: Membership
-
-
-@dataclass(frozen=True, slots=True)
-class EntriesApplied:
-    """Committed entries were applied; ``results`` are the state machine's, in order."""
-
-    entries: tuple[Entry, ...]
-    results: list[Any]
-    applied_index: int
-
-
-@dataclass(frozen=True, slots=True)
-class SnapshotInstalled:
-    """A received snapshot replaced the state machine and the log (applied index = its index)."""
-
-    meta: SnapshotMeta
-
-
-@dataclass(frozen=True, slots=True)
-class LogCompacted:
-    """Storage dropped the log up to ``upto`` and recorded the snapshot ``meta``."""
-
-    meta: SnapshotMeta
-    upto: int
-
-
-@dataclass(frozen=True, slots=True)
-class ReadIndexReady:
-    """A linearizable read may be served once ``index`` is applied (0: retry it)."""
-
-    read: ReadState
-
-
-@dataclass(frozen=True, slots=True)
-class TransferEnded:
-    """A leadership transfer this node started ended (see ``TransferResult``)."""
-
-    result: TransferResult
-
-
-@dataclass(frozen=True, slots=True)
-class Persisted:
-    """One storage transaction of the Ready loop took ``seconds``."""
-
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class StorageStalled:
-    """A write of the Ready loop found the disk full; it is retried (``step``: persist or apply)."""
-
-    error: str
-    step: str
-
-
-@dataclass(frozen=True, slots=True)
-class StorageResumed:
-    """The stalled write went through after ``seconds``; the Ready loop runs again."""
-
-    seconds: float
-
-
 @dataclass(slots=True)
 class _Stall:
     """The Ready whose write found the disk full, and the step to retry it from."""
@@ -169,20 +96,6 @@ class _Stall:
     since: float
     reminded: float
 
-
-DriverEvent = (
-    LeaderChanged
-    | EntriesPersisted
-    | MembershipChanged
-    | EntriesApplied
-    | SnapshotInstalled
-    | LogCompacted
-    | ReadIndexReady
-    | TransferEnded
-    | Persisted
-    | StorageStalled
-    | StorageResumed
-)
 
 
 class RaftDriver:

@@ -34,7 +34,7 @@ from typing import Protocol
 from twisted.logger import Logger
 
 from parkd.events import FRAME_EVENTS
-from parkd.node.driver import EntriesApplied, LeaderChanged, SnapshotInstalled
+from parkd.node.events import EntriesApplied, LeaderChanged, SnapshotInstalled
 from parkd.parking import codec
 from parkd.parking.batch import disabled_message
 from parkd.parking.state import FrameRejected, Outcome, Rejection

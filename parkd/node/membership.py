@@ -37,7 +37,7 @@ from twisted.python.failure import Failure
 
 from parkd.config import Member
 from parkd.node.addresses import AddressBook, decode_change, member_context, member_json
-from parkd.node.driver import EntriesApplied, EntriesPersisted, LeaderChanged, MembershipChanged, TransferEnded
+from parkd.node.events import EntriesApplied, EntriesPersisted, LeaderChanged, MembershipChanged, TransferEnded
 from parkd.raft.confchange import ConfChange, ConfChangeOp
 from parkd.raft.core import ConfChangeRefused, NotLeader, Role
 from parkd.raft.types import Entry, EntryKind, Membership

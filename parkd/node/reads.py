@@ -34,7 +34,7 @@ from typing import Protocol
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from parkd.node.driver import EntriesApplied, ReadIndexReady, SnapshotInstalled
+from parkd.node.events import EntriesApplied, ReadIndexReady, SnapshotInstalled
 from parkd.raft.core import NotLeader
 
 READ_TIMEOUT = 2.0  # seconds to obtain a read index and apply up to it

@@ -26,7 +26,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from parkd.node.driver import EntriesApplied, SnapshotInstalled
+from parkd.node.events import EntriesApplied, SnapshotInstalled
 from parkd.node.membership import COMMIT_TIMEOUT, ChangeLost, ChangeTimeout
 from parkd.parking.codec import CodecError, RegistryCommand, decode_registry, encode_registry, is_registry
 from parkd.raft.core import NotLeader, Role

@@ -38,7 +38,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from parkd.db import StorageError, is_disk_full
-from parkd.node.driver import EntriesApplied, LogCompacted
+from parkd.node.events import EntriesApplied, LogCompacted
 from parkd.node.snapshot_stream import CHUNK_SIZE, SnapshotReceiver, read_chunk, snapshot_sha256, transfer_size
 from parkd.parking.snapshot import (
     PinnedState,

@@ -11,7 +11,7 @@ from twisted.logger import globalLogPublisher
 
 from parkd.node.alarms import NOSPACE, Alarms
 from parkd.node.disk import CHECK_INTERVAL_S, MIB, DiskMonitor, database_bytes
-from parkd.node.driver import StorageResumed, StorageStalled
+from parkd.node.events import StorageResumed, StorageStalled
 from parkd.raft import messages as m
 
 from test_service import make_node  # noqa: F401  (a fixture)

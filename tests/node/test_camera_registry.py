@@ -19,7 +19,7 @@ from parkd.config import Address
 from parkd.db import open_engine
 from parkd.events import FrameEvents
 from parkd.node.frames import FrameIntake
-from parkd.node.driver import SnapshotInstalled
+from parkd.node.events import SnapshotInstalled
 from parkd.node.membership import ChangeLost, ChangeTimeout
 from parkd.node.ports import ClientPortFactory
 from parkd.node.registry import CameraRegistry, RegistryChange, UnknownCamera

@@ -22,7 +22,8 @@ from zope.interface import implementer
 from twisted.logger import Logger
 
 from parkd.config import Member, parse_address
-from parkd.node.driver import EntriesPersisted, RaftDriver
+from parkd.node.driver import RaftDriver
+from parkd.node.events import EntriesPersisted
 from parkd.node.membership import (
     ChangeLost,
     ChangeRefused,

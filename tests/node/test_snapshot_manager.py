@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 from twisted.internet import defer, task
 
-from parkd.node.driver import EntriesApplied, LogCompacted
+from parkd.node.events import EntriesApplied, LogCompacted
 from parkd.node.snapshot_stream import read_chunk, transfer_size
 from parkd.node.snapshots import INSTALL_PROGRESS_S, SEND_TIMEOUT, CompactionPolicy, SnapshotManager
 from parkd.parking.snapshot import SnapshotInfo, read_snapshot_meta
