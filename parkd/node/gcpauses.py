@@ -9,13 +9,15 @@ generation, how many ran and the longest.  :class:`GcService` (the node process'
 ``parkd/tap.py``) installs it, logs the full collections every
 :data:`REPORT_INTERVAL_S` and a pause above :data:`SLOW_PAUSE_S` on its own line.
 
-:func:`settle_after_start` is called once the node is built: one full
-collection, then ``gc.freeze()`` moves everything that survived start-up
-(modules, classes, the config, the recovered log) to the permanent generation,
-which no later collection traverses; and the young generation's threshold is
-raised (:data:`GEN0_THRESHOLD`) so that the many short-lived objects of each
-frame trigger fewer collections.  Cycles are still collected; only start-up's
-objects are never looked at again.
+:func:`settle_after_start` is called once the node is built: ``gc.freeze()``
+moves everything start-up made (modules, classes, the config, the recovered log)
+to the permanent generation, which no later collection traverses; and the young
+generation's threshold is raised (:data:`GEN0_THRESHOLD`) so that the many
+short-lived objects of each frame trigger fewer collections.  Cycles are still
+collected; only start-up's objects are never looked at again.  It does not
+collect first: start-up leaves almost no garbage (11 objects on a node that
+opened 200k frames), while a full collection of its ~116k objects stopped the
+just-started reactor for 60-230 ms.
 """
 
 from __future__ import annotations
@@ -82,8 +84,7 @@ class GcPauses:
 
 
 def settle_after_start(gen0_threshold: int = GEN0_THRESHOLD) -> int:
-    """Collect once, freeze what survived start-up, raise the young threshold; the objects frozen."""
-    gc.collect()
+    """Freeze what start-up made (no collection: see the module's docstring), raise the young threshold; the objects frozen."""
     gc.freeze()
     _, gen1, gen2 = gc.get_threshold()
     gc.set_threshold(gen0_threshold, gen1, gen2)

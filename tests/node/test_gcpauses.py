@@ -76,13 +76,18 @@ def test_the_service_logs_the_full_collections_of_each_interval(no_automatic_gc)
     assert gcs.pauses._callback not in gc.callbacks
 
 
-def test_settling_freezes_what_survived_start_up_and_raises_the_young_threshold():
+def test_settling_freezes_start_up_and_raises_the_young_threshold_without_a_collection(no_automatic_gc):
     threshold = gc.get_threshold()
+    pauses = GcPauses()
+    pauses.install()
     try:
         frozen = settle_after_start(12345)
         assert frozen == gc.get_freeze_count() > 1000  # at least the modules' objects
         assert gc.get_threshold() == (12345, *threshold[1:])
+        # a full collection of start-up's objects is the very stall settling avoids
+        assert [p.count for p in pauses.take()] == [0, 0, 0]
     finally:
+        pauses.uninstall()
         gc.unfreeze()
         gc.set_threshold(*threshold)
 
