@@ -37,7 +37,8 @@ from zope.interface import implementer
 
 from parkd import __version__
 from parkd.node.alarms import NOSPACE
-from parkd.node.snapshots import SnapshotThread, pin_snapshot
+from parkd.node.snapshots import pin_snapshot
+from parkd.node.worker import WorkerThread
 from parkd.parking.backup import BackupHeader, backup_chunks
 from parkd.parking.schema import PARKING_SCHEMA_VERSION
 from parkd.parking.snapshot import FORMAT_VERSION as SNAPSHOT_FORMAT
@@ -184,7 +185,7 @@ class BackupTaker:
     an index); ``store``: the data dir's database (``db_path``, ``state``);
     ``membership``: the address book; ``reads``: the read barrier;
     ``directory``: where payload files are made; ``thread``: where the copy runs
-    (a :class:`SnapshotThread` of its own by default; tests pass one that runs at once);
+    (a :class:`~parkd.node.worker.WorkerThread` of its own by default; tests pass one that runs at once);
     ``alarms``: the node's Alarms (no backup while ``nospace`` is raised: the copy is
     as large as the state and would take the space the log needs).
     """
@@ -204,7 +205,7 @@ class BackupTaker:
         for stale in os.listdir(directory):  # left by a node killed mid-backup: the directory is ours
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(directory, stale))
-        self._thread = thread if thread is not None else SnapshotThread(clock, name="parkd-backup")
+        self._thread = thread if thread is not None else WorkerThread(clock, name="parkd-backup")
 
     def start(self) -> None:
         self._thread.start()

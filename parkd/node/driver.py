@@ -8,11 +8,22 @@ produced in one turn is then handled in the order ``Ready`` prescribes
 (``parkd/raft/core.py``): early messages, snapshot install, one storage
 transaction (group commit), messages, apply, advance.
 
-A leader's appends go out before its own write (``Ready.early_messages``): the
-write waits one reactor turn, since Twisted puts data on a socket only when
-the reactor next polls it, so that followers write the entries while the
-leader does (dissertation §10.2.1).  A received snapshot is installed by the
-node's installer, off the reactor; the loop waits for it.
+A leader's appends go out before its own write (``Ready.early_messages``), so
+that followers write the entries while the leader does (dissertation §10.2.1).
+
+**The fsync is off the reactor** when the driver has a ``syncer`` (the daemon's
+one-thread pool): the Ready's transaction is committed on the reactor without
+an fsync (``save(sync=False)``), then ``storage.sync()`` (an fsync of the WAL,
+no SQLite call) runs on the syncer's thread while the reactor goes on reading
+sockets, decoding frames and stepping the core; the rest of the Ready (the
+messages that promise durability, apply, advance) continues once it returned,
+and no later Ready is taken before.  An fsync that fails stops the node: after
+a failed fsync the kernel may have dropped the dirty pages, so retrying cannot
+tell what is on disk.  Without a syncer (unit tests) the transaction fsyncs
+itself, and the leader's write waits one reactor turn instead, since Twisted
+puts the appends on a socket only when the reactor next polls it.  A received
+snapshot is installed by the node's installer, off the reactor; the loop waits
+for it.
 
 A storage error stops the node, except a full disk (``SQLITE_FULL``): the
 failed transaction rolled back, so the Ready is kept and tried again every
@@ -59,6 +70,7 @@ from parkd.raft.types import Entry, HardState, Membership, SnapshotMeta
 
 # After a long reactor stall, replay at most this many ticks at once.
 MAX_CATCH_UP_TICKS = 100
+SYNCING = "syncing"  # _finish / _persist: the write's fsync is on the syncer, whose end continues the Ready
 RETRY_STALLED_S = 1.0  # a Ready whose write found the disk full is tried again this often
 STALL_REMINDER_S = 60.0  # while it still fails, one log line this often
 
@@ -70,6 +82,9 @@ class Storage(Protocol):
     """Raft's durable state (``parkd.raft.storage.SqliteStorage``)."""
 
     def save(self, hard_state: HardState | None, entries: tuple[Entry, ...], *, sync: bool) -> None: ...
+
+    def sync(self) -> None:
+        """Make every transaction committed so far durable; called on the syncer's thread."""
 
     def compact(self, upto_index: int, meta: SnapshotMeta) -> None: ...
 
@@ -110,6 +125,7 @@ class RaftDriver:
         clock,
         tick_seconds: float,
         on_fatal: Callable[[], None],
+        syncer: Callable[[Callable[[], None]], defer.Deferred] | None = None,
     ):
         self._core = core
         self.storage = storage
@@ -118,10 +134,13 @@ class RaftDriver:
         self.clock = clock
         self.tick_seconds = tick_seconds
         self.on_fatal = on_fatal
+        self.syncer = syncer  # runs storage.sync off the reactor; its Deferred continues the Ready
         self._observers: list[tuple[tuple[type, ...], Callable[[Any], None]]] = []
         self._loop: LoopingCall | None = None
         self._scheduled = None
         self._waiting: Ready | None = None  # a Ready whose appends are leaving, or being installed
+        self._syncing: Ready | None = None  # a Ready committed, its fsync running on the syncer
+        self._stopped = False
         self._failed = False
         self._stall: _Stall | None = None  # a Ready waiting for disk space
         self._retry = None  # the stalled Ready's next attempt
@@ -136,6 +155,7 @@ class RaftDriver:
         self._loop.start(self.tick_seconds, now=False)
 
     def stop(self) -> None:
+        self._stopped = True  # a running fsync's end continues nothing
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         if self._scheduled is not None and self._scheduled.active():
@@ -312,11 +332,13 @@ class RaftDriver:
     def _process(self) -> None:
         if self._stall is not None:
             return  # the core waits for advance(); the retry continues the loop
+        if self._syncing is not None:
+            return  # the fsync's end continues the loop
         if self._waiting is not None:
             if self._waiting.snapshot is not None:
                 return  # the installer's Deferred continues the loop
             ready, self._waiting = self._waiting, None
-            if not self._finish(ready):
+            if self._finish(ready) is not True:
                 return
         while not self._failed and self._core.has_ready():
             ready = self._core.ready()
@@ -326,14 +348,14 @@ class RaftDriver:
             if ready.snapshot is not None:
                 self._install(ready)
                 return
-            if ready.early_messages and ready.entries:
+            if ready.early_messages and ready.entries and self.syncer is None:
                 # Twisted writes to a socket when the reactor next polls it: give it
                 # that turn, so the followers write these entries while we do.
                 self._waiting = ready
                 self._schedule()
                 return
-            if not self._finish(ready):
-                return
+            if self._finish(ready) is not True:
+                return  # failed, stalled, or the fsync's end continues
 
     def _install(self, ready: Ready) -> None:
         self._waiting = ready
@@ -347,7 +369,7 @@ class RaftDriver:
                 return
             self._publish(SnapshotInstalled(meta))
             try:
-                if self._finish(ready):
+                if self._finish(ready) is True:
                     self._schedule()
             except Exception:
                 self._crashed()
@@ -357,18 +379,27 @@ class RaftDriver:
 
         installing.addCallbacks(installed, failed)
 
-    def _finish(self, ready: Ready, applying: bool = False) -> bool:
-        """Persist, send, apply and advance ``ready`` (``applying``: only apply and
-        advance, the rest is done); False if the node failed or stalled."""
+    def _finish(self, ready: Ready, applying: bool = False) -> bool | str:
+        """Persist, send, apply and advance ``ready`` (``applying``: only apply and advance,
+        the rest is done); False if the node failed or stalled, :data:`SYNCING` if the
+        write's fsync went to the syncer (whose end continues the Ready), else True."""
         if not applying:
-            if not self._persist(ready):
-                return False
-            if ready.entries:
-                self._publish(EntriesPersisted(ready.entries))
-            if ready.membership is not None:
-                self._publish(MembershipChanged(ready.membership))
-            for message in ready.messages:
-                self.send(message)
+            persisted = self._persist(ready)
+            if persisted is not True:
+                return persisted
+            self._persisted(ready)
+        return self._apply(ready)
+
+    def _persisted(self, ready: Ready) -> None:
+        """What may leave the node once ``ready``'s write is durable."""
+        if ready.entries:
+            self._publish(EntriesPersisted(ready.entries))
+        if ready.membership is not None:
+            self._publish(MembershipChanged(ready.membership))
+        for message in ready.messages:
+            self.send(message)
+
+    def _apply(self, ready: Ready) -> bool:
         if ready.committed_entries:
             try:
                 results = self.state_machine.apply(ready.committed_entries)
@@ -386,20 +417,44 @@ class RaftDriver:
             self._publish(LogCompacted(ready.compaction.meta, ready.compaction.upto))
         return True
 
-    def _persist(self, ready: Ready) -> bool:
+    def _persist(self, ready: Ready) -> bool | str:
+        """Write ``ready``: True if durable, :data:`SYNCING` if its fsync went to the syncer, False if
+        the node failed or stalled.  (A syncer may run at once: ``_synced`` has then continued already.)"""
         compaction = ready.compaction
         if ready.hard_state is None and not ready.entries and compaction is None:
             return True
         started = time.perf_counter()
+        deferred_sync = ready.must_sync and self.syncer is not None
         try:
             if ready.hard_state is not None or ready.entries:
-                self.storage.save(ready.hard_state, ready.entries, sync=ready.must_sync)
+                self.storage.save(ready.hard_state, ready.entries, sync=ready.must_sync and not deferred_sync)
             if compaction is not None:
                 self.storage.compact(compaction.upto, compaction.meta)
         except StorageError as e:
             return self._storage_failed(e, ready, applying=False)
+        if not deferred_sync:
+            self._publish(Persisted(time.perf_counter() - started))
+            return True
+        self._syncing = ready
+        self.syncer(self.storage.sync).addCallbacks(self._synced, self._sync_failed, (started,))
+        return SYNCING
+
+    def _synced(self, _, started: float) -> None:
+        ready, self._syncing = self._syncing, None
+        if self._failed or self._stopped:
+            return
         self._publish(Persisted(time.perf_counter() - started))
-        return True
+        try:
+            self._persisted(ready)
+            if self._apply(ready):
+                self._schedule()
+        except Exception:
+            self._crashed()
+
+    def _sync_failed(self, failure) -> None:
+        self._syncing = None
+        if not (self._failed or self._stopped):
+            self._fatal(failure.value, synced=False)
 
     # ------------------------------------------------------------ a full disk
 
@@ -436,17 +491,19 @@ class RaftDriver:
         if stall is None or self._failed:
             return
         try:
-            if not self._finish(stall.ready, applying=stall.applying):
-                return  # stalled again (retried later) or failed
+            finished = self._finish(stall.ready, applying=stall.applying)
         except Exception:
             self._crashed()
             return
+        if not finished:
+            return  # stalled again (retried later) or failed
         self._stall = None
         seconds = self.clock.seconds() - stall.since
         self.log.info("disk writable again: node {node_id} resumes after {seconds:.1f}s",
                       node_id=self._core.id, seconds=seconds)  # fmt: skip
         self._publish(StorageResumed(seconds))
-        self._schedule()
+        if finished is True:  # else the fsync's end continues
+            self._schedule()
 
     def _soft_state_changed(self, soft) -> None:
         core = self._core
@@ -475,18 +532,26 @@ class RaftDriver:
             self.log.warn("leadership transfer to {target} abandoned", target=result.target)
         self._publish(TransferEnded(result))
 
-    def _fatal(self, error: Exception) -> None:
-        """A storage error stops the node: never continue on an unknown disk state."""
+    def _fatal(self, error: Exception, synced: bool = True) -> None:
+        """A storage error stops the node: never continue on an unknown disk state.
+
+        ``synced=False``: the fsync of a committed write failed; nothing that
+        needed that write left the node, and its state on disk is unknown.
+        """
         self._failed = True
         self.stop()
         if is_disk_full(error):
             todo = "free space on its data dir's filesystem, then start it again"
         else:
             todo = "find the cause in the error above (disk, permissions, a damaged file), then start it again"
+        if synced:
+            what = "its database keeps every transaction that completed, the failed one was rolled back"
+        else:
+            what = ("the last write may or may not be on disk (nothing that needed it left the node), and the "
+                    "kernel's log says more")  # fmt: skip
         self.log.critical(
-            "storage failed, stopping node {node_id}: {error}; its database keeps every transaction that "
-            "completed, the failed one was rolled back: {todo}",
-            node_id=self._core.id, error=_one_line(error), todo=todo,
+            "storage failed, stopping node {node_id}: {error}; {what}: {todo}",
+            node_id=self._core.id, error=_one_line(error), what=what, todo=todo,
         )  # fmt: skip
         self.on_fatal()
 

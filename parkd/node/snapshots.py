@@ -28,18 +28,16 @@ from __future__ import annotations
 import glob
 import itertools
 import os
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from twisted.internet import defer
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.threadpool import ThreadPool
 
 from parkd.db import StorageError, is_disk_full
 from parkd.node.events import EntriesApplied, LogCompacted
 from parkd.node.snapshot_stream import CHUNK_SIZE, SnapshotReceiver, read_chunk, snapshot_sha256, transfer_size
+from parkd.node.worker import WorkerThread
 from parkd.parking.snapshot import (
     PinnedState,
     SnapshotError,
@@ -93,26 +91,6 @@ class CompactionPolicy:
 
     def compact_upto(self, snapshot_index: int) -> int:
         return max(0, snapshot_index - self.margin)
-
-
-class SnapshotThread(ThreadPool):
-    """The one worker that copies and installs snapshots, off the reactor (a backup has its own).
-
-    It never keeps the process alive: an unfinished copy or install is a
-    temporary file or a rolled-back transaction, both harmless.
-    """
-
-    @staticmethod
-    def threadFactory(*args, **kwargs) -> threading.Thread:
-        return threading.Thread(*args, daemon=True, **kwargs)
-
-    def __init__(self, clock, name: str = "parkd-snapshot"):
-        super().__init__(1, 1, name=name)
-        self.clock = clock
-
-    def run(self, function, *args, **kwargs) -> defer.Deferred:
-        """``function(*args, **kwargs)`` on the worker; its result on the reactor."""
-        return deferToThreadPool(self.clock, self, function, *args, **kwargs)
 
 
 @dataclass(eq=False)
@@ -182,7 +160,7 @@ class SnapshotManager:
     ``driver``: the RaftDriver (core state, inputs, events); ``store``: the data
     dir's database (``db_path``, ``engine``, ``storage``); ``membership``: the
     address book that travels with a snapshot; ``send``: puts a Raft message on
-    the wire; ``thread``: where copies and installs run (a :class:`SnapshotThread`
+    the wire; ``thread``: where copies and installs run (a :class:`~parkd.node.worker.WorkerThread`
     by default; tests on a fake reactor pass one that runs them at once).
     """
 
@@ -209,7 +187,7 @@ class SnapshotManager:
         self._installing: _Installing | None = None  # a received snapshot being installed
         self._recorded = self.latest  # the file storage records (others go once superseded)
         self._names = itertools.count()
-        self._thread = thread if thread is not None else SnapshotThread(clock)
+        self._thread = thread if thread is not None else WorkerThread(clock, name="parkd-snapshot")
         if self.latest is not None:  # members added through a log compacted since
             membership.restore_members(read_snapshot_meta(self.latest.path).members)
         driver.subscribe(self._applied, EntriesApplied)

@@ -15,6 +15,7 @@ driver retries the same write (``parkd/node/driver.py``).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -89,6 +90,8 @@ class Storage(Protocol):
     def load(self) -> PersistedState: ...
 
     def save(self, hard_state: HardState | None, entries: Sequence[Entry], *, sync: bool = True) -> None: ...
+
+    def sync(self) -> None: ...
 
     def compact(self, upto_index: int, meta: SnapshotMeta) -> None: ...
 
@@ -165,6 +168,9 @@ class MemoryStorage:
             self._entries[keep:] = entries
         if hard_state is not None:
             self._hard_state = hard_state
+
+    def sync(self) -> None:
+        """Nothing to make durable in memory."""
 
     def compact(self, upto_index: int, meta: SnapshotMeta) -> None:
         last_index = self._entries[-1].index if self._entries else self._snapshot.index
@@ -268,6 +274,36 @@ class SqliteStorage:
                 _set_hard_state.execute(conn, (hard_state.term, hard_state.vote, hard_state.commit))
         if entries:
             self._last_index = entries[-1].index
+
+    def sync(self) -> None:
+        """Make every transaction committed so far durable: an fsync of the WAL file.
+
+        For a Ready saved with ``sync=False``; the node runs this on a thread of
+        its own while the reactor goes on (``parkd/node/driver.py``).  It makes no
+        SQLite call, so it is safe beside the reactor thread's transactions.  In
+        WAL mode a commit appends its frames to the WAL with ``write()``; with
+        ``synchronous=FULL`` SQLite would fsync the WAL at that point, and this is
+        that fsync, later and elsewhere.  (SQLite itself syncs the WAL before a
+        checkpoint copies it into the database, and the database after, so frames
+        already checkpointed are durable too.)  Without a WAL file (all connections
+        closed: checkpointed into the database file), the database file is fsynced.
+        """
+        path = self._engine.url.database
+        if not path or path == ":memory:" or path.startswith("file:"):
+            return
+        try:
+            for name in (path + "-wal", path):
+                try:
+                    fd = os.open(name, os.O_RDONLY)
+                except FileNotFoundError:
+                    continue
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                return
+        except OSError as e:
+            raise StorageError(f"making the Raft log durable (fsync of {name}) failed: {e}") from e
 
     def compact(self, upto_index: int, meta: SnapshotMeta) -> None:
         """Record the snapshot and drop the first ``trim_batch`` entries up to ``upto_index``.

@@ -12,7 +12,7 @@ from parkd.node.driver import RaftDriver
 from parkd.raft.core import CoreConfig, NotLeader, RaftCore, Role
 from parkd.raft.messages import AppendEntries, AppendResponse, InstallSnapshot, VoteRequest, VoteResponse
 from parkd.raft.storage import MemoryStorage
-from parkd.raft.types import EntryKind, SnapshotMeta
+from parkd.raft.types import Entry, EntryKind, SnapshotMeta
 
 TICK = 0.05
 CONFIG = CoreConfig(election_ticks=4, heartbeat_ticks=1)
@@ -58,14 +58,29 @@ class StateMachine:
         return d
 
 
-def make(voters=(1,), node_id=1):
+class Syncer:
+    """Runs nothing: records each fsync asked for; the test fires its Deferred."""
+
+    def __init__(self, log):
+        self.log = log
+        self.pending: list[defer.Deferred] = []
+
+    def __call__(self, sync):
+        self.log.append(("fsync",))
+        d = defer.Deferred()
+        self.pending.append(d)
+        return d
+
+
+def make(voters=(1,), node_id=1, syncer=None):
     log, clock, fatal = [], Clock(), []
     storage = RecordingStorage(log)
     core = RaftCore(node_id, voters, storage.load(), random.Random(1), CONFIG)
     machine = StateMachine(log)
     driver = RaftDriver(
-        core, storage, lambda m: log.append(("send", m)), machine, clock, TICK, on_fatal=lambda: fatal.append(1)
-    )
+        core, storage, lambda m: log.append(("send", m)), machine, clock, TICK, on_fatal=lambda: fatal.append(1),
+        syncer=syncer(log) if syncer else None,
+    )  # fmt: skip
     driver.start()
     return driver, clock, log, storage, machine, fatal
 
@@ -265,3 +280,76 @@ def test_an_apply_storage_error_stops_the_node():
     driver.propose(b"a")
     clock.advance(0)
     assert fatal == [1]
+
+
+# -- the fsync off the reactor (a syncer) -----------------------------------------------
+
+
+def test_with_a_syncer_nothing_that_needs_the_write_leaves_before_its_fsync_returns():
+    """Figure 2 / §5.3: a follower answers AppendEntries only once the entries are durable."""
+    driver, clock, log, storage, machine, fatal = make(voters=(1, 2, 3), syncer=Syncer)
+    syncer = driver.syncer
+    driver.step(AppendEntries(2, 2, 1, 0, 0, (Entry(1, 2, EntryKind.NORMAL, b"a"),), 0))
+    clock.advance(0)
+    assert [entry[0] for entry in log] == ["save", "fsync"] and log[0][3] is False  # committed, not fsynced
+    driver.step(AppendEntries(2, 2, 1, 1, 2, (Entry(2, 2, EntryKind.NORMAL, b"b"),), 1))  # the leader goes on
+    clock.advance(TICK)
+    assert [entry[0] for entry in log] == ["save", "fsync"]  # no answer, no later Ready meanwhile
+    syncer.pending.pop(0).callback(None)
+    clock.advance(0)
+    kinds = [entry[0] for entry in log]
+    assert kinds[:4] == ["save", "fsync", "send", "save"], kinds
+    assert log[2][1] == AppendResponse(2, 1, 2, True, match_index=1)
+    assert [e.data for e in log[3][2]] == [b"b"]
+    syncer.pending.pop(0).callback(None)
+    clock.advance(0)
+    sent = [entry[1] for entry in log if entry[0] == "send"]
+    assert sent[-1] == AppendResponse(2, 1, 2, True, match_index=2) and fatal == []
+    assert [e.index for e in machine.applied] == [1]
+
+
+def test_with_a_syncer_a_leader_sends_its_appends_and_writes_in_the_same_turn():
+    driver, clock, log, storage, machine, _ = make(voters=(1, 2, 3), syncer=Syncer)
+    syncer = driver.syncer
+    while driver.role is not Role.CANDIDATE:
+        clock.advance(TICK)
+        if driver.role is Role.PRE_CANDIDATE:
+            driver.step(VoteResponse(driver.term + 1, 2, 1, granted=True, pre_vote=True))
+            clock.advance(0)
+        while syncer.pending:
+            syncer.pending.pop(0).callback(None)
+    driver.step(VoteResponse(driver.term, 2, 1, granted=True))
+    clock.advance(0)
+    for peer in (2, 3):  # the no-op is replicated: both followers are pipelined
+        driver.step(AppendResponse(driver.term, peer, 1, True, match_index=1))
+        clock.advance(0)
+        while syncer.pending:
+            syncer.pending.pop(0).callback(None)
+            clock.advance(0)
+    assert driver.role is Role.LEADER
+    log.clear()
+    driver.propose(b"a")
+    driver.process()  # one turn: no wait for the sockets, the write's fsync is on the syncer
+    kinds = [entry[0] for entry in log]
+    assert kinds == ["send", "send", "save", "fsync"], kinds
+
+
+def test_a_failed_fsync_stops_the_node_and_nothing_that_needed_it_is_sent():
+    driver, clock, log, storage, machine, fatal = make(voters=(1, 2, 3), syncer=Syncer)
+    syncer = driver.syncer
+    driver.step(VoteRequest(term=5, src=2, dst=1, last_log_index=0, last_log_term=0))
+    clock.advance(0)
+    syncer.pending.pop(0).errback(StorageError("making the Raft log durable (fsync of node.db-wal) failed: EIO"))
+    clock.advance(TICK * 100)
+    assert fatal == [1] and driver.failed
+    assert [entry for entry in log if entry[0] == "send"] == []  # the vote was never granted
+
+
+def test_an_fsync_that_ends_after_the_driver_stopped_continues_nothing():
+    driver, clock, log, storage, machine, fatal = make(voters=(1, 2, 3), syncer=Syncer)
+    syncer = driver.syncer
+    driver.step(VoteRequest(term=5, src=2, dst=1, last_log_index=0, last_log_term=0))
+    clock.advance(0)
+    driver.stop()
+    syncer.pending.pop(0).callback(None)
+    assert [entry for entry in log if entry[0] == "send"] == [] and fatal == []

@@ -177,6 +177,48 @@ def test_a_save_is_fsynced_exactly_when_the_ready_says_so(tmp_path):
     assert storage.load().hard_state == HardState(2, 0, 1)
 
 
+def test_sync_fsyncs_the_wal_that_holds_an_unsynced_save(tmp_path, monkeypatch):
+    """The node commits a Ready without an fsync and calls ``sync`` off the reactor: it must
+    fsync the file the commit went to (the WAL), and it makes no SQLite call."""
+    path = str(tmp_path / "raft.db")
+    storage = SqliteStorage.open(path)
+    storage.save(HardState(1, 1, 0), [Entry(1, 1, data=b"a")], sync=False)
+    synced, real_fsync = [], os.fsync
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    storage.sync()
+    assert synced == [path + "-wal"]
+    assert os.path.getsize(path + "-wal") > 0  # the commit is in the WAL, now on disk
+
+
+def test_sync_without_a_wal_fsyncs_the_database_file(tmp_path, monkeypatch):
+    path = str(tmp_path / "raft.db")
+    storage = SqliteStorage.open(path)
+    storage.save(HardState(1, 1, 0), [Entry(1, 1, data=b"a")], sync=False)
+    os.unlink(path + "-wal")  # as after the last connection closed (checkpointed into the file)
+    synced = []
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")))
+    storage.sync()
+    assert synced == [path]
+
+
+def test_a_failed_fsync_is_a_storage_error_naming_the_file(tmp_path, monkeypatch):
+    path = str(tmp_path / "raft.db")
+    storage = SqliteStorage.open(path)
+    storage.save(HardState(1, 1, 0), [Entry(1, 1, data=b"a")], sync=False)
+
+    def fsync(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(StorageError, match=r"fsync of .*raft\.db-wal\) failed: .*Input/output error"):
+        storage.sync()
+
+
 def test_failure_inside_a_save_rolls_everything_back(tmp_path):
     storage = SqliteStorage.open(str(tmp_path / "node.db"))
     storage.save(HardState(1, 1), [Entry(i, 1, data=b"ok") for i in (1, 2, 3)])
