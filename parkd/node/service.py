@@ -46,6 +46,7 @@ from parkd.db import StorageError, open_engine
 from parkd.events import FRAME_EVENTS
 from parkd.node.alarms import Alarms
 from parkd.node.backup import BackupTaker
+from parkd.node.checkpoints import Checkpointer
 from parkd.node.cluster_identity import PROTOCOL_VERSION, ClusterIdentity
 from parkd.node.disk import CHECK_INTERVAL_S, MIB, DiskMonitor, free_bytes
 from parkd.node.driver import RaftDriver
@@ -58,6 +59,7 @@ from parkd.node.ports import ClientPortFactory, RaftPortFactory
 from parkd.node.reads import ReadBarrier
 from parkd.node.registry import CameraRegistry
 from parkd.node.snapshots import CompactionPolicy, SnapshotManager
+from parkd.node.worker import WorkerThread
 from parkd.parking.analyzer import HashAnalyzer
 from parkd.parking.codec import CodecError
 from parkd.parking.retention import ensure_retention_index, retention_entry
@@ -113,7 +115,7 @@ def open_store(data_dir: str, lots: dict[str, int]) -> Store:
     path = os.path.join(open_data_dir(data_dir), "node.db")
     engine = None
     try:
-        engine = open_engine(path)
+        engine = open_engine(path, background_checkpoints=True)  # the NodeService's Checkpointer runs them
         storage = SqliteStorage(engine)
         state = ParkingState(engine, lots)
         ensure_retention_index(engine)
@@ -183,7 +185,11 @@ class NodeService(service.Service):
         self.alarms, self.disk = self._build_disk(store)
         self.backups = self._build_backups(store)
         self.intake.admission = self.alarms.frame_refusal
-        self.housekeeping = Housekeeping(store.state, store.engine, self.reactor)
+        self.checkpoints = Checkpointer(
+            store.db_path, self.reactor, self._snapshot_thread or WorkerThread(self.reactor, name="parkd-checkpoint")
+        )
+        self.housekeeping = Housekeeping(store.state, store.engine, self.reactor,
+                                         truncate_wal=self.checkpoints.truncate)  # fmt: skip
         self._loops = [
             self._every(config.cluster.retention_interval, self._propose_retention),
             self._every(SUMMARY_INTERVAL_S, self._summary),
@@ -209,6 +215,7 @@ class NodeService(service.Service):
         for loop, interval in self._loops:
             loop.start(interval, now=False)
         self.housekeeping.start()
+        self.checkpoints.start()
         self._summarised = FRAME_EVENTS.emitted
         persisted = store.persisted
         self.log.info(
@@ -268,9 +275,12 @@ class NodeService(service.Service):
             s.node_id, voters, store.persisted, self._rng, core_config(s.config.cluster), applied=store.applied
         )
         state_machine = _StateMachine(store.state, lambda meta: self.snapshots.install(meta))
+        # The Raft log's fsync runs here, off the reactor (parkd/node/driver.py).
+        self._fsync_thread = self._snapshot_thread or WorkerThread(self.reactor, name="parkd-fsync")
+        self._fsync_thread.start()
         return RaftDriver(
             core, store.storage, self._send, state_machine, self.reactor,
-            s.config.cluster.heartbeat_ms / 1000.0, on_fatal=self._fatal,
+            s.config.cluster.heartbeat_ms / 1000.0, on_fatal=self._fatal, syncer=self._fsync_thread.run,
         )  # fmt: skip
 
     def _build_membership(self, store: Store) -> MembershipManager:
@@ -395,11 +405,13 @@ class NodeService(service.Service):
             self.snapshots.stop()
             self.backups.stop()
             self.driver.stop()
+            self._fsync_thread.stop()  # waits for an fsync under way
         if self.trust is not None:
             self.trust.refusals.stop()
         stopping = [defer.maybeDeferred(port.stopListening) for port in self.ports]
         if self.driver is not None:
             stopping.append(defer.maybeDeferred(self.peers.stopService))
+            stopping.append(self.checkpoints.stop())
         self.ports = []
 
         def closed(_):

@@ -1,0 +1,104 @@
+"""The WAL's checkpoints run on the Checkpointer's thread, never in the node's own commits
+(parkd/node/checkpoints.py)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
+
+from doubles import InlineThread
+from parkd.db import open_engine
+from parkd.node.checkpoints import REPORT_S, Checkpointer
+
+
+def fill(engine, rows: int = 3000) -> None:
+    """Commit ``rows`` transactions of one 4 KB row each: far more than 1000 WAL pages."""
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS t (x BLOB)")
+    for _ in range(rows):
+        with engine.begin() as conn:
+            conn.exec_driver_sql("INSERT INTO t VALUES (randomblob(4000))")
+
+
+def wal_pages(path: str) -> int:
+    return os.path.getsize(path + "-wal") // 4096
+
+
+def test_the_nodes_engine_never_checkpoints_in_its_own_commits(tmp_path):
+    path = str(tmp_path / "node.db")
+    node = open_engine(path, background_checkpoints=True)
+    fill(node)
+    assert wal_pages(path) > 3000  # SQLite's default would have reset it every ~1000 pages
+    with node.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+
+    other = str(tmp_path / "other.db")
+    default = open_engine(other)
+    fill(default)
+    assert wal_pages(other) < 1500
+    node.dispose()
+    default.dispose()
+
+
+def test_a_checkpoint_copies_the_wal_and_the_next_writer_starts_it_again(tmp_path):
+    path = str(tmp_path / "node.db")
+    engine = open_engine(path, background_checkpoints=True)
+    fill(engine, 1500)
+    checkpoints = Checkpointer(path, Clock(), InlineThread())
+    results = []
+    checkpoints.checkpoint().addCallback(results.append)
+    busy, frames, copied = results[0]
+    assert busy == 0 and frames == copied > 1500
+    before = os.path.getsize(path + "-wal")
+    fill(engine, 10)  # a complete checkpoint: the writer goes back to the WAL's start
+    assert os.path.getsize(path + "-wal") == before
+    checkpoints.truncate()
+    assert os.path.getsize(path + "-wal") == 0
+    checkpoints.stop()
+    engine.dispose()
+
+
+def test_the_timer_checkpoints_every_interval(tmp_path):
+    path = str(tmp_path / "node.db")
+    engine = open_engine(path, background_checkpoints=True)
+    fill(engine, 10)
+    clock = Clock()
+    checkpoints = Checkpointer(path, clock, InlineThread(), interval=1.0)
+    checkpoints.start()
+    clock.advance(0.9)
+    assert checkpoints.done == 0
+    clock.advance(0.1)
+    clock.advance(1.0)
+    assert checkpoints.done == 2
+    checkpoints.stop()
+    clock.advance(5.0)
+    assert checkpoints.done == 2
+    engine.dispose()
+
+
+def test_a_failing_checkpoint_is_one_warning_per_interval_of_reports_and_is_tried_again(tmp_path):
+    path = str(tmp_path / "node.db")
+    engine = open_engine(path, background_checkpoints=True)
+    fill(engine, 10)
+    clock, events = Clock(), []
+    checkpoints = Checkpointer(path, clock, InlineThread(), interval=1.0)
+
+    def broken(mode):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    checkpoints._run = broken
+    globalLogPublisher.addObserver(events.append)
+    try:
+        checkpoints.start()
+        for _ in range(int(REPORT_S) + 5):
+            clock.advance(1.0)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        checkpoints.stop()
+    warnings = [e for e in events if "checkpointing the WAL failed" in e.get("log_format", "")]
+    assert len(warnings) == 2  # at 1 s and after REPORT_S, not one per second
+    assert warnings[0]["error"] == "disk I/O error"
+    engine.dispose()
