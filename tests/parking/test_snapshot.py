@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -13,6 +14,7 @@ from parkd.db import open_engine
 from parkd.parking.codec import FrameResult, RegistryCommand, encode, encode_registry
 from parkd.parking.retention import retention_entry
 from parkd.parking.schema import PARKING_SCHEMA_VERSION
+from parkd.parking import snapshot as snapshot_module
 from parkd.parking.snapshot import (
     SnapshotContents,
     SnapshotError,
@@ -193,6 +195,28 @@ def test_the_copy_on_a_worker_thread_while_the_main_thread_applies_is_exactly_th
     [info] = outcome
     assert info.index == 2_000 < applied
     assert file_tables(info.path) == reference(history(1, 2_000))
+
+
+def test_the_page_copy_is_written_out_step_by_step_while_the_node_commits_between_steps(leader, tmp_path, monkeypatch):
+    """A snapshot's pages go to the disk a step at a time (the Raft log's fsyncs never wait behind the
+    whole file), and commits between steps do not restart the copy or leak into it."""
+    leader.log(history(1, 3_000))
+    pinned = pin_state(leader.path)
+    synced, real_fdatasync, applied = [], os.fdatasync, [3_000]
+
+    def fdatasync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        leader.log(history(applied[0] + 1, applied[0] + 10))  # the node goes on between two steps
+        applied[0] += 10
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(snapshot_module, "BACKUP_STEP_PAGES", 8)
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    info = write(pinned, tmp_path / "s.db")
+    pages = os.path.getsize(info.path) // 4096
+    assert len(synced) >= pages // 8 > 3 and all(p.endswith(".tmp") for p in synced)
+    assert info.index == 3_000 < applied[0]
+    assert file_tables(info.path) == reference(history(1, 3_000))
 
 
 def test_a_database_without_raft_tables_is_snapshotted_with_the_term_given(tmp_path):
