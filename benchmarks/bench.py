@@ -29,7 +29,9 @@ nodes and the load generator with py-spy during the storm (flame graphs in DIR).
     python benchmarks/bench.py [--quick] [--skip-peer] [--only ROW] [--rounds N] [--day-frames N] [--json-out FILE]
                                [--profile DIR]
 
-The "day" row (benchmarks/day.py) fills a cluster to --day-frames frames: hours at 2 M.
+The "day" row (benchmarks/day.py) fills a cluster to --day-frames frames through cameras (about half an
+hour at 2 M, once per run); the "day_at" row (benchmarks/day_at.py) measures snapshots and a 1 M-row trim
+under camera load on a state of that size built directly, once per round (about 4 minutes each).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ ROOT = os.path.dirname(HERE)
 sys.path[:0] = [ROOT, HERE]
 
 import day  # noqa: E402
+import day_at  # noqa: E402
 from parkd.chaos.checker import read_events  # noqa: E402
 from parkd.config import load_config  # noqa: E402
 from parkd.launcher import (  # noqa: E402
@@ -79,14 +82,15 @@ def bench_pki() -> str:
 
 
 class BenchCluster:
-    def __init__(self, workdir: str, nodes: int = 3, camera_interval: float | None = None, tls: bool = True):
+    def __init__(self, workdir: str, nodes: int = 3, camera_interval: float | None = None, tls: bool = True,
+                 node_args: tuple[str, ...] = ()):
         self.workdir = workdir
         os.makedirs(workdir, exist_ok=True)
         self.pki = bench_pki() if tls else None
         self.config_path = write_config(os.path.join(workdir, "parkd.toml"), nodes=nodes, lots=LOTS,
                                         camera_interval=camera_interval, pki=self.pki)  # fmt: skip
         self.config = load_config(self.config_path)
-        self.nodes = {m.id: node_daemon(self.config_path, m.id, workdir) for m in self.config.members}
+        self.nodes = {m.id: node_daemon(self.config_path, m.id, workdir, *node_args) for m in self.config.members}
         self.cameras = []
         self._next_camera = FIRST_CAMERA  # the load generator's next camera id (see loadgen_command)
 
@@ -469,7 +473,7 @@ class Step:
     paired: bool = False
 
 
-ROWS = ("throughput", "latency", "reads", "failover", "planned_stop", "scale", "day", "pysyncobj", "etcd")
+ROWS = ("throughput", "latency", "reads", "failover", "planned_stop", "scale", "day", "day_at", "pysyncobj", "etcd")
 
 
 def main(argv=None) -> int:
@@ -499,6 +503,7 @@ def main(argv=None) -> int:
         Step("planned_stop", measure_planned_stop),
         Step("scale", lambda d: measure_scale(d, args.quick, args.profile)),
         Step("day", lambda d: day.measure_day(d, args.day_frames)),
+        Step("day_at", lambda d: day_at.measure_day_at(d, args.day_frames), paired=True),
     ]
     if not args.skip_peer:
         steps.append(Step("pysyncobj", lambda d: measure_peer(d, args.quick)))
@@ -630,7 +635,14 @@ TABLE = (
     Row("Day of data: snapshots / longest copy (s) / a day's /history p99 (ms)", "day",
         ("snapshots", "snapshot_max_s", "history_p99_ms"), target="— / — / ≤ 20"),
     Row("Day of data: node.db + WAL + logs per node (MB)", "day", ("disk_mb",)),
-    Row("Day of data: 1 M-row trim", "day", ("trim",)),
+    Row("At {frames} frames, 200 cameras at 1 frame/s: ack p99 (ms) during the snapshots / the 1 M-row trim / all",
+        "day_at", ("ack_p99_snap_ms", "ack_p99_trim_ms", "ack_p99_ms"), target="≤ 100 / ≤ 100 / —"),
+    Row("At {frames} frames: elections during snapshots and trim / reactor lag p99 / max (ms)", "day_at",
+        ("elections", "lag_p99_ms", "lag_max_ms"), target="0 / — / ≤ 200"),
+    Row("At {frames} frames: longest snapshot (s) / rows trimmed / trim took (s) / longest batch (ms)", "day_at",
+        ("snapshot_max_s", "trimmed_rows", "trim_s", "trim_batch_max_ms"), target="— / ~1 M / — / ≤ 20"),
+    Row("At {frames} frames: a day's /history p99 (ms) / node.db + WAL + logs per node after the trim (MB)",
+        "day_at", ("history_p99_ms", "disk_mb"), target="≤ 20 / —"),
 )  # fmt: skip
 
 
