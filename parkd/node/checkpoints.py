@@ -14,10 +14,14 @@ runs one every :data:`CHECKPOINT_S` seconds on a thread of its own, with a
 connection of its own: ``PASSIVE``, which never waits for the node's readers or
 writers (SQLite's own locks keep it consistent with them) and copies what no
 reader still needs.  The WAL is then reset by the next writer once a checkpoint
-caught up, and cut back to ``journal_size_limit`` as before.  :meth:`truncate`
-(``TRUNCATE``: also empties the WAL file) is what the housekeeping asks for
-once a retention cut is done; it waits for the node's writers and blocks them
-while it runs, but after the passive checkpoints there is little left to copy.
+caught up, and cut back to ``journal_size_limit`` as before.
+
+Only ``PASSIVE`` runs here.  The other modes take the write lock, and a
+transaction of the reactor thread that read before that and writes after it
+fails at once with "database is locked" (a stale WAL snapshot cannot be
+upgraded; found at 2 M frames, where it stopped a node): the housekeeping's
+``TRUNCATE`` after a retention cut stays on the reactor thread, which the
+passive checkpoints leave little to copy.
 
 Durability does not depend on checkpoints: a commit is durable once the WAL is
 fsynced (``synchronous=FULL``, or ``SqliteStorage.sync``).  A failed checkpoint
@@ -35,7 +39,6 @@ from twisted.logger import Logger
 
 CHECKPOINT_S = 1.0
 REPORT_S = 60.0  # at most one warning this often while checkpoints fail
-BUSY_TIMEOUT_S = 5.0  # how long TRUNCATE waits for the node's writers
 
 
 class Checkpointer:
@@ -64,22 +67,17 @@ class Checkpointer:
             self._loop.stop()
         return self.thread.run(self._close).addBoth(lambda _: self.thread.stop())
 
-    def checkpoint(self, mode: str = "PASSIVE") -> defer.Deferred:
-        """One checkpoint on the thread: SQLite's (busy, WAL frames, frames checkpointed), or None if it failed."""
-        return self.thread.run(self._run, mode).addCallbacks(self._ran, self._failed)
-
-    def truncate(self) -> defer.Deferred:
-        """Checkpoint everything and empty the WAL file (after a large delete)."""
-        return self.checkpoint("TRUNCATE")
+    def checkpoint(self) -> defer.Deferred:
+        """One PASSIVE checkpoint on the thread: SQLite's (busy, WAL frames, frames checkpointed), or None if it failed."""
+        return self.thread.run(self._run).addCallbacks(self._ran, self._failed)
 
     # ------------------------------------------------------------ on the thread
 
-    def _run(self, mode: str) -> tuple[int, int, int]:
+    def _run(self) -> tuple[int, int, int]:
         if self._db is None:
-            self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
-                                       check_same_thread=False)  # fmt: skip
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA synchronous=FULL")  # the checkpoint fsyncs the database after copying
-        return tuple(self._db.execute(f"PRAGMA wal_checkpoint({mode})").fetchone())
+        return tuple(self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone())
 
     def _close(self) -> None:
         db, self._db = self._db, None

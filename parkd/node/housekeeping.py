@@ -8,8 +8,7 @@ are served in between, and trimming takes at most about half of the reactor's ti
 for pending cuts every ``check_s`` seconds (and at start, so a cut a restart or
 an installed snapshot left half done is finished).  Once no cut is pending it
 gives the space back, also a step per turn: free pages are returned to the
-filesystem, then the WAL is checkpointed and truncated (the node's
-``Checkpointer``, off the reactor: ``parkd/node/checkpoints.py``).
+filesystem, then the WAL is checkpointed and truncated (``parkd/db.py``).
 
 A storage error in a batch is one warning line; the cut stays pending (readers
 are unaffected) and the next check tries again.  Observers (the node's metrics)
@@ -18,7 +17,6 @@ get each :class:`TrimStep`.
 
 from __future__ import annotations
 
-from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -34,12 +32,9 @@ class Housekeeping:
 
     log = Logger()
 
-    def __init__(self, state, engine, clock, batch_rows: int = DEFAULT_BATCH_ROWS, check_s: float = CHECK_S,
-                 truncate_wal=None):  # fmt: skip
+    def __init__(self, state, engine, clock, batch_rows: int = DEFAULT_BATCH_ROWS, check_s: float = CHECK_S):
         self.state = state
         self.engine = engine
-        # the node's Checkpointer.truncate (on its thread); tests: at once, here
-        self.truncate_wal = truncate_wal or (lambda: defer.maybeDeferred(checkpoint_truncate, engine))
         self.clock = clock
         self.batch_rows = batch_rows
         self._observers: list = []
@@ -107,9 +102,8 @@ class Housekeeping:
 
     def _checkpoint(self) -> None:
         self._call = None
-        self.truncate_wal().addErrback(self._truncate_failed)
-
-    def _truncate_failed(self, failure) -> None:
-        failure.trap(StorageError)
-        self.log.warn("retention: {error}", error=failure.value)
+        try:
+            checkpoint_truncate(self.engine)
+        except StorageError as e:
+            self.log.warn("retention: {error}", error=e)
 

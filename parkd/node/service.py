@@ -188,8 +188,7 @@ class NodeService(service.Service):
         self.checkpoints = Checkpointer(
             store.db_path, self.reactor, self._snapshot_thread or WorkerThread(self.reactor, name="parkd-checkpoint")
         )
-        self.housekeeping = Housekeeping(store.state, store.engine, self.reactor,
-                                         truncate_wal=self.checkpoints.truncate)  # fmt: skip
+        self.housekeeping = Housekeeping(store.state, store.engine, self.reactor)
         self._loops = [
             self._every(config.cluster.retention_interval, self._propose_retention),
             self._every(SUMMARY_INTERVAL_S, self._summary),
