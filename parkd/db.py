@@ -61,7 +61,7 @@ def is_disk_full(error: BaseException) -> bool:
     return False
 
 
-def open_engine(path_or_url: str, background_checkpoints: bool = False) -> sa.Engine:
+def open_engine(path_or_url: str) -> sa.Engine:
     """An Engine on one SQLite file (or URL) with the durability the Raft log needs.
 
     WAL with ``synchronous=FULL``: ``NORMAL`` can lose the last commits on power
@@ -76,10 +76,6 @@ def open_engine(path_or_url: str, background_checkpoints: bool = False) -> sa.En
     incrementally (``auto_vacuum = INCREMENTAL``: :func:`vacuum_step`).  The pragma
     does nothing on a file that already has tables; one made by an older parkd
     switches with a one-time ``VACUUM`` (README "Sizing and housekeeping").
-
-    ``background_checkpoints``: no connection of this engine checkpoints the WAL
-    by itself (``wal_autocheckpoint = 0``); the caller runs checkpoints elsewhere
-    (the node: ``parkd/node/checkpoints.py``).
     """
     url = path_or_url if "://" in path_or_url else f"sqlite:///{path_or_url}"
     engine = sa.create_engine(url)
@@ -92,8 +88,6 @@ def open_engine(path_or_url: str, background_checkpoints: bool = False) -> sa.En
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
         cursor.execute("PRAGMA synchronous=FULL")
-        if background_checkpoints:
-            cursor.execute("PRAGMA wal_autocheckpoint=0")
         cursor.close()
 
     @sa.event.listens_for(engine, "begin")

@@ -1,27 +1,27 @@
-"""The WAL's checkpoints, off the reactor.
+"""The WAL's checkpoints, mostly off the reactor.
 
 SQLite copies the WAL back into the database file (a *checkpoint*) in whichever
 connection commits past ``wal_autocheckpoint`` pages (1000: 4 MiB): in a node,
 the reactor thread, where a checkpoint is an fsync of the WAL, up to 4 MiB of
 page writes and an fsync of the database.  During a retention trim at 2 M
-frames that happened 7 times a second on the reactor thread (strace: 145
-fdatasyncs of node.db in 20 s), and a trim batch that crossed the threshold
-took up to 100 ms instead of ~10.
+frames that happened 7 times a second (strace: 145 fdatasyncs of node.db in
+20 s on the reactor thread).
 
-The node's engine therefore turns automatic checkpoints off
-(``open_engine(..., background_checkpoints=True)``) and :class:`Checkpointer`
-runs one every :data:`CHECKPOINT_S` seconds on a thread of its own, with a
-connection of its own: ``PASSIVE``, which never waits for the node's readers or
-writers (SQLite's own locks keep it consistent with them) and copies what no
-reader still needs.  The WAL is then reset by the next writer once a checkpoint
-caught up, and cut back to ``journal_size_limit`` as before.
+:class:`Checkpointer` runs a ``PASSIVE`` checkpoint every :data:`CHECKPOINT_S`
+seconds on a thread of its own, with a connection of its own: it copies the
+frames no reader still needs without waiting for the node's readers or writers,
+so that when the reactor's commit does reach the threshold, little is left to
+copy.  The reactor's own automatic checkpoint stays: it is what lets the WAL
+start again from its beginning, since it runs between two of the node's writes
+(the thread's, racing a steady stream of commits, rarely sees the WAL fully
+copied at a moment when the next writer could restart it; with automatic
+checkpoints off the WAL grew past 100 MB during a trim).
 
 Only ``PASSIVE`` runs here.  The other modes take the write lock, and a
 transaction of the reactor thread that read before that and writes after it
 fails at once with "database is locked" (a stale WAL snapshot cannot be
-upgraded; found at 2 M frames, where it stopped a node): the housekeeping's
-``TRUNCATE`` after a retention cut stays on the reactor thread, which the
-passive checkpoints leave little to copy.
+upgraded; it stopped a node at 2 M frames): the housekeeping's ``TRUNCATE``
+after a retention cut stays on the reactor thread.
 
 Durability does not depend on checkpoints: a commit is durable once the WAL is
 fsynced (``synchronous=FULL``, or ``SqliteStorage.sync``).  A failed checkpoint
@@ -37,7 +37,7 @@ from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-CHECKPOINT_S = 1.0
+CHECKPOINT_S = 0.25
 REPORT_S = 60.0  # at most one warning this often while checkpoints fail
 
 

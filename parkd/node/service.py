@@ -115,7 +115,7 @@ def open_store(data_dir: str, lots: dict[str, int]) -> Store:
     path = os.path.join(open_data_dir(data_dir), "node.db")
     engine = None
     try:
-        engine = open_engine(path, background_checkpoints=True)  # the NodeService's Checkpointer runs them
+        engine = open_engine(path)
         storage = SqliteStorage(engine)
         state = ParkingState(engine, lots)
         ensure_retention_index(engine)
