@@ -16,7 +16,7 @@ real client protocol), in rounds of 30 s, printing progress to stderr.  Then:
   rounds with and without a snapshot, not the ≤ 100 ms of a normal load;
 - ``lag_p99_ms``, ``lag_max_ms``: ``parkd_reactor_lag_seconds`` over every node,
   from the histogram's buckets (a bucket bound: "at most");
-- ``history_p99_ms``: 20 reads of a day's ``/history`` of one lot on a follower;
+- ``history_p99_ms``: 100 reads of a day's ``/history`` of one lot on a follower;
 - ``disk_mb``: node.db + WAL + JSON logs per node.
 
 The snapshots and a 1 M-row trim under a normal camera load, at this size, are
@@ -40,18 +40,18 @@ ROUND_S = 30
 
 
 def history_ms(cluster) -> float:
-    """The slowest of 20 reads of a day's /history of one lot on a follower (the p99 of 20), ms."""
+    """The p99 (the 99th of 100) of reads of a day's /history of one lot on a follower, ms (each a new HTTPS connection)."""
     leader = cluster.leader()
     follower = next(n for n in cluster.nodes if n != leader)
     took = []
-    for _ in range(20):
+    for _ in range(100):
         t = time.perf_counter()
         status, _, _ = http_request(cluster.config, follower, "/api/v1/lots/north/history?window=86400&consistency=local",
                                     timeout=30)  # fmt: skip
         if status != 200:
             raise RuntimeError(f"/history answered {status}")
         took.append(1000 * (time.perf_counter() - t))
-    return round(max(took), 1)
+    return round(sorted(took)[98], 1)
 
 
 def disk_mb(cluster, workdir: str) -> str:

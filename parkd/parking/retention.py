@@ -59,7 +59,7 @@ from parkd.parking.schema import BUCKET_WIDTHS
 DEFAULT_WINDOW_S = 24 * 3600.0
 DEFAULT_INTERVAL_S = 600.0
 # Rows visited per trim_step: ~7 ms of CPU here; 1000 rows took 15 ms (p99 22 ms) in benchmarks/day_of_data.py.
-DEFAULT_BATCH_ROWS = 500
+DEFAULT_BATCH_ROWS = 200
 
 RETENTION_INDEX = "frames_by_captured_at"
 
