@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from parkd.db import open_engine
 from parkd.parking.codec import FrameResult, encode
 from parkd.parking.retention import ensure_retention_index
+from parkd.parking.schema import build_buckets
 from parkd.parking.state import ParkingState
 from parkd.raft.storage import SqliteStorage
 from parkd.raft.types import Entry, EntryKind
@@ -107,6 +108,18 @@ def build(path: str, frames: int, log_entries: int = 110_000, lots: Mapping[str,
     finally:
         db.close()
     return made
+
+
+def add_buckets(path: str) -> None:
+    """Build the trend buckets of ``path``'s frames (as the schema 3 upgrade does) and leave no WAL."""
+    engine = open_engine(path)
+    try:
+        with engine.begin() as conn:
+            build_buckets(conn)
+        with engine.connect() as conn:
+            conn.connection.dbapi_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        engine.dispose()
 
 
 def copy_db(src: str, dst: str) -> None:

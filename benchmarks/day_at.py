@@ -42,8 +42,6 @@ import time
 import datadir
 from day import disk_mb, history_ms, quantile_ms
 from parkd.chaos.checker import read_events
-from parkd.db import open_engine
-from parkd.parking.schema import build_buckets
 
 CAMERAS = 200  # the built history's cameras
 LOAD_CAMERAS = 200
@@ -67,12 +65,7 @@ def build_base(path: str, frames: int) -> float:
     started = time.monotonic()
     log_entries = SNAPSHOT_ENTRIES + 3 * STAGGER
     datadir.build(path, frames, log_entries, cameras=CAMERAS, t0=t0)
-    engine = open_engine(path)
-    with engine.begin() as conn:
-        build_buckets(conn)
-    with engine.connect() as conn:
-        conn.connection.dbapi_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    engine.dispose()
+    datadir.add_buckets(path)
     print(f"day_at: built {frames:,} frames in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
     with open(marker, "w") as f:
         f.write(repr(t0))

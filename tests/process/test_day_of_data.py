@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import sys
 import time
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -20,9 +21,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from parkd.db import open_engine
 from parkd.launcher import http_request
 from parkd.parking.retention import ensure_retention_index
-from parkd.parking.schema import build_buckets
 from parkd.parking.state import ParkingState
 from parkd.raft.storage import SqliteStorage
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
+import datadir  # noqa: E402
 
 FRAMES = 100_000
 CAMERAS = 200  # ids 101..300, ten seconds apart: 500 frames each
@@ -58,12 +61,7 @@ def fill(path: str, lots: dict[str, int], now: float) -> None:
     db.execute('UPDATE hard_state SET term = 1, vote = 0, "commit" = ?', (FRAMES,))
     db.execute("COMMIT")
     db.close()
-    engine = open_engine(path)
-    with engine.begin() as conn:
-        build_buckets(conn)
-    with engine.connect() as conn:
-        conn.connection.dbapi_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    engine.dispose()
+    datadir.add_buckets(path)
 
 
 def metrics(cluster, node_id) -> dict[str, float]:
