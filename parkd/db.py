@@ -84,7 +84,10 @@ def open_engine(path_or_url: str) -> sa.Engine:
     def _on_connect(dbapi_connection, _record) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")  # before journal_mode: only a new file takes it
+        if cursor.execute("PRAGMA page_count").fetchone()[0] == 0:
+            # Only a new file takes it (before journal_mode); on an existing one setting it wants the
+            # write lock, so a connection opened while another holds it (a snapshot install) waited 5 s and failed.
+            cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
         cursor.execute("PRAGMA synchronous=FULL")

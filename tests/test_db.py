@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -183,3 +184,26 @@ def test_vacuum_step_does_nothing_on_a_file_without_incremental_auto_vacuum(tmp_
     with engine.connect() as conn:
         assert conn.connection.dbapi_connection.execute("PRAGMA freelist_count").fetchone()[0] > 0
     engine.dispose()
+
+
+def test_a_connection_opens_while_another_holds_the_write_lock(tmp_path):
+    """A snapshot install holds the write lock for seconds on its thread; a connection the pool opens
+    meanwhile for the reactor's reads must not wait for it (setting auto_vacuum on an existing file
+    wanted that lock: 5 s of busy wait on the reactor, then "database is locked")."""
+    path = str(tmp_path / "node.db")
+    engine = open_engine(path)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (x)")
+    engine.dispose()
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("INSERT INTO t VALUES (1)")
+    reader = open_engine(path)
+    started = time.monotonic()
+    with reader.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM t").scalar() == 0  # the uncommitted row unseen
+        assert conn.exec_driver_sql("PRAGMA auto_vacuum").scalar() == 2  # the file keeps its mode
+    assert time.monotonic() - started < 1.0
+    writer.execute("ROLLBACK")
+    writer.close()
+    reader.dispose()
