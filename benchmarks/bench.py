@@ -31,7 +31,7 @@ nodes and the load generator with py-spy during the storm (flame graphs in DIR).
 
 The "day" row (benchmarks/day.py) fills a cluster to --day-frames frames through cameras (about half an
 hour at 2 M, once per run); the "day_at" row (benchmarks/day_at.py) measures snapshots and a 1 M-row trim
-under camera load on a state of that size built directly, once per round (about 4 minutes each).
+under camera load on a state of that size built directly, once per round (about 5 minutes each).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ per round, so its times are medians.  Each round:
    half of the frames, ~1 M rows, are older) and ``--retention-interval 60``:
    the leader's first retention entry, 60 s after start, dooms them.
 3. 200 cameras send one frame per second each (10 x the campus rate) for the
-   whole round, while every node's ``/metrics`` is read every 0.5 s.
+   whole round (240 s: the trim ends about 175 s in), while every node's ``/metrics`` is read every 0.5 s.
 
 Figures: ``ack_p99_snap_ms`` and ``ack_p99_trim_ms``, the p99 of
 ``parkd_ack_latency_seconds`` (receipt to ack, all nodes) over the scrapes that
@@ -50,7 +50,7 @@ SNAPSHOT_ENTRIES = 100_000  # the default ``snapshot_entries``
 STAGGER = 15_000  # 15 % of it per node id (parkd/node/snapshots.py)
 SNAPSHOT_EVERY_S = 10.0  # node i snapshots about 10 * i seconds into the load
 RETENTION_INTERVAL_S = 60
-ROUND_S = 180  # the load's duration: snapshots at 10-30 s, the trim from 60 s on
+ROUND_S = 240  # the load's duration: snapshots at 10-30 s, the trim from 60 s on (~115 s for 1 M rows)
 SCRAPE_S = 0.5
 
 
