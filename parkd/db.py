@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
@@ -136,6 +137,18 @@ def begin_immediate(conn: sa.Connection) -> sa.RootTransaction:
     short transactions instead, and theirs wait for this one.
     """
     return conn.execution_options(**{_IMMEDIATE: True}).begin()
+
+
+def fsync_path(path: str | os.PathLike, directory: bool = False) -> None:
+    """fsync the file (or ``directory``) at ``path`` through a descriptor of its own.
+
+    An fsync reaches the file, not the descriptor: what any writer put in it is on disk once this returns.
+    """
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def checkpoint_truncate(engine: sa.Engine) -> tuple[int, int, int]:

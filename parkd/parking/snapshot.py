@@ -66,7 +66,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 
-from parkd.db import StorageError, begin_immediate, storage_errors, upgrade
+from parkd.db import StorageError, begin_immediate, fsync_path, storage_errors, upgrade
 from parkd.parking.schema import PARKING_SCHEMA_VERSION, UPGRADERS, snapshot_tables
 from parkd.parking.schema import metadata as _parking_metadata
 from parkd.raft.types import SnapshotMeta
@@ -139,14 +139,6 @@ def _columns(table: sa.Table) -> str:
     return ", ".join(f'"{c.name}"' for c in table.columns)
 
 
-def _fsync_path(path: str | os.PathLike, directory: bool = False) -> None:
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @contextlib.contextmanager
 def _written_out_per_step(path: str):
     """A backup ``progress`` callback that fdatasyncs ``path`` after every step.
@@ -169,9 +161,9 @@ def publish_file(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
     A snapshot file exists under its name only whole: a crash leaves the previous
     file at ``path`` (or none) and at worst a stray ``tmp``.
     """
-    _fsync_path(tmp)
+    fsync_path(tmp)
     os.replace(tmp, path)
-    _fsync_path(Path(path).absolute().parent, directory=True)
+    fsync_path(Path(path).absolute().parent, directory=True)
 
 
 @contextlib.contextmanager

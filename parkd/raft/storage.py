@@ -15,7 +15,6 @@ driver retries the same write (``parkd/node/driver.py``).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -26,6 +25,7 @@ from parkd.db import (
     DriverStatement,
     StorageError,
     ensure_schema,
+    fsync_path,
     open_engine,
     storage_errors,
     unsynced_transaction,
@@ -291,17 +291,13 @@ class SqliteStorage:
         path = self._engine.url.database
         if not path or path == ":memory:" or path.startswith("file:"):
             return
+        name = path + "-wal"
         try:
-            for name in (path + "-wal", path):
-                try:
-                    fd = os.open(name, os.O_RDONLY)
-                except FileNotFoundError:
-                    continue
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                return
+            try:
+                fsync_path(name)
+            except FileNotFoundError:
+                name = path
+                fsync_path(name)
         except OSError as e:
             raise StorageError(f"making the Raft log durable (fsync of {name}) failed: {e}") from e
 
