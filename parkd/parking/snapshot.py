@@ -221,16 +221,13 @@ class PinnedState:
         learners: Sequence[int],
         config_index: int,
         members: Sequence[Any] = (),
-        batch_rows: int | None = None,
     ) -> SnapshotInfo:
         """Copy the pinned state to a snapshot file at ``out_path`` (step 2), then close.
 
         ``term`` is the term of the entry at :attr:`index`; ``voters``, ``learners``
         the configuration in effect there, from the CONFIG entry at ``config_index``
         (0: the initial one); ``members`` JSON-able member descriptions.  The file
-        appears at ``out_path`` atomically.  ``batch_rows`` copies ``frames`` in
-        slices of that many rowids instead of one statement (same transaction).
-        Raises :class:`SnapshotError` (and leaves no temporary file behind).
+        appears at ``out_path`` atomically.  Raises :class:`SnapshotError` (and leaves no temporary file behind).
         """
         if self._conn is None:
             raise SnapshotError("this pinned state was already written or closed")
@@ -244,7 +241,7 @@ class PinnedState:
                 fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
                 os.fchmod(fd, 0o644)  # like the database files SQLite creates, not mkstemp's 0600
                 os.close(fd)
-                self._copy(tmp, term, list(voters), list(learners), config_index, members, batch_rows)
+                self._copy(tmp, term, list(voters), list(learners), config_index, members)
                 self.close()  # the copy is committed; the file is detached with the connection
                 publish_file(tmp, out)
         except BaseException:
@@ -271,9 +268,7 @@ class PinnedState:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
-    def _copy(
-        self, tmp: str, term: int, voters: list, learners: list, config_index: int, members, batch_rows
-    ) -> None:
+    def _copy(self, tmp: str, term: int, voters: list, learners: list, config_index: int, members) -> None:
         """Fill ``tmp`` with the pinned state: the whole database's pages, then the tables it must not keep go.
 
         SQLite's online backup API copies the pages of the pinned read transaction
@@ -284,19 +279,15 @@ class PinnedState:
         from restarting when the node commits between steps.  Then, in one
         transaction on the new file: every table but the parking tables is dropped
         (the Raft log's pages stay as free pages: a few MB), and ``snapshot_meta``
-        and ``members`` are written.  ``batch_rows`` takes the older row copy
-        instead, ``frames`` in slices of that many rowids.  On failure the caller
-        closes the connection and removes ``tmp``.
+        and ``members`` are written.  On failure the caller closes the connection
+        and removes ``tmp``.
         """
-        if batch_rows:
-            self._copy_rows(tmp, batch_rows)
-        else:
-            dst = sqlite3.connect(tmp, isolation_level=None)
-            try:
-                with _written_out_per_step(tmp) as progress:  # the pages of the pinned view, in steps
-                    self._conn.backup(dst, pages=BACKUP_STEP_PAGES, progress=progress)
-            finally:
-                dst.close()
+        dst = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            with _written_out_per_step(tmp) as progress:  # the pages of the pinned view, in steps
+                self._conn.backup(dst, pages=BACKUP_STEP_PAGES, progress=progress)
+        finally:
+            dst.close()
         dst = sqlite3.connect(tmp, isolation_level=None)
         try:
             dst.execute("PRAGMA journal_mode=DELETE")  # the copied header says WAL; the file is a plain one
@@ -322,36 +313,6 @@ class PinnedState:
             dst.execute("COMMIT")  # synchronous FULL: fsynced
         finally:
             dst.close()
-
-    def _copy_rows(self, tmp: str, batch_rows: int) -> None:
-        """The parking tables' rows into ``tmp`` with ``INSERT … SELECT`` inside the pinned transaction."""
-        dst = sqlite3.connect(tmp, isolation_level=None)
-        try:
-            for statement in _ddl(snapshot_tables()):
-                dst.execute(statement)
-        finally:
-            dst.close()
-        src = self._conn
-        # ATTACH may run inside the open transaction: main keeps the pinned view.
-        src.execute("ATTACH DATABASE ? AS snap", (tmp,))
-        src.execute("PRAGMA snap.journal_mode=OFF")  # a failed copy is thrown away whole
-        for table in snapshot_tables():
-            cols = _columns(table)
-            if table.name == "frames":
-                _copy_in_slices(src, cols, batch_rows)
-            else:
-                src.execute(f"INSERT INTO snap.{table.name} ({cols}) SELECT {cols} FROM main.{table.name}")
-        src.execute("COMMIT")
-        src.execute("DETACH DATABASE snap")
-
-
-def _copy_in_slices(src: sqlite3.Connection, cols: str, batch_rows: int) -> None:
-    top = src.execute("SELECT max(rowid) FROM main.frames").fetchone()[0] or 0
-    for low in range(0, top, batch_rows):
-        src.execute(
-            f"INSERT INTO snap.frames ({cols}) SELECT {cols} FROM main.frames WHERE rowid > ? AND rowid <= ?",
-            (low, low + batch_rows),
-        )
 
 
 # -- reading a snapshot file ----------------------------------------------------------------

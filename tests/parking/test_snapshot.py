@@ -182,7 +182,7 @@ def test_the_copy_on_a_worker_thread_while_the_main_thread_applies_is_exactly_th
 
     def run() -> None:
         try:
-            outcome.append(write(pinned, tmp_path / "snap.db", batch_rows=100))
+            outcome.append(write(pinned, tmp_path / "snap.db"))
         except BaseException as exc:
             outcome.append(exc)
 
