@@ -11,6 +11,11 @@ transaction (group commit), messages, apply, advance.
 A leader's appends go out before its own write (``Ready.early_messages``), so
 that followers write the entries while the leader does (dissertation §10.2.1).
 
+A Ready holds at most ``max_committed_per_ready`` entries to apply; when more
+are committed, the next Ready waits for the next reactor turn, so a long run of
+applying (a follower catching up, a saturated leader) never holds the reactor
+for more than one bounded batch.
+
 **The fsync is off the reactor** when the driver has a ``syncer`` (the daemon's
 one-thread pool): the Ready's transaction is committed on the reactor without
 an fsync (``save(sync=False)``), then ``storage.sync()`` (an fsync of the WAL,
@@ -356,6 +361,11 @@ class RaftDriver:
                 return
             if self._finish(ready) is not True:
                 return  # failed, stalled, or the fsync's end continues
+            if self._core.applied_index < self._core.commit_index:
+                # More to apply than one Ready holds (max_committed_per_ready):
+                # let the reactor read sockets and fire timers between batches.
+                self._schedule()
+                return
 
     def _install(self, ready: Ready) -> None:
         self._waiting = ready

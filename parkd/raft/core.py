@@ -92,6 +92,10 @@ class CoreConfig:
     max_entries_per_msg: int = 256
     max_bytes_per_msg: int = 1 << 20  # a single larger entry is still sent alone
     max_inflight_msgs: int = 64  # unacknowledged AppendEntries per follower
+    # Committed entries handed out for applying in one Ready (like etcd's
+    # MaxCommittedSizePerReady): the rest come in the next Ready, so the node
+    # can do other work between two bounded batches of applying.
+    max_committed_per_ready: int = 256
     pre_vote: bool = True
     check_quorum: bool = True
     # A learner is promoted to voter once its log is within this many entries of
@@ -105,7 +109,8 @@ class CoreConfig:
     def __post_init__(self) -> None:
         if not 0 < self.heartbeat_ticks < self.election_ticks:
             raise ValueError("need 0 < heartbeat_ticks < election_ticks")
-        if min(self.max_entries_per_msg, self.max_bytes_per_msg, self.max_inflight_msgs) < 1:
+        limits = (self.max_entries_per_msg, self.max_bytes_per_msg, self.max_inflight_msgs, self.max_committed_per_ready)
+        if min(limits) < 1:
             raise ValueError("message limits must be positive")
         if self.promote_lag < 0:
             raise ValueError("promote_lag must not be negative")
@@ -175,7 +180,9 @@ class Ready:
        ``membership`` is set, connect to new members first: the configuration
        already took effect (CONFIG entries in ``entries`` carry the new
        members' addresses).
-    4. Apply ``committed_entries`` in order; serve ``read_states`` once applied.
+    4. Apply ``committed_entries`` in order (at most ``max_committed_per_ready``:
+       the rest come in the following Readies); serve ``read_states`` once
+       their index is applied.
     """
 
     hard_state: HardState | None
@@ -701,11 +708,12 @@ class RaftCore:
         entries = self._log.take_unsent()
         snapshot, self._pending_snapshot = self._pending_snapshot, None
         applied = snapshot.index if snapshot is not None else self._applied
+        upto = min(self._log.committed, applied + self._cfg.max_committed_per_ready)
         rd = Ready(
             hard_state=hard if hard != self._prev_hard else None,
             entries=entries,
             messages=messages,
-            committed_entries=self._log.slice(applied + 1, self._log.committed + 1),
+            committed_entries=self._log.slice(applied + 1, upto + 1),
             soft_state=soft if soft != self._prev_soft else None,
             read_states=tuple(self._read_states),
             membership=membership if membership is not self._prev_membership else None,

@@ -1,6 +1,7 @@
 """The Ready loop on an injected clock: persist before send, group commit, fatal storage
 errors, snapshot installs, and the event stream."""
 
+import dataclasses
 import random
 
 from twisted.internet import defer
@@ -72,10 +73,10 @@ class Syncer:
         return d
 
 
-def make(voters=(1,), node_id=1, syncer=None):
+def make(voters=(1,), node_id=1, syncer=None, config=CONFIG):
     log, clock, fatal = [], Clock(), []
     storage = RecordingStorage(log)
-    core = RaftCore(node_id, voters, storage.load(), random.Random(1), CONFIG)
+    core = RaftCore(node_id, voters, storage.load(), random.Random(1), config)
     machine = StateMachine(log)
     driver = RaftDriver(
         core, storage, lambda m: log.append(("send", m)), machine, clock, TICK, on_fatal=lambda: fatal.append(1),
@@ -127,6 +128,32 @@ def test_proposals_of_one_reactor_turn_are_one_transaction():
     clock.advance(0)
     saves = [entry for entry in log if entry[0] == "save" and entry[2]]
     assert len(saves) == 1 and len(saves[0][2]) == 50
+
+
+def test_a_long_committed_run_is_applied_one_capped_batch_per_reactor_turn():
+    """The reactor reads sockets and fires timers between two batches of applying."""
+    config = dataclasses.replace(CONFIG, max_committed_per_ready=2)
+    driver, clock, log, storage, machine, _ = make(config=config)
+    become_leader(driver, clock)
+    clock.advance(0)
+    log.clear()
+    for i in range(5):
+        driver.propose(b"%d" % i)
+    turns = []
+    while driver.applied_index < 6:
+        log.clear()
+        one_turn(clock)
+        turns.append([entry[1] for entry in log if entry[0] == "apply"])
+    assert [batches for batches in turns if batches] == [[(2, 3)], [(4, 5)], [(6,)]]
+
+
+def one_turn(clock):
+    """Run the calls due now, but not those they schedule (Clock.advance(0) runs those too)."""
+    for call in [c for c in clock.getDelayedCalls() if c.getTime() <= clock.seconds()]:
+        if call.active():
+            clock.calls.remove(call)
+            call.called = True
+            call.func(*call.args, **call.kw)
 
 
 def test_vote_is_persisted_before_the_response_is_sent():

@@ -337,6 +337,31 @@ def test_ready_must_be_advanced_before_the_next():
     assert [e.index for e in drain(core).entries] == [2]
 
 
+def test_committed_entries_are_handed_out_at_most_max_committed_per_ready_at_a_time():
+    """Like etcd's MaxCommittedSizePerReady: applying a long committed run is split,
+    so the node works between bounded batches; the rest come in the next Readies."""
+    config = CoreConfig(election_ticks=10, heartbeat_ticks=2, max_committed_per_ready=3)
+    core = make_core(term=1, config=config)
+    core.step(append(0, 0, [1] * 7, commit=7, term=1))
+    batches = []
+    while core.has_ready():
+        rd = core.ready()
+        batches.append([e.index for e in rd.committed_entries])
+        core.advance(rd)
+    assert batches == [[1, 2, 3], [4, 5, 6], [7]]
+    assert core.applied_index == core.commit_index == 7
+
+
+def test_a_capped_ready_still_persists_every_new_entry_and_answers_the_leader():
+    config = CoreConfig(election_ticks=10, heartbeat_ticks=2, max_committed_per_ready=2)
+    core = make_core(term=1, config=config)
+    core.step(append(0, 0, [1] * 5, commit=5, term=1))
+    rd = core.ready()
+    assert [e.index for e in rd.entries] == [1, 2, 3, 4, 5]
+    assert [e.index for e in rd.committed_entries] == [1, 2]
+    assert [m.match_index for m in rd.messages if type(m) is AppendResponse] == [5]
+
+
 def test_restart_restores_log_term_vote_and_commit_without_reapplying():
     cluster = Cluster((1, 2, 3), CFG)
     cluster.elect(1).propose(b"x")

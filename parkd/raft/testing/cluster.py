@@ -400,7 +400,7 @@ class Cluster:
             for i in self.ids:
                 self.process(i)
             self.checker.check_leaders(self.live())
-            if not self.network:
+            if not self.network and not any(core.has_ready() for core in self.live()):
                 return
             batch, self.network = self.network, []
             for m in batch:

@@ -74,6 +74,7 @@ class Simulation:
                 heartbeat_ticks=self.rng.choice((1, 2, 3)),
                 max_entries_per_msg=self.rng.choice((1, 2, 4)),
                 max_inflight_msgs=self.rng.choice((1, 3)),
+                max_committed_per_ready=self.rng.choice((1, 2, 256)),
                 pre_vote=self.rng.random() < 0.7,
                 check_quorum=self.rng.random() < 0.7,
             )
