@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 
 from parkd.db import open_engine
-from parkd.node.housekeeping import MAX_REST_S, Housekeeping
+from parkd.node.housekeeping import MAX_REST_S, REST_FACTOR, Housekeeping
 from parkd.parking.codec import FrameResult, encode
 from parkd.parking.retention import retention_entry
 from parkd.parking.state import ParkingState
@@ -87,4 +87,29 @@ def test_nothing_runs_without_a_pending_cut_and_a_later_cut_is_found_by_the_next
     assert counts(engine) == (1, 0)
     keeping.stop()
     assert not clock.getDelayedCalls()
+    engine.dispose()
+
+
+def test_space_is_given_back_in_steps_with_a_rest_after_each(tmp_path, monkeypatch):
+    """Back to back, ~9 ms vacuum steps at 2 M frames delayed every HTTPS read's handshake turns."""
+    engine = open_engine(str(tmp_path / "node.db"))
+    state = ParkingState(engine, LOTS)
+    state.apply(frames(20))
+    state.apply([Entry(21, 1, EntryKind.NORMAL, retention_entry(1e9))])
+    free_pages = iter([600, 300, 0])
+    monkeypatch.setattr("parkd.node.housekeeping.vacuum_step", lambda engine: next(free_pages))
+    clock = Clock()
+    keeping = Housekeeping(state, engine, clock, batch_rows=1000, check_s=1.0)
+    ticks = iter(range(1000))
+    keeping.timer = lambda: 0.01 * next(ticks)  # every vacuum step takes 10 ms
+    keeping.start()
+    while keeping._call is None or keeping._call.func != keeping._vacuum:
+        turn(clock)  # the trim's batches
+    rests = []
+    while keeping.busy and keeping._call.func == keeping._vacuum:
+        scheduled = keeping._call.getTime()
+        turn(clock)
+        rests.append(round(keeping._call.getTime() - scheduled, 6) if keeping._call else None)
+    assert rests == [REST_FACTOR * 0.01] * 3  # after each of the three steps, the last before the checkpoint
+    keeping.stop()
     engine.dispose()
