@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -42,13 +43,13 @@ from twisted.logger import Logger
 from parkd import __version__
 from parkd.config import ConfigError
 from parkd.daemon import fail_on_config_error, listen_now, raise_file_limit
-from parkd.db import StorageError, open_engine
+from parkd.db import StorageError, convert_to_incremental_vacuum, frees_incrementally, open_engine
 from parkd.events import FRAME_EVENTS
 from parkd.node.alarms import Alarms
 from parkd.node.backup import BackupTaker
 from parkd.node.checkpoints import Checkpointer
 from parkd.node.cluster_identity import PROTOCOL_VERSION, ClusterIdentity
-from parkd.node.disk import CHECK_INTERVAL_S, MIB, DiskMonitor, free_bytes
+from parkd.node.disk import CHECK_INTERVAL_S, MIB, DiskMonitor, database_bytes, free_bytes
 from parkd.node.driver import RaftDriver
 from parkd.node.frames import FrameIntake
 from parkd.node.housekeeping import Housekeeping
@@ -110,11 +111,12 @@ class Store:
         self.engine.dispose()
 
 
-def open_store(data_dir: str, lots: dict[str, int]) -> Store:
+def open_store(data_dir: str, lots: dict[str, int], disk_free=free_bytes) -> Store:
     """Open (or create) ``data_dir/node.db``; ConfigError naming the file if it cannot be used."""
     path = os.path.join(open_data_dir(data_dir), "node.db")
     engine = None
     try:
+        _switch_to_incremental_vacuum(path, disk_free)
         engine = open_engine(path)
         storage = SqliteStorage(engine)
         state = ParkingState(engine, lots)
@@ -125,6 +127,34 @@ def open_store(data_dir: str, lots: dict[str, int]) -> Store:
         if engine is not None:
             engine.dispose()
         raise ConfigError(f"--data-dir: cannot open database {path!r}: {e}") from None
+
+
+_log = Logger(namespace="parkd.node.service")
+
+
+def _switch_to_incremental_vacuum(path: str, disk_free) -> None:
+    """A node.db made before ``auto_vacuum = INCREMENTAL`` is rewritten with it once, at start.
+
+    Until then the space of trimmed frames is reused but never given back.  The
+    node is not serving yet; without room for the rewrite it starts as it is and says so.
+    """
+    if not os.path.exists(path) or os.path.getsize(path) == 0 or frees_incrementally(path):
+        return
+    size = database_bytes(path)
+    needed, free = 2 * size, disk_free(os.path.dirname(path))
+    if free < needed:
+        _log.warn("{path} keeps the space of trimmed frames (made by an older parkd): converting it needs "
+                  "{needed_mb:.0f} MB free, {free_mb:.0f} MB are; free some space and restart the node",
+                  path=path, needed_mb=needed / MIB, free_mb=free / MIB)  # fmt: skip
+        return
+    _log.info("{path} was made by an older parkd: rewriting it once ({size_mb:.0f} MB, a few seconds per 100 MB) "
+              "so that the space of trimmed frames goes back to the filesystem …",
+              path=path, size_mb=size / MIB)  # fmt: skip
+    started = time.monotonic()
+    convert_to_incremental_vacuum(path)
+    _log.info("{path} rewritten in {seconds:.1f} s: {before_mb:.0f} MB -> {after_mb:.0f} MB",
+              path=path, seconds=time.monotonic() - started, before_mb=size / MIB,
+              after_mb=database_bytes(path) / MIB)  # fmt: skip
 
 
 class _StateMachine:
@@ -169,7 +199,7 @@ class NodeService(service.Service):
         raise_file_limit()
         lots = {lot.id: lot.capacity for lot in config.lots}
         self.trust = self._build_trust()
-        self.store = store = open_store(s.data_dir, lots)
+        self.store = store = open_store(s.data_dir, lots, self._disk_free)
         self.driver = self._build_driver(store)
         self.identity = ClusterIdentity(s.node_id, store.data_dir, store.state, self.driver, self.reactor)
         self.peers = PeerService(
