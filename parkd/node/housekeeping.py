@@ -108,7 +108,8 @@ class Housekeeping:
             left = 0
         progress = self._free_pages is None or left < self._free_pages
         self._free_pages = left if left and progress else None
-        self._call = self.clock.callLater(_rest(self.timer() - started), self._vacuum if self._free_pages else self._checkpoint)
+        then = self._vacuum if self._free_pages else self._checkpoint
+        self._call = self.clock.callLater(_rest(self.timer() - started), then)
 
     def _checkpoint(self) -> None:
         self._call = None

@@ -111,7 +111,7 @@ class CoreConfig:
             raise ValueError("need 0 < heartbeat_ticks < election_ticks")
         limits = (self.max_entries_per_msg, self.max_bytes_per_msg, self.max_inflight_msgs, self.max_committed_per_ready)
         if min(limits) < 1:
-            raise ValueError("message limits must be positive")
+            raise ValueError("message and apply limits must be positive")
         if self.promote_lag < 0:
             raise ValueError("promote_lag must not be negative")
         if self.snapshot_timeout_ticks is not None and self.snapshot_timeout_ticks < 1:
