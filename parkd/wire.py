@@ -19,6 +19,7 @@ from twisted.protocols.basic import Int32StringReceiver
 from parkd.config import DEFAULT_MAX_MESSAGE_BYTES
 from parkd.proto import parkd_pb2 as pb
 from parkd.ratelimit import RateLimitedLog
+from parkd.sockets import tcp_transport_of, write_eagerly
 from parkd.raft import messages
 from parkd.raft.types import Entry, EntryKind
 
@@ -90,6 +91,9 @@ class EnvelopeProtocol(Int32StringReceiver):
         set_no_delay = getattr(transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
             set_no_delay(True)
+        connection = tcp_transport_of(transport)
+        if connection is not None:
+            write_eagerly(connection)  # and without a poll and two epoll_ctl calls each
         super().makeConnection(transport)
 
     def stringReceived(self, data: bytes) -> None:
