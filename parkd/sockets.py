@@ -8,9 +8,10 @@ flight each node spent about 2 ms of CPU per ack.  :func:`write_eagerly` makes a
 transport try ``send`` at once when its queue is empty (as asyncio's transports
 do); what the socket does not take, and everything while something is queued,
 goes the usual way, so the order of the bytes is unchanged.  Measured with the
-latency bench (TLS, medians of 3 rounds): ack p50 with the camera on the leader
-5.11 -> 3.97 ms, on a follower 5.88 -> 4.64 ms, CPU per ack 7.65 -> 6.36 ms over
-the three nodes; durable throughput unchanged within the noise.
+latency bench (TLS, medians of 3 rounds, two before/after pairs): ack p50 with
+the camera on the leader 5.11 -> 3.97 and 4.96 -> 4.60 ms, on a follower
+5.88 -> 4.64 and 5.60 -> 5.03 ms, CPU per ack over the three nodes 7.65 -> 6.36
+and 7.59 -> 7.44 ms; durable throughput unchanged within the noise.
 """
 
 from __future__ import annotations
