@@ -17,17 +17,14 @@ and 7.59 -> 7.44 ms; durable throughput unchanged within the noise.
 from __future__ import annotations
 
 from twisted.internet import tcp
+from twisted.protocols.policies import ProtocolWrapper
 
 
 def tcp_transport_of(transport):
     """The TCP connection under ``transport`` (a TLS wrapper's, or itself); None if there is none."""
-    for _ in range(4):  # a TLS wrapper over a policy wrapper at most
-        if isinstance(transport, tcp.Connection):
-            return transport
-        transport = transport.__dict__.get("transport") if hasattr(transport, "__dict__") else None
-        if transport is None:
-            return None
-    return None
+    if isinstance(transport, ProtocolWrapper):  # TLSMemoryBIOProtocol: the TCP connection is its transport
+        transport = transport.transport
+    return transport if isinstance(transport, tcp.Connection) else None
 
 
 def write_eagerly(connection: tcp.Connection) -> None:
