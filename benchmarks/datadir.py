@@ -25,7 +25,7 @@ import shutil
 import sqlite3
 from collections.abc import Mapping, Sequence
 
-from parkd.db import open_engine
+from parkd.db import checkpoint_truncate, open_engine
 from parkd.parking.codec import FrameResult, encode
 from parkd.parking.retention import ensure_retention_index
 from parkd.parking.schema import build_buckets
@@ -116,8 +116,7 @@ def add_buckets(path: str) -> None:
     try:
         with engine.begin() as conn:
             build_buckets(conn)
-        with engine.connect() as conn:
-            conn.connection.dbapi_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        checkpoint_truncate(engine)
     finally:
         engine.dispose()
 
