@@ -31,11 +31,10 @@ snapshot is installed by the node's installer, off the reactor; the loop waits
 for it.
 
 A storage error stops the node, except a full disk (``SQLITE_FULL``): the
-failed transaction rolled back, so the Ready is kept and tried again every
-:data:`RETRY_STALLED_S` seconds from the step that failed (the persist, or the
-apply after it), while the core waits for ``advance`` and nothing of that Ready
-that needs the write leaves the node.  The node publishes
-:class:`StorageStalled` and, once a retry went through, :class:`StorageResumed`.
+failed transaction rolled back, so the Ready is kept and tried again from the
+step that failed while the core waits for ``advance`` and nothing of that
+Ready that needs the write leaves the node (``parkd/node/storage_failures.py``);
+the node publishes :class:`StorageStalled`, then :class:`StorageResumed`.
 
 Observers subscribe to one typed stream of :data:`parkd.node.events.DriverEvent` values
 (:meth:`RaftDriver.subscribe`); collaborators read the core's state through
@@ -46,7 +45,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from twisted.internet import defer
@@ -67,6 +65,7 @@ from parkd.node.events import (
     StorageStalled,
     TransferEnded,
 )
+from parkd.node.storage_failures import RETRY_STALLED_S, Stall, log_storage_stop, one_line
 from parkd.raft.confchange import ConfChange
 from parkd.raft.core import RaftCore, Ready, Role, TransferResult
 from parkd.raft.messages import AppendEntries, Message, PeerUnreachable, SnapshotStatus, SnapshotTaken
@@ -76,8 +75,6 @@ from parkd.raft.types import Entry, HardState, Membership, SnapshotMeta
 # After a long reactor stall, replay at most this many ticks at once.
 MAX_CATCH_UP_TICKS = 100
 SYNCING = "syncing"  # _finish / _persist: the write's fsync is on the syncer, whose end continues the Ready
-RETRY_STALLED_S = 1.0  # a Ready whose write found the disk full is tried again this often
-STALL_REMINDER_S = 60.0  # while it still fails, one log line this often
 
 
 # -- what the driver needs ---------------------------------------------------------
@@ -105,17 +102,6 @@ class StateMachine(Protocol):
 
         May run off the reactor; the Ready loop waits for the Deferred.
         """
-
-
-@dataclass(slots=True)
-class _Stall:
-    """The Ready whose write found the disk full, and the step to retry it from."""
-
-    ready: Ready
-    applying: bool  # persisted and sent already: retry from the apply
-    since: float
-    reminded: float
-
 
 
 class RaftDriver:
@@ -147,7 +133,7 @@ class RaftDriver:
         self._syncing: Ready | None = None  # a Ready committed, its fsync running on the syncer
         self._stopped = False
         self._failed = False
-        self._stall: _Stall | None = None  # a Ready waiting for disk space
+        self._stall: Stall | None = None  # a Ready waiting for disk space
         self._retry = None  # the stalled Ready's next attempt
         self._leader_commit = 0  # the highest commit index a leader told this node
         # Readies taken from the core: an input given since the last one has not
@@ -474,24 +460,12 @@ class RaftDriver:
             self._fatal(error)
             return False
         now = self.clock.seconds()
-        step = "apply committed entries" if applying else "write the Raft log"
-        text = _one_line(error)
         if self._stall is None:
-            self._stall = _Stall(ready, applying, now, now)
-            self.log.critical(
-                "disk full: node {node_id} could not {step} ({error}); nothing is lost: it keeps its last "
-                "durable state, refuses new frames (nospace alarm) and retries every {retry:g}s until space "
-                "is freed on its data dir's filesystem",
-                node_id=self._core.id, step=step, error=text, retry=RETRY_STALLED_S,
-            )  # fmt: skip
-            self._publish(StorageStalled(text, "apply" if applying else "persist"))
+            self._stall = Stall(self._core.id, ready, applying, now, now)
+            self._stall.began(self.log, error)
+            self._publish(StorageStalled(one_line(error), "apply" if applying else "persist"))
         else:
-            stall = self._stall
-            stall.applying = applying
-            if now - stall.reminded >= STALL_REMINDER_S:
-                stall.reminded = now
-                self.log.warn("disk still full after {seconds:.0f}s: node {node_id} cannot {step}; retrying",
-                              seconds=now - stall.since, node_id=self._core.id, step=step)  # fmt: skip
+            self._stall.failed_again(self.log, applying, now)
         self._retry = self.clock.callLater(RETRY_STALLED_S, self._retry_stalled)
         return False
 
@@ -508,10 +482,7 @@ class RaftDriver:
         if not finished:
             return  # stalled again (retried later) or failed
         self._stall = None
-        seconds = self.clock.seconds() - stall.since
-        self.log.info("disk writable again: node {node_id} resumes after {seconds:.1f}s",
-                      node_id=self._core.id, seconds=seconds)  # fmt: skip
-        self._publish(StorageResumed(seconds))
+        self._publish(StorageResumed(stall.ended(self.log, self.clock.seconds())))
         if finished is True:  # else the fsync's end continues
             self._schedule()
 
@@ -543,29 +514,8 @@ class RaftDriver:
         self._publish(TransferEnded(result))
 
     def _fatal(self, error: Exception, synced: bool = True) -> None:
-        """A storage error stops the node: never continue on an unknown disk state.
-
-        ``synced=False``: the fsync of a committed write failed; nothing that
-        needed that write left the node, and its state on disk is unknown.
-        """
+        """A storage error stops the node: never continue on an unknown disk state."""
         self._failed = True
         self.stop()
-        if is_disk_full(error):
-            todo = "free space on its data dir's filesystem, then start it again"
-        else:
-            todo = "find the cause in the error above (disk, permissions, a damaged file), then start it again"
-        if synced:
-            what = "its database keeps every transaction that completed, the failed one was rolled back"
-        else:
-            what = ("the last write may or may not be on disk (nothing that needed it left the node), and the "
-                    "kernel's log says more")  # fmt: skip
-        self.log.critical(
-            "storage failed, stopping node {node_id}: {error}; {what}: {todo}",
-            node_id=self._core.id, error=_one_line(error), what=what, todo=todo,
-        )  # fmt: skip
+        log_storage_stop(self.log, self._core.id, error, synced)
         self.on_fatal()
-
-
-def _one_line(error: Exception) -> str:
-    """The error's first line (SQLAlchemy appends a second one pointing at its web site)."""
-    return str(error).strip().splitlines()[0]

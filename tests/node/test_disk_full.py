@@ -18,7 +18,8 @@ from twisted.logger import LogLevel, globalLogPublisher
 
 from parkd.db import StorageError, is_disk_full, open_engine, storage_errors
 from parkd.node import driver as events
-from parkd.node.driver import RETRY_STALLED_S, RaftDriver
+from parkd.node.driver import RaftDriver
+from parkd.node.storage_failures import RETRY_STALLED_S
 from parkd.parking.codec import FrameResult, encode
 from parkd.parking.state import ParkingState
 from parkd.raft.core import CoreConfig, RaftCore
