@@ -9,6 +9,7 @@ whether it may answer bad input with an ``Error`` before closing.
 from __future__ import annotations
 
 import dataclasses
+import struct
 from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
@@ -19,7 +20,7 @@ from twisted.protocols.basic import Int32StringReceiver
 from parkd.config import DEFAULT_MAX_MESSAGE_BYTES
 from parkd.proto import parkd_pb2 as pb
 from parkd.ratelimit import RateLimitedLog
-from parkd.sockets import tcp_transport_of, write_eagerly
+from parkd.sockets import EagerWrites, send_eagerly
 from parkd.raft import messages
 from parkd.raft.types import Entry, EntryKind
 
@@ -91,10 +92,13 @@ class EnvelopeProtocol(Int32StringReceiver):
         set_no_delay = getattr(transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
             set_no_delay(True)
-        connection = tcp_transport_of(transport)
-        if connection is not None:
-            write_eagerly(connection)  # and without a poll and two epoll_ctl calls each
+        if isinstance(transport, EagerWrites):
+            transport.eager_writes = True  # its records too leave without a poll and two epoll_ctl calls
         super().makeConnection(transport)
+
+    def sendString(self, string: bytes) -> None:
+        """Int32StringReceiver's, written with :func:`parkd.sockets.send_eagerly` (``sendEncoded`` checks the size)."""
+        send_eagerly(self.transport, struct.pack(self.structFormat, len(string)) + string)
 
     def stringReceived(self, data: bytes) -> None:
         if self.rejected:

@@ -21,6 +21,7 @@ from twisted.web.server import Site
 
 from parkd.trust import Identity, RateLimitedLog, Trust, TrustFiles, https_client_context, peer_identity, pki
 from parkd.trust.tls import REFUSALS_SUMMARY
+from parkd.wire import EnvelopeFactory, EnvelopeProtocol
 
 TIMEOUT = 5.0  # seconds any one step may take
 
@@ -459,3 +460,36 @@ async def test_closing_our_own_connection_during_the_handshake_is_no_failure(clu
     await factory.closed.addTimeout(TIMEOUT, reactor)
     await logs.wait_for("test port: TLS with")  # the server saw a client leave mid-handshake
     assert logs.matching("quitter") == []
+
+
+# ------------------------------------------------------------------ eager writes under TLS
+
+
+class Framed(EnvelopeProtocol):
+    """The framing both ports use, recording each message as it arrives."""
+
+    def connectionMade(self):
+        self.received = defer.DeferredQueue()
+
+    def stringReceived(self, data):
+        self.received.put(data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_framing_protocol_has_its_tls_records_written_eagerly_on_both_sides(cluster_pki, ports):
+    servers = []
+    factory = EnvelopeFactory(reactor, 1024)
+    factory.protocol = lambda: servers.append(Framed()) or servers[-1]
+    ports.append(port := await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(
+        Trust(cluster_pki.files("node-1")).server(factory, "test port")))  # fmt: skip
+    camera = Trust(cluster_pki.files("camera-7"), expect=Identity("camera", 7))
+    client_factory = EnvelopeFactory(reactor, 1024)
+    client_factory.protocol = Framed
+    endpoint = camera.client_endpoint(tcp(port), "camera link", expect="node")
+    client = await endpoint.connect(client_factory).addTimeout(TIMEOUT, reactor)
+    client.sendEncoded(b"hello")
+    assert await servers[0].received.get().addTimeout(TIMEOUT, reactor) == b"hello"
+    servers[0].sendEncoded(b"ack")
+    assert await client.received.get().addTimeout(TIMEOUT, reactor) == b"ack"
+    assert client.transport.eager_writes and servers[0].transport.eager_writes
+    client.transport.loseConnection()
