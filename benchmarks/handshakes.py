@@ -32,7 +32,7 @@ from twisted.internet.protocol import Protocol  # noqa: E402
 from zope.interface import implementer  # noqa: E402
 
 from parkd.config import parse_address  # noqa: E402
-from parkd.daemon import raise_file_limit  # noqa: E402
+from parkd.startup import raise_file_limit  # noqa: E402
 from parkd.proto import parkd_pb2 as pb  # noqa: E402
 from parkd.trust.fleet import CameraFleet  # noqa: E402
 from parkd.wire import frame_envelope  # noqa: E402

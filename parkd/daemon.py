@@ -1,17 +1,13 @@
-"""Pieces both daemons share: JSON logs, listening at start-up, clean failure."""
+"""Pieces both daemons share: ordered services, signals, JSON logs (start-up pieces: ``parkd/startup.py``)."""
 
 from __future__ import annotations
 
-import resource
 import signal
-import sys
 
 from twisted.application import service
 from twisted.internet import defer
-from twisted.internet.endpoints import serverFromString
-from twisted.logger import Logger, globalLogPublisher, jsonFileLogObserver
+from twisted.logger import globalLogPublisher, jsonFileLogObserver
 from twisted.python.logfile import LogFile
-from twisted.python.failure import Failure
 
 from parkd.config import ConfigError
 from parkd.events import FRAME_EVENTS, json_file_sink
@@ -104,55 +100,3 @@ def logging_services(top: service.MultiService, settings, reactor) -> None:
         OnSignal(signal.SIGUSR1, json_log.reopen, reactor).setServiceParent(top)
 
 
-def listen_now(reactor, description: str, factory, what: str):
-    """Listen on ``description`` at once, or raise ConfigError naming ``what``.
-
-    TCP endpoints listen synchronously, so a port in use is known before
-    ``startService`` returns and can be reported as one clear line.
-    """
-    outcome = []
-    serverFromString(reactor, description).listen(factory).addBoth(outcome.append)
-    if not outcome:
-        raise ConfigError(f"{what}: {description} did not start listening at once")
-    if isinstance(outcome[0], Failure):
-        error = outcome[0].value
-        reason = getattr(error, "socketError", None) or error
-        raise ConfigError(f"{what}: cannot listen on {description}: {reason}")
-    return outcome[0]
-
-
-def raise_file_limit() -> int:
-    """Allow as many open files as the hard limit does (a node may serve thousands of cameras)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        target = 1 << 20 if hard == resource.RLIM_INFINITY else hard
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        return target
-    return soft
-
-
-def fail(message: str) -> None:
-    """Print one clear line and exit non-zero, without a traceback.
-
-    The line goes to the real stderr (twistd redirects ``sys.stderr`` into its
-    log once logging starts) and, as an error event, to the log.
-    """
-    Logger().error("parkd: {message}", message=message)
-    stderr = sys.__stderr__ or sys.stderr
-    if stderr is not sys.stderr:
-        sys.stderr.flush()
-    stderr.write(f"parkd: {message}\n")
-    stderr.flush()
-    raise SystemExit(1)
-
-
-def fail_on_config_error(start):
-    """Decorate ``startService`` so a ConfigError becomes one line and exit 1."""
-
-    def startService(self):
-        try:
-            start(self)
-        except ConfigError as e:
-            fail(str(e))
-
-    return startService

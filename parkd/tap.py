@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from twisted.application import service
 from twisted.python import usage
 
-from parkd.daemon import fail
+from parkd.startup import fail
 from parkd.trust import TrustFiles
 from parkd.config import (
     Address,
@@ -263,8 +263,6 @@ def makeService(options: Options, reactor=None) -> service.IService:
         top = build_node_service(settings, reactor)
         GcService(reactor).setServiceParent(top)
         return top
-    from parkd.camera.service import build_camera_service
-
     return build_camera_service(settings, reactor)
 
 
@@ -280,4 +278,17 @@ def build_node_service(settings: NodeSettings, reactor) -> service.MultiService:
     node.setServiceParent(top)
     HttpService(node, settings.listen_http).setServiceParent(top)
     OnSignal(signal.SIGHUP, node.reload_tls, reactor).setServiceParent(top)
+    return top
+
+
+def build_camera_service(settings: CameraDaemonSettings, reactor) -> service.MultiService:
+    """The JSON log, then the camera (stopped in reverse order)."""
+    from parkd.camera.service import CameraService
+    from parkd.daemon import OnSignal, OrderedServices, logging_services
+
+    top = OrderedServices()
+    logging_services(top, settings, reactor)
+    camera = CameraService(settings, reactor)
+    camera.setServiceParent(top)
+    OnSignal(signal.SIGHUP, camera.reload_tls, reactor).setServiceParent(top)
     return top

@@ -55,7 +55,7 @@ from parkd.camera.memory_outbox import MemoryOutbox
 from parkd.camera.outbox import Frame
 from parkd.camera.storm import Storm
 from parkd.config import parse_cluster_addresses
-from parkd.daemon import raise_file_limit
+from parkd.startup import raise_file_limit
 from parkd.ratelimit import RateLimitedLog
 
 PAYLOAD = b"x" * 64

@@ -1,10 +1,9 @@
-"""The camera daemon's service tree (``twistd parkd camera``)."""
+"""The camera daemon's service (``twistd parkd camera``; its tree is built in ``parkd/tap.py``)."""
 
 from __future__ import annotations
 
 import os
 import random
-import signal
 import string
 
 from twisted.application import service
@@ -12,7 +11,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from parkd.config import ConfigError
-from parkd.daemon import OnSignal, OrderedServices, fail_on_config_error, logging_services
+from parkd.startup import fail_on_config_error
 from parkd.trust import Identity, Trust, TrustError
 
 PAYLOAD_ALPHABET = string.ascii_letters + string.digits
@@ -112,12 +111,3 @@ class CameraService(service.Service):
                 camera_id=self.settings.camera_id, acked=self.client.acked, dropped=self.outbox.counter("dropped"),
             )  # fmt: skip
             self.outbox.close()
-
-
-def build_camera_service(settings, reactor) -> service.MultiService:
-    top = OrderedServices()
-    logging_services(top, settings, reactor)
-    camera = CameraService(settings, reactor)
-    camera.setServiceParent(top)
-    OnSignal(signal.SIGHUP, camera.reload_tls, reactor).setServiceParent(top)
-    return top

@@ -85,13 +85,13 @@ class Readiness:
         return {"ok": not failing, "checks": {r.name: r.detail for r in results}, "failing": failing}
 
 
-def node_readiness(node) -> Readiness:
-    """``/readyz``'s checks of a NodeService (its ``driver``, ``alarms`` and ``settings``), one line each."""
+def node_readiness(driver, alarms, standing: Callable[[], str | None], ready_lag: int) -> Readiness:
+    """``/readyz``'s checks of a node's parts: its driver, its alarms and its standing in the cluster."""
     return Readiness(
-        leader_check(node.driver),
-        applied_check(node.driver, node.settings.config.cluster.ready_lag),
-        alarms_check(node.alarms),
-        standing_check(node.standing),
+        leader_check(driver),
+        applied_check(driver, ready_lag),
+        alarms_check(alarms),
+        standing_check(standing),
     )
 
 

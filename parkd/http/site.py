@@ -20,7 +20,7 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.web import resource, server
 
-from parkd.daemon import fail_on_config_error, listen_now
+from parkd.startup import fail_on_config_error, listen_now
 from parkd.http.access import Access
 from parkd.http.admin import Admin
 from parkd.http.api import Api, ApiResource
@@ -166,7 +166,8 @@ class HttpService(service.Service):
             clock=node.reactor, state=state, driver=node.driver, membership=node.membership, reads=node.reads,
             metrics=self.metrics, lot_ids=lot_ids, camera_interval=config.camera.interval, access=access,
             registry=node.registry, backups=node.backups,
-            alarms=node.alarms, readiness=node_readiness(node), identity=node.identity,
+            alarms=node.alarms, identity=node.identity,
+            readiness=node_readiness(node.driver, node.alarms, node.standing, config.cluster.ready_lag),
         )  # fmt: skip
         listening = site if trust is None else trust.server(site, "https", clients="optional")
         self.port = listen_now(node.reactor, self.listen, listening, "http port")

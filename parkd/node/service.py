@@ -42,7 +42,7 @@ from twisted.logger import Logger
 
 from parkd import __version__
 from parkd.config import ConfigError
-from parkd.daemon import fail_on_config_error, listen_now, raise_file_limit
+from parkd.startup import fail_on_config_error, listen_now, raise_file_limit
 from parkd.db import StorageError, convert_to_incremental_vacuum, frees_incrementally, open_engine
 from parkd.events import FRAME_EVENTS
 from parkd.node.alarms import Alarms

@@ -151,7 +151,8 @@ class FakeNode:
         self.site = build_site(
             clock=self.clock, state=self.state, driver=self.driver, membership=self.membership, reads=self.reads,
             metrics=self.metrics, lot_ids=list(LOTS), camera_interval=INTERVAL, registry=self.registry,
-            alarms=self.alarms, readiness=node_readiness(self), identity=self.identity, **options,
+            alarms=self.alarms, identity=self.identity, **options,
+            readiness=node_readiness(self.driver, self.alarms, self.standing, self.settings.config.cluster.ready_lag),
         )  # fmt: skip
 
     def standing(self):
