@@ -67,6 +67,7 @@ from parkd.raft.messages import (
     append_problem,
 )
 from parkd.raft.progress import Progress, ProgressState
+from parkd.raft.readonly import PendingRead, ReadOnly
 from parkd.raft.types import Entry, EntryKind, HardState, Membership, PersistedState, SnapshotMeta
 
 
@@ -225,16 +226,6 @@ _NO_AUTHORITY = frozenset(
 )
 
 
-@dataclass(slots=True)
-class _Read:
-    """A ReadIndex request the leader has accepted but not yet confirmed."""
-
-    round: int  # confirmed once a majority echoed a read_ctx >= round
-    ctx: int
-    index: int
-    requester: int
-
-
 class RaftCore:
     """One Raft peer.  Single-threaded: call it from one reactor thread only."""
 
@@ -289,13 +280,7 @@ class RaftCore:
         self._transfer_elapsed = 0
         self._transfer_handed_over = False
         self._transfer_results: list[TransferResult] = []
-        # Reads are confirmed by rounds echoed in AppendEntries.read_ctx; a read takes
-        # a fresh round unless no message has carried the current one yet.  Round 0
-        # counts as used: every follower "echoes" it by default.
-        self._read_round = 0
-        self._read_round_used = True
-        self._reads: list[_Read] = []
-        self._reads_before_commit: list[tuple[int, int]] = []
+        self._reads = ReadOnly()  # pending reads, confirmed by rounds echoed in AppendEntries.read_ctx
         self._msgs: list[Message] = []
         self._read_states: list[ReadState] = []
         # Proposals for the leader (of the term) in _forward_to, sent in one Propose per Ready.
@@ -1201,10 +1186,8 @@ class RaftCore:
         log.committed = index
         self._must_send = True
         self._dirty.update(progress)
-        if self._reads_before_commit:
-            waiting, self._reads_before_commit = self._reads_before_commit, []
-            for ctx, requester in waiting:
-                self._register_read(ctx, requester)
+        for ctx, requester in self._reads.take_waiting_for_commit():
+            self._register_read(ctx, requester)
         if config_pending and self._membership.index <= index:
             self._config_committed()
 
@@ -1273,10 +1256,10 @@ class RaftCore:
                 prev_term,
                 entries,
                 log.committed,
-                self._read_round,
+                self._reads.round,
             )
         )
-        self._read_round_used = True
+        self._reads.round_sent()
         pr.sent(entries[-1].index if entries else None)
 
     def _send_snapshot(self, peer: int, pr: Progress) -> None:
@@ -1341,7 +1324,7 @@ class RaftCore:
     def _leader_read(self, ctx: int, requester: int) -> None:
         """§6.4 step 1: wait until this term has committed an entry (the no-op)."""
         if self._log.term_at(self._log.committed) != self._term:
-            self._reads_before_commit.append((ctx, requester))
+            self._reads.wait_for_commit(ctx, requester)
         else:
             self._register_read(ctx, requester)
 
@@ -1351,26 +1334,22 @@ class RaftCore:
         Reads registered before the same Ready share one round; every
         AppendEntries carries the current round, so ordinary traffic confirms too.
         """
-        if self._read_round_used:
-            self._read_round += 1
-            self._read_round_used = False
         self._must_send = True
         self._dirty.update(self._progress)
-        self._reads.append(_Read(self._read_round, ctx, self._log.committed, requester))
+        self._reads.add(ctx, self._log.committed, requester)
         self._confirm_reads()
 
     def _confirm_reads(self) -> None:
-        if not self._reads:
+        if not self._reads.pending:
             return
         progress = self._progress
         acks = sorted((progress[p].read_ack for p in self._voter_peers), reverse=True)
         if self._is_voter:
-            acks.insert(0, self._read_round)
-        confirmed = acks[self._quorum - 1]
-        while self._reads and self._reads[0].round <= confirmed:
-            self._answer_read(self._reads.pop(0), ok=True)
+            acks.insert(0, self._reads.round)
+        for read in self._reads.confirmed(acks[self._quorum - 1]):
+            self._answer_read(read, ok=True)
 
-    def _answer_read(self, read: _Read, ok: bool) -> None:
+    def _answer_read(self, read: PendingRead, ok: bool) -> None:
         index = read.index if ok else 0
         if read.requester == self._id:
             self._read_states.append(ReadState(read.ctx, index))
@@ -1379,11 +1358,7 @@ class RaftCore:
 
     def _fail_reads(self) -> None:
         """A leader stepping down answers its pending reads with index 0 (retry)."""
-        pending = self._reads + [
-            _Read(0, ctx, 0, requester) for ctx, requester in self._reads_before_commit
-        ]
-        self._reads, self._reads_before_commit = [], []
-        for read in pending:
+        for read in self._reads.take_all():
             self._answer_read(read, ok=False)
 
     def _on_read_index_request(self, m: ReadIndexRequest) -> None:

@@ -203,6 +203,6 @@ def test_under_nospace_retention_membership_changes_and_reads_go_on(make_node):
     read = []
     node.service.reads.read().addBoth(read.append)
     node.run()
-    node.deliver(m.AppendResponse(node.core.term, 1, 2, True, node.core.last_index, read_ctx=node.raft._read_round))
+    node.deliver(m.AppendResponse(node.core.term, 1, 2, True, node.core.last_index, read_ctx=node.raft._reads.round))
     assert read == [node.core.commit_index]
     assert node.service.alarms.active() == [NOSPACE]
