@@ -26,7 +26,7 @@ BACKUP_PATH = "/api/v1/admin/backup"
 BACKUP_WAIT = 30.0  # seconds to find a leader that takes the backup (an election may be under way)
 
 
-class Progress:
+class ProgressLine:
     """``what: 12.0 of 96.5 MiB (12%)`` on one terminal line, at most every ``every`` seconds; silent elsewhere."""
 
     def __init__(self, err, what: str, every: float = 0.5, clock=time.monotonic):
@@ -56,7 +56,7 @@ class Progress:
             print("\r\x1b[K", end="", file=self.err, flush=True)
 
 
-def take_backup(cluster, path: str, progress: Progress | None = None):
+def take_backup(cluster, path: str, progress: ProgressLine | None = None):
     """Download a backup from the leader to ``path`` (see the module); the CheckedBackup-like header and size.
 
     Refused (one line) on any failure, ``path`` untouched.
@@ -98,7 +98,7 @@ def take_backup(cluster, path: str, progress: Progress | None = None):
 
 
 def cmd_backup(args, cluster, out, err) -> int:
-    header, size, sha256 = take_backup(cluster, args.file, Progress(err, f"backup {args.file}"))
+    header, size, sha256 = take_backup(cluster, args.file, ProgressLine(err, f"backup {args.file}"))
     cluster_id = header.cluster_id or "none yet"
     print(f"backup {args.file}: index {header.index}, term {header.term}, {size} bytes "
           f"(cluster {cluster_id}, from node {header.node_id}; sha256 {sha256})", file=out)  # fmt: skip
@@ -112,7 +112,7 @@ def cmd_restore(args, out, err) -> int:
         raise Refused(f"--config: {e}") from None
     if not os.path.isfile(args.file):
         raise Refused(f"{args.file}: no such file")
-    progress = Progress(err, f"restore {args.file}")
+    progress = ProgressLine(err, f"restore {args.file}")
     try:
         restored = restore_data_dir(args.file, config, args.id, args.data_dir, progress)
     except (RestoreError, BackupError) as e:

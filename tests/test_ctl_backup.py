@@ -12,7 +12,7 @@ import os
 import pytest
 
 from parkd import ctl
-from parkd.ctl_backup import Progress
+from parkd.ctl_backup import ProgressLine
 
 from backups import backup_file
 from httpfake import JSONHandler, LocalHTTPServer
@@ -148,7 +148,7 @@ def test_progress_on_a_terminal(made, serve, tmp_path):
 
 def test_no_progress_elsewhere():
     err = io.StringIO()
-    progress = Progress(err, "backup")
+    progress = ProgressLine(err, "backup")
     progress(10, 100)
     progress.end()
     assert err.getvalue() == ""
@@ -157,7 +157,7 @@ def test_no_progress_elsewhere():
 def test_progress_is_throttled():
     now = [0.0]
     err = Terminal()
-    progress = Progress(err, "backup", every=0.5, clock=lambda: now[0])
+    progress = ProgressLine(err, "backup", every=0.5, clock=lambda: now[0])
     for done in range(1, 10):
         progress(done, 100)
     now[0] = 1.0

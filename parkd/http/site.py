@@ -64,7 +64,7 @@ class WebFiles(JsonResource):
         return body
 
 
-class Refused(JsonResource):
+class AccessRefused(JsonResource):
     """Any method: the error of an access refusal (401)."""
 
     def __init__(self, error):
@@ -91,7 +91,7 @@ class Root(resource.Resource):
         if path not in HEALTH_PATHS and not (path == b"api" and request.postpath[:2] == [b"v1", b"admin"]):
             refusal = self.access.read_refusal(request)
             if refusal is not None:
-                return Refused(refusal)
+                return AccessRefused(refusal)
         return super().getChildWithDefault(path, request)
 
     def getChild(self, path, request):

@@ -80,7 +80,7 @@ SYNCING = "syncing"  # _finish / _persist: the write's fsync is on the syncer, w
 # -- what the driver needs ---------------------------------------------------------
 
 
-class Storage(Protocol):
+class LogStore(Protocol):
     """Raft's durable state (``parkd.raft.storage.SqliteStorage``)."""
 
     def save(self, hard_state: HardState | None, entries: tuple[Entry, ...], *, sync: bool) -> None: ...
@@ -110,7 +110,7 @@ class RaftDriver:
     def __init__(
         self,
         core: RaftCore,
-        storage: Storage,
+        storage: LogStore,
         send: Callable[[Message], None],
         state_machine: StateMachine,
         clock,
