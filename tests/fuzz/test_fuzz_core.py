@@ -12,7 +12,9 @@ going back, one vote per term.
 Messages the raft port refuses (``parkd.wire.check_raft_message``: node id 0,
 integers beyond 2**62, appends that are no piece of a leader's log) reach the
 core here all the same: the core must drop them itself and keep every invariant
-(the statistics show how many of each kind it took).  Those it once took are
+(the statistics show how many of each kind it took).  Those the core must drop
+unread (sent by node 0, a term beyond MAX_TERM, addressed to another node) must
+change nothing of it and leave it with nothing to do.  Those it once took are
 pinned by test_findings.py (core section) and tests/raft (§5.1, §5.2).
 """
 
@@ -23,7 +25,7 @@ from hypothesis import strategies as st
 
 from fuzzkit import fuzz
 from parkd.raft import messages as m
-from parkd.raft.core import Role
+from parkd.raft.core import MAX_TERM, Role
 from parkd.raft.log import LogConflictBelowCommit
 from parkd.wire import BadMessage, check_raft_message
 from raftkit import PEERS, ME, Node, elect, frame_data, heartbeat_from, honest, hostile_message
@@ -46,6 +48,21 @@ REFUSALS = [("node ids", "F2 node id 0"), ("exceeds", "F2 integer too large"), (
             ("has term", "F3 entry term"), ("CONFIG", "F4 bad CONFIG entry")]  # fmt: skip
 
 
+def unread_because(message) -> str | None:
+    """Why the core must drop ``message`` unread (``RaftCore.step``), or None."""
+    if message.src < 1:
+        return "sent by node 0"
+    if message.term > MAX_TERM:
+        return "a term beyond MAX_TERM"
+    if message.dst != ME:
+        return "addressed to another node"
+    return None
+
+
+def outward_state(core) -> tuple:
+    return core.term, core.vote, core.role, core.leader_id, core.last_index, core.commit_index
+
+
 ACTIONS = ["hostile"] * 6 + ["tick", "tick", "elect", "follow", "ack", "propose", "read"]
 
 
@@ -60,6 +77,13 @@ def test_adversarial_messages_never_make_the_core_raise_or_break_its_invariants(
             message = hostile_message(rng, node)
             event(wire_refuses(message) or "passed by the wire")
             note(f"step: {message}")
+            if unread_because(message) and not isinstance(message, SNAPSHOT_KINDS):
+                event(f"dropped unread by the core: {unread_because(message)}")
+                node.process()  # what earlier inputs left to do, so that only the message is judged
+                before = outward_state(node.core)
+                node.core.step(message)
+                assert outward_state(node.core) == before and not node.core.has_ready(), f"the core took {message}"
+                continue
             try:
                 if isinstance(message, SNAPSHOT_KINDS) and rng.random() < 0.5:
                     # The node routes these to its SnapshotManager; the core must take them all the same.
