@@ -159,6 +159,14 @@ def test_an_unexpected_failure_is_a_500_and_logged(node, stub, logged_errors):
     assert event["log_failure"].check(RuntimeError) and str(event["log_failure"].value) == "boom"
 
 
+def test_an_answer_that_cannot_be_written_is_a_500_and_logged(node, stub, logged_errors):
+    request = node.post(REMOVE, {"id": 3})
+    stub.pending[0].callback(object())  # no Membership: the answer cannot be made (a bug)
+    assert answer(request) == (500, {"error": "internal error; see the node's log"})
+    [event] = logged_errors
+    assert event["log_format"] == "HTTP {path} failed" and event["path"] == REMOVE
+
+
 def outcome(deferred):
     """What a fired Deferred's callback chain ended with (a Failure if a callback raised)."""
     results = []

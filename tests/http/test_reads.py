@@ -6,6 +6,8 @@ when the entries are applied, and moves a ``task.Clock`` for timeouts.
 
 from __future__ import annotations
 
+from twisted.internet import defer
+
 from parkd.node.reads import BATCH_PATIENCE, READ_ATTEMPTS, READ_RETRY_DELAY, READ_TIMEOUT
 
 
@@ -194,3 +196,31 @@ def test_a_client_that_goes_away_while_waiting_for_the_apply(node):
     request.disconnect()
     node.apply(7, 1, 40)  # nothing to write to, nothing raised
     assert node.reads.pending == 0
+
+
+class FailingBarrier:
+    """A read barrier whose read fails with a bug (not ReadUnavailable)."""
+
+    pending = 0
+
+    def read(self):
+        return defer.fail(RuntimeError("barrier bug"))
+
+
+def test_a_read_barrier_that_fails_unexpectedly_is_a_500_and_logged(node, logged_errors):
+    node.reads = FailingBarrier()
+    node.build_site()
+    r = node.get("/api/v1/lots")
+    assert (r.status, r.json()) == (500, {"error": "internal error"})
+    [event] = logged_errors
+    assert event["log_format"] == "read barrier failed"
+    assert event["log_failure"].check(RuntimeError) and str(event["log_failure"].value) == "barrier bug"
+
+
+def test_a_read_that_fails_unexpectedly_is_a_500_and_logged(node, logged_errors, monkeypatch):
+    monkeypatch.setattr(node.state, "lots", lambda: 1 / 0)  # a bug in the state's query
+    r = node.get("/api/v1/lots?consistency=local")
+    assert (r.status, r.json()) == (500, {"error": "internal error; see the node's log"})
+    [event] = logged_errors
+    assert event["log_format"] == "HTTP {path} failed" and event["path"] == "/api/v1/lots"
+    assert event["log_failure"].check(ZeroDivisionError)
