@@ -56,6 +56,10 @@ class Run:
     violations: list[str] = field(default_factory=list)
     seconds: float = 0.0  # the whole schedule, start-up to shutdown
     fault_seconds: float = 0.0  # from the first ack to the end of the last fault
+    # What the faults did, seen from outside the injector: nodes found dead of SIGKILL or
+    # exited otherwise (full restart) when restarted, SIGSTOPs seen in /proc, connections
+    # the link cuts closed or refused.
+    observed: Counter[str] = field(default_factory=Counter)
 
     @property
     def effective(self) -> list[Fault]:
@@ -91,6 +95,7 @@ class ChaosCluster:
         lots = list(LOTS)
         self.cameras = {c: camera_daemon(self.config_path, c, lots[(c - 1) % len(lots)], workdir) for c in range(1, cameras + 1)}
         self.paused: set[int] = set()
+        self.observed: Counter[str] = Counter()  # see Run.observed
 
     def _write_config(self, nodes, election_timeout_ms, heartbeat_ms, interval, pki):
         lines = ["[cluster]", f"election_timeout_ms = {election_timeout_ms}", f"heartbeat_ms = {heartbeat_ms}"]
@@ -143,6 +148,8 @@ class ChaosCluster:
     def pause(self, i: int) -> None:
         self.nodes[i].signal(signal.SIGSTOP)
         self.paused.add(i)
+        if _becomes_stopped(self.nodes[i].pid):
+            self.observed["stopped"] += 1
 
     def resume_all(self) -> None:
         for i in list(self.paused):
@@ -152,6 +159,8 @@ class ChaosCluster:
     def restart_dead(self) -> None:
         for node in self.nodes.values():
             if not node.alive():
+                if node.proc is not None:
+                    self.observed["killed" if node.proc.returncode == -signal.SIGKILL else "exited"] += 1
                 node.start()
 
     def heal(self) -> None:
@@ -278,6 +287,7 @@ def run_schedule(seed: int, duration: float, workdir: str, nodes: int = 3, log=p
             _hold(rng.uniform(1.0, 2.0) * cluster.election_timeout)
         run.fault_seconds = time.monotonic() - window
         cluster.heal()
+        run.observed = cluster.observed + Counter(links_dropped=cluster.network.dropped())
         before = cluster.acked()
         wait_for(lambda: cluster.acked() > before + 5, 60, "acks after healing")
         for camera in cluster.cameras.values():
@@ -292,6 +302,17 @@ def run_schedule(seed: int, duration: float, workdir: str, nodes: int = 3, log=p
     run.violations += checker.check(evidence)
     run.seconds = time.monotonic() - started
     return run
+
+
+def _becomes_stopped(pid: int, timeout: float = 1.0) -> bool:
+    """Whether ``pid`` shows as stopped (state T) in /proc within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "T":
+                return True
+        time.sleep(0.01)  # bounded-poll: the kernel stops the process asynchronously
+    return False
 
 
 def _hold(seconds: float) -> None:

@@ -20,6 +20,7 @@ class LinkProxy:
         self.listen = listen
         self.target = target
         self.up = True
+        self.dropped = 0  # connections closed by a cut or refused while cut: the cut took effect
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
         self._server = socket.create_server(listen, reuse_port=False)
@@ -33,6 +34,7 @@ class LinkProxy:
         with self._lock:
             self.up = False
             doomed, self._sockets = self._sockets, set()
+            self.dropped += len(doomed)
         for s in doomed:
             _close(s)
 
@@ -56,6 +58,7 @@ class LinkProxy:
                 return
             if not self.up:
                 _close(client)
+                self.dropped += 1
                 continue
             try:
                 upstream = socket.create_connection(self.target, timeout=1.0)
@@ -124,6 +127,10 @@ class Network:
     def heal(self) -> None:
         for proxy in self.proxies.values():
             proxy.heal()
+
+    def dropped(self) -> int:
+        """Connections the cuts closed or refused so far (evidence that they took effect)."""
+        return sum(proxy.dropped for proxy in self.proxies.values())
 
     def close(self) -> None:
         for proxy in self.proxies.values():
