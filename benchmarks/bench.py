@@ -61,6 +61,7 @@ import day  # noqa: E402
 import day_at  # noqa: E402
 from parkd.chaos.checker import read_events  # noqa: E402
 from parkd.config import load_config  # noqa: E402
+from parkd.node.ports import CAMERA_CONNECTED  # noqa: E402
 from parkd.launcher import (  # noqa: E402
     camera_daemon, cpu_seconds, get_json, http_request, make_pki, node_daemon, wait_for, wait_listening, write_config,
 )  # fmt: skip
@@ -79,6 +80,18 @@ def bench_pki() -> str:
         print(f"making the benchmark PKI in {PKI} (once) …", flush=True)
     cameras = [*range(1, 21), *range(FIRST_CAMERA, FIRST_CAMERA + MAX_CAMERAS)]
     return make_pki(PKI, cameras=cameras)
+
+
+def hellos_in(json_path: str, since: float) -> list[float]:
+    """When cameras' Hellos were accepted (``ports.CAMERA_CONNECTED`` lines) in a node's JSON log since ``since``."""
+    times = []
+    with open(json_path, encoding="utf-8") as f:
+        for line in f:
+            if "connected (lot" in line:  # cheap filter first: the log holds every frame
+                event = json.loads(line.lstrip("\x1e"))
+                if event.get("log_format") == CAMERA_CONNECTED and event["log_time"] >= since:
+                    times.append(event["log_time"])
+    return times
 
 
 class BenchCluster:
@@ -186,14 +199,7 @@ class BenchCluster:
 
     def hellos(self, node_id: int, since: float) -> list[float]:
         """When cameras said Hello to a node since ``since`` (each just after its TLS handshake), from its JSON log."""
-        times = []
-        with open(self.nodes[node_id].json_path, encoding="utf-8") as f:
-            for line in f:
-                if '"camera {camera_id} connected (lot {lot})"' in line:
-                    at = json.loads(line.lstrip("\x1e"))["log_time"]
-                    if at >= since:
-                        times.append(at)
-        return times
+        return hellos_in(self.nodes[node_id].json_path, since)
 
     def acks(self) -> list[dict]:
         return [e for c in self.cameras for e in read_events(c.json_path, "frame_acked")]

@@ -364,3 +364,18 @@ def test_table_prints_tls_and_plaintext_rows_with_their_ratios_and_the_storm():
     assert line(text, "10000 TLS cameras")[1] == "120.0 / 0 / 300.0"
     assert line(text, "Reconnect storm")[1] == "8.5 / > 60"
     assert line(text, "Storm: TLS handshakes/s")[1] == "310 / 350.0"
+
+
+def test_the_storm_row_counts_the_hellos_a_node_logs(tmp_path):
+    """The handshakes/s of the reconnect storm come from the nodes' accepted-Hello lines (it once counted 0)."""
+    from twisted.logger import Logger, jsonFileLogObserver
+
+    from parkd.node.ports import CAMERA_CONNECTED
+
+    path = tmp_path / "node-1.json"
+    with open(path, "w", encoding="utf-8") as f:
+        log = Logger(observer=jsonFileLogObserver(f))
+        log.info(CAMERA_CONNECTED, camera_id=7, lot="north", incarnation=1)
+        log.info("camera {camera_id} connected elsewhere", camera_id=8)
+        log.info(CAMERA_CONNECTED, camera_id=9, lot="south", incarnation=2)
+    assert len(bench.hellos_in(str(path), since=0)) == 2

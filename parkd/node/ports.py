@@ -29,6 +29,9 @@ from parkd.wire import (
     raft_from_envelope,
 )
 
+# The log line of a camera's accepted Hello (benchmarks count a node's handshakes by it).
+CAMERA_CONNECTED = "camera {camera_id} connected (lot {lot}), incarnation {incarnation}"
+
 
 class RaftPortProtocol(EnvelopeProtocol):
     """Inbound peer connection: one-way Raft messages handed to the factory."""
@@ -122,8 +125,7 @@ class ClientPortProtocol(EnvelopeProtocol):
             if self.camera_id is None:
                 intake.cameras += 1
             self.camera_id, self.lot, self.incarnation = body.camera_id, body.lot, body.incarnation
-            self.log.info("camera {camera_id} connected (lot {lot}), incarnation {incarnation}",
-                          camera_id=body.camera_id, lot=body.lot, incarnation=body.incarnation)  # fmt: skip
+            self.log.info(CAMERA_CONNECTED, camera_id=body.camera_id, lot=body.lot, incarnation=body.incarnation)
         else:
             intake.submit(self, body)
 

@@ -21,6 +21,7 @@ from twisted.web.server import Site
 
 from parkd.trust import Identity, RateLimitedLog, Trust, TrustFiles, https_client_context, peer_identity, pki
 from parkd.trust.tls import REFUSALS_SUMMARY
+from parkd.http.access import Access
 from parkd.wire import EnvelopeFactory, EnvelopeProtocol
 
 TIMEOUT = 5.0  # seconds any one step may take
@@ -493,3 +494,48 @@ async def test_the_framing_protocol_has_its_tls_records_written_eagerly_on_both_
     assert await client.received.get().addTimeout(TIMEOUT, reactor) == b"ack"
     assert client.transport.eager_writes and servers[0].transport.eager_writes
     client.transport.loseConnection()
+
+
+# ------------------------------------------------------------------ admin over HTTPS: operators only
+
+
+class AdminOnly(Resource):
+    """What the HTTP port's admin API asks of each request (parkd.http.access), as a status and a message."""
+
+    isLeaf = True
+
+    def render_GET(self, request):
+        refusal = Access(tls=True).admin_refusal(request)
+        request.setResponseCode(200 if refusal is None else refusal.status)
+        return (str(refusal) if refusal is not None else "ok").encode()
+
+
+def https_status(port: int, context) -> tuple[int, str]:
+    connection = http.client.HTTPSConnection("localhost", port, timeout=TIMEOUT, context=context)
+    try:
+        connection.request("GET", "/")
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize(
+    "who, status, says",
+    [(None, 401, "need an operator certificate"), ("camera-7", 403, "camera-7 is not an operator"),
+     ("node-2", 403, "node-2 is not an operator"), ("operator-admin", 200, "ok")],
+)  # fmt: skip
+@pytest_twisted.ensureDeferred
+async def test_admin_needs_an_operator_certificate_401_without_one_403_with_another(cluster_pki, ports, who, status,
+                                                                                     says):  # fmt: skip
+    site = Trust(cluster_pki.files("node-1")).server(Site(AdminOnly()), "https", clients="optional")
+    ports.append(port := await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(site))
+    ca = cluster_pki.files("operator-admin").ca
+    context = https_client_context(ca) if who is None else https_client_context(ca, *cluster_pki_cert(cluster_pki, who))
+    answer = await threads.deferToThread(https_status, port.getHost().port, context)
+    assert answer[0] == status and says in answer[1]
+
+
+def cluster_pki_cert(cluster_pki, who: str) -> tuple[str, str]:
+    files = cluster_pki.files(who)
+    return files.cert, files.key
