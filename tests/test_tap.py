@@ -100,3 +100,19 @@ def test_make_service_only_wires(cluster_config):
     top = makeService(options, reactor)
     assert reactor.tcpServers == []  # nothing listens before startService
     assert [type(s).__name__ for s in top] == ["NodeService", "HttpService", "OnSignal", "GcService"]
+
+
+@pytest.mark.parametrize("options_class, argv", [(NodeOptions, ["--id", "1"]),
+                                                 (CameraOptions, ["--camera-id", "1", "--lot", "north"])])  # fmt: skip
+def test_a_config_without_tls_is_refused_unless_it_says_insecure(cluster_config, capfd, options_class, argv):
+    path, _ = cluster_config
+    with open(path) as f:
+        text = f.read()
+    assert "insecure = true" in text
+    with open(path, "w") as f:
+        f.write(text.replace("insecure = true", ""))
+    with pytest.raises(SystemExit) as exit_:
+        parse(options_class, ["--config", path, *argv])
+    err = capfd.readouterr().err
+    assert exit_.value.code == 1 and err.count("\n") == 1
+    assert "no [tls] table" in err and "insecure = true" in err and "Traceback" not in err
