@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from parkd.chaos import checker
 from parkd.chaos.proxy import Network
 from parkd.config import load_config
-from parkd.launcher import Daemon, Timeout, camera_daemon, free_ports, get_json, make_pki, wait_for
+from parkd.launcher import Daemon, Timeout, camera_daemon, free_ports, get_json, make_pki, process_state, wait_for
 
 LOTS = {"north": 100, "south": 60, "east": 250}
 
@@ -308,9 +308,8 @@ def _becomes_stopped(pid: int, timeout: float = 1.0) -> bool:
     """Whether ``pid`` shows as stopped (state T) in /proc within ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with open(f"/proc/{pid}/stat") as f:
-            if f.read().rsplit(")", 1)[1].split()[0] == "T":
-                return True
+        if process_state(pid) == "T":
+            return True
         time.sleep(0.01)  # bounded-poll: the kernel stops the process asynchronously
     return False
 
