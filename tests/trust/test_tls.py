@@ -410,10 +410,15 @@ class WhoAmI(Resource):
 
 
 def https_get(port: int, context) -> str:
+    return https_status(port, context)[1]
+
+
+def https_status(port: int, context) -> tuple[int, str]:
     connection = http.client.HTTPSConnection("localhost", port, timeout=TIMEOUT, context=context)
     try:
         connection.request("GET", "/")
-        return connection.getresponse().read().decode()
+        response = connection.getresponse()
+        return response.status, response.read().decode()
     finally:
         connection.close()
 
@@ -510,16 +515,6 @@ class AdminOnly(Resource):
         return (str(refusal) if refusal is not None else "ok").encode()
 
 
-def https_status(port: int, context) -> tuple[int, str]:
-    connection = http.client.HTTPSConnection("localhost", port, timeout=TIMEOUT, context=context)
-    try:
-        connection.request("GET", "/")
-        response = connection.getresponse()
-        return response.status, response.read().decode()
-    finally:
-        connection.close()
-
-
 @pytest.mark.parametrize(
     "who, status, says",
     [(None, 401, "need an operator certificate"), ("camera-7", 403, "camera-7 is not an operator"),
@@ -531,11 +526,10 @@ async def test_admin_needs_an_operator_certificate_401_without_one_403_with_anot
     site = Trust(cluster_pki.files("node-1")).server(Site(AdminOnly()), "https", clients="optional")
     ports.append(port := await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(site))
     ca = cluster_pki.files("operator-admin").ca
-    context = https_client_context(ca) if who is None else https_client_context(ca, *cluster_pki_cert(cluster_pki, who))
+    if who is None:
+        context = https_client_context(ca)
+    else:
+        files = cluster_pki.files(who)
+        context = https_client_context(ca, files.cert, files.key)
     answer = await threads.deferToThread(https_status, port.getHost().port, context)
     assert answer[0] == status and says in answer[1]
-
-
-def cluster_pki_cert(cluster_pki, who: str) -> tuple[str, str]:
-    files = cluster_pki.files(who)
-    return files.cert, files.key
