@@ -35,7 +35,7 @@ not in the history was never applied, so it is recorded as a late frame.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -43,18 +43,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from parkd.db import DriverStatement, ensure_schema, storage_errors, unsynced_transaction
 from parkd.parking.batch import Batch, check_frame, history_view
-from parkd.parking.codec import (
-    CLUSTER_ID_TAG,
-    MEMBER_DATA_DIR_TAG,
-    REGISTRY_TAG,
-    RETENTION_TAG,
-    CodecError,
-    decode_cluster_id,
-    decode_member_data_dir,
-    decode_registry,
-    decode_retention,
-    is_id,
-)
+from parkd.parking.commands import ClusterIdSet, DataDirSet, Members, CameraEnabled, Trim, segments
+from parkd.parking.codec import is_id
 from parkd.parking.history import HistoryPoint, lot_history
 from parkd.parking.outcomes import ApplyResult, FrameRejected, Outcome, Receipt, Rejection
 from parkd.parking.retention import DEFAULT_BATCH_ROWS, TrimStep, hide_doomed_frames, pending_cuts, record_cut
@@ -70,8 +60,7 @@ from parkd.parking.schema import incarnations as _incarnations
 from parkd.parking.schema import lots as _lots
 from parkd.parking.schema import member_data_dirs as _data_dirs
 from parkd.parking.schema import metadata as _meta
-from parkd.raft import confchange
-from parkd.raft.types import Entry, EntryKind
+from parkd.raft.types import Entry
 
 __all__ = [
     "ApplyResult",
@@ -176,39 +165,6 @@ class FrameView:
     incarnation: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class _Trim:
-    index: int
-    cutoff: float
-
-
-@dataclass(frozen=True, slots=True)
-class _Registry:
-    index: int
-    camera_id: int
-    enabled: bool
-
-
-@dataclass(frozen=True, slots=True)
-class _ClusterId:
-    index: int
-    cluster_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class _DataDir:
-    index: int
-    node_id: int
-    data_dir_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Members:
-    """A CONFIG entry: the members of the configuration it makes."""
-
-    members: frozenset[int]
-
-
 class ParkingState:
     """The replicated parking tables on a shared Engine (see the module docstring)."""
 
@@ -279,16 +235,16 @@ class ParkingState:
                 if entry.index != expected:
                     raise ValueError(f"entry {entry.index} applied after {expected - 1}: the log has a gap")
             results = []
-            for segment in _segments(todo):
-                if isinstance(segment, _Trim):
+            for segment in segments(todo):
+                if isinstance(segment, Trim):
                     record_cut(conn, segment.index, segment.cutoff)
-                elif isinstance(segment, _Registry):
+                elif isinstance(segment, CameraEnabled):
                     _set_registry.execute(conn, (segment.camera_id, segment.enabled, segment.index))
-                elif isinstance(segment, _ClusterId):
+                elif isinstance(segment, ClusterIdSet):
                     _set_cluster_id.execute(conn, (segment.cluster_id, segment.index))
-                elif isinstance(segment, _DataDir):
+                elif isinstance(segment, DataDirSet):
                     _set_data_dir.execute(conn, (segment.node_id, segment.data_dir_id, segment.index))
-                elif isinstance(segment, _Members):
+                elif isinstance(segment, Members):
                     left_out = _data_dirs.c.node_id.not_in(sorted(segment.members))
                     conn.execute(_data_dirs.update().where(left_out).values(retired=True))
                 else:
@@ -460,47 +416,3 @@ class ParkingState:
 def _camera_view(row) -> CameraView:
     camera_id, lot, free, last_seq, last_seen, incarnation, enabled = row
     return CameraView(camera_id, lot, free, last_seq, last_seen, incarnation_from_db(incarnation), bool(enabled))
-
-
-def _segments(
-    entries: Sequence[Entry],
-) -> Iterator[Sequence[Entry] | _Trim | _Registry | _ClusterId | _DataDir | _Members]:
-    """``entries`` split at command and CONFIG entries: runs of other entries, and each command."""
-    start = 0
-    for pos, entry in enumerate(entries):
-        command = _command(entry)
-        if command is None:
-            continue
-        if pos > start:
-            yield entries[start:pos]
-        yield command
-        start = pos + 1
-    if start < len(entries):
-        yield entries[start:]
-
-
-_COMMAND_TAGS = frozenset(bytes((tag,)) for tag in (RETENTION_TAG, REGISTRY_TAG, CLUSTER_ID_TAG, MEMBER_DATA_DIR_TAG))
-
-
-def _command(entry: Entry) -> _Trim | _Registry | _ClusterId | _DataDir | _Members | None:
-    """What a command or CONFIG entry does to the parking tables; None for a frame result,
-    a NOOP, or a malformed command (Batch rejects it like any undecodable entry)."""
-    data = entry.data
-    try:
-        if entry.kind is EntryKind.CONFIG:
-            change = confchange.decode(data)
-            return _Members(frozenset(change.voters) | frozenset(change.learners))
-        if entry.kind is not EntryKind.NORMAL or data[:1] not in _COMMAND_TAGS:
-            return None
-        tag = data[0]
-        if tag == RETENTION_TAG:
-            return _Trim(entry.index, decode_retention(data).cutoff)
-        if tag == REGISTRY_TAG:
-            registry = decode_registry(data)
-            return _Registry(entry.index, registry.camera_id, registry.enabled)
-        if tag == CLUSTER_ID_TAG:
-            return _ClusterId(entry.index, decode_cluster_id(data).cluster_id)
-        record = decode_member_data_dir(data)
-        return _DataDir(entry.index, record.node_id, record.data_dir_id)
-    except (CodecError, confchange.ConfChangeDecodeError):
-        return None
