@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import time
 
 import pytest
 import sqlalchemy as sa
 
-from parkd.db import StorageError, ensure_schema, open_engine, schema_version
+from parkd.db import StorageError, UnsyncedWriter, ensure_schema, open_engine, schema_version
 
 
 def test_pragmas_make_the_log_durable(tmp_path):
@@ -207,3 +208,79 @@ def test_a_connection_opens_while_another_holds_the_write_lock(tmp_path):
     writer.execute("ROLLBACK")
     writer.close()
     reader.dispose()
+
+
+# -- UnsyncedWriter: the per-frame transactions ------------------------------------------------------
+
+
+def synchronous(conn: sa.Connection) -> int:
+    return conn.connection.dbapi_connection.execute("PRAGMA synchronous").fetchone()[0]
+
+
+def test_the_writer_keeps_one_connection_without_fsync_for_its_thread(tmp_path):
+    engine = open_engine(str(tmp_path / "w.db"))
+    writer = UnsyncedWriter(engine)
+    seen = []
+    for n in range(3):
+        with writer.transaction() as conn:
+            conn.exec_driver_sql(f"CREATE TABLE t{n} (x)")
+            seen.append((conn.connection.dbapi_connection, synchronous(conn)))
+    assert len({id(raw) for raw, _ in seen}) == 1 and {mode for _, mode in seen} == {1}  # 1: NORMAL
+    assert engine.pool.checkedout() == 1
+    writer.close()
+    assert engine.pool.checkedout() == 0
+    with engine.connect() as conn:  # back in the pool as every pooled connection is
+        assert synchronous(conn) == 2  # FULL
+    engine.dispose()
+
+
+def test_another_thread_gets_a_pooled_connection_per_transaction(tmp_path):
+    engine = open_engine(str(tmp_path / "w.db"))
+    writer = UnsyncedWriter(engine)
+    with writer.transaction() as conn:  # this thread owns the kept connection
+        kept = conn.connection.dbapi_connection
+    seen = []
+
+    def elsewhere():
+        with writer.transaction() as conn:
+            seen.append((conn.connection.dbapi_connection, synchronous(conn)))
+            conn.exec_driver_sql("CREATE TABLE t (x)")
+
+    thread = threading.Thread(target=elsewhere)
+    thread.start()
+    thread.join(10)
+    assert seen and seen[0][0] is not kept and seen[0][1] == 1
+    assert engine.pool.checkedout() == 1  # only the kept one
+    with engine.connect() as conn:
+        assert synchronous(conn) == 2 and sa.inspect(conn).has_table("t")
+    writer.close()
+    engine.dispose()
+
+
+def test_a_failed_transaction_rolls_back_and_is_not_kept(tmp_path):
+    engine = open_engine(str(tmp_path / "w.db"))
+    writer = UnsyncedWriter(engine)
+    with writer.transaction() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (x)")
+    with pytest.raises(sa.exc.OperationalError):
+        with writer.transaction() as conn:
+            conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+            conn.exec_driver_sql("INSERT INTO nowhere VALUES (1)")
+    assert engine.pool.checkedout() == 0
+    with writer.transaction() as conn:  # a fresh connection, set up again
+        assert conn.exec_driver_sql("SELECT count(*) FROM t").scalar() == 0
+        assert synchronous(conn) == 1
+    writer.close()
+    engine.dispose()
+
+
+def test_disposing_of_the_engine_gives_the_kept_connection_back(tmp_path):
+    engine = open_engine(str(tmp_path / "w.db"))
+    writer = UnsyncedWriter(engine)
+    with writer.transaction() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (x)")
+        kept = conn.connection.dbapi_connection
+    engine.dispose()  # closes what is in the pool: the kept connection went back first
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        kept.execute("SELECT 1")
+    writer.close()  # again: nothing to do

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from parkd.db import DriverStatement, ensure_schema, storage_errors, unsynced_transaction
+from parkd.db import DriverStatement, UnsyncedWriter, ensure_schema, storage_errors
 from parkd.parking.batch import Batch, check_frame, history_view
 from parkd.parking.commands import ClusterIdSet, DataDirSet, Members, CameraEnabled, Trim, segments
 from parkd.parking.codec import is_id
@@ -174,6 +174,7 @@ class ParkingState:
             if capacity < 0:
                 raise ValueError(f"lot {lot!r}: capacity must not be negative, got {capacity}")
         self._engine = engine
+        self._unsynced = UnsyncedWriter(engine)
         self._capacity = dict(lots)
         self._max_payload = max_payload
         with storage_errors("opening the parking state"), engine.begin() as conn:
@@ -226,7 +227,7 @@ class ParkingState:
         ones after it see its change.  It yields no result (like a NOOP).  A
         retention entry only records its cut; :meth:`trim_step` deletes the rows.
         """
-        with storage_errors("applying committed entries"), unsynced_transaction(self._engine) as conn:
+        with storage_errors("applying committed entries"), self._unsynced.transaction() as conn:
             (last,) = _get_last_applied.execute(conn).fetchone()
             todo = [e for e in entries if e.index > last]
             if not todo:
@@ -260,7 +261,7 @@ class ParkingState:
         Not fsynced, like applying: after a crash the cut is still pending and
         the batches it lost are done again.  What readers see never changes.
         """
-        with storage_errors("trimming the frame history"), unsynced_transaction(self._engine) as conn:
+        with storage_errors("trimming the frame history"), self._unsynced.transaction() as conn:
             return _trim_step(conn, max_rows)
 
     def trims_pending(self) -> bool:

@@ -174,8 +174,10 @@ class Ready:
     2. Persist ``hard_state`` (if not None) and ``entries`` in one transaction:
        storage deletes its entries with index >= ``entries[0].index``, then
        appends; with ``must_sync`` the transaction is fsynced (new entries, term
-       or vote), without it only the commit index moved, which is volatile state
-       (Figure 2), relearnt from the leader after a restart.  Then record
+       or vote).  ``hard_state`` is None when only the commit index moved: it is
+       volatile state (Figure 2), relearnt from the leader after a restart (and
+       at least what the state machine applied), so it is written only along
+       with entries, term or vote, never in a transaction of its own.  Then record
        ``compaction`` (drop entries up to ``upto``, remember the snapshot).
     3. Send ``messages``, only now that steps 1-2 are durable.  When
        ``membership`` is set, connect to new members first: the configuration
@@ -251,9 +253,11 @@ class RaftCore:
         self._id = node_id
         self._rng = rng
         self._cfg = config
-        self._log = RaftLog(persisted.entries, snap, hs.commit)
-        if not snap.index <= applied <= hs.commit:
-            raise ValueError(f"applied {applied} outside [snapshot, commit {hs.commit}]")
+        # The stored commit index may lag: a Ready that moves only it writes nothing
+        # (see Ready), and what the state machine applied was committed (§5.3).
+        if applied < snap.index:
+            raise ValueError(f"applied {applied} below the snapshot at {snap.index}")
+        self._log = RaftLog(persisted.entries, snap, max(hs.commit, applied))
         self._applied = applied
         self._snapshot = snap
         if snap.voters:
@@ -663,13 +667,14 @@ class RaftCore:
         self._flush_appends()
         self._flush_forwards()
         hard, soft, log = self._prev_hard, self._prev_soft, self._log
+        # A commit index that moved alone is no work: it is applied or sent as such.
         return bool(
             self._msgs
             or self._compaction is not None
             or self._read_states
             or log.has_unsent()
             or log.committed > self._applied
-            or (self._term, self._vote, log.committed) != (hard.term, hard.vote, hard.commit)
+            or (self._term, self._vote) != (hard.term, hard.vote)
             or (self._role, self._leader) != (soft.role, soft.leader_id)
             or self._membership is not self._prev_membership
             or self._transfer_results
@@ -691,11 +696,17 @@ class RaftCore:
             if early:
                 messages = tuple(m for m in messages if type(m) is not AppendEntries)
         entries = self._log.take_unsent()
+        # The commit index alone is volatile (Figure 2): it is written only along
+        # with entries, term or vote, at no cost of its own (step 2 of Ready).
+        if hard == self._prev_hard or (durable and not entries):
+            hard_state = None
+        else:
+            hard_state, self._prev_hard = hard, hard
         snapshot, self._pending_snapshot = self._pending_snapshot, None
         applied = snapshot.index if snapshot is not None else self._applied
         upto = min(self._log.committed, applied + self._cfg.max_committed_per_ready)
         rd = Ready(
-            hard_state=hard if hard != self._prev_hard else None,
+            hard_state=hard_state,
             entries=entries,
             messages=messages,
             committed_entries=self._log.slice(applied + 1, upto + 1),
@@ -708,7 +719,7 @@ class RaftCore:
             snapshot=snapshot,
             compaction=self._compaction,
         )
-        self._prev_hard, self._prev_soft = hard, soft
+        self._prev_soft = soft
         self._prev_membership = membership
         self._transfer_results.clear()
         self._installing = snapshot

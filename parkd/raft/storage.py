@@ -28,7 +28,7 @@ from parkd.db import (
     fsync_path,
     open_engine,
     storage_errors,
-    unsynced_transaction,
+    UnsyncedWriter,
 )
 from parkd.raft.types import Entry, EntryKind, HardState, PersistedState, SnapshotMeta
 
@@ -207,6 +207,7 @@ class SqliteStorage:
     def __init__(self, engine: sa.Engine, *, owns_engine: bool = False) -> None:
         self._engine = engine
         self._owns_engine = owns_engine
+        self._unsynced = UnsyncedWriter(engine)
         self.trim_batch = TRIM_BATCH
         self._trim_upto = 0  # compacted entries up to here may still be on disk...
         self._trim_first = 1  # ...from here (the lowest not yet known deleted)
@@ -256,15 +257,15 @@ class SqliteStorage:
         parameter binding, 1.5-2x as fast as Core's executemany of dicts for
         100-1000 entries (measured).
 
-        ``sync`` is the Ready's ``must_sync``: False only when nothing but the
-        commit index moved, which need not be fsynced (see
-        :func:`unsynced_transaction`); entries, term and vote always are.
+        ``sync=False`` commits without an fsync (see :class:`UnsyncedWriter`):
+        the node then fsyncs with :meth:`sync` off the reactor before anything
+        that needs the write leaves it.
         """
         if entries:
             _check_append(entries, self._last_index, self._snapshot_meta.index)
         elif hard_state is None:
             return
-        transaction = self._engine.begin() if sync else unsynced_transaction(self._engine)
+        transaction = self._engine.begin() if sync else self._unsynced.transaction()
         with storage_errors("saving the Raft state"), transaction as conn:
             if entries:
                 if entries[0].index <= self._last_index:
@@ -370,6 +371,7 @@ class SqliteStorage:
         self._last_index = max(last, self._snapshot_meta.index)
 
     def close(self) -> None:
+        self._unsynced.close()
         if self._owns_engine:
             self._engine.dispose()
 

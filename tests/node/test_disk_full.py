@@ -203,15 +203,15 @@ def test_a_follower_knows_the_leaders_commit_index_beyond_its_own():
 
 
 class CappedDatabase:
-    """A file database whose every connection may not grow it past ``limit`` pages (SQLITE_FULL)."""
+    """A file database whose every transaction may not grow it past ``limit`` pages (SQLITE_FULL)."""
 
     def __init__(self, path):
         self.limit = 1 << 30
         self.engine = open_engine(str(path))
-        sa.event.listen(self.engine, "checkout", self._cap)
+        sa.event.listen(self.engine, "begin", self._cap)  # connections are kept (UnsyncedWriter)
 
-    def _cap(self, dbapi_connection, _record, _proxy):
-        dbapi_connection.execute(f"PRAGMA max_page_count = {self.limit}")
+    def _cap(self, conn):
+        conn.connection.dbapi_connection.execute(f"PRAGMA max_page_count = {self.limit}")
 
     def fill(self) -> None:
         """No more pages than the database has now (in WAL mode: with the log's frames)."""

@@ -288,15 +288,30 @@ def test_10_2_1_a_leaders_appends_may_go_out_before_its_own_write():
     assert rd.must_sync  # the entries are fsynced, whatever left early
 
 
-def test_10_2_1_a_save_that_only_moves_the_commit_index_need_not_be_synced():
-    """Figure 2: the commit index is volatile; term, vote and entries are not."""
+def test_figure_2_a_commit_index_that_moves_alone_is_not_written():
+    """Figure 2: the commit index is volatile; term, vote and entries are not.  A
+    Ready that only commits has nothing to persist (no transaction of its own)."""
     leader = make_leader()
     leader.propose(b"x")
     assert drain(leader).must_sync
     for peer in (2, 3):
         leader.step(AppendResponse(1, peer, 1, True, match_index=2))
     rd = drain(leader)
-    assert rd.hard_state.commit == 2 and not rd.entries and not rd.must_sync
+    assert rd.hard_state is None and not rd.entries and not rd.must_sync
+    assert [e.index for e in rd.committed_entries] == [1, 2]  # the empty entry of §8, then x
+    leader.propose(b"y")
+    assert drain(leader).hard_state.commit == 2  # written with the next entries, at no cost
+
+
+def test_figure_2_a_restart_commits_at_least_what_was_applied():
+    """The stored commit index may lag what the state machine applied (the move
+    was never written); applied entries were committed, so the core starts there."""
+    persisted = PersistedState(HardState(2, 0, 1), tuple(entries_with_terms([1, 1, 2, 2])))
+    core = RaftCore(1, (1, 2, 3), persisted, random.Random(0), CFG, applied=3)
+    assert core.commit_index == 3 and core.applied_index == 3
+    assert not core.has_ready()  # nothing to apply again, nothing to write
+    with pytest.raises(ValueError, match="commit 5 outside the log"):
+        RaftCore(1, (1, 2, 3), persisted, random.Random(0), CFG, applied=5)
 
 
 def test_10_2_1_nothing_goes_early_before_the_term_and_vote_are_durable():

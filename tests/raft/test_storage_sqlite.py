@@ -153,28 +153,42 @@ def test_reopen_returns_exactly_what_was_committed(tmp_path):
     reopened.close()
 
 
-def synchronous_modes(engine, action) -> list[str]:
-    """The ``PRAGMA synchronous`` statements the connection saw during ``action``."""
-    statements = []
-    with engine.connect() as conn:  # the pool's one connection, traced
-        conn.connection.dbapi_connection.set_trace_callback(statements.append)
-    action()
-    with engine.connect() as conn:
-        conn.connection.dbapi_connection.set_trace_callback(None)
-    return [s for s in statements if "synchronous" in s]
+def synchronous_of_transactions(engine, action) -> list[int]:
+    """``PRAGMA synchronous`` of each transaction begun during ``action`` (1 NORMAL, 2 FULL)."""
+    seen = []
+
+    def begun(conn):
+        seen.append(conn.connection.dbapi_connection.execute("PRAGMA synchronous").fetchone()[0])
+
+    sa.event.listen(engine, "begin", begun)
+    try:
+        action()
+    finally:
+        sa.event.remove(engine, "begin", begun)
+    return seen
 
 
 def test_a_save_is_fsynced_exactly_when_the_ready_says_so(tmp_path):
-    """The core says it (``Ready.must_sync``): the commit index is volatile (Figure 2),
-    so a save that only moves it skips the fsync; storage does not second-guess."""
+    """The core says it (``Ready.must_sync``); storage does not second-guess.  Unsynced
+    saves (the node fsyncs them off the reactor) commit without SQLite's fsync."""
     engine = open_engine(str(tmp_path / "raft.db"))
     storage = SqliteStorage(engine)
-    assert synchronous_modes(engine, lambda: storage.save(HardState(1, 1, 0), [Entry(1, 1)], sync=True)) == []
-    assert synchronous_modes(engine, lambda: storage.save(HardState(1, 1, 1), [], sync=False)) == [
-        "PRAGMA synchronous=NORMAL", "PRAGMA synchronous=FULL"
-    ]
-    assert synchronous_modes(engine, lambda: storage.save(HardState(2, 0, 1), [], sync=True)) == []
+    assert synchronous_of_transactions(engine, lambda: storage.save(HardState(1, 1, 0), [Entry(1, 1)], sync=True)) == [2]
+    assert synchronous_of_transactions(engine, lambda: storage.save(HardState(1, 1, 1), [Entry(2, 1)], sync=False)) == [1]
+    assert synchronous_of_transactions(engine, lambda: storage.save(HardState(2, 0, 1), [], sync=True)) == [2]
     assert storage.load().hard_state == HardState(2, 0, 1)
+    storage.close()
+    assert all_pooled_synchronous(engine) == {2}  # what went back to the pool syncs fully again
+    engine.dispose()
+
+
+def all_pooled_synchronous(engine) -> set[int]:
+    pooled = [engine.connect() for _ in range(engine.pool.checkedin())]
+    try:
+        return {c.connection.dbapi_connection.execute("PRAGMA synchronous").fetchone()[0] for c in pooled}
+    finally:
+        for conn in pooled:
+            conn.close()
 
 
 def test_sync_fsyncs_the_wal_that_holds_an_unsynced_save(tmp_path, monkeypatch):
