@@ -40,6 +40,9 @@ def test_follower_forwards_proposals_to_the_leader():
     cluster.take_ready(2)
     assert cluster.pending[2].messages == (Propose(1, 2, 1, (b"a", b"b")),)
     cluster.stabilize()
+    assert [e.data for e in cluster.storage[2].applied] == [b"", b"a", b"b"]  # told at once: its cameras wait
+    assert [e.data for e in cluster.storage[3].applied] == [b""]  # learns with the next append or heartbeat
+    cluster.heartbeat()
     assert [e.data for e in cluster.storage[3].applied] == [b"", b"a", b"b"]
 
 
@@ -170,11 +173,14 @@ def test_6_4_follower_read_goes_through_the_leader():
     leader.propose(b"x")
     cluster.stabilize()
     follower = cluster.core(2)
+    assert follower.commit_index == 1  # x's commit has not reached it yet
     follower.read_index(9)
     cluster.take_ready(2)
     assert cluster.pending[2].messages == (ReadIndexRequest(1, 2, 1, 9),)
     cluster.stabilize()
     assert cluster.read_states[2] == [ReadState(9, 2)]
+    # The round's appends carried the commit index: the read is served without a heartbeat.
+    assert follower.applied_index == follower.commit_index == 2
 
 
 def test_6_4_partitioned_leader_never_confirms_and_fails_reads_on_stepping_down():

@@ -69,13 +69,16 @@ def test_5_2_candidate_votes_for_itself_in_a_new_term_and_asks_everyone():
 
 
 def test_5_2_majority_of_votes_makes_a_leader_that_appends_a_noop():
-    """The no-op lets the new leader commit (and learn the commit point) at once (§5.4.2/§8)."""
+    """The no-op lets the new leader commit (and learn the commit point) at once (§5.4.2/§8);
+    the followers learn it with the next heartbeat."""
     cluster = Cluster((1, 2, 3), CFG)
     leader = cluster.elect(1)
     assert leader.term == 1
     assert [c.leader_id for c in cluster.live()] == [1, 1, 1]
     noop = leader.log.slice(1, 2)[0]
     assert (noop.kind, noop.term) == (EntryKind.NOOP, 1)
+    assert leader.commit_index == 1
+    cluster.heartbeat()
     assert all(c.commit_index == 1 for c in cluster.live())
 
 

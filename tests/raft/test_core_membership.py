@@ -271,7 +271,7 @@ def test_4_2_1_single_node_grows_to_two_voters():
     leader = cluster.elect(1)
     add_voter(cluster, leader, 2)
     leader.propose(b"x")
-    cluster.stabilize()
+    cluster.heartbeat()
     assert cluster.storage[2].applied[-1].data == b"x"
     cluster.isolate(2)
     leader.propose(b"y")

@@ -55,9 +55,10 @@ def run_taking(cluster, ticks):
 
 
 def propose(cluster, leader, n, prefix=b"x"):
+    """``n`` entries, committed and applied on every node (the followers learn the commit with a heartbeat)."""
     for k in range(n):
         leader.propose(prefix + b"%d" % k)
-    cluster.stabilize()
+    cluster.heartbeat()
 
 
 def lagging_cluster(margin=0):

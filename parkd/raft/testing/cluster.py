@@ -407,6 +407,16 @@ class Cluster:
                 self._transmit(m)
         raise RuntimeError("cluster did not settle")
 
+    def heartbeat(self) -> None:
+        """Settle, tick the leader until its heartbeat goes out, then settle again: the
+        followers learn the commit index (sent at once only to followers waiting for it,
+        see RaftCore)."""
+        self.stabilize()
+        leader = self.leader()
+        for _ in range(self.config.heartbeat_ticks):
+            leader.tick()
+        self.stabilize()
+
     def leader(self) -> RaftCore | None:
         """The live leader of the highest term, if any."""
         leaders = [c for c in self.live() if c.role is Role.LEADER]
