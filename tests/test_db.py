@@ -217,9 +217,18 @@ def synchronous(conn: sa.Connection) -> int:
     return conn.connection.dbapi_connection.execute("PRAGMA synchronous").fetchone()[0]
 
 
-def test_the_writer_keeps_one_connection_without_fsync_for_its_thread(tmp_path):
+@pytest.fixture
+def file_writer(tmp_path):
+    """An UnsyncedWriter on a file database: (engine, writer); both closed afterwards."""
     engine = open_engine(str(tmp_path / "w.db"))
     writer = UnsyncedWriter(engine)
+    yield engine, writer
+    writer.close()
+    engine.dispose()
+
+
+def test_the_writer_keeps_one_connection_without_fsync_for_its_thread(file_writer):
+    engine, writer = file_writer
     seen = []
     for n in range(3):
         with writer.transaction() as conn:
@@ -231,12 +240,10 @@ def test_the_writer_keeps_one_connection_without_fsync_for_its_thread(tmp_path):
     assert engine.pool.checkedout() == 0
     with engine.connect() as conn:  # back in the pool as every pooled connection is
         assert synchronous(conn) == 2  # FULL
-    engine.dispose()
 
 
-def test_another_thread_gets_a_pooled_connection_per_transaction(tmp_path):
-    engine = open_engine(str(tmp_path / "w.db"))
-    writer = UnsyncedWriter(engine)
+def test_another_thread_gets_a_pooled_connection_per_transaction(file_writer):
+    engine, writer = file_writer
     with writer.transaction() as conn:  # this thread owns the kept connection
         kept = conn.connection.dbapi_connection
     seen = []
@@ -253,13 +260,10 @@ def test_another_thread_gets_a_pooled_connection_per_transaction(tmp_path):
     assert engine.pool.checkedout() == 1  # only the kept one
     with engine.connect() as conn:
         assert synchronous(conn) == 2 and sa.inspect(conn).has_table("t")
-    writer.close()
-    engine.dispose()
 
 
-def test_a_failed_transaction_rolls_back_and_is_not_kept(tmp_path):
-    engine = open_engine(str(tmp_path / "w.db"))
-    writer = UnsyncedWriter(engine)
+def test_a_failed_transaction_rolls_back_and_is_not_kept(file_writer):
+    engine, writer = file_writer
     with writer.transaction() as conn:
         conn.exec_driver_sql("CREATE TABLE t (x)")
     with pytest.raises(sa.exc.OperationalError):
@@ -270,17 +274,13 @@ def test_a_failed_transaction_rolls_back_and_is_not_kept(tmp_path):
     with writer.transaction() as conn:  # a fresh connection, set up again
         assert conn.exec_driver_sql("SELECT count(*) FROM t").scalar() == 0
         assert synchronous(conn) == 1
-    writer.close()
-    engine.dispose()
 
 
-def test_disposing_of_the_engine_gives_the_kept_connection_back(tmp_path):
-    engine = open_engine(str(tmp_path / "w.db"))
-    writer = UnsyncedWriter(engine)
+def test_disposing_of_the_engine_gives_the_kept_connection_back(file_writer):
+    engine, writer = file_writer
     with writer.transaction() as conn:
         conn.exec_driver_sql("CREATE TABLE t (x)")
         kept = conn.connection.dbapi_connection
     engine.dispose()  # closes what is in the pool: the kept connection went back first
     with pytest.raises(sqlite3.ProgrammingError, match="closed"):
         kept.execute("SELECT 1")
-    writer.close()  # again: nothing to do
