@@ -67,7 +67,7 @@ async def test_calls_given_before_start_wait_for_it_and_stop_waits_for_work_unde
     stopper.start()
     deadline = time.monotonic() + 10
     while worker._calls.empty() and time.monotonic() < deadline:  # stop() has asked the thread to end
-        time.sleep(0.001)
+        time.sleep(0.001)  # bounded-poll: until stop() asked the thread to end, at most 10 s
     release.set()
     stopper.join(10)
     assert order == ["slow", "stopped"]
