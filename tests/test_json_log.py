@@ -1,11 +1,12 @@
-"""The --log-json file stays bounded: rotated by size with a kept count, reopened on demand."""
+"""The --log-json file: per-frame events written whole, one write per batch; bounded by rotation, reopened on demand."""
 
+import io
 import os
 
-from twisted.logger import Logger, eventsFromJSONLogFile
+from twisted.logger import Logger, LogLevel, eventsFromJSONLogFile, formatEvent
 
 from parkd.daemon import JsonLogService
-from parkd.events import FRAME_EVENTS
+from parkd.events import FRAME_EVENTS, FrameEvents, json_file_sink
 
 
 def emit_frames(count: int) -> None:
@@ -49,3 +50,29 @@ def test_reopen_follows_logrotate_moving_the_file_away(tmp_path):
         service.stopService()
     assert [e["seq"] for e in read(path + ".rotated-by-logrotate")] == [0, 1, 2]
     assert [e["seq"] for e in read(path)] == [0, 1]
+
+
+class _CountingFile:
+    """A file that remembers each write (each is one system call on the unbuffered LogFile)."""
+
+    def __init__(self):
+        self.writes = []
+
+    def write(self, data):
+        self.writes.append(data)
+
+
+def test_a_batchs_events_go_out_in_one_write_and_read_back_whole():
+    file = _CountingFile()
+    events = FrameEvents()
+    events.sink = json_file_sink(file)
+    records = [{"parkd_event": "frame_applied", "camera_id": 7, "seq": seq, "lot": 'nor"th\u00e9'} for seq in (1, 2, 3)]
+    events.emit_all("parkd.node", "applied frame {seq}", records)
+    events.emit("parkd.camera", "acked frame {seq}", parkd_event="frame_acked", seq=4)
+    assert len(file.writes) == 2 and events.emitted == 4
+    read_back = list(eventsFromJSONLogFile(io.StringIO("".join(file.writes))))
+    assert [(e["log_namespace"], e["seq"]) for e in read_back] == [("parkd.node", 1), ("parkd.node", 2),
+                                                                   ("parkd.node", 3), ("parkd.camera", 4)]
+    assert read_back[0]["lot"] == 'nor"th\u00e9' and read_back[0]["log_format"] == "applied frame {seq}"
+    assert read_back[0]["log_level"] == LogLevel.info and isinstance(read_back[0]["log_time"], float)
+    assert formatEvent(read_back[2]) == "applied frame 3"

@@ -259,20 +259,18 @@ class FrameIntake:
     def _applied(self, event: EntriesApplied) -> None:
         """Log the frames this node just applied and tell the cameras waiting for them."""
         results = event.results
+        FRAME_EVENTS.emit_all(
+            "parkd.node", "applied frame {seq} of camera {camera_id} at {index}: {free} free",
+            [{"parkd_event": "frame_applied", "camera_id": r.camera_id, "incarnation": r.incarnation, "seq": r.seq,
+              "index": r.index, "free": r.free, "lot": r.lot} for r in results if r.outcome is Outcome.APPLIED],
+        )  # fmt: skip
         for r in results:
-            if r.outcome is Outcome.APPLIED:
-                FRAME_EVENTS.emit(
-                    "parkd.node", "applied frame {seq} of camera {camera_id} at {index}: {free} free",
-                    parkd_event="frame_applied",
-                    camera_id=r.camera_id, incarnation=r.incarnation, seq=r.seq, index=r.index, free=r.free,
-                    lot=r.lot,
+            if r.outcome is Outcome.APPLIED and r.incarnation_started:
+                self.log.info(
+                    "camera {camera_id} started incarnation {incarnation} at index {index} (seq {seq})",
+                    parkd_event="incarnation_started",
+                    camera_id=r.camera_id, incarnation=r.incarnation, index=r.index, seq=r.seq, lot=r.lot,
                 )  # fmt: skip
-                if r.incarnation_started:
-                    self.log.info(
-                        "camera {camera_id} started incarnation {incarnation} at index {index} (seq {seq})",
-                        parkd_event="incarnation_started",
-                        camera_id=r.camera_id, incarnation=r.incarnation, index=r.index, seq=r.seq, lot=r.lot,
-                    )  # fmt: skip
         self.observer.applied(results)
         now = self.clock.seconds()
         for result in results:

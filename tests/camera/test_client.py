@@ -12,7 +12,7 @@ from twisted.python.failure import Failure
 from parkd.camera.client import CameraClient
 from parkd.camera.outbox import Outbox
 from parkd.config import Address
-from parkd.events import FrameEvents
+from parkd.events import FrameEvents, list_sink
 from parkd.proto import parkd_pb2 as pb
 from parkd.wire import frame_envelope, split_envelopes
 
@@ -52,7 +52,7 @@ def make(tmp_path, frames=3):
     for i in range(frames):
         box.add(b"payload%d" % i, float(i))
     frame_events = FrameEvents()
-    frame_events.sink = events.append
+    frame_events.sink = list_sink(events)
     client = CameraClient(7, "north", box, NODES, clock, ack_timeout=2.0, max_message_bytes=1 << 20,
                           window=2, rng=random.Random(1), connect=net.connect, events=frame_events)  # fmt: skip
     client.log = Logger(observer=events.append)

@@ -17,7 +17,7 @@ from parkd.camera.client import CameraClient
 from parkd.camera.outbox import Outbox
 from parkd.config import Address
 from parkd.db import open_engine
-from parkd.events import FrameEvents
+from parkd.events import FrameEvents, list_sink
 from parkd.node.frames import FrameIntake
 from parkd.node.events import SnapshotInstalled
 from parkd.node.membership import ChangeLost, ChangeTimeout
@@ -240,7 +240,7 @@ def test_a_disabled_camera_keeps_its_frames_and_once_enabled_drains_them_in_orde
     box = Outbox(str(tmp_path / "outbox.db"), limit=100)
     events = []
     frame_events = FrameEvents()
-    frame_events.sink = events.append
+    frame_events.sink = list_sink(events)
     camera = CameraClient(7, "north", box, (Address("127.0.0.1", 1),), node.clock, ack_timeout=5.0,
                           max_message_bytes=1 << 20, window=4, rng=random.Random(3), connect=wire.connect,
                           events=frame_events)  # fmt: skip
