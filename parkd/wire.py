@@ -276,9 +276,9 @@ def raft_to_envelope(message: messages.Message) -> pb.Envelope:
     for name in _FIELDS[cls]:
         value = getattr(message, name)
         if name == "entries":
-            body.entries.extend(
-                pb.LogEntry(index=e.index, term=e.term, kind=e.kind, data=e.data) for e in value
-            )
+            add = body.entries.add  # in place: half the cost of building LogEntry objects to copy in
+            for e in value:
+                add(index=e.index, term=e.term, kind=e.kind, data=e.data)
         elif isinstance(value, tuple):
             getattr(body, name).extend(value)
         else:
