@@ -86,6 +86,7 @@ class EnvelopeProtocol(Int32StringReceiver):
     rules: PortRules = CLIENT_PORT
     MAX_LENGTH = DEFAULT_MAX_MESSAGE_BYTES
     rejected = False
+    _corked: list[bytes] | None = None  # messages held by cork()
 
     def makeConnection(self, transport) -> None:
         # Small one-way messages must not wait for Nagle's algorithm.
@@ -98,7 +99,26 @@ class EnvelopeProtocol(Int32StringReceiver):
 
     def sendString(self, string: bytes) -> None:
         """Int32StringReceiver's, written with :func:`parkd.sockets.send_eagerly` (``sendEncoded`` checks the size)."""
-        send_eagerly(self.transport, struct.pack(self.structFormat, len(string)) + string)
+        data = struct.pack(self.structFormat, len(string)) + string
+        if self._corked is not None:
+            self._corked.append(data)
+        else:
+            send_eagerly(self.transport, data)
+
+    def cork(self) -> None:
+        """Hold the messages sent from now on until :meth:`uncork`, which writes them in one piece.
+
+        A node acks the frames of one applied batch this way: one write per
+        camera connection (one ``send``, one TLS record) instead of one per frame.
+        """
+        if self._corked is None:
+            self._corked = []
+
+    def uncork(self) -> None:
+        """Write the messages held since :meth:`cork`, in order, and stop holding."""
+        held, self._corked = self._corked, None
+        if held:
+            send_eagerly(self.transport, b"".join(held))
 
     def stringReceived(self, data: bytes) -> None:
         if self.rejected:
@@ -129,6 +149,7 @@ class EnvelopeProtocol(Int32StringReceiver):
         if self.rejected:
             return
         self.rejected = True
+        self.uncork()  # what was sent before the refusal goes out before it
         reason = clip(reason)
         self.paused = True  # stop Int32StringReceiver from parsing what is buffered
         refusals = getattr(self.factory, "refusals", None)  # one line each, a summary under a flood

@@ -232,3 +232,27 @@ def test_every_raft_message_survives_the_wire(message):
     envelope.ParseFromString(raft_to_envelope(message).SerializeToString())
     kind = envelope.WhichOneof("body")
     assert raft_from_envelope(kind, getattr(envelope, kind)) == message
+
+
+def test_corked_messages_wait_and_leave_in_one_write_in_order():
+    proto, transport = connect()
+    writes, write = [], transport.write
+    transport.write = lambda data: (writes.append(data), write(data))
+    proto.cork()
+    for seq in (1, 2):
+        proto.sendEnvelope(pb.Envelope(frame_ack=pb.FrameAck(camera_id=7, seq=seq)))
+    assert writes == []
+    proto.uncork()
+    assert len(writes) == 1 and [e.frame_ack.seq for e in sent_envelopes(transport)] == [1, 2]
+    proto.sendEnvelope(pb.Envelope(frame_ack=pb.FrameAck(camera_id=7, seq=3)))
+    assert len(writes) == 2  # uncorked: written at once again
+
+
+def test_a_refusal_while_corked_sends_what_was_held_first():
+    proto, transport = connect()
+    proto.cork()
+    proto.sendEnvelope(pb.Envelope(frame_ack=pb.FrameAck(camera_id=7, seq=1)))
+    proto.reject(pb.Error.PERMISSION_DENIED, "camera 7 is disabled")
+    [ack, error] = sent_envelopes(transport)
+    assert ack.frame_ack.seq == 1 and error.error.code == pb.Error.PERMISSION_DENIED
+    assert transport.disconnecting

@@ -273,26 +273,34 @@ class FrameIntake:
                 )  # fmt: skip
         self.observer.applied(results)
         now = self.clock.seconds()
-        for result in results:
-            key = result.key
-            if self._applied_lots is not None and result.outcome is Outcome.APPLIED:
-                self._applied_lots[result.camera_id] = result.lot
-                incarnation = (result.camera_id, result.incarnation)
-                self._applied_seqs[incarnation] = max(self._applied_seqs.get(incarnation, 0), result.seq)
-            self._proposed.pop(key, None)
-            self._held.pop(key, None)
-            arrived = self._arrived.pop(key, None)
-            waiters = self.waiting.pop(key, ())
-            if waiters and arrived is not None and result.outcome is not Outcome.REJECTED:
-                self.observer.acked(max(0.0, now - arrived))
-            for conn in waiters:
-                conn.waiting_for.discard(key)
-                if result.rejection is Rejection.PERMISSION_DENIED:  # disabled after it was proposed
-                    conn.reject(pb.Error.PERMISSION_DENIED, result.reason)
-                elif result.outcome is Outcome.REJECTED:
-                    conn.send_error(pb.Error.Code.Value(result.rejection.name), result.reason, seq=result.seq)
-                else:
-                    conn.send_ack(result.camera_id, result.seq, result.index or 0, result.free or 0)
+        corked = set()  # connections holding their acks until the batch is done
+        try:
+            for result in results:
+                key = result.key
+                if self._applied_lots is not None and result.outcome is Outcome.APPLIED:
+                    self._applied_lots[result.camera_id] = result.lot
+                    incarnation = (result.camera_id, result.incarnation)
+                    self._applied_seqs[incarnation] = max(self._applied_seqs.get(incarnation, 0), result.seq)
+                self._proposed.pop(key, None)
+                self._held.pop(key, None)
+                arrived = self._arrived.pop(key, None)
+                waiters = self.waiting.pop(key, ())
+                if waiters and arrived is not None and result.outcome is not Outcome.REJECTED:
+                    self.observer.acked(max(0.0, now - arrived))
+                for conn in waiters:
+                    if conn not in corked:  # one write per connection for the whole batch (uncork below)
+                        conn.cork()
+                        corked.add(conn)
+                    conn.waiting_for.discard(key)
+                    if result.rejection is Rejection.PERMISSION_DENIED:  # disabled after it was proposed
+                        conn.reject(pb.Error.PERMISSION_DENIED, result.reason)
+                    elif result.outcome is Outcome.REJECTED:
+                        conn.send_error(pb.Error.Code.Value(result.rejection.name), result.reason, seq=result.seq)
+                    else:
+                        conn.send_ack(result.camera_id, result.seq, result.index or 0, result.free or 0)
+        finally:
+            for conn in corked:
+                conn.uncork()
 
     def forget(self, conn) -> None:
         for key in conn.waiting_for:

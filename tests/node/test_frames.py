@@ -84,6 +84,30 @@ def test_duplicate_in_the_log_acks_both_waiters_with_one_result():
     assert len(state.frames(7)) == 1
 
 
+def counting_writes(proto) -> list[bytes]:
+    """Each write the connection makes to its transport (one ``send``, one TLS record on a real one)."""
+    writes, write = [], proto.transport.write
+    proto.transport.write = lambda data: (writes.append(data), write(data))
+    return writes
+
+
+def test_the_acks_of_one_applied_batch_leave_in_one_write_per_connection():
+    state, cluster, intake, factory = setup()
+    a, b = connect(factory), connect(factory)
+    send(a, hello=pb.Hello(camera_id=7, lot="north"))
+    send(b, hello=pb.Hello(camera_id=8, lot="north"))
+    for seq in (1, 2, 3):
+        send(a, submit_frame=frame(seq))
+    send(b, submit_frame=frame(1, camera_id=8))
+    writes_a, writes_b = counting_writes(a), counting_writes(b)
+    cluster.commit(state)  # all four frames in one batch
+    assert len(writes_a) == 1 and len(writes_b) == 1
+    assert [e.frame_ack.seq for e in received(a)] == [1, 2, 3] and [e.frame_ack.seq for e in received(b)] == [1]
+    send(a, submit_frame=frame(4))
+    cluster.commit(state)
+    assert len(writes_a) == 2 and [e.frame_ack.seq for e in received(a)] == [4]  # no longer held
+
+
 def held_setup(**limits):
     """A node that knows no leader, on a clock the test moves."""
     clock = Clock()
