@@ -18,6 +18,8 @@ All names start with ``parkd_``; the README lists them.
 
 from __future__ import annotations
 
+import collections
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -181,13 +183,17 @@ class NodeMetrics:
         self.ack_latency.observe(seconds)
 
     def applied(self, results) -> None:
+        """Count a batch's frames: one increment per counter and label, not per frame."""
+        counts = collections.Counter()
         for r in results:
             if r.outcome is Outcome.APPLIED:
-                self.frames_applied.labels(r.lot).inc()
+                counts[self.frames_applied, r.lot] += 1
             elif r.outcome is Outcome.DUPLICATE:
-                self.frames_duplicate.labels(r.lot).inc()
+                counts[self.frames_duplicate, r.lot] += 1
             else:
-                self.frames_rejected.labels(r.rejection.value if r.rejection else "undecodable").inc()
+                counts[self.frames_rejected, r.rejection.value if r.rejection else "undecodable"] += 1
+        for (counter, label), n in counts.items():
+            counter.labels(label).inc(n)
 
     # -- the housekeeping's observer
 

@@ -151,6 +151,16 @@ def test_proposals_frames_applied_and_ack_latency(node):
     assert value(s, "parkd_ack_latency_seconds_bucket", le="0.25") == 2
 
 
+def test_a_batch_counts_each_frame_by_lot_and_outcome(node):
+    node.apply_batch([(7, 1, 40, "north", None), (7, 2, 41, "north", None), (8, 1, 9, "south", None),
+                      (7, 2, 41, "north", None), (9, 1, 999, "south", None)])  # a duplicate, then free > capacity
+    s = scrape(node)
+    assert value(s, "parkd_frames_applied_total", lot="north") == 2
+    assert value(s, "parkd_frames_applied_total", lot="south") == 1
+    assert value(s, "parkd_frames_duplicate_total", lot="north") == 1
+    assert value(s, "parkd_frames_rejected_total", reason="bad_request") == 1
+
+
 def test_a_frame_answered_at_once_is_not_timed(node):
     conn = Conn(7, "north")
     submit(node, conn, 1)
