@@ -47,8 +47,8 @@ def json_file_sink(file):
     """
 
     def write(common: dict, records: list[dict]) -> None:
-        head = "\x1e" + json.dumps(common)[:-1] + ", "
-        file.write("".join(f"{head}{json.dumps(fields)[1:]}\n" for fields in records))
+        head = "\x1e" + json.dumps(common)[:-1]
+        file.write("".join(f"{head}, {json.dumps(fields)[1:]}\n" if fields else f"{head}}}\n" for fields in records))
 
     return write
 

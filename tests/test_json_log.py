@@ -69,10 +69,12 @@ def test_a_batchs_events_go_out_in_one_write_and_read_back_whole():
     records = [{"parkd_event": "frame_applied", "camera_id": 7, "seq": seq, "lot": 'nor"th\u00e9'} for seq in (1, 2, 3)]
     events.emit_all("parkd.node", "applied frame {seq}", records)
     events.emit("parkd.camera", "acked frame {seq}", parkd_event="frame_acked", seq=4)
-    assert len(file.writes) == 2 and events.emitted == 4
+    events.emit("parkd.camera", "no fields of its own")
+    assert len(file.writes) == 3 and events.emitted == 5
     read_back = list(eventsFromJSONLogFile(io.StringIO("".join(file.writes))))
-    assert [(e["log_namespace"], e["seq"]) for e in read_back] == [("parkd.node", 1), ("parkd.node", 2),
-                                                                   ("parkd.node", 3), ("parkd.camera", 4)]
+    assert [(e["log_namespace"], e.get("seq")) for e in read_back] == [
+        ("parkd.node", 1), ("parkd.node", 2), ("parkd.node", 3), ("parkd.camera", 4), ("parkd.camera", None)]
+    assert read_back[-1]["log_format"] == "no fields of its own"
     assert read_back[0]["lot"] == 'nor"th\u00e9' and read_back[0]["log_format"] == "applied frame {seq}"
     assert read_back[0]["log_level"] == LogLevel.info and isinstance(read_back[0]["log_time"], float)
     assert formatEvent(read_back[2]) == "applied frame 3"
