@@ -14,7 +14,8 @@ import signal
 from parkd import ctl
 from parkd.chaos import checker
 from parkd.config import load_config
-from parkd.launcher import Timeout, camera_daemon, get_json, node_daemon, wait_for, wait_listening, write_config
+from parkd.launcher import (Timeout, camera_daemon, get_json, http_request, node_daemon, wait_for, wait_listening,
+                            write_config)
 
 
 def initial_config(path: str, out: str, members: int) -> str:
@@ -142,6 +143,18 @@ class Cluster:
             return None
 
         return wait_for(agreed, timeout, "one agreed leader")
+
+    def wait_ready(self, timeout=30.0):
+        """Wait until every live node answers ``/readyz`` with 200: a member in good standing
+        (it applied the cluster's id), caught up, with room on its disk."""
+
+        def is_ready(node_id):
+            try:
+                return http_request(self.config, node_id, "/readyz", timeout=2.0)[0] == 200
+            except OSError:  # not answering (yet)
+                return False
+
+        return wait_for(lambda: all(is_ready(n) for n in self.alive_nodes()), timeout, "every node ready")
 
     # ------------------------------------------------------------ evidence
 

@@ -100,6 +100,9 @@ def test_a_trim_of_most_of_the_history_and_history_reads_stall_no_reactor(make_c
     cluster.start_all()
     cluster.leader()
     cluster.wait_acks(10)
+    # a follower answers local reads once it applied the cluster's id (it may learn that
+    # commit only with the leader's next heartbeat: 503 until then)
+    cluster.wait_ready()
     seen_lag = 0.0
     reads = 0
     deadline = time.monotonic() + 120
