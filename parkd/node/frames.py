@@ -257,8 +257,24 @@ class FrameIntake:
         return None
 
     def _applied(self, event: EntriesApplied) -> None:
-        """Log the frames this node just applied and tell the cameras waiting for them."""
+        """Log the frames this node just applied and tell the cameras waiting for them.
+
+        Each camera connection gets the batch's answers in one write (one ``send``,
+        one TLS record), after the batch's events are written.
+        """
         results = event.results
+        self._log_applied(results)
+        self.observer.applied(results)
+        now = self.clock.seconds()
+        corked = set()  # connections holding their answers until the batch is done
+        try:
+            for result in results:
+                self._settle(result, now, corked)
+        finally:
+            for conn in corked:
+                conn.uncork()
+
+    def _log_applied(self, results) -> None:
         FRAME_EVENTS.emit_all(
             "parkd.node", "applied frame {seq} of camera {camera_id} at {index}: {free} free",
             [{"parkd_event": "frame_applied", "camera_id": r.camera_id, "incarnation": r.incarnation, "seq": r.seq,
@@ -271,36 +287,31 @@ class FrameIntake:
                     parkd_event="incarnation_started",
                     camera_id=r.camera_id, incarnation=r.incarnation, index=r.index, seq=r.seq, lot=r.lot,
                 )  # fmt: skip
-        self.observer.applied(results)
-        now = self.clock.seconds()
-        corked = set()  # connections holding their acks until the batch is done
-        try:
-            for result in results:
-                key = result.key
-                if self._applied_lots is not None and result.outcome is Outcome.APPLIED:
-                    self._applied_lots[result.camera_id] = result.lot
-                    incarnation = (result.camera_id, result.incarnation)
-                    self._applied_seqs[incarnation] = max(self._applied_seqs.get(incarnation, 0), result.seq)
-                self._proposed.pop(key, None)
-                self._held.pop(key, None)
-                arrived = self._arrived.pop(key, None)
-                waiters = self.waiting.pop(key, ())
-                if waiters and arrived is not None and result.outcome is not Outcome.REJECTED:
-                    self.observer.acked(max(0.0, now - arrived))
-                for conn in waiters:
-                    if conn not in corked:  # one write per connection for the whole batch (uncork below)
-                        conn.cork()
-                        corked.add(conn)
-                    conn.waiting_for.discard(key)
-                    if result.rejection is Rejection.PERMISSION_DENIED:  # disabled after it was proposed
-                        conn.reject(pb.Error.PERMISSION_DENIED, result.reason)
-                    elif result.outcome is Outcome.REJECTED:
-                        conn.send_error(pb.Error.Code.Value(result.rejection.name), result.reason, seq=result.seq)
-                    else:
-                        conn.send_ack(result.camera_id, result.seq, result.index or 0, result.free or 0)
-        finally:
-            for conn in corked:
-                conn.uncork()
+
+    def _settle(self, result, now: float, corked: set) -> None:
+        """Forget ``result``'s frame as pending and answer the connections waiting for it (corking each)."""
+        key = result.key
+        if self._applied_lots is not None and result.outcome is Outcome.APPLIED:
+            self._applied_lots[result.camera_id] = result.lot
+            incarnation = (result.camera_id, result.incarnation)
+            self._applied_seqs[incarnation] = max(self._applied_seqs.get(incarnation, 0), result.seq)
+        self._proposed.pop(key, None)
+        self._held.pop(key, None)
+        arrived = self._arrived.pop(key, None)
+        waiters = self.waiting.pop(key, ())
+        if waiters and arrived is not None and result.outcome is not Outcome.REJECTED:
+            self.observer.acked(max(0.0, now - arrived))
+        for conn in waiters:
+            if conn not in corked:
+                conn.cork()
+                corked.add(conn)
+            conn.waiting_for.discard(key)
+            if result.rejection is Rejection.PERMISSION_DENIED:  # disabled after it was proposed
+                conn.reject(pb.Error.PERMISSION_DENIED, result.reason)
+            elif result.outcome is Outcome.REJECTED:
+                conn.send_error(pb.Error.Code.Value(result.rejection.name), result.reason, seq=result.seq)
+            else:
+                conn.send_ack(result.camera_id, result.seq, result.index or 0, result.free or 0)
 
     def forget(self, conn) -> None:
         for key in conn.waiting_for:
