@@ -206,6 +206,25 @@ class Cluster:
         assert last["violations"] == [], "\n".join(last["violations"])
         return last["evidence"].acked, last["evidence"].frames
 
+    def check_converged(self, *node_ids, timeout=10.0):
+        """:meth:`check_exactly_once`, then wait until ``node_ids`` hold the same frame history.
+
+        Once the cameras stopped, a follower learns the newest commit with the
+        leader's next heartbeat (100 ms): a frame committed as they stopped may
+        not be applied there yet.  Returns the evidence's (acked, frames).
+        """
+        last = {}
+
+        def same():
+            last["acked"], last["frames"] = self.check_exactly_once()
+            return all(last["frames"][n] == last["frames"][node_ids[0]] for n in node_ids)
+
+        try:
+            wait_for(same, timeout, f"nodes {node_ids} to hold the same history", interval=0.2)
+        except Timeout:
+            pass  # the caller's assertion shows the difference
+        return last["acked"], last["frames"]
+
     def wait_for_ack_after(self, moment, timeout=30.0):
         """Wall-clock time of the first ack of a frame captured after ``moment``.
 

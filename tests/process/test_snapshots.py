@@ -36,7 +36,7 @@ def test_follower_behind_the_compacted_log_catches_up_by_snapshot(make_cluster):
     cluster.wait_acks(20, since=before)
     for camera in cluster.cameras.values():
         camera.stop()
-    acked, frames = cluster.check_exactly_once()
+    acked, frames = cluster.check_converged(follower, leader)
     assert frames[follower] == frames[leader]
 
 
