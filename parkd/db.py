@@ -122,7 +122,10 @@ class UnsyncedWriter:
     closing it cost more than a one-frame transaction's statements (about 60 us of
     the 150 us; measured with cProfile on a node under one camera).  Any other
     thread gets a pooled connection per transaction.  The kept connection goes
-    back to the pool on :meth:`close` or when the engine is disposed of.
+    back to the pool on :meth:`close` or when the engine is disposed of.  Give
+    writers of one database one instance (``open_store``): SQLite drops a
+    connection's page cache whenever another connection committed, so two kept
+    connections taking turns read every page they touch again.
     """
 
     def __init__(self, engine: sa.Engine) -> None:
