@@ -21,6 +21,7 @@ import errno
 import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import sqlalchemy as sa
@@ -106,6 +107,9 @@ def open_engine(path_or_url: str) -> sa.Engine:
     return engine
 
 
+_writers: weakref.WeakKeyDictionary[sa.Engine, UnsyncedWriter] = weakref.WeakKeyDictionary()  # UnsyncedWriter.of
+
+
 class UnsyncedWriter:
     """Transactions whose commit is not fsynced (``synchronous=NORMAL`` in WAL mode).
 
@@ -122,17 +126,27 @@ class UnsyncedWriter:
     closing it cost more than a one-frame transaction's statements (about 60 us of
     the 150 us; measured with cProfile on a node under one camera).  Any other
     thread gets a pooled connection per transaction.  The kept connection goes
-    back to the pool on :meth:`close` or when the engine is disposed of.  Give
-    writers of one database one instance (``open_store``): SQLite drops a
-    connection's page cache whenever another connection committed, so two kept
-    connections taking turns read every page they touch again.
+    back to the pool on :meth:`close` or when the engine is disposed of.
+
+    Writers of one database share one instance, :meth:`of` its engine (the Raft
+    log's and the state machine's): SQLite drops a connection's page cache
+    whenever another connection committed, so two kept connections taking turns
+    read every page they touch again.
     """
 
     def __init__(self, engine: sa.Engine) -> None:
-        self._engine = engine
+        self._engine = weakref.proxy(engine)  # the engine keeps its writer (:meth:`of`), not the other way
         self._kept: sa.Connection | None = None
         self._owner: int | None = None  # the thread the kept connection belongs to
         sa.event.listen(engine, "engine_disposed", self._disposed)
+
+    @classmethod
+    def of(cls, engine: sa.Engine) -> UnsyncedWriter:
+        """The engine's writer, made on first use."""
+        writer = _writers.get(engine)
+        if writer is None:
+            writer = _writers[engine] = cls(engine)
+        return writer
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sa.Connection]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sqlite3
 import threading
 import time
+import weakref
 
 import pytest
 import sqlalchemy as sa
@@ -284,3 +286,17 @@ def test_disposing_of_the_engine_gives_the_kept_connection_back(file_writer):
     engine.dispose()  # closes what is in the pool: the kept connection went back first
     with pytest.raises(sqlite3.ProgrammingError, match="closed"):
         kept.execute("SELECT 1")
+
+
+def test_an_engine_has_one_writer_and_does_not_outlive_its_users(tmp_path):
+    engine = open_engine(str(tmp_path / "w.db"))
+    writer = UnsyncedWriter.of(engine)
+    assert UnsyncedWriter.of(engine) is writer  # the Raft log's and the state machine's, on one connection
+    assert UnsyncedWriter.of(open_engine(str(tmp_path / "other.db"))) is not writer
+    with writer.transaction() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (x)")
+    engine.dispose()
+    gone = weakref.ref(engine)
+    del engine, writer, conn
+    gc.collect()
+    assert gone() is None  # the registry of writers does not keep engines alive

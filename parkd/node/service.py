@@ -43,7 +43,7 @@ from twisted.logger import Logger
 from parkd import __version__
 from parkd.config import ConfigError
 from parkd.startup import fail_on_config_error, listen_now, raise_file_limit
-from parkd.db import StorageError, UnsyncedWriter, convert_to_incremental_vacuum, frees_incrementally, open_engine
+from parkd.db import StorageError, convert_to_incremental_vacuum, frees_incrementally, open_engine
 from parkd.events import FRAME_EVENTS
 from parkd.node.alarms import Alarms
 from parkd.node.backup import BackupTaker
@@ -118,12 +118,8 @@ def open_store(data_dir: str, lots: dict[str, int], disk_free=free_bytes) -> Sto
     try:
         _switch_to_incremental_vacuum(path, disk_free)
         engine = open_engine(path)
-        # One writer for the log's and the apply's per-frame transactions: on one
-        # connection they keep one page cache warm; on two, each commit made the
-        # other connection drop its cache and read its pages again.
-        writer = UnsyncedWriter(engine)
-        storage = SqliteStorage(engine, writer=writer)
-        state = ParkingState(engine, lots, writer=writer)
+        storage = SqliteStorage(engine)
+        state = ParkingState(engine, lots)
         ensure_retention_index(engine)
         data_dir = DataDirIdentity.load_or_create(engine)
         return Store(path, engine, storage, state, storage.load(), state.last_applied(), data_dir)

@@ -168,23 +168,13 @@ class FrameView:
 class ParkingState:
     """The replicated parking tables on a shared Engine (see the module docstring)."""
 
-    def __init__(
-        self,
-        engine: sa.Engine,
-        lots: Mapping[str, int],
-        *,
-        max_payload: int = MAX_PAYLOAD,
-        writer: UnsyncedWriter | None = None,
-    ) -> None:
-        """Create or upgrade the tables and make the ``lots`` table mirror ``lots`` (id → capacity).
-
-        ``writer``: the per-frame transactions' writer, shared with the Raft storage (see ``open_store``).
-        """
+    def __init__(self, engine: sa.Engine, lots: Mapping[str, int], *, max_payload: int = MAX_PAYLOAD) -> None:
+        """Create or upgrade the tables and make the ``lots`` table mirror ``lots`` (id → capacity)."""
         for lot, capacity in lots.items():
             if capacity < 0:
                 raise ValueError(f"lot {lot!r}: capacity must not be negative, got {capacity}")
         self._engine = engine
-        self._unsynced = writer if writer is not None else UnsyncedWriter(engine)
+        self._unsynced = UnsyncedWriter.of(engine)
         self._capacity = dict(lots)
         self._max_payload = max_payload
         with storage_errors("opening the parking state"), engine.begin() as conn:

@@ -204,11 +204,10 @@ class SqliteStorage:
     for a file of its own.  Not thread-safe: the node calls it from one thread.
     """
 
-    def __init__(self, engine: sa.Engine, *, owns_engine: bool = False, writer: UnsyncedWriter | None = None) -> None:
-        """``writer``: the per-frame transactions' writer, shared with the state machine (see ``open_store``)."""
+    def __init__(self, engine: sa.Engine, *, owns_engine: bool = False) -> None:
         self._engine = engine
         self._owns_engine = owns_engine
-        self._unsynced = writer if writer is not None else UnsyncedWriter(engine)
+        self._unsynced = UnsyncedWriter.of(engine)
         self.trim_batch = TRIM_BATCH
         self._trim_upto = 0  # compacted entries up to here may still be on disk...
         self._trim_first = 1  # ...from here (the lowest not yet known deleted)
