@@ -16,6 +16,14 @@ are committed, the next Ready waits for the next reactor turn, so a long run of
 applying (a follower catching up, a saturated leader) never holds the reactor
 for more than one bounded batch.
 
+**A follower holds its applies** (``apply_hold_s``) while nothing on the node
+waits for them (:meth:`RaftDriver.wait_for_applies`: a camera's frame, a
+linearizable read): its committed entries are applied within ``apply_hold_s``
+in one batch instead of one transaction per Ready (``RaftCore.ready``'s
+``hold_applies``).  Under one camera on the leader each follower otherwise
+applied every frame alone, right when the leader needs the CPU to commit and
+ack the next; its local (stale) reads trail by at most ``apply_hold_s`` more.
+
 **The fsync is off the reactor** when the driver has a ``syncer`` (the daemon's
 one-thread pool): the Ready's transaction is committed on the reactor without
 an fsync (``save(sync=False)``), then ``storage.sync()`` (an fsync of the WAL,
@@ -117,6 +125,7 @@ class RaftDriver:
         tick_seconds: float,
         on_fatal: Callable[[], None],
         syncer: Callable[[Callable[[], None]], defer.Deferred] | None = None,
+        apply_hold_s: float = 0.0,
     ):
         self._core = core
         self.storage = storage
@@ -136,6 +145,10 @@ class RaftDriver:
         self._stall: Stall | None = None  # a Ready waiting for disk space
         self._retry = None  # the stalled Ready's next attempt
         self._leader_commit = 0  # the highest commit index a leader told this node
+        self.apply_hold_s = apply_hold_s
+        self._apply_waiters: list[Callable[[], bool]] = []
+        self._release = None  # the timer that ends a hold on committed entries
+        self._released = False  # the hold ended: apply what is committed
         # Readies taken from the core: an input given since the last one has not
         # left the node yet (no message sent, nothing applied); reads batch on it.
         self.ready_count = 0
@@ -155,6 +168,7 @@ class RaftDriver:
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
+        self._end_hold()
 
     # ------------------------------------------------------------ events
 
@@ -298,6 +312,36 @@ class RaftDriver:
         self.step(SnapshotTaken(meta, upto))
         return self._core.snapshot == meta
 
+    def wait_for_applies(self, waiting: Callable[[], bool]) -> None:
+        """``waiting()`` is True while something on the node waits for the next applies.
+
+        While no registered ``waiting`` is, a follower holds its committed entries
+        up to ``apply_hold_s`` (see the module docstring); an input that makes one
+        true (a proposal, a step) is followed by a Ready that applies at once.
+        """
+        self._apply_waiters.append(waiting)
+
+    def _hold_applies(self) -> bool:
+        return self.apply_hold_s > 0 and not self._released and not any(w() for w in self._apply_waiters)
+
+    def _time_held_applies(self) -> None:
+        """Entries left committed but not applied are applied ``apply_hold_s`` after the first was held."""
+        if self._core.applied_index >= self._core.commit_index:
+            self._end_hold()
+        elif self._release is None and not self._released:
+            self._release = self.clock.callLater(self.apply_hold_s, self._release_held)
+
+    def _release_held(self) -> None:
+        self._release = None
+        self._released = True
+        self.process()
+
+    def _end_hold(self) -> None:
+        if self._release is not None and self._release.active():
+            self._release.cancel()
+        self._release = None
+        self._released = False
+
     def _schedule(self) -> None:
         if self._scheduled is None and not self._failed:
             self._scheduled = self.clock.callLater(0, self.process)
@@ -331,8 +375,11 @@ class RaftDriver:
             ready, self._waiting = self._waiting, None
             if self._finish(ready) is not True:
                 return
-        while not self._failed and self._core.has_ready():
-            ready = self._core.ready()
+        while not self._failed:
+            hold = self._hold_applies()
+            if not self._core.has_ready(hold):
+                break
+            ready = self._core.ready(hold)
             self.ready_count += 1
             for message in ready.early_messages:  # a leader's appends (§10.2.1)
                 self.send(message)
@@ -347,11 +394,13 @@ class RaftDriver:
                 return
             if self._finish(ready) is not True:
                 return  # failed, stalled, or the fsync's end continues
-            if self._core.applied_index < self._core.commit_index:
+            if self._core.applied_index < self._core.commit_index and not self._hold_applies():
                 # More to apply than one Ready holds (max_committed_per_ready):
                 # let the reactor read sockets and fire timers between batches.
                 self._schedule()
                 return
+        if not self._failed:
+            self._time_held_applies()
 
     def _install(self, ready: Ready) -> None:
         self._waiting = ready

@@ -209,6 +209,10 @@ class FrameIntake:
         self._proposed[key] = data
         conn.waiting_for.add(key)
 
+    def awaits_applies(self) -> bool:
+        """Whether a camera waits for a frame of its to be applied here (its ack)."""
+        return bool(self.waiting)
+
     def _leader_changed(self, event: LeaderChanged) -> None:
         """A new leader is known: propose the waiting frames again (see ``_proposed``), held ones too."""
         if event.leader_id is None:

@@ -113,6 +113,10 @@ class ReadBarrier:
         waiting = sum(1 for _, _, r in self._waiting if not r.deferred.called)
         return asking + len(self._queued) + waiting
 
+    def awaits_applies(self) -> bool:
+        """Whether a read waits for this node to apply up to its read index."""
+        return bool(self._waiting)
+
     def read(self) -> defer.Deferred:
         """Fires with the read index once local state reflects every write acked before."""
         read = _PendingRead()

@@ -73,6 +73,9 @@ from parkd.trust import Identity, Trust, TrustError, TrustFiles
 
 IDENTITY_INTERVAL_S = 0.5  # how often the leader checks for identity entries to propose
 SUMMARY_INTERVAL_S = 10.0  # how often the text log sums up the frames applied
+# A follower applies within this long in one batch while nothing on it waits for the
+# entries (parkd/node/driver.py); it keeps its CPU off the leader's critical path.
+FOLLOWER_APPLY_HOLD_S = 0.02
 
 
 def open_data_dir(path: str) -> str:
@@ -212,6 +215,8 @@ class NodeService(service.Service):
         self.registry = CameraRegistry(self.driver, store.state, self.reactor)
         self.intake = FrameIntake(self.driver, store.state, HashAnalyzer(), lots, self.reactor, self.registry)
         self.reads = ReadBarrier(self.driver, self.reactor)
+        self.driver.wait_for_applies(self.intake.awaits_applies)
+        self.driver.wait_for_applies(self.reads.awaits_applies)
         self.alarms, self.disk = self._build_disk(store)
         self.backups = self._build_backups(store)
         self.intake.admission = self.alarms.frame_refusal
@@ -310,6 +315,7 @@ class NodeService(service.Service):
         return RaftDriver(
             core, store.storage, self._send, state_machine, self.reactor,
             s.config.cluster.heartbeat_ms / 1000.0, on_fatal=self._fatal, syncer=self._fsync_thread.run,
+            apply_hold_s=FOLLOWER_APPLY_HOLD_S,
         )  # fmt: skip
 
     def _build_membership(self, store: Store) -> MembershipManager:

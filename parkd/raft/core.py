@@ -184,8 +184,9 @@ class Ready:
        already took effect (CONFIG entries in ``entries`` carry the new
        members' addresses).
     4. Apply ``committed_entries`` in order (at most ``max_committed_per_ready``:
-       the rest come in the following Readies); serve ``read_states`` once
-       their index is applied.
+       the rest come in the following Readies; a follower may hold them for a
+       later Ready, ``hold_applies``); serve ``read_states`` once their index
+       is applied.
     """
 
     hard_state: HardState | None
@@ -660,11 +661,12 @@ class RaftCore:
 
     # -- output ---------------------------------------------------------------
 
-    def has_ready(self) -> bool:
+    def has_ready(self, hold_applies: bool = False) -> bool:
         """Whether :meth:`ready` has work; False while a Ready awaits advance().
 
         Builds the appends owed to followers first, so call it once per reactor
         turn: everything proposed in the turn then travels in the same messages.
+        ``hold_applies``: see :meth:`ready` (entries it would hold are no work).
         """
         if self._outstanding is not None:
             return False
@@ -677,15 +679,19 @@ class RaftCore:
             or self._compaction is not None
             or self._read_states
             or log.has_unsent()
-            or log.committed > self._applied
+            or (log.committed > self._applied and not self._holds_applies(hold_applies, self._applied))
             or (self._term, self._vote) != (hard.term, hard.vote)
             or (self._role, self._leader) != (soft.role, soft.leader_id)
             or self._membership is not self._prev_membership
             or self._transfer_results
         )
 
-    def ready(self) -> Ready:
-        """Everything to persist, send and apply since the previous Ready."""
+    def ready(self, hold_applies: bool = False) -> Ready:
+        """Everything to persist, send and apply since the previous Ready.
+
+        ``hold_applies``: a follower leaves its committed entries for a later
+        Ready (see :meth:`_holds_applies`); a leader ignores it.
+        """
         if self._outstanding is not None:
             raise RuntimeError("advance() the previous Ready first")
         self._flush_appends()
@@ -708,7 +714,10 @@ class RaftCore:
             hard_state, self._prev_hard = hard, hard
         snapshot, self._pending_snapshot = self._pending_snapshot, None
         applied = snapshot.index if snapshot is not None else self._applied
-        upto = min(self._log.committed, applied + self._cfg.max_committed_per_ready)
+        if self._holds_applies(hold_applies, applied):
+            upto = applied
+        else:
+            upto = min(self._log.committed, applied + self._cfg.max_committed_per_ready)
         rd = Ready(
             hard_state=hard_state,
             entries=entries,
@@ -732,6 +741,24 @@ class RaftCore:
         self._read_states.clear()
         self._outstanding = rd
         return rd
+
+    def _holds_applies(self, hold: bool, applied: int) -> bool:
+        """Whether committed entries wait for a later Ready (the caller's ``hold_applies``).
+
+        Raft sets no time for applying (§5.3: once a follower learns that an entry
+        is committed it applies it, in log order; Figure 2's lastApplied may trail
+        commitIndex): a follower whose state no one is waiting on may apply in
+        bigger, fewer batches.  Never on a leader (its clients wait for the
+        result), never with read states in the Ready (they are served once applied,
+        step 4 of :class:`Ready`), and never for a full batch
+        (``max_committed_per_ready``), so a follower catching up is not slowed.
+        """
+        return (
+            hold
+            and self._role is not Role.LEADER
+            and not self._read_states
+            and self._log.committed - applied < self._cfg.max_committed_per_ready
+        )
 
     def advance(self, rd: Ready) -> None:
         """``rd`` was persisted, sent and applied."""

@@ -73,14 +73,14 @@ class Syncer:
         return d
 
 
-def make(voters=(1,), node_id=1, syncer=None, config=CONFIG):
+def make(voters=(1,), node_id=1, syncer=None, config=CONFIG, apply_hold_s=0.0):
     log, clock, fatal = [], Clock(), []
     storage = RecordingStorage(log)
     core = RaftCore(node_id, voters, storage.load(), random.Random(1), config)
     machine = StateMachine(log)
     driver = RaftDriver(
         core, storage, lambda m: log.append(("send", m)), machine, clock, TICK, on_fatal=lambda: fatal.append(1),
-        syncer=syncer(log) if syncer else None,
+        syncer=syncer(log) if syncer else None, apply_hold_s=apply_hold_s,
     )  # fmt: skip
     driver.start()
     return driver, clock, log, storage, machine, fatal
@@ -381,3 +381,74 @@ def test_an_fsync_that_ends_after_the_driver_stopped_continues_nothing():
     driver.stop()
     syncer.pending.pop(0).callback(None)
     assert [entry for entry in log if entry[0] == "send"] == [] and fatal == []
+
+
+# -- a follower holds its applies while nothing waits for them ------------------------------
+
+HOLD = 0.02
+
+
+def append_from_2(prev, entries, commit):
+    """Leader 2's AppendEntries of term 1 to node 1: ``entries`` (indexes) after ``prev``."""
+    return AppendEntries(1, 2, 1, prev, 1 if prev else 0,
+                         tuple(Entry(i, 1, EntryKind.NORMAL, b"%d" % i) for i in entries), commit)  # fmt: skip
+
+
+def applies(log):
+    return [entry[1] for entry in log if entry[0] == "apply"]
+
+
+def test_a_follower_applies_what_it_holds_in_one_batch_within_the_hold():
+    driver, clock, log, storage, machine, _ = make(voters=(1, 2, 3), apply_hold_s=HOLD)
+    driver.step(append_from_2(0, [1, 2], 0))
+    clock.advance(0)
+    driver.step(append_from_2(2, [3], 2))  # commits 1-2: held
+    clock.advance(0)
+    sent = [entry[1] for entry in log if entry[0] == "send"]
+    assert [m.match_index for m in sent if type(m) is AppendResponse] == [2, 3]  # answered at once
+    clock.advance(HOLD / 2)
+    driver.step(append_from_2(3, [4], 3))  # commits 3: held with them
+    clock.advance(0)
+    assert applies(log) == [] and driver.applied_index == 0
+    clock.advance(HOLD / 2)  # the hold of the first held entry ends
+    assert applies(log) == [(1, 2, 3)]
+    driver.step(append_from_2(4, [5], 4))  # a new hold starts
+    clock.advance(0)
+    clock.advance(HOLD * 0.9)
+    assert applies(log) == [(1, 2, 3)]
+    clock.advance(HOLD * 0.1)
+    assert applies(log) == [(1, 2, 3), (4,)]
+    assert not clock.getDelayedCalls()[1:]  # only the tick loop is left
+
+
+def test_a_follower_applies_at_once_while_something_waits_for_it():
+    driver, clock, log, storage, machine, _ = make(voters=(1, 2, 3), apply_hold_s=HOLD)
+    waiting = [False]
+    driver.wait_for_applies(lambda: waiting[0])
+    driver.step(append_from_2(0, [1, 2], 0))
+    clock.advance(0)
+    driver.step(append_from_2(2, [3], 1))
+    clock.advance(0)
+    assert applies(log) == []
+    waiting[0] = True  # a camera's frame, say: the next input's Ready applies what is held too
+    driver.step(append_from_2(3, [], 3))
+    clock.advance(0)
+    assert applies(log) == [(1, 2, 3)]
+
+
+def test_a_leader_applies_at_once_despite_a_hold():
+    driver, clock, log, storage, machine, _ = make(apply_hold_s=HOLD)
+    become_leader(driver, clock)
+    clock.advance(0)
+    driver.propose(b"a")
+    clock.advance(0)
+    assert [e.data for e in machine.applied if e.kind is EntryKind.NORMAL] == [b"a"]
+
+
+def test_stopping_cancels_the_end_of_a_hold():
+    driver, clock, log, storage, machine, _ = make(voters=(1, 2, 3), apply_hold_s=HOLD)
+    driver.step(append_from_2(0, [1], 1))
+    clock.advance(0)
+    assert len(clock.getDelayedCalls()) == 2  # the ticks and the end of the hold
+    driver.stop()
+    assert clock.getDelayedCalls() == []

@@ -50,14 +50,17 @@ def test_frame_is_analysed_here_proposed_and_acked_after_apply():
     state, cluster, intake, factory = setup()
     proto = connect(factory)
     send(proto, hello=pb.Hello(camera_id=7, lot="north"))
+    assert not intake.awaits_applies()
     send(proto, submit_frame=frame(1))
     assert received(proto) == []  # no ack before commit and apply
+    assert intake.awaits_applies()  # a follower applies at once for it (parkd/node/driver.py)
     [data] = cluster.pending
     result = decode(data)
     assert result.free == HashAnalyzer().free_spaces(b"picture", 100)  # only the result travels
     cluster.commit(state)
     [ack] = received(proto)
     assert ack.frame_ack == pb.FrameAck(camera_id=7, seq=1, index=1, free=result.free)
+    assert not intake.awaits_applies()
 
 
 def test_retry_of_an_applied_frame_gets_the_original_result_at_once():

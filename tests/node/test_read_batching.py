@@ -71,3 +71,24 @@ def test_the_driver_counts_the_readies_it_takes():
     assert driver.ready_count == before  # asked, not yet sent
     clock.advance(0)
     assert driver.ready_count == before + 1
+
+
+def test_a_read_on_a_follower_holding_its_applies_does_not_wait_for_the_hold():
+    """A follower holds its applies while nothing waits (parkd/node/driver.py); a read
+    waiting for its read index is something: the entries are applied as they commit."""
+    driver, clock, log, *_ = make(voters=(1, 2, 3), node_id=2, apply_hold_s=0.02)
+    barrier = ReadBarrier(driver, clock)
+    driver.wait_for_applies(barrier.awaits_applies)
+    entries = (Entry(1, 1, EntryKind.NOOP, b""), Entry(2, 1, EntryKind.NORMAL, b"x"))
+    driver.step(AppendEntries(1, 1, 2, 0, 0, entries, 0, 0))  # node 1 leads term 1
+    clock.advance(0)
+    read = barrier.read()
+    clock.advance(0)
+    (request,) = sent(log, ReadIndexRequest)
+    driver.step(ReadIndexResponse(1, 1, 2, request.ctx, 2))  # the leader's commit index: 2
+    clock.advance(0)
+    assert not read.called and barrier.awaits_applies()  # this node has not learnt it yet
+    driver.step(AppendEntries(1, 1, 2, 2, 1, (), 2, 0))  # the heartbeat that carries it
+    clock.advance(0)
+    assert driver.applied_index == 2 and read.called
+    assert not barrier.awaits_applies()

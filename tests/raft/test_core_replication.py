@@ -7,7 +7,7 @@ import pytest
 
 from parkd.raft.core import CoreConfig, RaftCore, Role
 from parkd.raft.log import LogConflictBelowCommit
-from parkd.raft.messages import AppendEntries, AppendResponse, VoteResponse
+from parkd.raft.messages import AppendEntries, AppendResponse, ReadIndexResponse, VoteResponse
 from parkd.raft.testing import Cluster, SafetyViolation, drain, entries_with_terms
 from parkd.raft.types import Entry, EntryKind, HardState, PersistedState
 
@@ -378,6 +378,80 @@ def test_a_capped_ready_still_persists_every_new_entry_and_answers_the_leader():
     assert [e.index for e in rd.entries] == [1, 2, 3, 4, 5]
     assert [e.index for e in rd.committed_entries] == [1, 2]
     assert [m.match_index for m in rd.messages if type(m) is AppendResponse] == [5]
+
+
+# -- §5.3 / Figure 2: a follower may apply later (hold_applies) ------------------------
+
+
+def test_5_3_a_follower_holding_applies_persists_and_answers_but_applies_later_in_one_batch():
+    """§5.3 and Figure 2 set no time for applying a committed entry (lastApplied may
+    trail commitIndex): a follower that holds its applies still writes and acknowledges
+    every append at once, and applies what is committed, in order, when it stops holding."""
+    core = make_core(term=1)
+    core.step(append(0, 0, [1, 1], commit=0, term=1))
+    core.step(append(2, 1, [1], commit=2, term=1))
+    rd = core.ready(hold_applies=True)
+    assert [e.index for e in rd.entries] == [1, 2, 3]
+    assert [m.match_index for m in rd.messages if type(m) is AppendResponse] == [2, 3]
+    assert rd.committed_entries == ()
+    core.advance(rd)
+    core.step(append(3, 1, [1], commit=3, term=1))
+    rd = core.ready(hold_applies=True)
+    assert [e.index for e in rd.entries] == [4] and rd.committed_entries == ()
+    core.advance(rd)
+    assert (core.commit_index, core.applied_index) == (3, 0)
+    assert not core.has_ready(hold_applies=True)  # held entries alone are no work
+    assert core.has_ready()
+    rd = core.ready()
+    assert [e.index for e in rd.committed_entries] == [1, 2, 3]
+    core.advance(rd)
+    assert core.applied_index == 3 and not core.has_ready()
+
+
+def test_a_leader_never_holds_its_applies():
+    """A leader's clients wait for the result of each entry: it ignores hold_applies."""
+    core = make_leader()
+    core.propose(b"x")
+    rd = core.ready(hold_applies=True)
+    core.advance(rd)
+    core.step(AppendResponse(1, 2, 1, True, 2))
+    assert core.has_ready(hold_applies=True)
+    rd = core.ready(hold_applies=True)
+    assert [e.data for e in rd.committed_entries] == [b"", b"x"]  # its no-op, then x
+
+
+def test_6_4_a_ready_with_read_states_applies_what_is_committed_despite_a_hold():
+    """A read state is served once its index is applied (§6.4, step 4 of Ready): the
+    Ready that carries one applies everything committed, hold or not."""
+    core = make_core(term=1)
+    core.step(append(0, 0, [1, 1], commit=2, term=1))
+    core.advance(core.ready(hold_applies=True))
+    assert (core.commit_index, core.applied_index) == (2, 0)
+    core.read_index(7)
+    core.advance(core.ready(hold_applies=True))  # the request goes to leader 2
+    core.step(ReadIndexResponse(1, 2, 1, 7, 2))
+    rd = core.ready(hold_applies=True)
+    assert [(r.ctx, r.index) for r in rd.read_states] == [(7, 2)]
+    assert [e.index for e in rd.committed_entries] == [1, 2]
+
+
+def test_a_full_batch_is_applied_despite_a_hold():
+    """A hold never lets more than max_committed_per_ready entries wait: a follower
+    catching up applies at full speed."""
+    config = CoreConfig(election_ticks=10, heartbeat_ticks=2, max_committed_per_ready=3)
+    core = make_core(term=1, config=config)
+    core.step(append(0, 0, [1, 1], commit=2, term=1))
+    rd = core.ready(hold_applies=True)
+    assert rd.committed_entries == ()
+    core.advance(rd)
+    core.step(append(2, 1, [1, 1, 1, 1, 1], commit=7, term=1))
+    batches = []
+    while core.has_ready(hold_applies=True):
+        rd = core.ready(hold_applies=True)
+        batches.append([e.index for e in rd.committed_entries])
+        core.advance(rd)
+    assert batches == [[1, 2, 3], [4, 5, 6]]  # 7 waits: fewer than a batch left
+    assert (core.applied_index, core.commit_index) == (6, 7)
 
 
 def test_restart_restores_log_term_vote_and_commit_without_reapplying():

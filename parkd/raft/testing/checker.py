@@ -26,6 +26,9 @@ class SafetyChecker:
       when that leader is first seen and whenever an entry is first applied);
     - state machine safety: every node applies the same entry at each index, in
       order, and an installed snapshot is a longer prefix of that same sequence;
+      and, before any apply, every node's log up to its commit index holds those
+      same entries (so a node that holds its applies, or replaces them by a
+      snapshot, is checked as early as one that applies at once);
     - linearizable reads: a ReadState index covers every entry applied anywhere
       before the read was requested;
     - membership (dissertation §4): a leader never has more than one uncommitted
@@ -44,6 +47,8 @@ class SafetyChecker:
         # legitimately miss newer entries, this one may not.
         self._newest: RaftCore | None = None
         self._newest_term = 0
+        self._committed: dict[int, Entry] = {}  # index -> the entry a node first committed there
+        self._checked: dict[int, int] = {}  # node -> its commit index when last checked
 
     def saved(self, node: int, new, prev_term: int | None) -> None:
         """``new`` was just written to ``node``'s log after an entry of ``prev_term``."""
@@ -83,6 +88,20 @@ class SafetyChecker:
                 f"state machine safety: node {node} applied {entry}, "
                 f"another node applied {self.applied[i - 1]}"
             )
+
+    def check_committed(self, cores: list[RaftCore]) -> None:
+        """Each node's log up to its commit index holds the entries committed there anywhere."""
+        committed, applied = self._committed, self.applied
+        for core in cores:
+            start = max(self._checked.get(core.id, 0), core.log.first_index - 1) + 1
+            for entry in core.log.slice(start, core.commit_index + 1):
+                i = entry.index
+                known = committed.setdefault(i, applied[i - 1] if i <= len(applied) else entry)
+                if known is not entry and known != entry:
+                    raise SafetyViolation(
+                        f"state machine safety: node {core.id} committed {entry}, another node committed {known}"
+                    )
+            self._checked[core.id] = core.commit_index
 
     def installing(self, node: int, done: list[Entry], data: tuple[Entry, ...]) -> None:
         """``node``, having applied ``done``, replaces its state by snapshot ``data``."""

@@ -229,11 +229,11 @@ class Cluster:
         self.restart(i)
         return self.core(i)
 
-    def take_ready(self, i: int) -> bool:
+    def take_ready(self, i: int, hold_applies: bool = False) -> bool:
         core = self.cores[i]
-        if core is None or i in self.pending or not core.has_ready():
+        if core is None or i in self.pending or not core.has_ready(hold_applies):
             return False
-        rd = self.pending[i] = core.ready()
+        rd = self.pending[i] = core.ready(hold_applies)
         self.network.extend(rd.early_messages)  # a leader's appends go before its write
         if core.role is Role.LEADER and EntryKind.CONFIG in map(_kind_of, rd.entries):
             self.checker.check_one_pending(core)
@@ -287,9 +287,9 @@ class Cluster:
             core = self.cores.get(i)
             self.removed_term[i] = core.term if core else self.storage[i].hard_state.term
 
-    def process(self, i: int) -> None:
+    def process(self, i: int, hold_applies: bool = False) -> None:
         """Take and persist whatever node ``i`` has ready."""
-        if i in self.pending or self.take_ready(i):
+        if i in self.pending or self.take_ready(i, hold_applies):
             self.persist(i)
 
     def compact(self, i: int, margin: int = 0) -> bool:

@@ -23,7 +23,7 @@ from parkd.raft.testing.cluster import SIM_CONFIG, Cluster
 from parkd.raft.types import Entry
 
 # The faults a Simulation injects; each counts only when it changed something.
-FAULTS = ("drop", "duplicate", "partition", "crash", "lose_connection")
+FAULTS = ("drop", "duplicate", "partition", "crash", "lose_connection", "hold_applies")
 
 
 @dataclasses.dataclass
@@ -89,6 +89,13 @@ class Simulation:
         # The chance that a taken Ready holding a snapshot is left installing (on
         # the node's worker thread) when the node would otherwise finish it.
         self.defer_install = self.rng.choice((0.0, 0.5, 1.0)) if membership else 0.0
+        # The chance that a node takes a Ready holding its applies, as a follower of
+        # the daemon does while nothing waits on them, and as there never past its
+        # next tick (the daemon's hold is shorter than a heartbeat); its own random
+        # stream, so the seeds' other draws stay as they were.
+        self._holds = random.Random(f"hold-applies-{seed}")
+        self.hold_applies = self._holds.choice((0.0, 0.6, 0.95))
+        self._ticked: set[int] = set()  # nodes that ticked since they last applied
         self.faults: Counter[str] = Counter()
         self.trace: deque[tuple] = deque(maxlen=30)
         self._payloads = itertools.count(1)
@@ -160,8 +167,18 @@ class Simulation:
             detail = action()
         self.trace.append((self._step, action.__name__[1:], detail))
         for i in cluster.ids:
-            cluster.take_ready(i)
+            hold = i not in self._ticked and self._hold_applies()
+            if cluster.take_ready(i, hold_applies=hold):
+                core = cluster.core(i)
+                if hold and core.commit_index > core.applied_index and not cluster.pending[i].committed_entries:
+                    self.faults["hold_applies"] += 1  # committed entries left for a later Ready
+                elif not hold:
+                    self._ticked.discard(i)
         cluster.checker.check_leaders(cluster.live())
+        cluster.checker.check_committed(cluster.live())
+
+    def _hold_applies(self) -> bool:
+        return self._holds.random() < self.hold_applies
 
     def _format_trace(self) -> list[str]:
         return [f"step {step}: {name} {detail}"[:240] for step, name, detail in self.trace]
@@ -186,12 +203,14 @@ class Simulation:
 
     def _tick(self):
         self.cluster.tick()
+        self._ticked.update(self.cluster.ids)
         return "all"
 
     def _tick_one(self):
         i = self._random_node()
         if i is not None:
             self.cluster.tick(i)
+            self._ticked.add(i)
         return i
 
     def _persist(self):
