@@ -334,7 +334,7 @@ class RaftDriver:
     def _release_held(self) -> None:
         self._release = None
         self._released = True
-        self.process()
+        self._schedule()
 
     def _end_hold(self) -> None:
         if self._release is not None and self._release.active():
