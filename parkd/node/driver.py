@@ -60,6 +60,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from parkd.db import StorageError, is_disk_full
+from parkd.node.apply_hold import ApplyHold
 from parkd.node.events import (
     EntriesApplied,
     EntriesPersisted,
@@ -145,10 +146,7 @@ class RaftDriver:
         self._stall: Stall | None = None  # a Ready waiting for disk space
         self._retry = None  # the stalled Ready's next attempt
         self._leader_commit = 0  # the highest commit index a leader told this node
-        self.apply_hold_s = apply_hold_s
-        self._apply_waiters: list[Callable[[], bool]] = []
-        self._release = None  # the timer that ends a hold on committed entries
-        self._released = False  # the hold ended: apply what is committed
+        self._hold = ApplyHold(clock, apply_hold_s, self._schedule)  # a follower's held applies
         # Readies taken from the core: an input given since the last one has not
         # left the node yet (no message sent, nothing applied); reads batch on it.
         self.ready_count = 0
@@ -168,7 +166,7 @@ class RaftDriver:
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
-        self._end_hold()
+        self._hold.end()
 
     # ------------------------------------------------------------ events
 
@@ -316,31 +314,10 @@ class RaftDriver:
         """``waiting()`` is True while something on the node waits for the next applies.
 
         While no registered ``waiting`` is, a follower holds its committed entries
-        up to ``apply_hold_s`` (see the module docstring); an input that makes one
-        true (a proposal, a step) is followed by a Ready that applies at once.
+        up to ``apply_hold_s`` (:mod:`parkd.node.apply_hold`); an input that makes
+        one true (a proposal, a step) is followed by a Ready that applies at once.
         """
-        self._apply_waiters.append(waiting)
-
-    def _hold_applies(self) -> bool:
-        return self.apply_hold_s > 0 and not self._released and not any(w() for w in self._apply_waiters)
-
-    def _time_held_applies(self) -> None:
-        """Entries left committed but not applied are applied ``apply_hold_s`` after the first was held."""
-        if self._core.applied_index >= self._core.commit_index:
-            self._end_hold()
-        elif self._release is None and not self._released:
-            self._release = self.clock.callLater(self.apply_hold_s, self._release_held)
-
-    def _release_held(self) -> None:
-        self._release = None
-        self._released = True
-        self._schedule()
-
-    def _end_hold(self) -> None:
-        if self._release is not None and self._release.active():
-            self._release.cancel()
-        self._release = None
-        self._released = False
+        self._hold.wait_for(waiting)
 
     def _schedule(self) -> None:
         if self._scheduled is None and not self._failed:
@@ -376,7 +353,7 @@ class RaftDriver:
             if self._finish(ready) is not True:
                 return
         while not self._failed:
-            hold = self._hold_applies()
+            hold = self._hold.holding()
             if not self._core.has_ready(hold):
                 break
             ready = self._core.ready(hold)
@@ -394,13 +371,13 @@ class RaftDriver:
                 return
             if self._finish(ready) is not True:
                 return  # failed, stalled, or the fsync's end continues
-            if self._core.applied_index < self._core.commit_index and not self._hold_applies():
+            if self._core.applied_index < self._core.commit_index and not self._hold.holding():
                 # More to apply than one Ready holds (max_committed_per_ready):
                 # let the reactor read sockets and fire timers between batches.
                 self._schedule()
                 return
         if not self._failed:
-            self._time_held_applies()
+            self._hold.settle(self._core.applied_index < self._core.commit_index)
 
     def _install(self, ready: Ready) -> None:
         self._waiting = ready
