@@ -300,3 +300,75 @@ def test_an_engine_has_one_writer_and_does_not_outlive_its_users(tmp_path):
     del engine, writer, conn
     gc.collect()
     assert gone() is None  # the registry of writers does not keep engines alive
+
+
+# -- UnsyncedWriter.reading: the API's point reads on the writer's thread ------------------------------
+
+
+def test_reads_between_transactions_use_the_kept_connection(file_writer):
+    engine, writer = file_writer
+    with writer.transaction() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (x)")
+        conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+        kept = conn.connection.dbapi_connection
+    with writer.reading() as conn:
+        assert conn.connection.dbapi_connection is kept
+        assert conn.connection.dbapi_connection.execute("SELECT x FROM t").fetchall() == [(1,)]
+    assert engine.pool.checkedout() == 1  # only the kept one: no pooled connection was taken
+
+
+def test_a_read_inside_a_transaction_sees_only_what_is_committed(file_writer):
+    engine, writer = file_writer
+    with writer.transaction() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (x)")
+    with writer.transaction() as conn:
+        conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+        with writer.reading() as reader:
+            assert reader.connection.dbapi_connection is not conn.connection.dbapi_connection
+            assert reader.exec_driver_sql("SELECT count(*) FROM t").scalar() == 0
+
+
+def test_a_read_on_another_thread_or_before_any_transaction_takes_a_pooled_connection(file_writer):
+    engine, writer = file_writer
+    with writer.reading() as conn:  # nothing kept yet
+        conn.exec_driver_sql("CREATE TABLE t (x)")
+        conn.commit()
+    assert engine.pool.checkedout() == 0
+    with writer.transaction() as conn:
+        kept = conn.connection.dbapi_connection
+    seen = []
+
+    def elsewhere():
+        with writer.reading() as conn:
+            seen.append(conn.connection.dbapi_connection)
+
+    thread = threading.Thread(target=elsewhere)
+    thread.start()
+    thread.join(10)
+    assert seen and seen[0] is not kept
+
+
+def test_a_read_that_began_a_transaction_leaves_none_open(file_writer):
+    engine, writer = file_writer
+    with writer.transaction() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (x)")
+    with writer.reading() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM t")).scalar() == 0  # SQLAlchemy autobegins
+    with writer.transaction() as conn:  # would raise if the read's transaction were still open
+        conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM t").scalar() == 1
+
+
+def test_a_read_that_failed_gives_the_kept_connection_back(file_writer):
+    engine, writer = file_writer
+    with writer.transaction() as conn:
+        kept = conn.connection.dbapi_connection
+    with pytest.raises(sa.exc.OperationalError):
+        with writer.reading() as conn:
+            conn.exec_driver_sql("SELECT * FROM nowhere")
+    assert engine.pool.checkedout() == 0
+    with writer.transaction() as conn:  # a fresh connection, set up again
+        assert synchronous(conn) == 1
+    with writer.reading() as conn:
+        assert conn.connection.dbapi_connection is not kept

@@ -280,12 +280,12 @@ class ParkingState:
             return conn.scalar(sa.select(_applied.c.last_applied))
 
     def lots(self) -> list[LotView]:
-        with storage_errors("reading lots"), self._engine.connect() as conn:
+        with storage_errors("reading lots"), self._unsynced.reading() as conn:
             return [LotView(i, c, f, n, u) for i, c, f, u, n in _all_lots.execute(conn)]
 
     def lot(self, lot_id: str) -> LotView | None:
         """One lot (a point read: one compiled statement), None if unknown."""
-        with storage_errors("reading a lot"), self._engine.connect() as conn:
+        with storage_errors("reading a lot"), self._unsynced.reading() as conn:
             row = _one_lot.execute(conn, (lot_id,)).fetchone()
         if row is None:
             return None
