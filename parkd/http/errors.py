@@ -28,10 +28,14 @@ class Unavailable(ApiError):
 
 
 def json_response(request, body: dict, status: int = 200) -> bytes:
+    """The JSON document's bytes, with its headers set (its length too: an answer written
+    later, from a Deferred, is then not chunked)."""
+    data = json.dumps(body).encode() + b"\n"
     request.setResponseCode(status)
     request.setHeader(b"content-type", b"application/json")
     request.setHeader(b"cache-control", b"no-store")
-    return json.dumps(body).encode() + b"\n"
+    request.setHeader(b"content-length", b"%d" % len(data))
+    return data
 
 
 def error_response(request, error: ApiError) -> bytes:

@@ -24,6 +24,7 @@ from parkd.startup import fail_on_config_error, listen_now
 from parkd.http.access import Access
 from parkd.http.admin import Admin
 from parkd.http.api import Api, ApiResource
+from parkd.http.channel import EagerHTTPChannel
 from parkd.http.errors import JsonResource, NotFound, error_response, not_found
 from parkd.http.health import PATHS as HEALTH_PATHS
 from parkd.http.health import HealthResource, Readiness, liveness, node_readiness
@@ -101,12 +102,15 @@ class Root(resource.Resource):
 
 
 class ApiSite(server.Site):
-    """twisted.web's Site, with an access log line only for requests that failed (status 400 and up).
+    """twisted.web's Site, with an access log line only for requests that failed (status 400 and up),
+    and connections that write each response in one piece, at once (:mod:`parkd.http.channel`).
 
     A line per successful request took a tenth of a linearizable read's CPU on
     the node (py-spy: ``HTTPFactory.log`` and the log observer), and at
     thousands of reads a second it would drown the node's log.
     """
+
+    protocol = EagerHTTPChannel
 
     def log(self, request) -> None:
         if request.code >= 400:
