@@ -8,10 +8,10 @@ the next reactor turn, and over TLS its head and body went out as two records.
 :class:`EagerHTTPChannel` holds the head until the body's first write (or the
 end of the request: a HEAD, a 204) and writes the two as one, eagerly: ``send``
 at once on a TCP connection with nothing queued, or through a TLS wrapper asked
-for eager writes.  Measured, two HTTPS clusters side by side (paired, 6 rounds
-each): a linearizable read from the leader, one client, p50 1.385 -> 1.205 ms
-(better in 6 of 6); 16 clients 2,367 -> 2,572 reads/s (4 of 6), leader CPU per
-read 0.325 -> 0.310 ms.  JSON answers carry a ``Content-Length``
+for eager writes.  Measured, two HTTPS clusters side by side (8 pairs each): a
+linearizable read with one client, p50 from the leader 1.50 -> 1.115 ms, from a
+follower 1.835 -> 1.585 ms (each better in 7 of 8); 16 clients on the leader
+1,978 -> 2,260 reads/s (7 of 8), its CPU per read 0.377 -> 0.334 ms.  JSON answers carry a ``Content-Length``
 (:func:`parkd.http.errors.json_response`), so one written later is not chunked
 (a second write for the last chunk) either.
 """
