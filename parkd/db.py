@@ -3,7 +3,8 @@
 One job: the plumbing under the Raft store and the parking state, which keep their
 tables in one file.  :func:`open_engine` builds the one Engine they share (WAL,
 ``synchronous=FULL``, transactions that begin at the first statement);
-:func:`unsynced_transaction` is a transaction whose commit skips the fsync;
+:class:`UnsyncedWriter` keeps one connection for the transactions whose commit
+skips the fsync (and for the API's point reads between them);
 :func:`checkpoint_truncate` and :func:`vacuum_step` give a large delete's space back
 (:func:`convert_to_incremental_vacuum` switches a file made before that);
 :func:`ensure_schema` creates a component's tables, versions them and runs its

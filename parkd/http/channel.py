@@ -8,12 +8,14 @@ the next reactor turn, and over TLS its head and body went out as two records.
 :class:`EagerHTTPChannel` holds the head until the body's first write (or the
 end of the request: a HEAD, a 204) and writes the two as one, eagerly: ``send``
 at once on a TCP connection with nothing queued, or through a TLS wrapper asked
-for eager writes.  Measured, two HTTPS clusters side by side (8 pairs each): a
-linearizable read with one client, p50 from the leader 1.50 -> 1.115 ms, from a
-follower 1.835 -> 1.585 ms (each better in 7 of 8); 16 clients on the leader
-1,978 -> 2,260 reads/s (7 of 8), its CPU per read 0.377 -> 0.334 ms.  JSON answers carry a ``Content-Length``
+for eager writes.  JSON answers carry a ``Content-Length``
 (:func:`parkd.http.errors.json_response`), so one written later is not chunked
 (a second write for the last chunk) either.
+
+Measured, two HTTPS clusters side by side (8 pairs each): a linearizable read
+with one client, p50 from the leader 1.50 -> 1.115 ms, from a follower 1.835 ->
+1.585 ms (each better in 7 of 8); 16 clients on the leader 1,978 -> 2,260
+reads/s (7 of 8), its CPU per read 0.377 -> 0.334 ms.
 """
 
 from __future__ import annotations
