@@ -27,6 +27,16 @@ class EagerWrites:
     eager_writes = False  # set by the protocol above it (the framing protocol sets it)
 
 
+def write_eagerly_on(transport) -> None:
+    """Ask ``transport`` to let small writes out at once: TCP_NODELAY (a TLS wrapper passes it
+    on), and a TLS wrapper's records sent eagerly (:class:`EagerWrites`)."""
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        set_no_delay(True)
+    if isinstance(transport, EagerWrites):
+        transport.eager_writes = True
+
+
 def send_eagerly(transport, data: bytes) -> None:
     """Write ``data`` to ``transport``: a TCP connection with nothing queued ``send``s it at once."""
     if data and isinstance(transport, tcp.Connection) and _nothing_queued(transport):

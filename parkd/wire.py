@@ -20,7 +20,7 @@ from twisted.protocols.basic import Int32StringReceiver
 from parkd.config import DEFAULT_MAX_MESSAGE_BYTES
 from parkd.proto import parkd_pb2 as pb
 from parkd.ratelimit import RateLimitedLog
-from parkd.sockets import EagerWrites, send_eagerly
+from parkd.sockets import send_eagerly, write_eagerly_on
 from parkd.raft import messages
 from parkd.raft.types import Entry, EntryKind
 
@@ -89,12 +89,7 @@ class EnvelopeProtocol(Int32StringReceiver):
     _corked: list[bytes] | None = None  # messages held by cork()
 
     def makeConnection(self, transport) -> None:
-        # Small one-way messages must not wait for Nagle's algorithm.
-        set_no_delay = getattr(transport, "setTcpNoDelay", None)
-        if set_no_delay is not None:
-            set_no_delay(True)
-        if isinstance(transport, EagerWrites):
-            transport.eager_writes = True  # its records too leave without a poll and two epoll_ctl calls
+        write_eagerly_on(transport)  # small one-way messages wait for neither Nagle nor a poll
         super().makeConnection(transport)
 
     def sendString(self, string: bytes) -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 from twisted.web import http
 from twisted.web.http_headers import Headers
 
-from parkd.sockets import EagerWrites, send_eagerly
+from parkd.sockets import EagerWrites, send_eagerly, write_eagerly_on
 
 
 class EagerHTTPChannel(http.HTTPChannel):
@@ -32,11 +32,7 @@ class EagerHTTPChannel(http.HTTPChannel):
     _head: bytes | None = None  # the status line and headers, until the body's first write
 
     def connectionMade(self):
-        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)  # a TLS wrapper passes it on
-        if set_no_delay is not None:
-            set_no_delay(True)  # a response written in two parts must not wait for an ACK between them
-        if isinstance(self.transport, EagerWrites):
-            self.transport.eager_writes = True
+        write_eagerly_on(self.transport)  # a large answer written in parts waits for no ACK between them
         super().connectionMade()
 
     def writeHeaders(self, version, code, reason, headers):
