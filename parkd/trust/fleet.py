@@ -10,7 +10,7 @@ of camera ``<id>`` presents ``camera-<id>``'s (``SSL_use_certificate`` on the
 connection, not the context), so the nodes check each camera's identity
 exactly as with a daemon.  Loading costs about 0.25 ms of CPU per camera
 (8 s for 10,000 on 2 busy cores).  Their handshakes take turns through one
-:class:`~parkd.trust.guard.HandshakeGate`, so that a thousand reconnecting at
+:class:`~parkd.trust.gate.HandshakeGate`, so that a thousand reconnecting at
 once do not stall the process for seconds.
 
     fleet = CameraFleet("run/bench-pki", range(100000, 110000))   # TrustError: one line naming the file
@@ -35,7 +35,8 @@ from OpenSSL import SSL, crypto
 from twisted.logger import Logger
 
 from parkd.ratelimit import RateLimitedLog
-from parkd.trust.guard import DEFAULT_HANDSHAKE_TIMEOUT, HandshakeGate
+from parkd.trust.gate import HandshakeGate
+from parkd.trust.guard import DEFAULT_HANDSHAKE_TIMEOUT
 from parkd.trust.identity import Identity
 from parkd.trust.material import TrustError, TrustFiles, check_pair, load_authority, read_file
 from parkd.trust.tls import REFUSALS_SUMMARY, Dialer, authority_context

@@ -19,7 +19,7 @@ connections
   certificate", "not TLS", or the deadline;
 - remember the peer's :class:`~parkd.trust.identity.Identity` once the
   handshake is done (``protocol.peer_identity``);
-- take turns through a :class:`HandshakeGate`, if the factory has one: about
+- take turns through a :class:`~parkd.trust.gate.HandshakeGate`, if the factory has one: about
   50 ms of handshake work per reactor turn (a step costs a node 0.5-2 ms of
   CPU), the others wait, unread, for the next turns.  Thousands of cameras
   failing over to a node at once otherwise made single reactor turns of
@@ -38,7 +38,6 @@ or in ``handshakeCompleted()`` (``IHandshakeListener``).
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -55,10 +54,10 @@ from zope.interface import implementer
 
 from parkd.trust.identity import KINDS, Identity, identity_of_certificate
 from parkd.ratelimit import RateLimitedLog
+from parkd.trust.gate import HandshakeGate
 from parkd.sockets import EagerWrites, send_eagerly
 
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0  # seconds
-HANDSHAKE_BUDGET_PER_TURN = 0.05  # seconds of handshake work per reactor turn (then heartbeats and the rest)
 
 log = Logger()
 
@@ -398,61 +397,6 @@ class GuardedTLSFactory(TLSMemoryBIOFactory):
             self.refusals.emit("{name}: TLS with {peer} failed: {problem}", name=self.name, peer=where, problem=problem)
         elif self.session is not None and protocol.handshaken:
             self.session.keep(protocol.getHandle())
-
-
-class HandshakeGate:
-    """About ``budget`` seconds of handshake work per reactor turn; the rest waits for later turns.
-
-    A step is one read that moves a handshake on (a ClientHello, a client's
-    certificate and Finished, a server's answer); it costs 0.5-2 ms of CPU.
-    ``admit(continuing)`` says whether a step may run now, and ``ran(seconds)``
-    counts what it took.  A step that may not run is ``wait``-ed with its
-    protocol, which stops reading and has its ``take_turn()`` called on a later
-    turn: steps of handshakes already under way first (they finish a
-    handshake, and free a client to send), then new ones, each in arrival
-    order.  A protocol closed while waiting (its handshake deadline ran out) is
-    skipped.  The gate does not bound how many connections handshake at once,
-    so a client that stalls its handshake holds no place: its deadline cuts it.
-    """
-
-    def __init__(self, clock, budget: float = HANDSHAKE_BUDGET_PER_TURN):
-        if budget <= 0:
-            raise ValueError("budget must be positive")
-        self.clock = clock
-        self.budget = budget
-        self.waited = 0  # steps that had to wait for a later turn, in all
-        self._spent = 0.0  # seconds of handshake steps in this turn
-        self._continuing: deque = deque()
-        self._new: deque = deque()
-        self._next_turn = None
-
-    def admit(self, continuing: bool) -> bool:
-        """Whether a step may run in this turn (``continuing``: its handshake had a step before)."""
-        self._turn_ends()
-        waiting = self._continuing if continuing else (self._continuing or self._new)
-        return not waiting and self._spent < self.budget
-
-    def ran(self, seconds: float) -> None:
-        self._spent += seconds
-
-    def wait(self, protocol, continuing: bool) -> None:
-        self.waited += 1
-        (self._continuing if continuing else self._new).append(protocol)
-
-    def _turn_ends(self) -> None:
-        if self._next_turn is None:
-            self._next_turn = self.clock.callLater(0, self._new_turn)
-
-    def _new_turn(self) -> None:
-        self._next_turn = None
-        self._spent = 0.0
-        for queue in (self._continuing, self._new):
-            while queue and self._spent < self.budget:
-                protocol = queue.popleft()
-                if not protocol.closed:
-                    protocol.take_turn()
-        if self._continuing or self._new or self._spent:
-            self._turn_ends()
 
 
 class SessionSlot:

@@ -44,12 +44,12 @@ from parkd.trust.guard import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     Admission,
     GuardedTLSFactory,
-    HandshakeGate,
     SessionSlot,
     TLSClientEndpoint,
     info_callback,
     verify_callback,
 )
+from parkd.trust.gate import HandshakeGate
 from parkd.trust.identity import Identity
 from parkd.trust.material import Material, TrustError, TrustFiles, load_material
 from parkd.ratelimit import RateLimitedLog
@@ -66,7 +66,7 @@ class Dialer:
     A subclass gives ``refusals``, ``_resume``, ``_handshake_timeout``, ``_clock``
     and ``_client_context()``; ``_credentials`` is the (certificate, key) each
     connection presents when the context has none, ``_gate`` the
-    :class:`~parkd.trust.guard.HandshakeGate` many clients in one process share.
+    :class:`~parkd.trust.gate.HandshakeGate` many clients in one process share.
     """
 
     _credentials: tuple | None = None
@@ -166,7 +166,7 @@ class Trust(Dialer):
 
         ``allow``: the identity kinds admitted (e.g. ``("node",)`` on the raft
         port), default any identity from the CA.  Its handshakes take turns
-        through a :class:`~parkd.trust.guard.HandshakeGate` of their own.
+        through a :class:`~parkd.trust.gate.HandshakeGate` of their own.
         """
         if clients not in ("required", "optional"):
             raise ValueError(f"clients must be 'required' or 'optional', not {clients!r}")

@@ -14,7 +14,7 @@ from twisted.internet.protocol import Factory
 
 from parkd.trust import Identity, Trust, TrustError, TrustFiles, pki
 from parkd.trust.fleet import CameraFleet
-from parkd.trust.guard import HandshakeGate
+from parkd.trust.gate import HandshakeGate
 
 from test_tls import Tell, ask, logs, ports, tcp  # noqa: F401  (logs and ports are fixtures)
 
