@@ -12,7 +12,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import Factory
 
-from parkd.trust import Identity, Trust, TrustError, TrustFiles, pki
+from parkd.trust import Identity, Trust, TrustError, pki
 from parkd.trust.fleet import CameraFleet
 from parkd.trust.gate import HandshakeGate
 
