@@ -19,12 +19,9 @@ connections
   certificate", "not TLS", or the deadline;
 - remember the peer's :class:`~parkd.trust.identity.Identity` once the
   handshake is done (``protocol.peer_identity``);
-- take turns through a :class:`~parkd.trust.gate.HandshakeGate`, if the factory has one: about
-  50 ms of handshake work per reactor turn (a step costs a node 0.5-2 ms of
-  CPU), the others wait, unread, for the next turns.  Thousands of cameras
-  failing over to a node at once otherwise made single reactor turns of
-  seconds, in which no heartbeat went out: the survivors lost their leader
-  over and over while the cameras' handshakes timed out and started again;
+- take turns through a :class:`~parkd.trust.gate.HandshakeGate`, if the
+  factory has one (why and how: :mod:`parkd.trust.gate`): a handshake step
+  the gate does not admit waits, unread, for a later reactor turn;
 - on the client side, keep the last TLS session in a :class:`SessionSlot` to
   offer it on the next connection (resumption), as long as it came from the
   current context.
@@ -52,10 +49,10 @@ from twisted.python.failure import Failure
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import implementer
 
-from parkd.trust.identity import KINDS, Identity, identity_of_certificate
 from parkd.ratelimit import RateLimitedLog
-from parkd.trust.gate import HandshakeGate
 from parkd.sockets import EagerWrites, send_eagerly
+from parkd.trust.gate import HandshakeGate
+from parkd.trust.identity import KINDS, Identity, identity_of_certificate
 
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0  # seconds
 

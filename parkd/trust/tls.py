@@ -40,6 +40,8 @@ import ssl
 from OpenSSL import SSL, crypto
 from twisted.logger import Logger
 
+from parkd.ratelimit import RateLimitedLog
+from parkd.trust.gate import HandshakeGate
 from parkd.trust.guard import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     Admission,
@@ -49,10 +51,8 @@ from parkd.trust.guard import (
     info_callback,
     verify_callback,
 )
-from parkd.trust.gate import HandshakeGate
 from parkd.trust.identity import Identity
 from parkd.trust.material import Material, TrustError, TrustFiles, load_material
-from parkd.ratelimit import RateLimitedLog
 
 ROLES = ("required", "optional", "client")
 SESSION_LIFETIME = 3600  # seconds a server honours a session or ticket
