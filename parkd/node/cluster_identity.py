@@ -68,6 +68,7 @@ class ClusterIdentity:
         self.seen: dict[int, str] = {node_id: data_dir.data_dir_id}  # data-dir ids accepted in hellos
         self.changed: dict[int, tuple[str, str]] = {}  # node -> (recorded, presented): it lost its data dir
         self._proposed: dict[tuple, float] = {}  # what this leader proposed, and when
+        self._recorded: set[tuple[int, str]] = set()  # (node, data-dir id) this leader found recorded
         self._cluster_id: str | None = None  # cached once known: it never changes
 
     # -- what this node says and knows
@@ -146,19 +147,32 @@ class ClusterIdentity:
 
     def propose_missing(self) -> None:
         """Leader: propose the cluster id if the state has none, and the data-dir id of every
-        member that presented one not recorded yet."""
+        member that presented one not recorded yet.
+
+        The node calls it twice a second (``parkd/node/service.py``); the two queries
+        it needs held the leader's reactor for about 1 ms each time (an eighth of an
+        idle leader's CPU), so it makes them only while some member's data dir is not
+        known recorded.  A record found stays one: it is retired only when its node leaves
+        the configuration, and a node added again presents its data dir anew.
+        """
         if self.driver.role is not Role.LEADER:
             self._proposed.clear()
+            self._recorded.clear()
             return
         if self.cluster_id() is None:
             self._propose(("cluster",), lambda: encode_cluster_id(ClusterIdCommand(uuid.uuid4().hex)))
         membership = self.driver.membership
+        unknown = [(node, self.seen[node]) for node in (*membership.voters, *membership.learners)
+                   if node in self.seen and (node, self.seen[node]) not in self._recorded]  # fmt: skip
+        if not unknown:
+            return
         recorded, retired = self.state.member_data_dirs(), self.state.member_data_dirs(retired=True)
-        for node in (*membership.voters, *membership.learners):
-            presented = self.seen.get(node)
+        for node, presented in unknown:
+            if recorded.get(node) == presented:
+                self._recorded.add((node, presented))
             # A node added again under its id: only a data dir it presented since counts
             # (the one seen before its removal is retired; its new hello replaces it).
-            if presented is not None and node not in recorded and retired.get(node) != presented:
+            elif node not in recorded and retired.get(node) != presented:
                 self._propose(("dir", node, presented),
                               lambda n=node, d=presented: encode_member_data_dir(MemberDataDir(n, d)))  # fmt: skip
 

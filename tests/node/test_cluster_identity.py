@@ -214,6 +214,30 @@ def test_a_member_added_again_is_recorded_with_the_data_dir_it_presents_now_not_
     assert [decode_member_data_dir(d) for d in driver.proposed] == [MemberDataDir(2, DIR_2_NEW)]
 
 
+def test_once_every_members_data_dir_is_recorded_the_leader_reads_no_records_again(state, monkeypatch):
+    """The check runs twice a second on the leader: its queries held the reactor ~1 ms each time."""
+    identity, driver, _ = make(state, voters=(1, 2, 3))
+    record(state, (1, DIR_1), (2, DIR_2))
+    reads = []
+    member_data_dirs = state.member_data_dirs
+    monkeypatch.setattr(state, "member_data_dirs", lambda **kw: reads.append(kw) or member_data_dirs(**kw))
+    assert identity.check_hello(hello(2, DIR_2)) is None and identity.check_hello(hello(3, DIR_3)) is None
+    reads.clear()
+    identity.propose_missing()
+    assert reads and [decode_member_data_dir(d) for d in driver.proposed] == [MemberDataDir(3, DIR_3)]
+    record(state, (3, DIR_3), cluster_id=None)
+    identity.propose_missing()  # finds node 3's record
+    reads.clear()
+    for _ in range(3):
+        identity.propose_missing()
+    assert reads == [] and len(driver.proposed) == 1
+    driver.role = Role.FOLLOWER
+    identity.propose_missing()
+    driver.role = Role.LEADER  # a new term: what it knew is read again once
+    identity.propose_missing()
+    assert reads and len(driver.proposed) == 1
+
+
 def test_a_follower_proposes_nothing(state):
     identity, driver, _ = make(state, role=Role.FOLLOWER)
     identity.check_hello(hello())
