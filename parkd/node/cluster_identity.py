@@ -162,8 +162,9 @@ class ClusterIdentity:
         if self.cluster_id() is None:
             self._propose(("cluster",), lambda: encode_cluster_id(ClusterIdCommand(uuid.uuid4().hex)))
         membership = self.driver.membership
-        unknown = [(node, self.seen[node]) for node in (*membership.voters, *membership.learners)
-                   if node in self.seen and (node, self.seen[node]) not in self._recorded]  # fmt: skip
+        members = (*membership.voters, *membership.learners)
+        presented = [(node, self.seen[node]) for node in members if node in self.seen]
+        unknown = [pair for pair in presented if pair not in self._recorded]
         if not unknown:
             return
         recorded, retired = self.state.member_data_dirs(), self.state.member_data_dirs(retired=True)
