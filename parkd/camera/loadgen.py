@@ -212,7 +212,8 @@ class LoadGenerator:
             for _ in range(self.window):
                 self._capture(client, time.time())
         else:
-            self.reactor.callLater(self.rng.uniform(0, self.interval), self._tick, client)
+            first = self.rng.uniform(0, self.interval)
+            self.reactor.callLater(first, self._tick, client, self.reactor.seconds() + first)
 
     def _capture(self, client, now) -> None:
         if self.in_window(now):
@@ -220,9 +221,22 @@ class LoadGenerator:
         client.outbox.add(PAYLOAD, now)
         client.frame_added()
 
-    def _tick(self, client) -> None:
+    def _tick(self, client, due: float) -> None:
+        """One capture; the camera's next one is due an interval after this one was *due*, not after it ran.
+
+        Each real camera keeps its own clock.  Timed from when they ran, the timers
+        that a stall of this process (its collection at the window's start, a busy
+        second) made run together would stay together for the rest of the run: the
+        same burst every interval (the 10,000-camera row's first 0.4 s of every 10 s
+        carried 2-3 times the mean rate, and the slow frames).  A tick missed while
+        stalled is skipped, as a camera does not capture twice to catch up.
+        """
         self._capture(client, time.time())
-        self.reactor.callLater(self.interval, self._tick, client)
+        now = self.reactor.seconds()
+        due += self.interval
+        while due <= now:
+            due += self.interval
+        self.reactor.callLater(due - now, self._tick, client, due)
 
     def oldest_unacked_age(self, now: float) -> float:
         """Age of the oldest frame waiting in any outbox (0 if none): the backlog."""

@@ -2,6 +2,8 @@
 
 import time
 
+import pytest
+
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
@@ -126,3 +128,20 @@ def test_the_storm_times_each_cameras_frame_captured_at_the_kill_until_its_ack()
     assert (result["moved"], result["resumed"], result["by_second"]) == (2, 1, [1, 0, 2])
     storm.acked(d, marks[3], 103.0)
     assert storm.done() and (storm.result()["t99_s"], storm.result()["t100_s"]) == (3.0, 3.0)
+
+
+def test_after_a_stall_each_camera_keeps_its_own_phase():
+    """Ticks that a stall made run together do not stay together (nor capture twice for a missed one)."""
+    reactor, gen = make(cameras=20, interval=10.0)
+    gen.start()
+
+    def ticks():
+        return sorted((call.args[0].camera_id, call.getTime()) for call in reactor.getDelayedCalls() if call.func == gen._tick)
+
+    phases = dict(ticks())
+    assert len(phases) == 20 and len({round(t, 6) for t in phases.values()}) == 20
+    reactor.advance(23.0)  # one stall of 23 s: every camera's ticks at its phase, +10 and +20 are late
+    assert all(len(client.outbox.frames) == 1 for client in gen.clients)  # one capture each, none to catch up
+    for camera_id, due in ticks():
+        after = [phases[camera_id] + 10 * k for k in range(1, 4) if phases[camera_id] + 10 * k > 23.0]
+        assert due == pytest.approx(after[0])  # its own phase, not 23 + 10 for all
