@@ -106,6 +106,27 @@ def test_no_ack_in_time_fails_over_and_resends_unacked_in_order(tmp_path):
     assert [e.submit_frame.seq for e in sent(net.proto)[1:]] == [1, 2]
 
 
+def test_the_ack_timeout_runs_a_timer_only_while_frames_are_in_flight(tmp_path):
+    client, clock, net, box, _ = make(tmp_path, frames=1)
+    client.start()
+    assert len(clock.getDelayedCalls()) == 1  # frame 1 is in flight: its watch
+    reply(net.proto, frame_ack=pb.FrameAck(camera_id=7, seq=1, index=10, free=42))
+    clock.advance(0.5)  # the next check finds nothing in flight and arms no other
+    assert clock.getDelayedCalls() == []
+    clock.advance(60)  # idle: nothing runs, nothing times out
+    assert not net.proto.transport.disconnected
+    box.add(b"later", 61.0)
+    client.frame_added()
+    assert len(clock.getDelayedCalls()) == 1
+    for _ in range(4):  # a check every 0.5 s, each arming the next while the frame waits
+        clock.advance(0.5)
+        assert not net.proto.transport.disconnected
+    clock.advance(0.6)  # past ack_timeout (2 s) for the new frame
+    assert net.proto.transport.disconnected
+    client.stop()
+    assert clock.getDelayedCalls() == []
+
+
 def test_refused_connections_rotate_and_never_give_up(tmp_path):
     client, clock, net, box, _ = make(tmp_path)
     net.refuse = set(NODES)
