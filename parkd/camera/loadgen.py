@@ -46,11 +46,9 @@ from collections import Counter
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
-from twisted.internet.interfaces import IHandshakeListener, IStreamClientEndpoint
-from twisted.internet.protocol import ClientFactory, Protocol
-from zope.interface import implementer
 
 from parkd.camera.client import CameraClient
+from parkd.camera.dialing import CountedEndpoint, DirectEndpoint, SessionWarmer, is_peer
 from parkd.camera.memory_outbox import MemoryOutbox
 from parkd.camera.outbox import Frame
 from parkd.camera.storm import Storm
@@ -61,55 +59,6 @@ from parkd.ratelimit import RateLimitedLog
 PAYLOAD = b"x" * 64
 TLS_FAILED = "{count} more failed TLS handshakes"
 LAG_PROBE = 0.05  # seconds between two probes of the generator's own event-loop lag
-
-
-class _OneConnection(ClientFactory):
-    """``connectTCP`` for one camera connection, quietly (no "Starting factory" log line)."""
-
-    noisy = False
-
-    def __init__(self, factory, result: Deferred):
-        self.factory, self.result = factory, result
-
-    def doStart(self):
-        self.factory.doStart()
-
-    def doStop(self):
-        self.factory.doStop()
-
-    def buildProtocol(self, addr):
-        proto = self.factory.buildProtocol(addr)
-        self.result.callback(proto)
-        return proto
-
-    def clientConnectionFailed(self, connector, reason):
-        self.result.errback(reason)
-
-
-@implementer(IStreamClientEndpoint)
-class _DirectEndpoint:
-    """What HostnameEndpoint does, minus a name lookup in a thread per connection for an IP literal."""
-
-    def __init__(self, gen: LoadGenerator, address):
-        self.gen, self.address = gen, address
-
-    def connect(self, factory) -> Deferred:
-        self.gen.connects += 1
-        result = Deferred()
-        self.gen.reactor.connectTCP(self.address.host, self.address.port, _OneConnection(factory, result), timeout=5)
-        return result
-
-
-@implementer(IStreamClientEndpoint)
-class _CountedEndpoint:
-    """Another endpoint, counting its connection attempts."""
-
-    def __init__(self, gen: LoadGenerator, endpoint):
-        self.gen, self.endpoint = gen, endpoint
-
-    def connect(self, factory) -> Deferred:
-        self.gen.connects += 1
-        return self.endpoint.connect(factory)
 
 
 class LoadGenerator:
@@ -166,11 +115,11 @@ class LoadGenerator:
 
     # ------------------------------------------------------------ connections
 
-    def _direct_endpoint(self, address) -> _DirectEndpoint:
-        return _DirectEndpoint(self, address)
+    def _direct_endpoint(self, address) -> DirectEndpoint:
+        return DirectEndpoint(self, address)
 
-    def _hostname_endpoint(self, address) -> _CountedEndpoint:
-        return _CountedEndpoint(self, HostnameEndpoint(self.reactor, address.host, address.port, timeout=5))
+    def _hostname_endpoint(self, address) -> CountedEndpoint:
+        return CountedEndpoint(self, HostnameEndpoint(self.reactor, address.host, address.port, timeout=5))
 
     def connected(self) -> int:
         return sum(c.proto is not None for c in self.clients)
@@ -256,13 +205,13 @@ class LoadGenerator:
         Each such connection ends after its handshake and the session tickets
         (no Hello: the node counts no camera).  Fires with the counts.
         """
-        jobs = [(c, a) for c in self.clients for a in self.cluster if c.proto is None or not _is_peer(c.proto, a)]
+        jobs = [(c, a) for c in self.clients for a in self.cluster if c.proto is None or not is_peer(c.proto, a)]
         done, counts = Deferred(), Counter()
 
         def next_job(_=None):
             if jobs:
                 client, address = jobs.pop()
-                connected = connectProtocol(client.endpoint(address), _Warm(self.reactor))
+                connected = connectProtocol(client.endpoint(address), SessionWarmer(self.reactor))
                 connected.addCallback(lambda proto: proto.ended).addCallbacks(
                     lambda how: counts.update([how]), lambda _: counts.update(["failed"])).addBoth(next_job)
             elif sum(counts.values()) == total and not done.called:
@@ -280,33 +229,6 @@ class LoadGenerator:
             self.storm.mark(client, client.outbox.add(PAYLOAD, started))
             client.frame_added()
         return self.storm
-
-
-def _is_peer(proto, address) -> bool:
-    peer = proto.transport.getPeer()
-    return (peer.host, peer.port) == (address.host, address.port)
-
-
-@implementer(IHandshakeListener)
-class _Warm(Protocol):
-    """A connection only for a TLS session: closed once the handshake is done and the tickets are in."""
-
-    TICKETS = 0.5  # seconds to wait for the session tickets after the handshake
-
-    def __init__(self, clock):
-        self.clock = clock
-        self.ended = Deferred()
-        self._handshaken = False
-
-    def handshakeCompleted(self):
-        self._handshaken = True
-        self.clock.callLater(self.TICKETS, self.transport.loseConnection)
-
-    def connectionLost(self, reason):
-        self.ended.callback("resumed" if self._handshaken and self.transport.resumed else
-                            "warmed" if self._handshaken else "failed")  # fmt: skip
-
-
 
 
 class _CountingLog:

@@ -92,7 +92,7 @@ def test_over_tls_each_camera_dials_with_its_own_certificate(cluster_pki):
                         pki=cluster_pki.dir)  # fmt: skip
     for client in gen.clients:
         client.start()
-    dialed = [factory.factory for _, _, factory, _, _ in reactor.tcpClients]  # _OneConnection -> the TLS factory
+    dialed = [factory.factory for _, _, factory, _, _ in reactor.tcpClients]  # dialing._OneConnection -> the TLS factory
     assert [f.credentials[0].get_subject().CN for f in dialed] == ["camera-41", "camera-42"]
     assert all(f.is_client and f.admission.refuses(Identity("camera", 1)) for f in dialed)  # only a node may answer
     assert dialed[0].gate is dialed[1].gate  # one process: their handshakes take turns together

@@ -1,0 +1,87 @@
+"""How the load generator's cameras dial: counted connection attempts, a direct
+connect for IP literals, and connections made only to get a TLS session.
+
+``gen`` below is the :class:`~parkd.camera.loadgen.LoadGenerator`: its
+``connects`` counter and its ``reactor``.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IHandshakeListener, IStreamClientEndpoint
+from twisted.internet.protocol import ClientFactory, Protocol
+from zope.interface import implementer
+
+
+class _OneConnection(ClientFactory):
+    """``connectTCP`` for one camera connection, quietly (no "Starting factory" log line)."""
+
+    noisy = False
+
+    def __init__(self, factory, result: Deferred):
+        self.factory, self.result = factory, result
+
+    def doStart(self):
+        self.factory.doStart()
+
+    def doStop(self):
+        self.factory.doStop()
+
+    def buildProtocol(self, addr):
+        proto = self.factory.buildProtocol(addr)
+        self.result.callback(proto)
+        return proto
+
+    def clientConnectionFailed(self, connector, reason):
+        self.result.errback(reason)
+
+
+@implementer(IStreamClientEndpoint)
+class DirectEndpoint:
+    """What HostnameEndpoint does, minus a name lookup in a thread per connection for an IP literal."""
+
+    def __init__(self, gen, address):
+        self.gen, self.address = gen, address
+
+    def connect(self, factory) -> Deferred:
+        self.gen.connects += 1
+        result = Deferred()
+        self.gen.reactor.connectTCP(self.address.host, self.address.port, _OneConnection(factory, result), timeout=5)
+        return result
+
+
+@implementer(IStreamClientEndpoint)
+class CountedEndpoint:
+    """Another endpoint, counting its connection attempts."""
+
+    def __init__(self, gen, endpoint):
+        self.gen, self.endpoint = gen, endpoint
+
+    def connect(self, factory) -> Deferred:
+        self.gen.connects += 1
+        return self.endpoint.connect(factory)
+
+
+def is_peer(proto, address) -> bool:
+    peer = proto.transport.getPeer()
+    return (peer.host, peer.port) == (address.host, address.port)
+
+
+@implementer(IHandshakeListener)
+class SessionWarmer(Protocol):
+    """A connection only for a TLS session: closed once the handshake is done and the tickets are in."""
+
+    TICKETS = 0.5  # seconds to wait for the session tickets after the handshake
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.ended = Deferred()
+        self._handshaken = False
+
+    def handshakeCompleted(self):
+        self._handshaken = True
+        self.clock.callLater(self.TICKETS, self.transport.loseConnection)
+
+    def connectionLost(self, reason):
+        self.ended.callback("resumed" if self._handshaken and self.transport.resumed else
+                            "warmed" if self._handshaken else "failed")  # fmt: skip
