@@ -82,6 +82,7 @@ class CameraSettings:
     interval: float = 10.0
     outbox_limit: int = 10000
     ack_timeout: float = 5.0
+    standby_spread: float = 600.0  # seconds; 0: no standby TLS sessions (parkd.camera.standby)
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -182,6 +183,25 @@ def parse_float(value: Any, key: str, minimum: float = 0.0) -> float:
     return number
 
 
+def parse_seconds_or_off(value: Any, key: str) -> float:
+    """A duration in seconds, or 0 for "off"."""
+    if _is_zero(value):
+        return 0.0
+    try:
+        return parse_float(value, key)
+    except ConfigError:
+        raise ConfigError(f"{key}: expected 0 (off) or a number of seconds, got {value!r}") from None
+
+
+def _is_zero(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    try:
+        return float(value) == 0
+    except (TypeError, ValueError):
+        return False
+
+
 def _check_keys(table: Any, allowed: set[str], key: str, required: set[str] = frozenset()):
     if not isinstance(table, dict):
         raise ConfigError(f"{key}: expected a table")
@@ -237,12 +257,15 @@ def _parse_log(table: Any) -> LogSettings:
 
 
 def _parse_camera(table: Any, base_dir: str) -> CameraSettings:
-    _check_keys(table, {"interval", "outbox_limit", "ack_timeout", "tls_ca", "tls_cert", "tls_key"}, "camera")
+    _check_keys(table, {"interval", "outbox_limit", "ack_timeout", "standby_spread", "tls_ca", "tls_cert", "tls_key"},
+                "camera")
     defaults = CameraSettings()
     return CameraSettings(
         interval=parse_float(table.get("interval", defaults.interval), "camera.interval"),
         outbox_limit=parse_int(table.get("outbox_limit", defaults.outbox_limit), "camera.outbox_limit"),
         ack_timeout=parse_float(table.get("ack_timeout", defaults.ack_timeout), "camera.ack_timeout"),
+        standby_spread=parse_seconds_or_off(table.get("standby_spread", defaults.standby_spread),
+                                            "camera.standby_spread"),
         **{k: parse_path(table[k], f"camera.{k}", base_dir) for k in ("tls_ca", "tls_cert", "tls_key") if k in table},
     )
 
@@ -394,7 +417,8 @@ def parse_cluster_addresses(text: str) -> tuple[Address, ...]:
 def apply_overrides(config: Config, flags: dict[str, Any]) -> Config:
     """Apply the flags that were given (``None`` means not given)."""
     camera = config.camera
-    for name, parse in (("interval", parse_float), ("outbox_limit", parse_int), ("ack_timeout", parse_float)):
+    for name, parse in (("interval", parse_float), ("outbox_limit", parse_int), ("ack_timeout", parse_float),
+                        ("standby_spread", parse_seconds_or_off)):
         if flags.get(name) is not None:
             camera = replace(camera, **{name: parse(flags[name], "--" + name.replace("_", "-"))})
     cluster = config.cluster

@@ -185,6 +185,8 @@ class CameraOptions(_ConfigOptions):
         ["cluster", None, None, "Client addresses of the nodes, host:port,... [default: every [[node]].client]."],
         ["outbox-limit", None, None, "Most unacknowledged frames kept; the oldest are dropped [default: 10000]."],
         ["ack-timeout", None, None, "Seconds to wait for an ack before trying another node [default: 5]."],
+        ["standby-spread", None, None, "TLS: start the standby sessions with the other nodes within this "
+         "many seconds of connecting, so a failover resumes one; 0: none [default: 600]."],
         ["tls-ca", None, None, "CA certificate of the cluster [default: [camera].tls_ca, else [tls].ca]."],
         ["tls-cert", None, None, "This camera's certificate [default: camera-ID.pem next to the CA]."],
         ["tls-key", None, None, "This camera's key [default: camera-ID.key next to the CA]."],

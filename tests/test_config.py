@@ -174,3 +174,17 @@ def test_cluster_addresses():
     with pytest.raises(ConfigError, match="--cluster: no addresses"):
         parse_cluster_addresses(" , ")
     assert parse_peers("2=[::1]:5/[::1]:6/[::1]:7")[0].raft == Address("::1", 5)
+
+
+def test_a_cameras_standby_spread_defaults_to_600_s_is_off_at_0_and_comes_from_the_file_or_the_flag(tmp_path):
+    config = load_config(write(tmp_path, GOOD))
+    assert config.camera.standby_spread == 600.0
+    in_file = load_config(write(tmp_path, GOOD + "\n[camera]\nstandby_spread = 0\n"))
+    assert in_file.camera.standby_spread == 0.0
+    assert apply_overrides(in_file, {"standby_spread": "2.5"}).camera.standby_spread == 2.5
+    assert apply_overrides(config, {"standby_spread": "0.0"}).camera.standby_spread == 0.0
+    for bad in ("-1", "soon"):
+        with pytest.raises(ConfigError, match=r"--standby-spread: expected 0 \(off\) or a number of seconds, got"):
+            apply_overrides(config, {"standby_spread": bad})
+    with pytest.raises(ConfigError, match=r"camera.standby_spread: expected 0 \(off\) or a number of seconds"):
+        load_config(write(tmp_path, GOOD + "\n[camera]\nstandby_spread = true\n"))

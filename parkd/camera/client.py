@@ -7,7 +7,9 @@ and logs ``frame_acked``.  Over TLS the camera says Hello and sends frames
 once the handshake is done: the ack timeout counts from there, so a node slow
 to answer handshakes (thousands of cameras failing over to it at once) is not
 left, and its handshake work wasted, before it could see a frame; a handshake
-that does not finish is cut by the TLS layer's deadline.  A disconnect, an ack that takes longer than
+that does not finish is cut by the TLS layer's deadline; once connected, the camera
+keeps a TLS session with each other node, so that its next failover resumes one
+(:mod:`parkd.camera.standby`).  A disconnect, an ack that takes longer than
 ``ack_timeout``, or ``Unavailable`` moves the camera to another node (any
 other, at random: a dead node's cameras spread over the rest) after a
 jittered exponential backoff; a ``Redirect`` names the node to try next.  The
@@ -30,6 +32,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from parkd.camera.standby import STANDBY_SPREAD, StandbySessions
 from parkd.config import Address, parse_address
 from parkd.events import FRAME_EVENTS, FrameEvents
 from parkd.proto import parkd_pb2 as pb
@@ -64,6 +67,7 @@ class CameraConnection(EnvelopeProtocol):
     # again (the first decision stands).
     leaving = False
     greeted = False  # Hello sent: frames may follow
+    address: Address | None = None  # the node dialed
 
     def __init__(self, client: CameraClient):
         self.client = client
@@ -81,6 +85,11 @@ class CameraConnection(EnvelopeProtocol):
     def connectionLost(self, reason) -> None:
         super().connectionLost(reason)
         self.client.disconnected(self, reason)
+
+
+def _resumed(proto) -> bool:
+    """Whether ``proto``'s TLS connection resumed a session (False without TLS)."""
+    return bool(getattr(proto.transport, "resumed", False))
 
 
 class _ThisProtocol(Factory):
@@ -115,9 +124,14 @@ class CameraClient:
         events: FrameEvents = FRAME_EVENTS,
         trust=None,
         endpoint=None,
+        standby_spread: float = STANDBY_SPREAD,
     ):
         """``connect(address, proto)``: open a connection (default: through ``endpoint(address)``, a client
-        endpoint to a node, HostnameEndpoint by default, wrapped in TLS when ``trust`` is given)."""
+        endpoint to a node, HostnameEndpoint by default, wrapped in TLS when ``trust`` is given).
+
+        ``standby_spread``: with TLS, the first round of standby sessions falls within this many
+        seconds of connecting (:class:`~parkd.camera.standby.StandbySessions`); 0: none.
+        """
         self.camera_id, self.lot, self.outbox = camera_id, lot, outbox
         self.incarnation: int = outbox.incarnation
         self.cluster = cluster
@@ -135,6 +149,8 @@ class CameraClient:
         self.next_node = self.rng.randrange(len(cluster))
         self.redirect_to: Address | None = None
         self.proto: CameraConnection | None = None
+        self.address: Address | None = None  # the node of the current connection
+        self.standby = StandbySessions(self, standby_spread) if trust is not None and standby_spread > 0 else None
         self.in_flight: dict[int, tuple[float, float]] = {}  # seq -> (time sent, captured_at)
         self.last_sent = 0
         self.running = False
@@ -152,6 +168,8 @@ class CameraClient:
 
     def stop(self) -> None:
         self.running = False
+        if self.standby is not None:
+            self.standby.stop()
         for call in (self._reconnect_call, self._timer):
             if call is not None and call.active():
                 call.cancel()
@@ -169,7 +187,13 @@ class CameraClient:
         # its cameras spread over the others instead of all landing on its successor.
         self.next_node += 1 + self.rng.randrange(max(1, len(self.cluster) - 1))
         self.log.debug("camera {camera_id} connecting to {address}", camera_id=self.camera_id, address=str(address))
-        self._connect(address, CameraConnection(self)).addErrback(self._connect_failed, address)
+        proto = CameraConnection(self)
+        proto.address = address
+        self.dial(address, proto).addErrback(self._connect_failed, address)
+
+    def dial(self, address: Address, proto):
+        """Connect ``proto`` to the node at ``address`` (a Deferred firing with it once connected)."""
+        return self._connect(address, proto)
 
     def _tcp_connect(self, address: Address, proto: CameraConnection):
         return self.endpoint(address).connect(_ThisProtocol(proto))
@@ -202,6 +226,7 @@ class CameraClient:
         proto.MAX_LENGTH = self.max_message_bytes
         proto.factory = self
         self.proto = proto
+        self.address = proto.address
         self.in_flight.clear()
         self.last_sent = 0
         peer = proto.transport.getPeer()
@@ -212,7 +237,11 @@ class CameraClient:
 
     def handshake_done(self, proto: CameraConnection) -> None:
         if proto is self.proto and not proto.leaving:
+            self.log.info("camera {camera_id}: TLS with {address}: {how}", camera_id=self.camera_id,
+                          address=str(proto.address), how="session resumed" if _resumed(proto) else "full handshake")
             self._greet(proto)
+            if self.standby is not None:
+                self.standby.connected()
 
     def _greet(self, proto: CameraConnection) -> None:
         proto.greeted = True
@@ -223,7 +252,7 @@ class CameraClient:
     def disconnected(self, proto: CameraConnection, reason) -> None:
         if proto is not self.proto:
             return
-        self.proto = None
+        self.proto = self.address = None
         self.in_flight.clear()
         if self.running:
             self.log.info("camera {camera_id} lost its node: {reason}",

@@ -1,5 +1,5 @@
-"""How the load generator's cameras dial: counted connection attempts, a direct
-connect for IP literals, and connections made only to get a TLS session.
+"""How the load generator's cameras dial: counted connection attempts, and a direct
+connect for IP literals.
 
 ``gen`` below is the :class:`~parkd.camera.loadgen.LoadGenerator`: its
 ``connects`` counter and its ``reactor``.
@@ -8,8 +8,8 @@ connect for IP literals, and connections made only to get a TLS session.
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IHandshakeListener, IStreamClientEndpoint
-from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import ClientFactory
 from zope.interface import implementer
 
 
@@ -60,28 +60,3 @@ class CountedEndpoint:
     def connect(self, factory) -> Deferred:
         self.gen.connects += 1
         return self.endpoint.connect(factory)
-
-
-def is_peer(proto, address) -> bool:
-    peer = proto.transport.getPeer()
-    return (peer.host, peer.port) == (address.host, address.port)
-
-
-@implementer(IHandshakeListener)
-class SessionWarmer(Protocol):
-    """A connection only for a TLS session: closed once the handshake is done and the tickets are in."""
-
-    TICKETS = 0.5  # seconds to wait for the session tickets after the handshake
-
-    def __init__(self, clock):
-        self.clock = clock
-        self.ended = Deferred()
-        self._handshaken = False
-
-    def handshakeCompleted(self):
-        self._handshaken = True
-        self.clock.callLater(self.TICKETS, self.transport.loseConnection)
-
-    def connectionLost(self, reason):
-        self.ended.callback("resumed" if self._handshaken and self.transport.resumed else
-                            "warmed" if self._handshaken else "failed")  # fmt: skip

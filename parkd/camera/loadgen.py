@@ -29,7 +29,10 @@ true`` and waits (up to ``--storm-wait`` s) for SIGUSR1, sent when the caller
 kills a node.  At that moment every camera captures one frame; the ``storm``
 figures are the time from the signal until 99 % and 100 % of the cameras have
 that frame acked (``t99_s``, ``t100_s``; null if not reached within
-``--storm-wait``), with the connection attempts made meanwhile.
+``--storm-wait``), with the connection attempts made meanwhile and how many
+of the moved cameras resumed a TLS session (``resumed``: each camera keeps a
+standby session with every other node, made within ``--standby-spread`` s of
+its connecting).
 """
 
 from __future__ import annotations
@@ -44,11 +47,11 @@ import time
 from collections import Counter
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+from twisted.internet.endpoints import HostnameEndpoint
 
 from parkd.camera.client import CameraClient
-from parkd.camera.dialing import CountedEndpoint, DirectEndpoint, SessionWarmer, is_peer
+from parkd.camera.standby import STANDBY_SPREAD
+from parkd.camera.dialing import CountedEndpoint, DirectEndpoint
 from parkd.camera.memory_outbox import MemoryOutbox
 from parkd.camera.outbox import Frame
 from parkd.camera.storm import Storm
@@ -73,8 +76,12 @@ class LoadGenerator:
     """
 
     def __init__(self, reactor, cluster, cameras: int, window: int, interval: float | None, lots: list[str],
-                 first_camera: int = 100000, seed: int = 1, ramp: float = 0.0, pki: str | None = None):  # fmt: skip
+                 first_camera: int = 100000, seed: int = 1, ramp: float = 0.0, pki: str | None = None,
+                 standby_spread: float = STANDBY_SPREAD):  # fmt: skip
         """``pki``: a ``parkctl pki`` directory with every camera's certificate (TLS), or None (plaintext).
+
+        ``standby_spread``: each camera's standby sessions (:mod:`parkd.camera.standby`) start within
+        this many seconds of its connecting (0: none).
 
         TrustError if a camera's files are missing or unusable.
         """
@@ -107,7 +114,7 @@ class LoadGenerator:
                 first_camera + i, lots[i % len(lots)], outbox, cluster, reactor,
                 ack_timeout=5.0, max_message_bytes=16 << 20, window=window, rng=random.Random(self.rng.random()),
                 endpoint=self._direct_endpoint if direct else self._hostname_endpoint,
-                trust=None if fleet is None else fleet.camera(first_camera + i),
+                trust=None if fleet is None else fleet.camera(first_camera + i), standby_spread=standby_spread,
             )  # fmt: skip
             client.log = self.log
             outbox.client = client
@@ -199,28 +206,9 @@ class LoadGenerator:
     def errors(self) -> int:
         return sum(c.outbox.dropped for c in self.clients)
 
-    def warm_sessions(self, concurrency: int = 100) -> Deferred:
-        """TLS: give every camera a session with each node it is not on (as a camera that had been there before).
-
-        Each such connection ends after its handshake and the session tickets
-        (no Hello: the node counts no camera).  Fires with the counts.
-        """
-        jobs = [(c, a) for c in self.clients for a in self.cluster if c.proto is None or not is_peer(c.proto, a)]
-        done, counts = Deferred(), Counter()
-
-        def next_job(_=None):
-            if jobs:
-                client, address = jobs.pop()
-                connected = connectProtocol(client.endpoint(address), SessionWarmer(self.reactor))
-                connected.addCallback(lambda proto: proto.ended).addCallbacks(
-                    lambda how: counts.update([how]), lambda _: counts.update(["failed"])).addBoth(next_job)
-            elif sum(counts.values()) == total and not done.called:
-                done.callback(dict(counts))
-
-        total = len(jobs)
-        for _ in range(min(concurrency, total) or 1):
-            next_job()
-        return done
+    def camera_connects(self) -> int:
+        """The cameras' connection attempts, leaving out those only for standby TLS sessions."""
+        return self.connects - sum(c.standby.dials for c in self.clients if c.standby is not None)
 
     def begin_storm(self, started: float) -> Storm:
         """A node was just killed (at ``started``): every camera captures a frame now, and the storm is timed."""
@@ -294,8 +282,9 @@ def main(argv=None) -> int:
                         help="speak TLS, each camera with its certificate camera-<id>.pem/.key from DIR")
     parser.add_argument("--storm", action="store_true",
                         help="after the window, wait for SIGUSR1 (a node killed) and time the recovery")
-    parser.add_argument("--warm-sessions", action="store_true",
-                        help="before the storm, give each camera a TLS session with every node (needs --pki)")
+    parser.add_argument("--standby-spread", type=float, default=STANDBY_SPREAD,
+                        help="TLS: each camera's standby sessions with the other nodes start within this many "
+                             "seconds of its connecting (0: none)")
     parser.add_argument("--storm-wait", type=float, default=60.0,
                         help="seconds to wait for SIGUSR1, then for every camera to be acked again")
     args = parser.parse_args(argv)
@@ -308,7 +297,8 @@ def main(argv=None) -> int:
     raise_file_limit()
     try:
         gen = LoadGenerator(reactor, parse_cluster_addresses(args.cluster), args.cameras, args.window, args.interval,
-                            args.lots.split(","), first_camera=args.first_camera, ramp=args.ramp, pki=args.pki)  # fmt: skip
+                            args.lots.split(","), first_camera=args.first_camera, ramp=args.ramp, pki=args.pki,
+                            standby_spread=args.standby_spread)  # fmt: skip
     except TrustError as e:
         print(f"parkd-loadgen: {e}", file=sys.stderr)
         return 1
@@ -365,13 +355,10 @@ def main(argv=None) -> int:
             captured=gen.captured, acked=gen.acked, rate=round(gen.acked / window, 1),
             p50_ms=round(percentile(ms, 50), 2), p99_ms=round(percentile(ms, 99), 2),
             max_ms=round(max(ms, default=float("nan")), 2), errors=gen.errors() + unacked,
-            refused=gen.errors(), unacked=unacked, reconnects=gen.connects - args.cameras,
+            refused=gen.errors(), unacked=unacked, reconnects=gen.camera_connects() - args.cameras,
             gen_lag_p99_ms=round(percentile(lags, 99) * 1000, 2), client_events=dict(gen.log.counts),
         )  # fmt: skip
-        if args.storm and args.warm_sessions and args.pki:
-            gen.warm_sessions().addCallback(lambda counts: result.update(warm_sessions=counts)).addBoth(
-                lambda _: wait_for_storm())
-        elif args.storm:
+        if args.storm:
             wait_for_storm()
         else:
             reactor.stop()

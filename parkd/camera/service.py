@@ -54,6 +54,7 @@ class CameraService(service.Service):
             max_message_bytes=s.config.cluster.max_message_bytes,
             rng=self.rng,
             trust=trust,
+            standby_spread=s.config.camera.standby_spread,
         )
         pending = self.outbox.pending()
         self.log.info(

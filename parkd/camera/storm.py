@@ -14,7 +14,7 @@ class Storm:
     def __init__(self, gen, started: float):
         self.gen = gen
         self.started = started
-        self.connects_before = gen.connects
+        self.connects_before = gen.camera_connects()
         self.refused_before = gen.errors()
         self.events_before = Counter(gen.log.counts)
         self.marks: dict[int, int] = {}  # camera id -> seq of its frame captured at ``started``
@@ -49,6 +49,6 @@ class Storm:
         per_second = Counter(int(t) for t in times)
         return dict(cameras=len(self.marks), recovered=len(times), t50_s=until(0.5), t99_s=until(0.99),
                     by_second=[per_second[i] for i in range(int(times[-1]) + 1 if times else 0)],
-                    t100_s=until(1.0), connects=self.gen.connects - self.connects_before,
+                    t100_s=until(1.0), connects=self.gen.camera_connects() - self.connects_before,
                     refused=self.gen.errors() - self.refused_before, moved=self.moved, resumed=self.resumed,
                     client_events=dict(self.gen.log.counts - self.events_before))  # fmt: skip

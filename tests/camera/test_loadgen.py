@@ -1,17 +1,16 @@
-"""The load generator's bookkeeping: what a benchmark window counts, its direct connect and its TLS session warming."""
+"""The load generator's bookkeeping: what a benchmark window counts, its direct connect, its reconnects."""
 
 import time
 
 import pytest
 
 from cryptography.x509.oid import NameOID
-from twisted.internet.address import IPv4Address
-from twisted.internet.error import ConnectionDone, ConnectionRefusedError
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
-from parkd.camera.dialing import SessionWarmer
 from parkd.camera.loadgen import LoadGenerator, percentile
+from parkd.camera.standby import StandbySessions
 from parkd.config import Address
 from parkd.trust import Identity
 
@@ -151,48 +150,10 @@ def test_after_a_stall_each_camera_keeps_its_own_phase():
         assert due == pytest.approx(after[0])  # its own phase, not 23 + 10 for all
 
 
-class _TLSTransport(StringTransport):
-    """What a SessionWarmer reads of its TLS transport: whether the session was resumed."""
-
-    def __init__(self, resumed):
-        super().__init__()
-        self.resumed = resumed
-
-
-def test_warming_sessions_dials_each_camera_to_every_other_node_a_few_at_a_time():
-    reactor, gen = make(cameras=3)
-    gen.clients[0].proto = Connection(False)
-    gen.clients[0].proto.transport.getPeer = lambda: IPv4Address("TCP", "127.0.0.1", 7201)  # camera 0 is on node 1
-    done = gen.warm_sessions(concurrency=2)
-    dialed = []
-
-    def answer(how):
-        """The oldest dial not yet answered: it connects and warms (or resumes) a session, or fails."""
-        host, port, factory, _, _ = reactor.tcpClients[len(dialed)]
-        dialed.append(port)
-        if how == "refused":
-            factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
-            return
-        warmer = factory.buildProtocol(IPv4Address("TCP", host, port))
-        warmer.makeConnection(_TLSTransport(resumed=how == "resumed"))
-        if how != "no handshake":
-            warmer.handshakeCompleted()
-            reactor.advance(SessionWarmer.TICKETS)
-            assert warmer.transport.disconnecting  # closed once the tickets had time to arrive
-        warmer.connectionLost(Failure(ConnectionDone()))
-
-    assert len(reactor.tcpClients) == 2  # five jobs, two at a time
-    for how in ("warmed", "resumed", "refused", "no handshake"):
-        answer(how)
-        assert not done.called
-    assert len(reactor.tcpClients) == 5
-    answer("warmed")
-    assert result_of(done) == {"warmed": 2, "resumed": 1, "failed": 2}
-    assert sorted(dialed) == [7201, 7201, 7202, 7202, 7202]  # camera 0 only to node 2
-    assert gen.connects == 5
-
-
-def result_of(deferred):
-    results = []
-    deferred.addCallback(results.append)
-    return results[0]
+def test_connections_only_for_standby_sessions_are_not_counted_as_reconnects():
+    reactor, gen = make(cameras=2)
+    a, b = gen.clients
+    a.standby = StandbySessions(a)
+    a.standby.dials = 4
+    gen.connects = 7  # each camera once, one failover, and camera a's standby dials
+    assert gen.camera_connects() == 3
