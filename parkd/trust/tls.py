@@ -23,8 +23,8 @@ Cost, measured on 2 shared cores (EC P-256, TLS 1.3, one Twisted server
 process): a full mutual handshake takes about 2.4 ms of server CPU (about
 400 per CPU-second), a resumed one about 1.3 ms (about 750); issuing tickets
 adds about 0.1-0.2 ms to a full handshake (``benchmarks/handshakes.py``).
-Resumption helps a client that reconnects to a node it had a session with; a
-camera failing over to a node it never talked to makes a full handshake.
+Resumption helps a client that reconnects to a node it had a session with;
+cameras keep one with every node for that (:mod:`parkd.camera.standby`).
 
 Memory: an open connection holds about 71 KB in OpenSSL (OpenSSL 4, TLS 1.3,
 X25519MLKEM768, the peer's certificate kept), 44 KB with
