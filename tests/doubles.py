@@ -7,11 +7,16 @@
   term and last index.
 - :class:`InlineThread` stands in for the node's snapshot thread on a fake
   reactor: it runs the work at once.
+- :class:`Network` stands in for a camera client's connections: it records each
+  dial, refuses the ones to addresses it is told to, connects the rest at once.
 """
 
 from __future__ import annotations
 
 from twisted.internet import defer
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 
 from parkd.node.events import EntriesApplied, LeaderChanged
 from parkd.raft.core import Role
@@ -83,3 +88,23 @@ class InlineThread:
 
     def run(self, function, *args, **kwargs) -> defer.Deferred:
         return defer.maybeDeferred(function, *args, **kwargs)
+
+
+class Network:
+    """Records connection attempts; each succeeds (on a ``transport()``) or is refused on demand."""
+
+    def __init__(self, transport=StringTransport):
+        self.attempts = []  # (address, proto)
+        self.refuse = set()
+        self.transport = transport
+
+    def connect(self, address, proto):
+        self.attempts.append((address, proto))
+        if address in self.refuse:
+            return defer.fail(Failure(ConnectionRefusedError()))
+        proto.makeConnection(self.transport())
+        return defer.succeed(proto)
+
+    @property
+    def proto(self):
+        return self.attempts[-1][1]

@@ -2,13 +2,12 @@
 
 import random
 
-from twisted.internet import defer
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from doubles import Network
 from parkd.camera.client import CameraClient
 from parkd.camera.outbox import Outbox
 from parkd.config import Address
@@ -17,25 +16,6 @@ from parkd.proto import parkd_pb2 as pb
 from parkd.wire import frame_envelope, split_envelopes
 
 NODES = (Address("127.0.0.1", 1), Address("127.0.0.1", 2), Address("127.0.0.1", 3))
-
-
-class Network:
-    """Records connection attempts; each succeeds or is refused on demand."""
-
-    def __init__(self):
-        self.attempts = []  # (address, proto)
-        self.refuse = set()
-
-    def connect(self, address, proto):
-        self.attempts.append((address, proto))
-        if address in self.refuse:
-            return defer.fail(Failure(ConnectionRefusedError()))
-        proto.makeConnection(StringTransport())
-        return defer.succeed(proto)
-
-    @property
-    def proto(self):
-        return self.attempts[-1][1]
 
 
 def sent(proto):
