@@ -330,8 +330,8 @@ def measure_scale(workdir, quick, profile: str | None = None, tls: bool = True):
 
     Each camera makes its standby TLS sessions with the other two nodes
     (:mod:`parkd.camera.standby`) within STANDBY_SPREAD s of connecting rather
-    than a daemon's 10 minutes: the storm comes a minute after the last camera
-    connected, and should find the fleet as it is after its first 10 minutes.
+    than a daemon's 10 minutes, and the window opens once all have: the window
+    and the storm find the fleet as it is after its first 10 minutes.
     """
     cameras, ramp = (2000, 30) if quick else (MAX_CAMERAS, 150)
     with BenchCluster(workdir, tls=tls) as c:

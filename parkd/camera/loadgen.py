@@ -12,8 +12,10 @@ cluster, not the camera's disk.
 Prints one JSON line.  What is counted: every frame *captured* inside the
 measurement window, from its capture time to its ack (``p50_ms``, ``p99_ms``,
 ``max_ms``; ``rate`` = those acked / window length).  The window opens after
-``--warmup`` once every camera is connected and no frame older than
-``--settle`` waits in any outbox (``warmup_s``, ``settled``); after it closes,
+``--warmup`` once every camera is connected, no frame older than
+``--settle`` waits in any outbox and (TLS) every camera has made its first round
+of standby sessions (``warmup_s``, ``settled``; a fleet that has run for
+``--standby-spread`` s has made them); after it closes,
 acks of its frames are awaited for up to ``--drain`` s.  ``errors`` = frames
 refused by a node during the whole run + frames of the window never acked
 (``refused``, ``unacked``); ``reconnects`` = connection attempts beyond one per
@@ -77,11 +79,11 @@ class LoadGenerator:
 
     def __init__(self, reactor, cluster, cameras: int, window: int, interval: float | None, lots: list[str],
                  first_camera: int = 100000, seed: int = 1, ramp: float = 0.0, pki: str | None = None,
-                 standby_spread: float = STANDBY_SPREAD):  # fmt: skip
+                 standby_spread: float = 0.0):  # fmt: skip
         """``pki``: a ``parkctl pki`` directory with every camera's certificate (TLS), or None (plaintext).
 
         ``standby_spread``: each camera's standby sessions (:mod:`parkd.camera.standby`) start within
-        this many seconds of its connecting (0: none).
+        this many seconds of its connecting (default 0: none, unlike a camera daemon).
 
         TrustError if a camera's files are missing or unusable.
         """
@@ -206,6 +208,10 @@ class LoadGenerator:
     def errors(self) -> int:
         return sum(c.outbox.dropped for c in self.clients)
 
+    def standby_pending(self) -> int:
+        """Cameras yet to finish their first round of standby sessions."""
+        return sum(1 for c in self.clients if c.standby is not None and c.standby.rounds == 0)
+
     def camera_connects(self) -> int:
         """The cameras' connection attempts, leaving out those only for standby TLS sessions."""
         return self.connects - sum(c.standby.dials for c in self.clients if c.standby is not None)
@@ -282,9 +288,10 @@ def main(argv=None) -> int:
                         help="speak TLS, each camera with its certificate camera-<id>.pem/.key from DIR")
     parser.add_argument("--storm", action="store_true",
                         help="after the window, wait for SIGUSR1 (a node killed) and time the recovery")
-    parser.add_argument("--standby-spread", type=float, default=STANDBY_SPREAD,
+    parser.add_argument("--standby-spread", type=float, default=0.0,
                         help="TLS: each camera's standby sessions with the other nodes start within this many "
-                             "seconds of its connecting (0: none)")
+                             "seconds of its connecting, and the window waits for them [default: 0, none; a "
+                             f"camera daemon's default is {STANDBY_SPREAD:g}]")
     parser.add_argument("--storm-wait", type=float, default=60.0,
                         help="seconds to wait for SIGUSR1, then for every camera to be acked again")
     args = parser.parse_args(argv)
@@ -318,10 +325,11 @@ def main(argv=None) -> int:
         now = time.time()
         connected = gen.connected()
         backlog = gen.oldest_unacked_age(now) if args.interval is not None else 0.0
-        settled = connected == args.cameras and backlog < args.settle
+        standby = gen.standby_pending()
+        settled = connected == args.cameras and backlog < args.settle and not standby
         if settled or now - began >= args.max_warmup:
             result.update(warmup_s=round(now - began, 2), settled=settled, connected_at_start=connected,
-                          backlog_at_start_s=round(backlog, 3))  # fmt: skip
+                          backlog_at_start_s=round(backlog, 3), standby_pending_at_start=standby)  # fmt: skip
             # Whatever lives now (10,000 clients and their connections) lives to the end:
             # keep it out of the cyclic GC, whose full collections paused this
             # process 100-300 ms at a time, ack reading included.

@@ -150,10 +150,13 @@ def test_after_a_stall_each_camera_keeps_its_own_phase():
         assert due == pytest.approx(after[0])  # its own phase, not 23 + 10 for all
 
 
-def test_connections_only_for_standby_sessions_are_not_counted_as_reconnects():
+def test_standby_dials_are_not_reconnects_and_the_window_waits_for_every_cameras_first_round():
     reactor, gen = make(cameras=2)
     a, b = gen.clients
+    assert gen.standby_pending() == 0  # plaintext: no standby sessions
     a.standby = StandbySessions(a)
-    a.standby.dials = 4
+    assert gen.standby_pending() == 1
+    a.standby.dials, a.standby.rounds = 4, 2
+    assert gen.standby_pending() == 0
     gen.connects = 7  # each camera once, one failover, and camera a's standby dials
     assert gen.camera_connects() == 3
