@@ -52,10 +52,10 @@ from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.endpoints import HostnameEndpoint
 
 from parkd.camera.client import CameraClient
-from parkd.camera.standby import STANDBY_SPREAD
 from parkd.camera.dialing import CountedEndpoint, DirectEndpoint
 from parkd.camera.memory_outbox import MemoryOutbox
 from parkd.camera.outbox import Frame
+from parkd.camera.standby import STANDBY_SPREAD
 from parkd.camera.storm import Storm
 from parkd.config import parse_cluster_addresses
 from parkd.startup import raise_file_limit
