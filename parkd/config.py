@@ -8,6 +8,7 @@ line and exit non-zero.  Command-line flags override the file
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -185,21 +186,13 @@ def parse_float(value: Any, key: str, minimum: float = 0.0) -> float:
 
 def parse_seconds_or_off(value: Any, key: str) -> float:
     """A duration in seconds, or 0 for "off"."""
-    if _is_zero(value):
-        return 0.0
     try:
-        return parse_float(value, key)
+        seconds = parse_float(value, key, minimum=-math.inf)  # any number; checked below
     except ConfigError:
-        raise ConfigError(f"{key}: expected 0 (off) or a number of seconds, got {value!r}") from None
-
-
-def _is_zero(value: Any) -> bool:
-    if isinstance(value, bool):
-        return False
-    try:
-        return float(value) == 0
-    except (TypeError, ValueError):
-        return False
+        seconds = -1.0
+    if seconds < 0:
+        raise ConfigError(f"{key}: expected 0 (off) or a number of seconds, got {value!r}")
+    return seconds
 
 
 def _check_keys(table: Any, allowed: set[str], key: str, required: set[str] = frozenset()):

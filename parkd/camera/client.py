@@ -67,10 +67,10 @@ class CameraConnection(EnvelopeProtocol):
     # again (the first decision stands).
     leaving = False
     greeted = False  # Hello sent: frames may follow
-    address: Address | None = None  # the node dialed
 
-    def __init__(self, client: CameraClient):
+    def __init__(self, client: CameraClient, address: Address):
         self.client = client
+        self.address = address  # the node dialed
 
     def connectionMade(self) -> None:
         self.client.connected(self)
@@ -149,7 +149,6 @@ class CameraClient:
         self.next_node = self.rng.randrange(len(cluster))
         self.redirect_to: Address | None = None
         self.proto: CameraConnection | None = None
-        self.address: Address | None = None  # the node of the current connection
         self.standby = StandbySessions(self, standby_spread) if trust is not None and standby_spread > 0 else None
         self.in_flight: dict[int, tuple[float, float]] = {}  # seq -> (time sent, captured_at)
         self.last_sent = 0
@@ -159,6 +158,11 @@ class CameraClient:
         self.acked = 0
         self.events = events
         self.paused = False  # refused with PERMISSION_DENIED (disabled) since the last ack
+
+    @property
+    def address(self) -> Address | None:
+        """The node of the current connection, if any."""
+        return self.proto.address if self.proto is not None else None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -187,9 +191,7 @@ class CameraClient:
         # its cameras spread over the others instead of all landing on its successor.
         self.next_node += 1 + self.rng.randrange(max(1, len(self.cluster) - 1))
         self.log.debug("camera {camera_id} connecting to {address}", camera_id=self.camera_id, address=str(address))
-        proto = CameraConnection(self)
-        proto.address = address
-        self.dial(address, proto).addErrback(self._connect_failed, address)
+        self.dial(address, CameraConnection(self, address)).addErrback(self._connect_failed, address)
 
     def dial(self, address: Address, proto):
         """Connect ``proto`` to the node at ``address`` (a Deferred firing with it once connected)."""
@@ -226,7 +228,6 @@ class CameraClient:
         proto.MAX_LENGTH = self.max_message_bytes
         proto.factory = self
         self.proto = proto
-        self.address = proto.address
         self.in_flight.clear()
         self.last_sent = 0
         peer = proto.transport.getPeer()
@@ -252,7 +253,7 @@ class CameraClient:
     def disconnected(self, proto: CameraConnection, reason) -> None:
         if proto is not self.proto:
             return
-        self.proto = self.address = None
+        self.proto = None
         self.in_flight.clear()
         if self.running:
             self.log.info("camera {camera_id} lost its node: {reason}",

@@ -60,14 +60,13 @@ class StandbySessions:
     ``client``: the :class:`~parkd.camera.client.CameraClient` (its ``reactor``,
     ``rng``, ``cluster``, ``running``, ``address`` of the current connection,
     and ``dial(address, protocol)``).  ``dials``: made so far; ``counts``: how
-    they ended ("warmed", "resumed", "failed").
+    those of the latest round ended ("warmed", "resumed", "failed").
     """
 
     def __init__(self, client, spread: float = STANDBY_SPREAD, refresh: float = STANDBY_REFRESH):
         self.client = client
         self.spread, self.refresh = spread, refresh
-        self.counts: Counter = Counter()  # how every dial ended
-        self._round_counts: Counter = Counter()  # ... in this round
+        self.counts: Counter = Counter()
         self.dials = 0
         self.rounds = 0
         self._call = None
@@ -88,12 +87,8 @@ class StandbySessions:
         if not self.client.running:
             return
         self._dialing = True
-        self._round_counts = Counter()
+        self.counts = Counter()
         self._next([a for a in self.client.cluster if a != self.client.address])
-
-    def _ended(self, how: str) -> None:
-        self.counts[how] += 1
-        self._round_counts[how] += 1
 
     def _next(self, addresses: list) -> None:
         if not self.client.running:
@@ -103,12 +98,12 @@ class StandbySessions:
             self._dialing = False
             self.rounds += 1
             self.client.log.info("camera {camera_id}: standby TLS sessions with the other nodes: {counts}",
-                                 camera_id=self.client.camera_id, counts=dict(self._round_counts))
+                                 camera_id=self.client.camera_id, counts=dict(self.counts))
             self._call = self.client.reactor.callLater(self.refresh * self.client.rng.uniform(0.9, 1.0), self._round)
             return
         warmer = SessionWarmer(self.client.reactor)
         self.dials += 1
         dialed = self.client.dial(addresses.pop(0), warmer)
         dialed.addCallback(lambda _: warmer.ended).addErrback(lambda _: "failed")  # refused, or timed out
-        dialed.addCallback(self._ended)
+        dialed.addCallback(lambda how: self.counts.update([how]))
         dialed.addBoth(lambda _: self._next(addresses))
