@@ -15,9 +15,9 @@ measurement window, from its capture time to its ack (``p50_ms``, ``p99_ms``,
 ``--warmup`` once every camera is connected, no frame older than
 ``--settle`` waits in any outbox and (TLS) every camera has made its first round
 of standby sessions (``warmup_s``, ``settled``; a fleet that has run for
-``--standby-spread`` s has made them), 2 s after a garbage collection
-(``collection_ms``) whose stall would otherwise put a burst of captures into
-it; after it closes,
+``--standby-spread`` s has made them), 2 s after the live objects are frozen
+out of the garbage collector (``freeze_ms``: a stall there would put a burst of
+captures into the window); after it closes,
 acks of its frames are awaited for up to ``--drain`` s.  ``errors`` = frames
 refused by a node during the whole run + frames of the window never acked
 (``refused``, ``unacked``); ``reconnects`` = connection attempts beyond one per
@@ -66,14 +66,16 @@ from parkd.ratelimit import RateLimitedLog
 PAYLOAD = b"x" * 64
 TLS_FAILED = "{count} more failed TLS handshakes"
 LAG_PROBE = 0.05  # seconds between two probes of the generator's own event-loop lag
-AFTER_COLLECTION = 2.0  # seconds from the collection before the window to the window, see open_window()
+AFTER_FREEZE = 2.0  # seconds from the freeze before the window to the window, see open_window()
 
 
-def collect_and_freeze() -> None:
+def freeze_survivors() -> None:
     """Whatever lives now (the clients and their connections) lives to the end of the
     run: keep it out of the cyclic GC, whose full collections paused this process
-    100-300 ms at a time, ack reading included."""
-    gc.collect()
+    100-300 ms at a time, ack reading included.  No collection first, as a node's
+    :func:`~parkd.node.gcpauses.settle_after_start`: with 10,000 cameras it stalled
+    this process 628 ms (the burst :meth:`LoadGenerator.open_window` describes),
+    and the garbage it would free is a few MB kept for one run."""
     gc.freeze()
 
 
@@ -207,26 +209,25 @@ class LoadGenerator:
             due += self.interval
         self.reactor.callLater(due - now, self._tick, client, due)
 
-    def open_window(self, opened, collect=collect_and_freeze) -> float:
-        """Collect, then open the measurement window ``AFTER_COLLECTION`` s later and call ``opened()``.
+    def open_window(self, opened, freeze=freeze_survivors) -> float:
+        """Freeze, then open the measurement window ``AFTER_FREEZE`` s later and call ``opened()``.
 
-        The collection stalls this process, and the captures due meanwhile then
-        run together: a burst of this generator's making (a fleet's cameras each
-        keep their own clock).  Opened right after the collection, the 10,000-camera
+        A stall of this process here makes the captures due meanwhile run together:
+        a burst of this generator's making (a fleet's cameras each keep their own
+        clock).  When a full collection came before the freeze, the 10,000-camera
         window took that burst (4 times the mean capture rate in its first 0.2 s),
         and every one of its slowest 1 % of frames was captured in its first second
-        (p99 139 ms; 42 ms without that second).  Returns how long the collection
-        took (s).
+        (p99 139 ms; 42 ms without that second).  Returns how long the freeze took (s).
         """
         started = time.time()
-        collect()
+        freeze()
         took = time.time() - started
 
         def open_():
             self.window_start = time.time()
             opened()
 
-        self.reactor.callLater(AFTER_COLLECTION, open_)
+        self.reactor.callLater(AFTER_FREEZE, open_)
         return took
 
     def oldest_unacked_age(self, now: float) -> float:
@@ -342,7 +343,7 @@ def main(argv=None) -> int:
     except TrustError as e:
         print(f"parkd-loadgen: {e}", file=sys.stderr)
         return 1
-    gc.freeze()  # the clients, see collect_and_freeze()
+    gc.freeze()  # the clients, see freeze_survivors()
     began = time.time()
     result = {}
     lags: list[float] = []  # how late a 50 ms timer fires during the window: is the generator keeping up?
@@ -363,7 +364,7 @@ def main(argv=None) -> int:
         if settled or now - began >= args.max_warmup:
             result.update(warmup_s=round(now - began, 2), settled=settled, connected_at_start=connected,
                           backlog_at_start_s=round(backlog, 3), standby_pending_at_start=standby)  # fmt: skip
-            result["collection_ms"] = round(gen.open_window(window_opened) * 1000, 1)
+            result["freeze_ms"] = round(gen.open_window(window_opened) * 1000, 1)
         else:
             reactor.callLater(0.5, maybe_begin)
 

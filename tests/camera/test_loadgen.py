@@ -9,7 +9,7 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
-from parkd.camera.loadgen import AFTER_COLLECTION, LoadGenerator, percentile
+from parkd.camera.loadgen import AFTER_FREEZE, LoadGenerator, percentile
 from parkd.camera.standby import StandbySessions
 from parkd.config import Address
 from parkd.trust import Identity
@@ -150,19 +150,19 @@ def test_after_a_stall_each_camera_keeps_its_own_phase():
         assert due == pytest.approx(after[0])  # its own phase, not 23 + 10 for all
 
 
-def test_the_window_leaves_out_the_burst_of_captures_that_the_collection_before_it_held_up():
+def test_the_window_leaves_out_the_burst_of_captures_that_a_stall_before_it_held_up():
     reactor, gen = make(cameras=20, interval=10.0)
     gen.start()
     opened = []
 
-    def stall():  # the collection: 12 s pass and no timer runs meanwhile
+    def stall():  # a stall of the freeze: 12 s pass and no timer runs meanwhile
         reactor.rightNow += 12.0
 
-    gen.open_window(lambda: opened.append(gen.window_start), collect=stall)
+    gen.open_window(lambda: opened.append(gen.window_start), freeze=stall)
     reactor.advance(0)  # the ticks the stall held up run together
     assert all(len(client.outbox.frames) == 1 for client in gen.clients)
     assert (gen.captured, opened) == (0, [])  # the burst is before the window
-    reactor.advance(AFTER_COLLECTION)
+    reactor.advance(AFTER_FREEZE)
     assert opened == [gen.window_start] and gen.window_start is not None
     reactor.advance(10.0)  # each camera's next capture, at its own phase, in the window
     assert gen.captured == 20
