@@ -650,6 +650,8 @@ TABLE = (
         "day", ("ack_p99_snap_ms", "ack_p99_fill_ms"), target="≈ all / —"),
     Row("Day of data: reactor lag p99 / max (ms, bucket bounds, all nodes)", "day", ("lag_p99_ms", "lag_max_ms"),
         target="— / ≤ 200"),
+    Row("Day of data: where the reactor lag reached its max (node, fill round, what it did then)", "day",
+        ("lag_max_at",)),
     Row("Day of data: snapshots / longest copy (s) / a day's /history p99 (ms)", "day",
         ("snapshots", "snapshot_max_s", "history_p99_ms"), target="— / — / ≤ 20"),
     Row("Day of data: node.db + WAL + logs per node (MB)", "day", ("disk_mb",)),
