@@ -86,6 +86,7 @@ def node_lag_buckets(cluster) -> dict[str, dict[float, float]]:
 
 
 def summed(nodes: dict[str, dict[float, float]]) -> dict[float, float]:
+    """The nodes' buckets added up."""
     buckets: dict[float, float] = {}
     for node in nodes.values():
         for le, value in node.items():
@@ -127,7 +128,11 @@ def slow_collections(json_path: str) -> list[tuple[float, float]]:
 
 def describe_peaks(peaks: LagPeaks, rounds: list[tuple[float, float, dict]], snapshots: dict[str, list[dict]],
                    collections: dict[str, list[tuple[float, float]]], shown: int = 3) -> str:
-    """Which nodes in which rounds reached the maximum, and whether a snapshot or a slow collection ran there then."""
+    """Which nodes in which rounds reached the maximum, and whether a snapshot or a slow collection ran there then.
+
+    The maximum is that of the fill rounds; it names its bucket, as the whole run's
+    ``lag_max_ms`` also counts the start-up and the /history reads after the fill.
+    """
     if not peaks.at:
         return "none"
     parts = []
@@ -138,7 +143,7 @@ def describe_peaks(peaks: LagPeaks, rounds: list[tuple[float, float, dict]], sna
         parts.append(f"node {node_id} round {round_no}/{len(rounds)}: " + ("snapshot" if snapped else "no snapshot")
                      + (f", gc {gc_ms:.0f} ms" if gc_ms else ", no slow gc"))  # fmt: skip
     more = len(peaks.at) - shown
-    return "; ".join(parts) + (f"; {more} more" if more > 0 else "")
+    return f"{peaks.ms:.0f} ms bucket: " + "; ".join(parts) + (f"; {more} more" if more > 0 else "")
 
 
 def _applied(cluster) -> int:

@@ -52,7 +52,7 @@ def test_the_description_says_whether_the_node_took_a_snapshot_or_a_slow_collect
     snapshots = {"1": [{"log_time": 129.0, "seconds": 2.0}], "2": [{"log_time": 120.0, "seconds": 1.0}]}
     collections = {"1": [], "2": [(150.0, 412.3), (120.0, 90.0)]}
     assert day.describe_peaks(peaks, rounds, snapshots, collections) == (
-        "node 1 round 1/2: snapshot, no slow gc; node 2 round 2/2: no snapshot, gc 412 ms")
+        "500 ms bucket: node 1 round 1/2: snapshot, no slow gc; node 2 round 2/2: no snapshot, gc 412 ms")
     assert day.describe_peaks(peaks, rounds, snapshots, collections, shown=1).endswith("; 1 more")
     assert day.describe_peaks(day.LagPeaks({}), rounds, snapshots, collections) == "none"
 
