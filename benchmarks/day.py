@@ -17,7 +17,7 @@ real client protocol), in rounds of 30 s, printing progress to stderr.  Then:
 - ``lag_p99_ms``, ``lag_max_ms``: ``parkd_reactor_lag_seconds`` over every node,
   from the histogram's buckets (a bucket bound: "at most"); ``lag_max_at``: the
   nodes and fill rounds whose lag reached that maximum, and whether the node took a
-  snapshot or logged a slow garbage collection in that round (:class:`LagPeaks`);
+  snapshot or logged a slow garbage collection in that round (:func:`lag_peaks`);
 - ``history_p99_ms``: 100 reads of a day's ``/history`` of one lot on a follower;
 - ``disk_mb``: node.db + WAL + JSON logs per node.
 
@@ -33,11 +33,9 @@ import statistics
 import sys
 import time
 
-from prometheus_client.parser import text_string_to_metric_families
-from twisted.logger import eventsFromJSONLogFile
-
 from parkd.chaos.checker import read_events
 from parkd.launcher import http_request
+from scrapes import Scrapes, quantile_ms
 
 ROUND_S = 30
 
@@ -67,83 +65,52 @@ def disk_mb(cluster, workdir: str) -> str:
     return json.dumps(disk)
 
 
-def quantile_ms(buckets: dict[float, float], q: float) -> float | None:
-    """The smallest bucket bound (ms) holding the ``q`` quantile of a histogram's cumulative buckets; None if empty."""
-    total = buckets.get(float("inf"), 0.0)
-    if total <= 0:
-        return None
-    return 1000 * next(b for b in sorted(buckets) if buckets[b] >= q * total)
+LAG = "parkd_reactor_lag_seconds_bucket"
 
 
-def node_lag_buckets(cluster) -> dict[str, dict[float, float]]:
-    """Each node's ``parkd_reactor_lag_seconds`` buckets (cumulative, as scraped)."""
-    nodes = {}
-    for node_id in cluster.nodes:
-        _, _, body = http_request(cluster.config, node_id, "/metrics", timeout=10)
-        nodes[node_id] = {float(s.labels["le"]): s.value for family in text_string_to_metric_families(body.decode())
-                          for s in family.samples if s.name == "parkd_reactor_lag_seconds_bucket"}  # fmt: skip
-    return nodes
+def lag_peaks(scrapes: Scrapes, rounds: list[tuple[float, float, dict]]) -> tuple[float, list[tuple[str, int]]]:
+    """The fill rounds' worst reactor lag (ms, a bucket bound) and every (node, round number) that reached it.
 
-
-def summed(nodes: dict[str, dict[float, float]]) -> dict[float, float]:
-    """The nodes' buckets added up."""
-    buckets: dict[float, float] = {}
-    for node in nodes.values():
-        for le, value in node.items():
-            buckets[le] = buckets.get(le, 0.0) + value
-    return buckets
-
-
-class LagPeaks:
-    """Where the fill's worst reactor lag happened: the (node, round) pairs whose lag reached the highest bucket.
-
-    The nodes' histograms are read after every fill round; a round's lag on a node
-    is what its buckets gained in that round.
+    A round's lag on a node is what its buckets gained from the scrape before the
+    round to the one after it.
     """
-
-    def __init__(self, first: dict[str, dict[float, float]]):
-        self._last = first
-        self.ms = 0.0
-        self.at: list[tuple[str, int]] = []  # (node, round number) with a lag in the highest bucket so far
-
-    def round_ended(self, round_no: int, nodes: dict[str, dict[float, float]]) -> None:
-        for node_id, buckets in nodes.items():
-            before = self._last.get(node_id, {})
-            worst = quantile_ms({le: value - before.get(le, 0.0) for le, value in buckets.items()}, 1.0)
-            if worst is None or worst < self.ms:
+    worst_ms, at = 0.0, []
+    for round_no, (t0, t1, _) in enumerate(rounds, 1):
+        for node_id in scrapes.taken[-1][1]:
+            ms = quantile_ms(scrapes.between(t0, t1, LAG, node_id), 1.0)
+            if ms is None or ms < worst_ms:
                 continue
-            if worst > self.ms:
-                self.ms, self.at = worst, []
-            self.at.append((node_id, round_no))
-        self._last = nodes
+            if ms > worst_ms:
+                worst_ms, at = ms, []
+            at.append((node_id, round_no))
+    return worst_ms, at
 
 
 def slow_collections(json_path: str) -> list[tuple[float, float]]:
-    """(log time, ms) of each collection a node logged as slow (``parkd_gc_ms``, over 50 ms)."""
-    if not os.path.exists(json_path):
-        return []
-    with open(json_path, encoding="utf-8") as f:
-        return [(e["log_time"], e["parkd_gc_ms"]) for e in eventsFromJSONLogFile(f) if "parkd_gc_ms" in e]
+    """(log time, ms) of each collection a node logged as slow (``gc_slow``, over 50 ms)."""
+    return [(e["log_time"], e["ms"]) for e in read_events(json_path, "gc_slow")]
 
 
-def describe_peaks(peaks: LagPeaks, rounds: list[tuple[float, float, dict]], snapshots: dict[str, list[dict]],
-                   collections: dict[str, list[tuple[float, float]]], shown: int = 3) -> str:
+def describe_peaks(peaks: tuple[float, list[tuple[str, int]]], rounds: list[tuple[float, float, dict]],
+                   snapshots: dict[str, list[dict]], collections: dict[str, list[tuple[float, float]]],
+                   shown: int = 3) -> str:
     """Which nodes in which rounds reached the maximum, and whether a snapshot or a slow collection ran there then.
 
-    The maximum is that of the fill rounds; it names its bucket, as the whole run's
-    ``lag_max_ms`` also counts the start-up and the /history reads after the fill.
+    The maximum is that of the fill rounds; it names its bucket, as ``lag_max_ms``
+    also counts the nodes' start-up.
     """
-    if not peaks.at:
+    worst_ms, at = peaks
+    if not at:
         return "none"
     parts = []
-    for node_id, round_no in peaks.at[:shown]:
+    for node_id, round_no in at[:shown]:
         t0, t1, _ = rounds[round_no - 1]
         snapped = any(t0 <= e["log_time"] and e["log_time"] - e.get("seconds", 0) <= t1 for e in snapshots[node_id])
         gc_ms = max((ms for at, ms in collections[node_id] if t0 <= at <= t1), default=None)
         parts.append(f"node {node_id} round {round_no}/{len(rounds)}: " + ("snapshot" if snapped else "no snapshot")
                      + (f", gc {gc_ms:.0f} ms" if gc_ms else ", no slow gc"))  # fmt: skip
-    more = len(peaks.at) - shown
-    return f"{peaks.ms:.0f} ms bucket: " + "; ".join(parts) + (f"; {more} more" if more > 0 else "")
+    more = len(at) - shown
+    return f"{worst_ms:.0f} ms bucket: " + "; ".join(parts) + (f"; {more} more" if more > 0 else "")
 
 
 def _applied(cluster) -> int:
@@ -158,7 +125,8 @@ def measure_day(workdir: str, frames: int) -> dict:
     rounds = []
     started = time.monotonic()
     with BenchCluster(workdir) as c:
-        peaks = LagPeaks(node_lag_buckets(c))
+        scrapes = Scrapes(c, (LAG,))
+        scrapes.scrape()
         while True:
             done = _applied(c)
             elapsed = time.monotonic() - started
@@ -168,14 +136,14 @@ def measure_day(workdir: str, frames: int) -> dict:
             t0 = time.time()
             r = c.loadgen(16, "--window", "128", "--duration", str(ROUND_S), "--drain", "10")
             rounds.append((t0, time.time(), r))
-            peaks.round_ended(len(rounds), node_lag_buckets(c))
+            scrapes.scrape()
         fill_s = time.monotonic() - started
         snapshots = {node_id: read_events(node.json_path, "snapshot_taken") for node_id, node in c.nodes.items()}
         taken = [e for events in snapshots.values() for e in events]
         elected = [e for node in c.nodes.values() for e in read_events(node.json_path, "leader_elected")]
         during = [r["p99_ms"] for t0, t1, r in rounds
                   if any(t0 <= e["log_time"] - e.get("seconds", 0) <= t1 for e in taken)]  # fmt: skip
-        lag = summed(node_lag_buckets(c))
+        lag = scrapes.between(None, scrapes.taken[-1][0], LAG)  # since each node started
         collections = {node_id: slow_collections(node.json_path) for node_id, node in c.nodes.items()}
         history = history_ms(c)
         disk = disk_mb(c, workdir)
@@ -190,7 +158,7 @@ def measure_day(workdir: str, frames: int) -> dict:
         "ack_p99_fill_ms": statistics.median(r["p99_ms"] for *_, r in rounds) if rounds else None,
         "lag_p99_ms": quantile_ms(lag, 0.99),
         "lag_max_ms": quantile_ms(lag, 1.0),
-        "lag_max_at": describe_peaks(peaks, rounds, snapshots, collections),
+        "lag_max_at": describe_peaks(lag_peaks(scrapes, rounds), rounds, snapshots, collections),
         "history_p99_ms": history,
         "disk_mb": disk,
     }

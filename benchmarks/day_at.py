@@ -40,8 +40,9 @@ import sys
 import time
 
 import datadir
-from day import disk_mb, history_ms, quantile_ms
+from day import disk_mb, history_ms
 from parkd.chaos.checker import read_events
+from scrapes import Scrapes, quantile_ms
 
 CAMERAS = 200  # the built history's cameras
 LOAD_CAMERAS = 200
@@ -88,64 +89,23 @@ def keep_log(db_path: str, frames: int, node_id: int) -> None:
         db.close()
 
 
-class Scrapes:
-    """Every node's histograms and counters, read every :data:`SCRAPE_S` seconds: (time, {node: {sample: value}})."""
-
-    NAMES = ("parkd_ack_latency_seconds_bucket", "parkd_reactor_lag_seconds_bucket",
-             "parkd_retention_rows_trimmed_total", "parkd_retention_seconds_bucket")  # fmt: skip
-
-    def __init__(self, cluster):
-        self.cluster = cluster
-        self.taken: list[tuple[float, dict]] = []
-
-    def scrape(self) -> None:
-        from prometheus_client.parser import text_string_to_metric_families
-
-        from parkd.launcher import http_request
-
-        now, nodes = time.time(), {}
-        for node_id in self.cluster.nodes:
-            try:
-                _, _, body = http_request(self.cluster.config, node_id, "/metrics", timeout=5)
-            except OSError:
-                continue
-            samples = {}
-            for family in text_string_to_metric_families(body.decode()):
-                for s in family.samples:
-                    if s.name in self.NAMES:
-                        samples[(s.name, s.labels.get("le"))] = s.value
-            nodes[node_id] = samples
-        self.taken.append((now, nodes))
-
-    def between(self, start: float, end: float, name: str) -> dict[float, float]:
-        """The buckets of ``name`` gained from the last scrape at or before ``start`` to the first at or after ``end``."""
-        before = next((s for s in reversed(self.taken) if s[0] <= start), self.taken[0])
-        after = next((s for s in self.taken if s[0] >= end), self.taken[-1])
-        gained: dict[float, float] = {}
-        for node_id, samples in after[1].items():
-            for (sample, le), value in samples.items():
-                if sample == name:
-                    old = before[1].get(node_id, {}).get((sample, le), 0.0)
-                    gained[float(le)] = gained.get(float(le), 0.0) + value - old
-        return gained
-
-    def trim_window(self, quiet_s: float = 5.0) -> tuple[float, float] | None:
-        """The first cut's deletion over all nodes: from the scrape before its first trimmed row to the first
-        scrape after its last (a gap of ``quiet_s`` with nothing trimmed ends it); None if nothing was trimmed
-        or it had not ended by the last scrape."""
-        key = ("parkd_retention_rows_trimmed_total", None)
-        first = last = None
-        for (t, nodes), (prev_t, prev) in zip(self.taken[1:], self.taken):
-            grew = any(samples.get(key, 0.0) > prev.get(n, {}).get(key, 0.0) for n, samples in nodes.items())
-            if grew and first is None:
-                first = prev_t
-            elif grew and t - last > quiet_s + SCRAPE_S:
-                return first, last  # a later cut
-            if grew:
-                last = t
-        if first is None or self.taken[-1][0] - last < quiet_s:
-            return None
-        return first, last
+def trim_window(scrapes: Scrapes, quiet_s: float = 5.0) -> tuple[float, float] | None:
+    """The first cut's deletion over all nodes: from the scrape before its first trimmed row to the first
+    scrape after its last (a gap of ``quiet_s`` with nothing trimmed ends it); None if nothing was trimmed
+    or it had not ended by the last scrape."""
+    key = ("parkd_retention_rows_trimmed_total", None)
+    first = last = None
+    for (t, nodes), (prev_t, prev) in zip(scrapes.taken[1:], scrapes.taken):
+        grew = any(samples.get(key, 0.0) > prev.get(n, {}).get(key, 0.0) for n, samples in nodes.items())
+        if grew and first is None:
+            first = prev_t
+        elif grew and t - last > quiet_s + SCRAPE_S:
+            return first, last  # a later cut
+        if grew:
+            last = t
+    if first is None or scrapes.taken[-1][0] - last < quiet_s:
+        return None
+    return first, last
 
 
 def measure_day_at(workdir: str, frames: int) -> dict:
@@ -162,7 +122,8 @@ def measure_day_at(workdir: str, frames: int) -> dict:
         datadir.copy_db(base, db)
         keep_log(db, frames, node_id)
     with cluster as c:
-        scrapes = Scrapes(c)
+        scrapes = Scrapes(c, ("parkd_ack_latency_seconds_bucket", "parkd_reactor_lag_seconds_bucket",
+                              "parkd_retention_rows_trimmed_total", "parkd_retention_seconds_bucket"))  # fmt: skip
         command = c.loadgen_command(LOAD_CAMERAS, "--interval", str(LOAD_INTERVAL_S), "--window", "4",
                                     "--duration", str(ROUND_S), "--warmup", "2", "--drain", "10")  # fmt: skip
         load = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -182,7 +143,7 @@ def measure_day_at(workdir: str, frames: int) -> dict:
         elected = [e for node in c.nodes.values() for e in read_events(node.json_path, "leader_elected")]
         snap = [(e["log_time"] - e.get("seconds", 0), e["log_time"]) for e in taken]
         ack_snap = _worst(scrapes, snap, "parkd_ack_latency_seconds_bucket")
-        trim = scrapes.trim_window()
+        trim = trim_window(scrapes)
         ack_trim = _worst(scrapes, [trim] if trim else [], "parkd_ack_latency_seconds_bucket")
         whole = scrapes.between(scrapes.taken[0][0], scrapes.taken[-1][0], "parkd_reactor_lag_seconds_bucket")
         acks = scrapes.between(scrapes.taken[0][0], scrapes.taken[-1][0], "parkd_ack_latency_seconds_bucket")

@@ -343,7 +343,7 @@ def main(argv=None) -> int:
     except TrustError as e:
         print(f"parkd-loadgen: {e}", file=sys.stderr)
         return 1
-    gc.freeze()  # the clients, see freeze_survivors()
+    freeze_survivors()  # the clients
     began = time.time()
     result = {}
     lags: list[float] = []  # how late a 50 ms timer fires during the window: is the generator keeping up?

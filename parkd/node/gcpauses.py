@@ -123,7 +123,7 @@ class GcService(service.Service):
 
     def _slow(self, generation: int, seconds: float) -> None:
         self.log.warn("gc: a generation {generation} collection stopped the node for {ms:.0f} ms",
-                      generation=generation, ms=seconds * 1000, parkd_gc_ms=round(seconds * 1000, 1))  # fmt: skip
+                      generation=generation, ms=round(seconds * 1000, 1), parkd_event="gc_slow")  # fmt: skip
 
     def report(self) -> None:
         """One line per interval with a full collection or a younger one above :data:`REPORT_PAUSE_S`."""

@@ -106,3 +106,18 @@ def test_a_long_young_collection_is_reported_too(no_automatic_gc):
         globalLogPublisher.removeObserver(events.append)
     [line] = [e for e in events if e.get("log_namespace", "").endswith("GcService") and "full" in e]
     assert (line["full"], line["young"], round(line["younger_ms"], 1)) == (0, 1, REPORT_PAUSE_S * 1000)
+
+
+def test_the_service_logs_a_slow_collection_as_a_gc_slow_event(no_automatic_gc):
+    clock, events = Clock(), []
+    gcs = GcService(clock, settle=False)
+    gcs.pauses = GcPauses(on_slow=gcs._slow, timer=Steps(SLOW_PAUSE_S + 0.01))
+    globalLogPublisher.addObserver(events.append)
+    try:
+        gcs.startService()
+        gc.collect(2)
+        gcs.stopService()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    [line] = [e for e in events if e.get("parkd_event") == "gc_slow"]  # what the day-of-data bench reads
+    assert (line["generation"], line["ms"]) == (2, pytest.approx((SLOW_PAUSE_S + 0.01) * 1000))
