@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import time
 
+from json.encoder import encode_basestring_ascii
+
 from twisted.logger import LogLevel, eventAsJSON
 
 # twisted.logger's JSON form of LogLevel.info, so readers get a LogLevel back.
@@ -25,39 +27,61 @@ class FrameEvents:
     """Where per-frame events go: a JSON log file, a test's list, or nowhere."""
 
     def __init__(self):
-        self.sink = None  # callable taking the fields all events share and a list of each one's own
+        self.sink = None  # callable taking the fields all events share, the field names and each event's values
         self.emitted = 0
 
     def emit(self, namespace: str, log_format: str, **fields) -> None:
-        self.emit_all(namespace, log_format, [fields])
+        self.emit_rows(namespace, log_format, tuple(fields), [tuple(fields.values())])
 
-    def emit_all(self, namespace: str, log_format: str, records: list[dict]) -> None:
-        """One event per dict of ``records`` (its own fields), all with one format and time."""
-        self.emitted += len(records)
-        if self.sink is not None and records:
+    def emit_rows(self, namespace: str, log_format: str, names: tuple[str, ...], rows: list[tuple]) -> None:
+        """One event per tuple of ``rows`` (its values of the fields ``names``), all with one format and time."""
+        self.emitted += len(rows)
+        if self.sink is not None and rows:
             common = {"log_namespace": namespace, "log_format": log_format, "log_level": _INFO, "log_time": time.time()}
-            self.sink(common, records)
+            self.sink(common, names, rows)
 
 
 def json_file_sink(file):
     """Write events as twisted.logger's jsonFileLogObserver does (record separator, JSON, newline), in one write.
 
     The shared fields are serialised once: each line is their JSON object, left
-    open, followed by the event's own fields.
+    open, followed by the event's own fields.  Those are filled into a template
+    made once per tuple of names, integers and strings encoded directly: about
+    1 µs a line, where a ``json.dumps`` of each event's dict took 3.5 µs (one
+    ``frame_applied`` line per frame on every node: 11-15 % of a node's apply
+    at saturation, py-spy).
     """
+    templates: dict[tuple[str, ...], str] = {}
 
-    def write(common: dict, records: list[dict]) -> None:
+    def write(common: dict, names: tuple[str, ...], rows: list[tuple]) -> None:
         head = "\x1e" + json.dumps(common)[:-1]
-        file.write("".join(f"{head}, {json.dumps(fields)[1:]}\n" if fields else f"{head}}}\n" for fields in records))
+        if not names:
+            file.write(f"{head}}}\n" * len(rows))
+            return
+        fill = templates.get(names) or templates.setdefault(names, _template(names))
+        lines = [f"{head}, {fill % tuple([v if type(v) is int else _json(v) for v in row])}}}\n" for row in rows]
+        file.write("".join(lines))
 
     return write
+
+
+def _template(names: tuple[str, ...]) -> str:
+    """A ``%`` template of the fields ``names``: ``"name": %s, ...``."""
+    return ", ".join(json.dumps(name).replace("%", "%%") + ": %s" for name in names)
+
+
+def _json(value) -> str:
+    """``value`` (not an ``int``, which formats as itself under ``%s``) as JSON text."""
+    if type(value) is str:
+        return encode_basestring_ascii(value)
+    return json.dumps(value)
 
 
 def list_sink(events: list):
     """Append each event, whole, to ``events`` (tests)."""
 
-    def append(common: dict, records: list[dict]) -> None:
-        events.extend({**common, **fields} for fields in records)
+    def append(common: dict, names: tuple[str, ...], rows: list[tuple]) -> None:
+        events.extend({**common, **dict(zip(names, row))} for row in rows)
 
     return append
 

@@ -66,8 +66,8 @@ def test_a_batchs_events_go_out_in_one_write_and_read_back_whole():
     file = _CountingFile()
     events = FrameEvents()
     events.sink = json_file_sink(file)
-    records = [{"parkd_event": "frame_applied", "camera_id": 7, "seq": seq, "lot": 'nor"th\u00e9'} for seq in (1, 2, 3)]
-    events.emit_all("parkd.node", "applied frame {seq}", records)
+    rows = [("frame_applied", 7, seq, 'nor"th\u00e9') for seq in (1, 2, 3)]
+    events.emit_rows("parkd.node", "applied frame {seq}", ("parkd_event", "camera_id", "seq", "lot"), rows)
     events.emit("parkd.camera", "acked frame {seq}", parkd_event="frame_acked", seq=4)
     events.emit("parkd.camera", "no fields of its own")
     assert len(file.writes) == 3 and events.emitted == 5
@@ -78,3 +78,18 @@ def test_a_batchs_events_go_out_in_one_write_and_read_back_whole():
     assert read_back[0]["lot"] == 'nor"th\u00e9' and read_back[0]["log_format"] == "applied frame {seq}"
     assert read_back[0]["log_level"] == LogLevel.info and isinstance(read_back[0]["log_time"], float)
     assert formatEvent(read_back[2]) == "applied frame 3"
+
+
+def test_each_kind_of_value_reads_back_as_it_was_given():
+    file = _CountingFile()
+    events = FrameEvents()
+    events.sink = json_file_sink(file)
+    fields = {"count": -12, "big": 1 << 64, "ratio": 0.1, "none": None, "yes": True, "no": False,
+              "text": 'a "quoted" \\ line\nwith \u00e9 and \U0001f697', "list": [1, "two"], "100% sure": 1}  # fmt: skip
+    events.emit("parkd.test", "every kind", **fields)
+    events.emit("parkd.test", "again, from the same template", **fields)
+    read_back = list(eventsFromJSONLogFile(io.StringIO("".join(file.writes))))
+    assert len(read_back) == 2
+    for event in read_back:
+        assert {name: event[name] for name in fields} == fields
+        assert type(event["yes"]) is bool and type(event["ratio"]) is float

@@ -143,8 +143,9 @@ class NodeMetrics:
             "parkd_retention_seconds", "Duration of one retention batch (a bounded delete on the reactor thread)",
             buckets=TRIM_BUCKETS, registry=r,
         )  # fmt: skip
-        for outcome in ("accepted", "no_leader"):
-            self.proposals.labels(outcome)
+        # {accepted: its child}, looked up once: proposed() runs per frame
+        self._proposal_outcomes = {accepted: self.proposals.labels("accepted" if accepted else "no_leader")
+                                   for accepted in (True, False)}  # fmt: skip
         for lot in lot_ids:
             self.frames_applied.labels(lot)
         self._last_leader: tuple[int | None, int] | None = None
@@ -177,7 +178,7 @@ class NodeMetrics:
     # -- the FrameIntake's observer
 
     def proposed(self, accepted: bool) -> None:
-        self.proposals.labels("accepted" if accepted else "no_leader").inc()
+        self._proposal_outcomes[accepted].inc()
 
     def acked(self, seconds: float) -> None:
         self.ack_latency.observe(seconds)

@@ -49,6 +49,8 @@ MAX_HOLD_S = 1.0
 MAX_HELD = 20_000
 ALARM_RETRY_MS = 2000  # a camera refused for an alarm (nospace) waits this long
 MAX_TIMED_ACKS = 100_000  # frames in flight whose arrival time is remembered
+# The fields of a frame_applied event (CONTRACT §8), in the order _log_applied gives them.
+_APPLIED_FIELDS = ("parkd_event", "camera_id", "incarnation", "seq", "index", "free", "lot")
 
 
 class IntakeObserver(Protocol):
@@ -279,10 +281,10 @@ class FrameIntake:
                 conn.uncork()
 
     def _log_applied(self, results) -> None:
-        FRAME_EVENTS.emit_all(
-            "parkd.node", "applied frame {seq} of camera {camera_id} at {index}: {free} free",
-            [{"parkd_event": "frame_applied", "camera_id": r.camera_id, "incarnation": r.incarnation, "seq": r.seq,
-              "index": r.index, "free": r.free, "lot": r.lot} for r in results if r.outcome is Outcome.APPLIED],
+        FRAME_EVENTS.emit_rows(
+            "parkd.node", "applied frame {seq} of camera {camera_id} at {index}: {free} free", _APPLIED_FIELDS,
+            [("frame_applied", r.camera_id, r.incarnation, r.seq, r.index, r.free, r.lot)
+             for r in results if r.outcome is Outcome.APPLIED],
         )  # fmt: skip
         for r in results:
             if r.outcome is Outcome.APPLIED and r.incarnation_started:

@@ -31,7 +31,7 @@ class CodecError(ValueError):
     """The entry data is not a frame result this version can read or write."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen, as ApplyResult (parkd/parking/outcomes.py): one per frame, twice
 class FrameResult:
     camera_id: int
     lot: str

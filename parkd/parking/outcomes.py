@@ -30,7 +30,11 @@ class FrameRejected(ValueError):
         self.code = code
 
 
-@dataclass(frozen=True, slots=True)
+# Receipt and ApplyResult are made per applied frame on every node, so they are not
+# frozen: a frozen dataclass's __init__ sets each field through object.__setattr__,
+# three times the cost (ApplyResult 1.9 against 0.6 µs; with FrameResult they were
+# 7-9 % of a node's GIL time at saturation, py-spy).  Treat them as values all the same.
+@dataclass(slots=True)
 class Receipt:
     """Proof that a frame took effect: what the camera's ack reports.
 
@@ -44,7 +48,7 @@ class Receipt:
     incarnation: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ApplyResult:
     """The outcome of the committed frame entry at ``entry_index``.
 
