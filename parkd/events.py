@@ -31,7 +31,10 @@ class FrameEvents:
         self.emitted = 0
 
     def emit(self, namespace: str, log_format: str, **fields) -> None:
-        self.emit_rows(namespace, log_format, tuple(fields), [tuple(fields.values())])
+        if self.sink is None:
+            self.emitted += 1
+        else:
+            self.emit_rows(namespace, log_format, tuple(fields), [tuple(fields.values())])
 
     def emit_rows(self, namespace: str, log_format: str, names: tuple[str, ...], rows: list[tuple]) -> None:
         """One event per tuple of ``rows`` (its values of the fields ``names``), all with one format and time."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import OrderedDict
 
@@ -31,13 +32,18 @@ class MemoryOutbox:
         return frame
 
     def pending(self, after: int = 0, limit: int | None = None) -> list[Frame]:
-        out = []
-        for seq, frame in self.frames.items():
-            if seq > after:
-                out.append(frame)
-                if limit is not None and len(out) >= limit:
-                    break
-        return out
+        """Unacknowledged frames with seq > ``after``, oldest first.
+
+        Looked up by seq when fewer seqs than frames follow ``after``: a camera
+        asks for what follows the frames it sent, and walking its whole window
+        each time (every ack) took a quarter of the load generator's CPU at
+        saturation (py-spy, 16 cameras with 128 frames in flight each).
+        """
+        if self.next_seq - after > len(self.frames):
+            candidates = (frame for seq, frame in self.frames.items() if seq > after)
+        else:
+            candidates = (self.frames[seq] for seq in range(after + 1, self.next_seq) if seq in self.frames)
+        return list(itertools.islice(candidates, limit))
 
     def ack(self, seq: int) -> bool:
         frame = self.frames.pop(seq, None)

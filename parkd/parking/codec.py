@@ -80,6 +80,7 @@ def decode(data: bytes) -> FrameResult:
 # which changes no rows.
 
 RETENTION_TAG = 0x52  # "R"; frame results start with their version (1 or 2)
+_RETENTION_BYTE = bytes((RETENTION_TAG,))
 _RETENTION = struct.Struct("<Bd")  # tag, cutoff (captured_at, seconds since the epoch)
 
 
@@ -98,7 +99,7 @@ def encode_retention(command: Retention) -> bytes:
 
 def is_retention(data: bytes) -> bool:
     """Whether entry data is a retention command (checked before :func:`decode`)."""
-    return data[:1] == bytes((RETENTION_TAG,))
+    return data[:1] == _RETENTION_BYTE
 
 
 def decode_retention(data: bytes) -> Retention:
@@ -117,6 +118,7 @@ def decode_retention(data: bytes) -> Retention:
 # predates them rejects the entry as an undecodable frame.
 
 REGISTRY_TAG = 0x43  # "C"
+_REGISTRY_BYTE = bytes((REGISTRY_TAG,))
 _REGISTRY = struct.Struct("<BBI")  # tag, enabled (0 or 1), camera_id
 
 
@@ -136,7 +138,7 @@ def encode_registry(command: RegistryCommand) -> bytes:
 
 def is_registry(data: bytes) -> bool:
     """Whether entry data is a camera registry command (checked before :func:`decode`)."""
-    return data[:1] == bytes((REGISTRY_TAG,))
+    return data[:1] == _REGISTRY_BYTE
 
 
 def decode_registry(data: bytes) -> RegistryCommand:
@@ -157,7 +159,9 @@ def decode_registry(data: bytes) -> RegistryCommand:
 # node that predates them rejects the entry as an undecodable frame.
 
 CLUSTER_ID_TAG = 0x49  # "I"
+_CLUSTER_ID_BYTE = bytes((CLUSTER_ID_TAG,))
 MEMBER_DATA_DIR_TAG = 0x44  # "D"
+_MEMBER_DATA_DIR_BYTE = bytes((MEMBER_DATA_DIR_TAG,))
 _CLUSTER_ID = struct.Struct("<B16s")  # tag, cluster id
 _MEMBER_DATA_DIR = struct.Struct("<BI16s")  # tag, node id, data-dir id
 _ID_TEXT = re.compile(r"[0-9a-f]{32}")
@@ -195,7 +199,7 @@ def encode_cluster_id(command: ClusterIdCommand) -> bytes:
 
 def is_cluster_id(data: bytes) -> bool:
     """Whether entry data is a cluster id command (checked before :func:`decode`)."""
-    return data[:1] == bytes((CLUSTER_ID_TAG,))
+    return data[:1] == _CLUSTER_ID_BYTE
 
 
 def decode_cluster_id(data: bytes) -> ClusterIdCommand:
@@ -213,7 +217,7 @@ def encode_member_data_dir(command: MemberDataDir) -> bytes:
 
 def is_member_data_dir(data: bytes) -> bool:
     """Whether entry data is a member data dir command (checked before :func:`decode`)."""
-    return data[:1] == bytes((MEMBER_DATA_DIR_TAG,))
+    return data[:1] == _MEMBER_DATA_DIR_BYTE
 
 
 def decode_member_data_dir(data: bytes) -> MemberDataDir:
