@@ -79,6 +79,21 @@ class CameraConnection(EnvelopeProtocol):
         """TLS: the handshake is done (called by the TLS layer)."""
         self.client.handshake_done(self)
 
+    def dataReceived(self, data: bytes) -> None:
+        """Read what arrived, then write what the answers in it let out in one piece (:meth:`cork`).
+
+        A camera with frames in flight sends the next for each ack, so the acks
+        of one read (a node answers a batch at once) send their frames in one
+        write and one TLS record instead of one each; with 16 cameras of 128
+        frames in flight, the load generator spent a third of its CPU writing
+        them one by one.
+        """
+        self.cork()
+        try:
+            super().dataReceived(data)
+        finally:
+            self.uncork()
+
     def envelopeReceived(self, kind, body) -> None:
         getattr(self.client, f"on_{kind}")(self, body)
 

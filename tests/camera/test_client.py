@@ -265,3 +265,16 @@ def test_once_enabled_the_outbox_drains_in_order_exactly_once(tmp_path):
     acked = [e["seq"] for e in events if e.get("parkd_event") == "frame_acked"]
     assert acked == [1, 2, 3]
     assert {e["incarnation"] for e in events if e.get("parkd_event") == "frame_acked"} == {box.incarnation}
+
+
+def test_the_frames_that_the_acks_of_one_read_let_out_go_in_one_write(tmp_path):
+    client, clock, net, box, _ = make(tmp_path, frames=5)
+    client.start()
+    writes = []
+    write = net.proto.transport.write
+    net.proto.transport.write = lambda data: (writes.append(data), write(data))
+    acks = [frame_envelope(pb.Envelope(frame_ack=pb.FrameAck(camera_id=7, seq=seq, index=seq, free=1))) for seq in (1, 2)]
+    net.proto.dataReceived(b"".join(acks))  # one read holding two acks: frames 3 and 4 may go
+    assert [[e.submit_frame.seq for e in split_envelopes(data)] for data in writes] == [[3, 4]]
+    net.proto.dataReceived(acks[0][:3])  # a read without a whole message writes nothing
+    assert len(writes) == 1
