@@ -296,16 +296,19 @@ class FrameIntake:
 
     def _settle(self, result, now: float, corked: set) -> None:
         """Forget ``result``'s frame as pending and answer the connections waiting for it (corking each)."""
-        key = result.key
+        key = camera_id, incarnation, seq = result.camera_id, result.incarnation, result.seq
         if self._applied_lots is not None and result.outcome is Outcome.APPLIED:
-            self._applied_lots[result.camera_id] = result.lot
-            incarnation = (result.camera_id, result.incarnation)
-            self._applied_seqs[incarnation] = max(self._applied_seqs.get(incarnation, 0), result.seq)
+            self._applied_lots[camera_id] = result.lot
+            if seq > self._applied_seqs.get((camera_id, incarnation), 0):
+                self._applied_seqs[camera_id, incarnation] = seq
         self._proposed.pop(key, None)
-        self._held.pop(key, None)
+        if self._held:
+            self._held.pop(key, None)
         arrived = self._arrived.pop(key, None)
-        waiters = self.waiting.pop(key, ())
-        if waiters and arrived is not None and result.outcome is not Outcome.REJECTED:
+        waiters = self.waiting.pop(key, None)
+        if not waiters:
+            return
+        if arrived is not None and result.outcome is not Outcome.REJECTED:
             self.observer.acked(max(0.0, now - arrived))
         for conn in waiters:
             if conn not in corked:

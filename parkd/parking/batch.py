@@ -249,20 +249,20 @@ class Batch:
                 index, Outcome.REJECTED, 0, 0, "", rejection=Rejection.BAD_REQUEST, reason=str(frame)
             )
         key = (frame.camera_id, frame.incarnation, frame.seq)
-        ids = {"incarnation": frame.incarnation}
         if frame.camera_id in self._disabled:
             reason = disabled_message(frame.camera_id)
-            return ApplyResult(index, Outcome.REJECTED, frame.camera_id, frame.seq, frame.lot, **ids,
-                               rejection=Rejection.PERMISSION_DENIED, reason=reason)  # fmt: skip
+            return ApplyResult(index, Outcome.REJECTED, frame.camera_id, frame.seq, frame.lot,
+                               incarnation=frame.incarnation, rejection=Rejection.PERMISSION_DENIED,
+                               reason=reason)  # fmt: skip
         camera = self._cameras.get(frame.camera_id)
         known = self._incarnations.get((frame.camera_id, frame.incarnation))
         if key in self._receipts:
             original = self._receipts[key]
-            return ApplyResult(
-                index, Outcome.DUPLICATE, frame.camera_id, frame.seq, frame.lot, original.index, original.free, **ids
-            )
+            return ApplyResult(index, Outcome.DUPLICATE, frame.camera_id, frame.seq, frame.lot, original.index,
+                               original.free, incarnation=frame.incarnation)  # fmt: skip
         if known and frame.seq <= self._floors.get((frame.camera_id, frame.incarnation), known.trimmed_seq):
-            return ApplyResult(index, Outcome.DUPLICATE, frame.camera_id, frame.seq, frame.lot, **ids)
+            return ApplyResult(index, Outcome.DUPLICATE, frame.camera_id, frame.seq, frame.lot,
+                               incarnation=frame.incarnation)  # fmt: skip
         try:
             known_lot = camera.lot if camera else None
             capacity = check_frame(
@@ -273,8 +273,9 @@ class Batch:
                     Rejection.BAD_REQUEST, f"free {frame.free} is outside 0..{capacity} of lot {frame.lot!r}"
                 )
         except FrameRejected as rejected:
-            return ApplyResult(index, Outcome.REJECTED, frame.camera_id, frame.seq, frame.lot, **ids,
-                               rejection=rejected.code, reason=str(rejected))  # fmt: skip
+            return ApplyResult(index, Outcome.REJECTED, frame.camera_id, frame.seq, frame.lot,
+                               incarnation=frame.incarnation, rejection=rejected.code,
+                               reason=str(rejected))  # fmt: skip
         started = self._record(index, frame, camera, known)
         return ApplyResult(index, Outcome.APPLIED, frame.camera_id, frame.seq, frame.lot, index, frame.free,
                            incarnation=frame.incarnation, incarnation_started=started)  # fmt: skip
