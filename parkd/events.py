@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import time
-
 from json.encoder import encode_basestring_ascii
 
 from twisted.logger import LogLevel, eventAsJSON

@@ -103,8 +103,9 @@ class EnvelopeProtocol(Int32StringReceiver):
     def cork(self) -> None:
         """Hold the messages sent from now on until :meth:`uncork`, which writes them in one piece.
 
-        A node acks the frames of one applied batch this way: one write per
-        camera connection (one ``send``, one TLS record) instead of one per frame.
+        A node acks the frames of one applied batch this way, and a camera sends
+        the frames that the acks of one read let out: one write per connection
+        (one ``send``, one TLS record) instead of one per frame.
         """
         if self._corked is None:
             self._corked = []
