@@ -296,7 +296,7 @@ class FrameIntake:
 
     def _settle(self, result, now: float, corked: set) -> None:
         """Forget ``result``'s frame as pending and answer the connections waiting for it (corking each)."""
-        key = camera_id, incarnation, seq = result.camera_id, result.incarnation, result.seq
+        key = camera_id, incarnation, seq = result.key
         if self._applied_lots is not None and result.outcome is Outcome.APPLIED:
             self._applied_lots[camera_id] = result.lot
             if seq > self._applied_seqs.get((camera_id, incarnation), 0):
