@@ -463,8 +463,8 @@ class PeerUnavailable(Exception):
 
 
 def measure_etcd(workdir, quick):
-    """etcd on this machine (benchmarks/peer_etcd.py): puts, linearizable reads, kill -9 failover."""
-    command = [sys.executable, os.path.join(HERE, "peer_etcd.py"), "--workdir", workdir]
+    """etcd on this machine (benchmarks/peer_etcd.py): puts, linearizable reads, kill -9 failover; puts with TLS."""
+    command = [sys.executable, os.path.join(HERE, "peer_etcd.py"), "--workdir", workdir, "--pki", bench_pki()]
     if quick:
         command.append("--quick")
     out = subprocess.run(command, capture_output=True, text=True, timeout=1800)
@@ -613,6 +613,12 @@ TABLE = (
         "latency", ("cpu_ms_per_ack",), ("put_cpu_ms",), target="(cost)", fmt="{:.2f}"),
     Row("CPU per acked frame, 3 nodes (ms), one frame in flight, camera on a follower", "latency",
         ("follower_cpu_ms_per_ack",), ("put_cpu_ms",), target="(cost)", fmt="{:.2f}"),
+    Row("Like for like, TLS on both: ack p50 / p99 (ms), camera on the leader; etcd with TLS: sequential put",
+        "latency", ("p50_ms", "p99_ms"), ("tls_put_p50_ms", "tls_put_p99_ms"), "(report)"),
+    Row("Like for like, TLS on both: ack p50 / p99 (ms), camera on a follower; etcd with TLS: sequential put",
+        "latency", ("follower_p50_ms", "follower_p99_ms"), ("tls_put_p50_ms", "tls_put_p99_ms"), "(report)"),
+    Row("Like for like, TLS on both: CPU per acked frame, 3 nodes (ms), camera on the leader; etcd with TLS: per put",
+        "latency", ("cpu_ms_per_ack",), ("tls_put_cpu_ms",), target="(cost)", fmt="{:.2f}"),
     Row("CPU per acked frame, 3 nodes (ms), at saturation (TLS)", "throughput", ("cpu_ms_per_ack",),
         target="(cost)", fmt="{:.2f}"),
     Row("Low-load ack latency, plaintext: p50 / p99 (ms), camera on the leader", "latency",
@@ -714,7 +720,9 @@ def etcd_note(etcd: dict, rounds: int) -> str:
     if "error" in etcd:
         return f"etcd failed: {etcd['error']}"
     return (f"etcd {etcd.get('version')} ({etcd.get('go')}): 3 members on 127.0.0.1, WAL fsync, heartbeat 100 ms / "
-            f"election 1000 ms; Python client on its v3 JSON gateway, one keep-alive connection; medians of {rounds} "
+            f"election 1000 ms; plain HTTP on its client and peer ports, except in the rows \"etcd with TLS\" (a "
+            f"second cluster, mutual TLS on both, the benchmark PKI's ECDSA P-256 certificates as parkd's); "
+            f"Python client on its v3 JSON gateway, one keep-alive connection; medians of {rounds} "
             f"round(s); Python client CPU in the 16-client read run: "
             f"{etcd.get('client_cpu_s')} s")
 

@@ -13,6 +13,7 @@ import base64
 import http.client
 import ipaddress
 import json
+import ssl
 
 PUT = "/v3/kv/put"
 RANGE = "/v3/kv/range"
@@ -75,12 +76,15 @@ def loopback_address(address: str) -> tuple[str, int]:
 
 
 class Client:
-    """One keep-alive HTTP/1.1 connection to one etcd member's client port."""
+    """One keep-alive HTTP/1.1 connection to one etcd member's client port (``tls``: HTTPS with that context)."""
 
-    def __init__(self, address: str, timeout: float = 5.0):
+    def __init__(self, address: str, timeout: float = 5.0, tls: ssl.SSLContext | None = None):
         host, port = loopback_address(address)
         self.address = address
-        self.connection = http.client.HTTPConnection(host, port, timeout=timeout)
+        if tls is None:
+            self.connection = http.client.HTTPConnection(host, port, timeout=timeout)
+        else:
+            self.connection = http.client.HTTPSConnection(host, port, timeout=timeout, context=tls)
 
     def call(self, path: str, body: dict) -> dict:
         try:

@@ -14,13 +14,18 @@ benchmarks/etcd_client.py (the v3 JSON gateway, one keep-alive connection):
 3. kill -9 of the leader: seconds until the first successful put of those
    submitted after the kill (a new put every 20 ms on the survivors, each on a
    fresh connection with a 2 s timeout); the killed member is restarted and
-   caught up between runs; median of ``--failover-runs``.
+   caught up between runs; median of ``--failover-runs``;
+4. with ``--pki DIR``: a second fresh cluster with TLS on its client and peer
+   ports (mutual, the certificates ``parkctl pki`` wrote in DIR: node-1..3 for
+   the members, camera-1 for the client; ECDSA P-256, as parkd's), and the
+   sequential puts of 1. against it (``tls_put_*``), so that parkd's TLS rows
+   have a like-for-like etcd figure beside etcd's plaintext one.
 
 Stops only the members it started (by PID) and removes their data dirs.
 Prints one JSON line.  When etcd cannot be installed it prints
 ``{"unavailable": REASON}`` and exits with status 3.
 
-    python benchmarks/peer_etcd.py [--quick] [--workdir DIR] [--failover-runs N]
+    python benchmarks/peer_etcd.py [--quick] [--workdir DIR] [--failover-runs N] [--pki DIR]
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import os
 import re
 import resource
 import shutil
+import ssl
 import statistics
 import subprocess
 import sys
@@ -45,6 +51,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from parkd.camera.loadgen import percentile  # noqa: E402
 from parkd.launcher import Daemon, free_ports, wait_for  # noqa: E402
+from parkd.trust import TrustFiles, https_client_context  # noqa: E402
 
 PACKAGES = ("etcd-server", "etcd-client")
 OLDEST = (3, 4)  # the v3 JSON gateway answers on /v3/ (not /v3beta/) from etcd 3.4 on
@@ -127,24 +134,45 @@ class EtcdMember(Daemon):
         return list(self.args)
 
 
-class EtcdCluster:
-    """A fresh 3-member etcd on 127.0.0.1; stops its members and removes their data dirs on exit."""
+def tls_flags(pki: str, member: int) -> list[str]:
+    """etcd's flags for mutual TLS on its client and peer ports, as node-``member + 1`` of ``pki``."""
+    files = TrustFiles.in_pki(pki, f"node-{member + 1}")
+    own = ["--cert-file", files.cert, "--key-file", files.key, "--trusted-ca-file", files.ca, "--client-cert-auth"]
+    peer = ["--peer-cert-file", files.cert, "--peer-key-file", files.key, "--peer-trusted-ca-file", files.ca,
+            "--peer-client-cert-auth"]  # fmt: skip
+    return own + peer
 
-    def __init__(self, binary: str, workdir: str, size: int = 3):
+
+def client_tls(pki: str) -> ssl.SSLContext:
+    """The benchmark client's side of that TLS: the cluster's CA, camera-1's certificate."""
+    files = TrustFiles.in_pki(pki, "camera-1")
+    return https_client_context(files.ca, files.cert, files.key)
+
+
+class EtcdCluster:
+    """A fresh 3-member etcd on 127.0.0.1; stops its members and removes their data dirs on exit.
+
+    ``pki``: mutual TLS on the client and peer ports (:func:`tls_flags`); else plain HTTP.
+    """
+
+    def __init__(self, binary: str, workdir: str, size: int = 3, pki: str | None = None):
         self.workdir = workdir
+        self.tls = client_tls(pki) if pki else None  # what a Client of this cluster speaks
+        scheme = "https" if pki else "http"
         ports = free_ports(2 * size)
         self.clients = [f"127.0.0.1:{ports[2 * i]}" for i in range(size)]
-        peers = [f"http://127.0.0.1:{ports[2 * i + 1]}" for i in range(size)]
+        peers = [f"{scheme}://127.0.0.1:{ports[2 * i + 1]}" for i in range(size)]
         initial = ",".join(f"m{i}={peer}" for i, peer in enumerate(peers))
         token = f"parkd-bench-{os.getpid()}-{ports[0]}"
         self.data_dirs = [os.path.join(workdir, f"m{i}.etcd") for i in range(size)]
         self.members = [
             EtcdMember(f"etcd-m{i}", [
                 binary, "--name", f"m{i}", "--data-dir", self.data_dirs[i], "--logger", "zap",
-                "--listen-client-urls", f"http://{self.clients[i]}",
-                "--advertise-client-urls", f"http://{self.clients[i]}",
+                "--listen-client-urls", f"{scheme}://{self.clients[i]}",
+                "--advertise-client-urls", f"{scheme}://{self.clients[i]}",
                 "--listen-peer-urls", peers[i], "--initial-advertise-peer-urls", peers[i],
                 "--initial-cluster", initial, "--initial-cluster-token", token, "--initial-cluster-state", "new",
+                *(tls_flags(pki, i) if pki else []),
             ], workdir)  # fmt: skip
             for i in range(size)
         ]
@@ -172,7 +200,7 @@ class EtcdCluster:
         for i, member in enumerate(self.members):
             if not member.alive():
                 raise RuntimeError(f"etcd member m{i} exited: {member.log_text()[-500:]}")
-            client = Client(self.clients[i], timeout=2.0)
+            client = Client(self.clients[i], timeout=2.0, tls=self.tls)
             try:
                 status = client.status()
                 leaders.add(status.get("leader"))
@@ -230,13 +258,18 @@ def summary(prefix: str, latencies: list[float], failures: int) -> dict:
     }
 
 
-def measure_puts(address: str, count: int) -> dict:
-    client = Client(address)
+def measure_puts(cluster: EtcdCluster, count: int, prefix: str = "put") -> dict:
+    """Sequential puts to the leader on one connection; with the CPU the members spent per put (``_cpu_ms``)."""
+    client = Client(cluster.clients[cluster.ready()], tls=cluster.tls)
+    cpu = cluster.cpu_seconds()
     try:
         timed(lambda i: client.put(b"/bench/warm/%d" % i, record(i)), WARM_PUTS, OP_SECONDS)
-        return summary("put", *timed(lambda i: client.put(b"/bench/put/%06d" % i, record(i)), count, OP_SECONDS))
+        results = summary(prefix, *timed(lambda i: client.put(b"/bench/put/%06d" % i, record(i)), count, OP_SECONDS))
     finally:
         client.close()
+    puts = WARM_PUTS + results[f"{prefix}s"] + results[f"{prefix}_errors"]
+    results[f"{prefix}_cpu_ms"] = round((cluster.cpu_seconds() - cpu) * 1000 / puts, 3)  # the 3 members, per put
+    return results
 
 
 def read_checked(client: Client, key: bytes, expected: bytes) -> None:
@@ -357,17 +390,18 @@ def measure_failover(cluster: EtcdCluster, runs: int) -> dict:
     return {"failover_median_s": round(statistics.median(times), 3), "failover_runs_s": [round(t, 3) for t in times]}
 
 
-def measure(etcd: dict, workdir: str, quick: bool, failover_runs: int) -> dict:
-    with EtcdCluster(etcd["binary"], workdir) as cluster:
-        leader = cluster.clients[cluster.ready()]
+def measure(etcd: dict, workdir: str, quick: bool, failover_runs: int, pki: str | None = None) -> dict:
+    puts = 300 if quick else PUTS
+    with EtcdCluster(etcd["binary"], os.path.join(workdir, "plain")) as cluster:
         results = {"version": etcd["etcd"], "etcdctl": etcd["etcdctl"], "go": etcd["go"], "members": 3}
-        cpu = cluster.cpu_seconds()
-        results.update(measure_puts(leader, 300 if quick else PUTS))
-        puts = WARM_PUTS + results["puts"] + results["put_errors"]
-        results["put_cpu_ms"] = round((cluster.cpu_seconds() - cpu) * 1000 / puts, 3)  # the 3 members, per put
+        results.update(measure_puts(cluster, puts))
+        leader = cluster.clients[cluster.ready()]
         results.update(measure_reads(leader, 300 if quick else READS))
         results.update(measure_read_throughput(leader, READ_CLIENTS, 5.0 if quick else 10.0))
         results.update(measure_failover(cluster, failover_runs))
+    if pki:
+        with EtcdCluster(etcd["binary"], os.path.join(workdir, "tls"), pki=pki) as cluster:
+            results.update(measure_puts(cluster, puts, prefix="tls_put"))
     return results
 
 
@@ -376,6 +410,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer operations, 2 failover runs")
     parser.add_argument("--workdir", help="where the data dirs and member logs go (default: a new temp dir)")
     parser.add_argument("--failover-runs", type=int, help="kill -9 runs (default 5, 2 with --quick)")
+    parser.add_argument("--pki", help="also measure puts on a TLS cluster, with the certificates parkctl pki wrote here")
     args = parser.parse_args(argv)
     try:
         etcd = ensure_etcd()
@@ -386,7 +421,7 @@ def main(argv=None) -> int:
     workdir = args.workdir or tempfile.mkdtemp(prefix="parkd-etcd-")
     runs = args.failover_runs or (2 if args.quick else 5)
     try:
-        print(json.dumps(measure(etcd, workdir, args.quick, runs)))
+        print(json.dumps(measure(etcd, workdir, args.quick, runs, args.pki)))
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)

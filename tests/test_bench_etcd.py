@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import ssl
 import sys
 import threading
 import types
@@ -25,6 +26,8 @@ import bench  # noqa: E402
 import etcd_client  # noqa: E402
 import peer_etcd  # noqa: E402
 from etcd_client import EtcdError  # noqa: E402
+
+from parkd.trust import TrustFiles  # noqa: E402
 
 # What etcd 3.4.23's gateway and binaries print (recorded from Debian's etcd-server/etcd-client).
 STATUS_REPLY = {
@@ -188,6 +191,66 @@ def test_client_puts_and_reads_over_one_keep_alive_connection(gateway):
     assert len(gateway.connections) == 1
 
 
+@pytest.fixture
+def https_gateway(cluster_pki):
+    """The stand-in behind TLS, as an etcd started with ``peer_etcd.tls_flags`` serves: node-1's
+    certificate, client certificates required and checked against the cluster's CA."""
+    files = TrustFiles.in_pki(cluster_pki.dir, "node-1")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(files.cert, files.key)
+    context.load_verify_locations(files.ca)
+    context.verify_mode = ssl.CERT_REQUIRED
+    server = HTTPServer(("127.0.0.1", 0), Gateway)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    server.store, server.connections = {}, set()
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_client_speaks_https_with_the_cluster_context_over_one_connection(https_gateway, cluster_pki):
+    address = f"127.0.0.1:{https_gateway.server_address[1]}"
+    client = etcd_client.Client(address, timeout=5, tls=peer_etcd.client_tls(cluster_pki.dir))
+    try:
+        for i in range(3):
+            client.put(b"/t%d" % i, b"over TLS %d" % i)
+        assert client.get(b"/t2") == b"over TLS 2"
+    finally:
+        client.close()
+    assert len(https_gateway.connections) == 1
+    plain = etcd_client.Client(address, timeout=5)  # plain HTTP gets no answer from a TLS port
+    with pytest.raises(peer_etcd.FAILURES):
+        plain.put(b"/t9", b"in the clear")
+    plain.close()
+    assert b64(b"/t9") not in https_gateway.store
+
+
+def test_tls_flags_give_each_member_its_node_certificate_on_both_ports_and_require_clients_to_have_one():
+    flags = peer_etcd.tls_flags("/pki", 1)
+    value = dict(zip(flags, flags[1:]))
+    assert value["--cert-file"] == value["--peer-cert-file"] == "/pki/node-2.pem"
+    assert value["--key-file"] == value["--peer-key-file"] == "/pki/node-2.key"
+    assert value["--trusted-ca-file"] == value["--peer-trusted-ca-file"] == "/pki/ca.pem"
+    assert "--client-cert-auth" in flags and "--peer-client-cert-auth" in flags
+
+
+def test_a_tls_cluster_listens_on_https_urls_only(tmp_path, cluster_pki):
+    cluster = peer_etcd.EtcdCluster("/usr/bin/etcd", str(tmp_path), pki=cluster_pki.dir)
+    args = cluster.members[0].args
+    value = dict(zip(args, args[1:]))
+    for flag in ("--listen-client-urls", "--advertise-client-urls", "--listen-peer-urls",
+                 "--initial-advertise-peer-urls"):  # fmt: skip
+        assert value[flag].startswith("https://127.0.0.1:"), flag
+    assert "http://" not in value["--initial-cluster"] and cluster.tls is not None
+    plain = peer_etcd.EtcdCluster("/usr/bin/etcd", str(tmp_path))
+    assert "--cert-file" not in plain.members[0].args and plain.tls is None
+
+
 def test_combine_takes_the_median_of_each_figure_over_the_rounds():
     rounds = [
         {"p50_ms": 3.0, "runs_s": [1.0, 2.0], "version": "3.4.23"},
@@ -296,6 +359,19 @@ def test_table_prints_the_follower_latency_and_the_cpu_per_ack_next_to_etcd():
     assert line(text, "CPU per acked frame, 3 nodes (ms), one frame in flight, camera on a follower")[1:4] == [
         "2.00", "0.75", "2.67"]
     assert line(text, "CPU per acked frame, 3 nodes (ms), at saturation")[1:4] == ["0.40", "", ""]
+
+
+def test_table_prints_the_like_for_like_rows_next_to_etcd_with_tls():
+    latency = {"p50_ms": 1.6, "p99_ms": 2.8, "follower_p50_ms": 2.4, "follower_p99_ms": 3.6, "cpu_ms_per_ack": 2.1}
+    etcd = {**ETCD, "tls_put_p50_ms": 1.28, "tls_put_p99_ms": 2.4, "tls_put_cpu_ms": 1.75}
+    text = bench.table({"latency": latency, "etcd": etcd})
+    assert line(text, "Like for like, TLS on both: ack p50 / p99 (ms), camera on the leader")[1:4] == [
+        "1.6 / 2.8", "1.28 / 2.4", "1.25"]
+    assert line(text, "Like for like, TLS on both: ack p50 / p99 (ms), camera on a follower")[1:4] == [
+        "2.4 / 3.6", "1.28 / 2.4", "1.88"]
+    assert line(text, "Like for like, TLS on both: CPU per acked frame")[1:4] == ["2.10", "1.75", "1.20"]
+    assert line(text, "Low-load ack latency, TLS")[1:4] == ["1.6 / 2.8", "1.5 / 4.0", "1.07"]  # plaintext etcd
+    assert "plain HTTP on its client and peer ports, except in the rows" in text
 
 
 def test_table_without_etcd_keeps_parkd_rows_only():
