@@ -258,9 +258,9 @@ def summary(prefix: str, latencies: list[float], failures: int) -> dict:
     }
 
 
-def measure_puts(cluster: EtcdCluster, count: int, prefix: str = "put") -> dict:
-    """Sequential puts to the leader on one connection; with the CPU the members spent per put (``_cpu_ms``)."""
-    client = Client(cluster.clients[cluster.ready()], tls=cluster.tls)
+def measure_puts(cluster: EtcdCluster, leader: str, count: int, prefix: str = "put") -> dict:
+    """Sequential puts to ``leader`` on one connection; with the CPU the members spent per put (``_cpu_ms``)."""
+    client = Client(leader, tls=cluster.tls)
     cpu = cluster.cpu_seconds()
     try:
         timed(lambda i: client.put(b"/bench/warm/%d" % i, record(i)), WARM_PUTS, OP_SECONDS)
@@ -393,15 +393,15 @@ def measure_failover(cluster: EtcdCluster, runs: int) -> dict:
 def measure(etcd: dict, workdir: str, quick: bool, failover_runs: int, pki: str | None = None) -> dict:
     puts = 300 if quick else PUTS
     with EtcdCluster(etcd["binary"], os.path.join(workdir, "plain")) as cluster:
-        results = {"version": etcd["etcd"], "etcdctl": etcd["etcdctl"], "go": etcd["go"], "members": 3}
-        results.update(measure_puts(cluster, puts))
         leader = cluster.clients[cluster.ready()]
+        results = {"version": etcd["etcd"], "etcdctl": etcd["etcdctl"], "go": etcd["go"], "members": 3}
+        results.update(measure_puts(cluster, leader, puts))
         results.update(measure_reads(leader, 300 if quick else READS))
         results.update(measure_read_throughput(leader, READ_CLIENTS, 5.0 if quick else 10.0))
         results.update(measure_failover(cluster, failover_runs))
     if pki:
         with EtcdCluster(etcd["binary"], os.path.join(workdir, "tls"), pki=pki) as cluster:
-            results.update(measure_puts(cluster, puts, prefix="tls_put"))
+            results.update(measure_puts(cluster, cluster.clients[cluster.ready()], puts, prefix="tls_put"))
     return results
 
 

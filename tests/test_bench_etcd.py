@@ -8,6 +8,7 @@ The benchmark itself (benchmarks/peer_etcd.py against a real 3-member etcd) is n
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import ssl
@@ -161,9 +162,12 @@ class Gateway(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def gateway():
+@contextlib.contextmanager
+def serving(tls: ssl.SSLContext | None = None):
+    """A :class:`Gateway` on 127.0.0.1 in a thread of its own (behind ``tls`` when given), shut down after."""
     server = HTTPServer(("127.0.0.1", 0), Gateway)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     server.store, server.connections = {}, set()
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
@@ -173,6 +177,12 @@ def gateway():
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+@pytest.fixture
+def gateway():
+    with serving() as server:
+        yield server
 
 
 def test_client_puts_and_reads_over_one_keep_alive_connection(gateway):
@@ -200,17 +210,8 @@ def https_gateway(cluster_pki):
     context.load_cert_chain(files.cert, files.key)
     context.load_verify_locations(files.ca)
     context.verify_mode = ssl.CERT_REQUIRED
-    server = HTTPServer(("127.0.0.1", 0), Gateway)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    server.store, server.connections = {}, set()
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
+    with serving(context) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 def test_client_speaks_https_with_the_cluster_context_over_one_connection(https_gateway, cluster_pki):
